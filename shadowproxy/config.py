@@ -1,0 +1,577 @@
+"""The one typed, frozen configuration object, loaded from YAML.
+
+Every section is a frozen dataclass. The loader walks the YAML node tree (so it
+knows the line of every key), substitutes ``${ENV_VAR}`` in scalars, converts
+durations and sizes, and rejects unknown keys, wrong types and bad values with
+a :class:`~shadowproxy.errors.ConfigError` naming file, line and key path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Union
+from urllib.parse import urlsplit
+
+import yaml
+
+from .errors import ConfigError
+
+# ---------------------------------------------------------------- value kinds
+
+
+class _Kind:
+    """Marker used in ``Annotated`` to give a field a special parser."""
+
+    def __init__(self, name: str, parse: typing.Callable[[Any], Any]) -> None:
+        self.name = name
+        self.parse = parse
+
+
+_DURATION_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """``250ms``, ``5s``, ``1m``, ``2h``, ``7d`` or a number of seconds → seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 250ms or 5s")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    raise ValueError(f"expected a duration such as 250ms or 5s, got {value!r}")
+
+
+_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}
+
+
+def parse_size(value: Any) -> int:
+    """``64KiB``, ``1MiB``, ``10MB`` or a number of bytes → bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 64KiB or 1MiB")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            unit = (m.group(2) or "b").lower()
+            return int(float(m.group(1)) * _SIZE_UNITS[unit])
+    raise ValueError(f"expected a size such as 64KiB or 1MiB, got {value!r}")
+
+
+def parse_address(value: Any) -> str:
+    """``host:port`` (``[::1]:8080`` for IPv6); the port must be 0..65535."""
+    if not isinstance(value, str):
+        raise ValueError("expected host:port")
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port, got {value!r}")
+    return value
+
+
+def parse_url(value: Any) -> str:
+    """An absolute http:// or https:// URL with a host and no query."""
+    if not isinstance(value, str):
+        raise ValueError("expected a URL such as http://127.0.0.1:9001")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL with a host, got {value!r}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"an upstream URL takes no query or fragment, got {value!r}")
+    try:
+        parts.port
+    except ValueError as exc:
+        raise ValueError(f"bad port in {value!r}") from exc
+    return value.rstrip("/")
+
+
+def parse_ratio(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number between 0 and 1, got {value!r}")
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"expected a number between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def parse_method(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z]+", value):
+        raise ValueError(f"expected an HTTP method, got {value!r}")
+    return value.upper()
+
+
+def parse_sample_by(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"(header|cookie|query):.+", value):
+        raise ValueError(f"expected header:NAME, cookie:NAME or query:NAME, got {value!r}")
+    return value
+
+
+def parse_regex(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a regular expression")
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"bad regular expression {value!r}: {exc}") from exc
+    return value
+
+
+def parse_jsonpath(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("$"):
+        raise ValueError(f"expected a JSONPath starting with $, got {value!r}")
+    return value
+
+
+Duration = Annotated[float, _Kind("duration", parse_duration)]
+Size = Annotated[int, _Kind("size", parse_size)]
+Address = Annotated[str, _Kind("address", parse_address)]
+Url = Annotated[str, _Kind("url", parse_url)]
+Ratio = Annotated[float, _Kind("ratio", parse_ratio)]
+Method = Annotated[str, _Kind("method", parse_method)]
+SampleBy = Annotated[str, _Kind("sample_by", parse_sample_by)]
+Regex = Annotated[str, _Kind("regex", parse_regex)]
+JsonPath = Annotated[str, _Kind("jsonpath", parse_jsonpath)]
+
+# ---------------------------------------------------------------- the schema
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+DEFAULT_IGNORED_HEADERS = (
+    "date", "server", "x-request-id", "x-trace-id", "x-correlation-id", "x-amzn-trace-id",
+    "traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid",
+    "x-b3-sampled", "age", "via", "expires", "last-modified", "etag", "x-runtime",
+    "x-response-time", "server-timing", "content-length", "transfer-encoding", "connection",
+    "keep-alive", "x-served-by", "x-cache", "x-cache-hits", "x-timer", "cf-ray", "report-to",
+    "nel", "alt-svc",
+)
+DEFAULT_REDACTED_HEADERS = (
+    "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key",
+    "x-auth-token", "x-csrf-token", "x-xsrf-token",
+)
+DEFAULT_REDACTED_FIELDS = ("$..password", "$..token", "$..secret", "$..api_key")
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    listen: Address = "127.0.0.1:8081"
+    token: str | None = None
+    token_env: str | None = None
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Upstreams:
+    primary: Url
+    candidate: Url | None = None
+    secondary: Url | None = None
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: Duration = 5.0        # primary connect
+    primary: Duration = 60.0       # primary: no byte for this long → 504
+    shutdown: Duration = 15.0      # SIGTERM: in-flight requests and mirror drain deadline
+
+
+@dataclass(frozen=True)
+class MirrorConfig:
+    enabled: bool = True
+    sample: Ratio = 1.0
+    sample_by: SampleBy | None = None
+    methods: tuple[Method, ...] = SAFE_METHODS
+    max_body: Size = 1024 * 1024
+    queue: int = 10000
+    concurrency: int = 64
+    timeout: Duration = 5.0
+    capture_max: Size = 1024 * 1024   # bytes of each response kept for comparison
+    buffer_limit: Size = 256 * 1024 * 1024   # bytes all queued/in-flight shadows may hold
+    add_headers: dict[str, str] = field(default_factory=lambda: {"X-Shadow-Request": "1"})
+    remove_headers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    path: JsonPath
+    abs: float = 0.0
+    rel: float = 0.0
+
+
+@dataclass(frozen=True)
+class ArrayRule:
+    path: JsonPath
+    mode: Literal["ordered", "unordered", "keyed"] = "ordered"
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class Scrubber:
+    pattern: Regex
+    replace: str = "<scrubbed>"
+
+
+@dataclass(frozen=True)
+class CompareRules:
+    """Comparison rules, global (``compare:``) or per route (``routes[].compare:``).
+
+    Lists add to the global ones; a per-route tolerance or array rule for the
+    same path overrides the global one.
+    """
+
+    headers: bool = True                       # compare headers at all
+    ignore_headers: tuple[str, ...] = ()      # added to DEFAULT_IGNORED_HEADERS
+    ignore: tuple[JsonPath, ...] = ()         # body fields never compared
+    tolerance: tuple[Tolerance, ...] = ()
+    arrays: tuple[ArrayRule, ...] = ()
+    # builtin names (timestamp, uuid, hex, number) or {pattern, replace}
+    scrubbers: tuple[Union[Literal["timestamp", "uuid", "hex", "number"], Scrubber], ...] = ()
+
+
+@dataclass(frozen=True)
+class Route:
+    match: str
+    name: str | None = None
+    methods: tuple[Method, ...] | None = None   # None: any method
+    mirror: bool = True
+    mirror_unsafe: bool = False
+    sample: Ratio | None = None
+    compare: CompareRules | None = None
+
+    @property
+    def key(self) -> str:
+        return self.name or self.match
+
+
+@dataclass(frozen=True)
+class RedactConfig:
+    headers: tuple[str, ...] = ()            # added to DEFAULT_REDACTED_HEADERS
+    fields: tuple[JsonPath, ...] = ()         # added to DEFAULT_REDACTED_FIELDS
+    key_env: str | None = None               # HMAC key; random per run when unset
+    query: tuple[str, ...] = ("token", "access_token", "api_key", "apikey", "password", "secret")
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    min_samples: int = 50           # exchanges with a secondary before a field can be judged
+    alpha: Ratio = 0.05             # significance of the two-proportion test
+    relative: Ratio = 0.20          # Diffy's relative threshold, as effect size
+    absolute: Ratio = 0.0003        # Diffy's absolute threshold, as effect size
+
+
+@dataclass(frozen=True)
+class EndpointsConfig:
+    max: int = 200                   # distinct endpoint keys before the overflow bucket
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    url: str = "sqlite:///./shadowproxy.db"
+    batch: int = 200
+    flush_interval: Duration = 0.2
+    queue: int = 10000
+    samples_per_field: int = 5
+    retention_age: Duration = 7 * 86400.0
+    retention_size: Size = 1024**3
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    name: str
+    endpoints: str = "*"
+    min_samples: int = 100
+    critical: bool = False
+    confidence: Ratio = 0.95
+    max_diff_rate: Ratio | None = None
+    max_error_rate_increase: Ratio | None = None
+    max_p99_ratio: float | None = None
+    max_p50_ratio: float | None = None
+    forbid_kinds: tuple[
+        Literal["changed", "type_changed", "added", "removed", "length_changed"], ...
+    ] | None = None
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    access: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    upstreams: Upstreams
+    listen: Address = "127.0.0.1:8080"
+    workers: int | None = None
+    preserve_host: bool = False
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    mirror: MirrorConfig = field(default_factory=MirrorConfig)
+    routes: tuple[Route, ...] = ()
+    compare: CompareRules = field(default_factory=CompareRules)
+    redact: RedactConfig = field(default_factory=RedactConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    endpoints: EndpointsConfig = field(default_factory=EndpointsConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    checks: tuple[CheckConfig, ...] = ()
+    log: LogConfig = field(default_factory=LogConfig)
+    source: str | None = field(default=None, compare=False)   # file it came from
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+# ---------------------------------------------------------------- validation beyond types
+
+
+def _check_semantics(cfg: Config, pos: "_Positions") -> None:
+    def fail(key: str, msg: str) -> typing.NoReturn:
+        raise pos.error(key, msg)
+
+    m = cfg.mirror
+    if m.queue < 1:
+        fail("mirror.queue", "must be at least 1")
+    if m.concurrency < 1:
+        fail("mirror.concurrency", "must be at least 1")
+    if m.timeout <= 0:
+        fail("mirror.timeout", "must be greater than 0")
+    if cfg.workers is not None and cfg.workers < 1:
+        fail("workers", "must be at least 1")
+    if cfg.endpoints.max < 1:
+        fail("endpoints.max", "must be at least 1")
+    if cfg.store.batch < 1:
+        fail("store.batch", "must be at least 1")
+    if not re.match(r"^(sqlite:///|sqlite://:memory:|memory:)", cfg.store.url):
+        fail("store.url", f"unsupported store URL {cfg.store.url!r} (expected sqlite:///PATH)")
+    from .routes import RoutePattern  # late: routes imports config types
+
+    for i, r in enumerate(cfg.routes):
+        try:
+            RoutePattern(r.match)
+        except ValueError as exc:
+            fail(f"routes[{i}].match", str(exc))
+        rules = r.compare
+        for j, a in enumerate((rules.arrays if rules else ()) + cfg.compare.arrays):
+            if a.mode == "keyed" and not a.key:
+                fail(f"routes[{i}].compare.arrays[{j}].key", "mode keyed needs a key")
+    for j, a in enumerate(cfg.compare.arrays):
+        if a.mode == "keyed" and not a.key:
+            fail(f"compare.arrays[{j}].key", "mode keyed needs a key")
+    names = set()
+    for i, c in enumerate(cfg.checks):
+        if c.name in names:
+            fail(f"checks[{i}].name", f"duplicate check name {c.name!r}")
+        names.add(c.name)
+        if not any(v is not None for v in (c.max_diff_rate, c.max_error_rate_increase,
+                                           c.max_p99_ratio, c.max_p50_ratio, c.forbid_kinds)):
+            fail(f"checks[{i}]", "a check needs at least one of max_diff_rate, "
+                 "max_error_rate_increase, max_p99_ratio, max_p50_ratio, forbid_kinds")
+    if cfg.admin.token_env and cfg.admin.token is None and cfg.admin.token_env not in os.environ:
+        fail("admin.token_env", f"environment variable {cfg.admin.token_env} is not set")
+
+
+# ---------------------------------------------------------------- the loader
+
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+class _Positions:
+    """Remembers the line of every key path so later checks can point at it."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.lines: dict[str, int] = {}
+
+    def error(self, key: str, msg: str) -> ConfigError:
+        probe = key
+        while probe and probe not in self.lines:
+            shorter = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", probe)
+            if shorter == probe:
+                break
+            probe = shorter
+        return ConfigError(msg, file=self.file, line=self.lines.get(probe), key=key)
+
+
+class _Loader:
+    def __init__(self, file: str, env: typing.Mapping[str, str]) -> None:
+        self.pos = _Positions(file)
+        self.env = env
+        self.file = file
+        self._resolver = yaml.SafeLoader("")
+
+    def err(self, node: yaml.Node | None, key: str, msg: str) -> ConfigError:
+        line = node.start_mark.line + 1 if node is not None else self.pos.lines.get(key)
+        return ConfigError(msg, file=self.file, line=line, key=key or None)
+
+    # -- scalars
+
+    def scalar(self, node: yaml.Node, key: str) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.err(node, key, "expected a single value, got a "
+                           + ("list" if isinstance(node, yaml.SequenceNode) else "mapping"))
+        value = node.value
+        tag = node.tag
+        if "${" in value:
+            def sub(m: re.Match[str]) -> str:
+                name, default = m.group(1), m.group(2)
+                if name in self.env:
+                    return self.env[name]
+                if default is not None:
+                    return default
+                raise self.err(node, key, f"environment variable {name} is not set")
+
+            value = _ENV_RE.sub(sub, value)
+            if node.style is None:  # plain scalar: resolve its type again after substitution
+                tag = self._resolver.resolve(yaml.ScalarNode, value, (True, False))
+        new = yaml.ScalarNode(tag, value, node.start_mark, node.end_mark, node.style)
+        return self._resolver.construct_object(new, deep=True)
+
+    # -- typed build
+
+    def build(self, tp: Any, node: yaml.Node, key: str) -> Any:
+        self.pos.lines.setdefault(key, node.start_mark.line + 1)
+        origin = typing.get_origin(tp)
+        if origin is Annotated:
+            base, *meta = typing.get_args(tp)
+            kind = next((m for m in meta if isinstance(m, _Kind)), None)
+            if kind is None:
+                return self.build(base, node, key)
+            raw = self.scalar(node, key)
+            try:
+                return kind.parse(raw)
+            except ValueError as exc:
+                raise self.err(node, key, str(exc)) from None
+        if origin in (Union, types.UnionType):
+            args = typing.get_args(tp)
+            if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null") and \
+                    type(None) in args:
+                return None
+            errors = []
+            for arg in args:
+                if arg is type(None):
+                    continue
+                try:
+                    return self.build(arg, node, key)
+                except ConfigError as exc:
+                    errors.append(exc.reason)
+            raise self.err(node, key, " or ".join(dict.fromkeys(errors)))
+        if origin is Literal:
+            value = self.scalar(node, key)
+            allowed = typing.get_args(tp)
+            if value not in allowed:
+                raise self.err(node, key, f"expected one of {', '.join(map(str, allowed))}, "
+                               f"got {value!r}")
+            return value
+        if origin is tuple:
+            (item_tp, _ellipsis) = typing.get_args(tp)
+            if isinstance(node, yaml.ScalarNode) and not node.tag.endswith(":null"):
+                # a single value where a list is expected: accept as a list of one
+                return (self.build(item_tp, node, f"{key}[0]"),)
+            if not isinstance(node, yaml.SequenceNode):
+                raise self.err(node, key, "expected a list")
+            return tuple(self.build(item_tp, n, f"{key}[{i}]") for i, n in enumerate(node.value))
+        if origin is dict:
+            k_tp, v_tp = typing.get_args(tp)
+            if not isinstance(node, yaml.MappingNode):
+                raise self.err(node, key, "expected a mapping")
+            out = {}
+            for k_node, v_node in node.value:
+                k = self.scalar(k_node, key)
+                sub = f"{key}.{k}" if key else str(k)
+                out[str(k)] = self.build(v_tp, v_node, sub)
+            return out
+        if dataclasses.is_dataclass(tp):
+            return self.dataclass(tp, node, key)
+        # plain scalar types
+        value = self.scalar(node, key)
+        if tp is bool:
+            if not isinstance(value, bool):
+                raise self.err(node, key, f"expected true or false, got {value!r}")
+            return value
+        if tp is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise self.err(node, key, f"expected an integer, got {value!r}")
+            return value
+        if tp is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise self.err(node, key, f"expected a number, got {value!r}")
+            return float(value)
+        if tp is str:
+            if isinstance(value, (dict, list)) or value is None:
+                raise self.err(node, key, f"expected a string, got {value!r}")
+            if isinstance(value, bool):
+                raise self.err(node, key, f"expected a string, got {value!r} "
+                               "(quote it if you mean the text)")
+            return str(value)
+        raise TypeError(f"unsupported config type {tp!r}")  # pragma: no cover
+
+    def dataclass(self, cls: Any, node: yaml.Node, key: str) -> Any:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.err(node, key, f"expected a mapping for {key or 'the configuration'}")
+        hints = typing.get_type_hints(cls, include_extras=True)
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name != "source"}
+        kwargs: dict[str, Any] = {}
+        for k_node, v_node in node.value:
+            name = self.scalar(k_node, key)
+            sub = f"{key}.{name}" if key else str(name)
+            if name not in fields:
+                known = ", ".join(sorted(fields))
+                raise self.err(k_node, sub, f"unknown key (known keys: {known})")
+            if name in kwargs:
+                raise self.err(k_node, sub, "key given twice")
+            self.pos.lines[sub] = k_node.start_mark.line + 1
+            kwargs[name] = self.build(hints[name], v_node, sub)
+        for name, f in fields.items():
+            if name not in kwargs and f.default is dataclasses.MISSING and \
+                    f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+                sub = f"{key}.{name}" if key else name
+                raise self.err(node, sub, "required key is missing")
+        return cls(**kwargs)
+
+
+def loads(text: str, *, file: str = "<config>", env: typing.Mapping[str, str] | None = None
+          ) -> Config:
+    """Parse YAML text into a validated :class:`Config`."""
+    loader = _Loader(file, os.environ if env is None else env)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise ConfigError(f"not valid YAML: {exc.problem or exc}", file=file, line=line) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}", file=file) from None
+    if node is None:
+        raise ConfigError("the file is empty", file=file)
+    cfg = loader.dataclass(Config, node, "")
+    cfg = dataclasses.replace(cfg, source=file)
+    _check_semantics(cfg, loader.pos)
+    return cfg
+
+
+def load(path: str | os.PathLike[str], *, env: typing.Mapping[str, str] | None = None) -> Config:
+    """Read and validate a configuration file."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=path) from None
+    return loads(text, file=path, env=env)
+
+
+def split_address(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)

@@ -1,0 +1,344 @@
+"""Mirroring: which requests are shadowed, and the bounded machinery that sends them.
+
+The proxy asks :meth:`Mirror.decide` for every request, then :meth:`Mirror.submit`
+for the ones that should be shadowed. A job enters a bounded queue served by
+``mirror.concurrency`` workers with their own connection pool; the client path
+never awaits any of it. A worker sends the request to the candidate (and the
+secondary) at once — concurrently with primary — reads each answer up to
+``capture_max`` while hashing the rest, and when the primary's captured answer
+is also known hands an :class:`~shadowproxy.models.Exchange` to the sink (the
+channel to the comparator).
+
+Memory is bounded: the queue by count (``mirror.queue``) and every job's buffered
+bytes by ``mirror.buffer_limit``; beyond either the shadow is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.cookies import SimpleCookie
+from urllib.parse import parse_qsl
+
+import aiohttp
+from yarl import URL
+
+from .capture import Capture
+from .config import Config, MirrorConfig, Route
+from .models import Exchange, RequestRecord, ResponseRecord
+from .stats import Stats
+
+log = logging.getLogger("shadowproxy.mirror")
+
+SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+
+
+@dataclass(slots=True)
+class MirrorJob:
+    id: str
+    started: float
+    endpoint: str
+    route: str | None
+    request: RequestRecord
+    primary: asyncio.Future[ResponseRecord]
+    cost: int
+    finished: bool = False
+
+
+class Sampler:
+    """Random sampling, or consistent by the hash of a header, cookie or query key.
+
+    With ``sample_by`` a given key value is always in or always out for a given
+    rate; requests without the key fall back to random sampling.
+    """
+
+    def __init__(self, sample_by: str | None) -> None:
+        self.where, self.name = (None, "") if not sample_by else sample_by.split(":", 1)
+        self.lname = self.name.lower()
+        self._rand = random.random
+
+    def key(self, headers: list[tuple[str, str]], query: str) -> str | None:
+        if self.where == "header":
+            for k, v in headers:
+                if k.lower() == self.lname:
+                    return v
+        elif self.where == "cookie":
+            for k, v in headers:
+                if k.lower() == "cookie":
+                    try:
+                        jar = SimpleCookie(v)
+                    except Exception:  # noqa: BLE001 - a malformed cookie is just no key
+                        continue
+                    if self.name in jar:
+                        return jar[self.name].value
+        elif self.where == "query" and query:
+            for k, v in parse_qsl(query, keep_blank_values=True):
+                if k == self.name:
+                    return v
+        return None
+
+    def sampled(self, rate: float, headers: list[tuple[str, str]], query: str) -> bool:
+        if rate >= 1.0:
+            return True
+        if rate <= 0.0:
+            return False
+        if self.where is not None:
+            key = self.key(headers, query)
+            if key is not None:
+                h = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8)
+                return int.from_bytes(h.digest(), "big") / 2.0**64 < rate
+        return self._rand() < rate
+
+
+def classify_error(exc: BaseException) -> str:
+    """The ``kind`` label of a failed upstream exchange."""
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connect"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return "protocol"
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
+                        aiohttp.ClientOSError, ConnectionError)):
+        return "reset"
+    if isinstance(exc, aiohttp.ClientError):
+        return "client"
+    return "other"
+
+
+async def fetch(session: aiohttp.ClientSession, base: str, req: RequestRecord,
+                headers: list[tuple[str, str]], cap: int, timeout: float) -> ResponseRecord:
+    """Send ``req`` to ``base`` and capture the answer; never raises."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    target = base + req.path + ("?" + req.query if req.query else "")
+    try:
+        async with asyncio.timeout(timeout):
+            async with session.request(
+                req.method, URL(target, encoded=True), headers=headers,
+                data=req.body if req.body else None, allow_redirects=False,
+                skip_auto_headers=SKIP_AUTO_HEADERS,
+            ) as resp:
+                cap_ = Capture(cap)
+                async for chunk in resp.content.iter_any():
+                    cap_.feed(chunk)
+                return ResponseRecord(
+                    status=resp.status, reason=resp.reason or "",
+                    headers=tuple((k.decode("latin-1"), v.decode("latin-1"))
+                                  for k, v in resp.raw_headers),
+                    body=cap_.body, size=cap_.size, sha256=cap_.sha256,
+                    truncated=cap_.truncated, latency=loop.time() - t0,
+                )
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes a counted kind
+        return ResponseRecord(status=0, latency=loop.time() - t0, error=classify_error(exc))
+
+
+def _session(limit: int) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit, force_close=False,
+                                       enable_cleanup_closed=True),
+        auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=None), skip_auto_headers=SKIP_AUTO_HEADERS,
+    )
+
+
+class Mirror:
+    """Eligibility, sampling, the bounded queue and the workers that shadow requests."""
+
+    def __init__(self, cfg: Config, stats: Stats, sink: Callable[[Exchange], bool]) -> None:
+        self.stats = stats
+        self.sink = sink
+        self._queue: asyncio.Queue[MirrorJob | None] = asyncio.Queue(cfg.mirror.queue)
+        self._workers: list[asyncio.Task[None]] = []
+        self._pending: dict[asyncio.Future[ResponseRecord], MirrorJob] = {}
+        self.buffered = 0                # bytes held by queued and in-flight jobs
+        self.in_flight = 0
+        self.accepting = True
+        self.configure(cfg)
+        self._sessions: list[aiohttp.ClientSession] = []
+
+    # ------------------------------------------------------------ configuration
+
+    def configure(self, cfg: Config) -> None:
+        """Apply a (re)loaded config: sampling, methods, headers, timeouts."""
+        m: MirrorConfig = cfg.mirror
+        self.cfg = m
+        self.enabled = m.enabled and cfg.upstreams.candidate is not None
+        self.candidate = cfg.upstreams.candidate
+        self.secondary = cfg.upstreams.secondary
+        self.sample = m.sample
+        self.methods = frozenset(m.methods)
+        self.sampler = Sampler(m.sample_by)
+        self.remove = frozenset(h.lower() for h in m.remove_headers) | \
+            frozenset(h.lower() for h in m.add_headers)
+        self.add = list(m.add_headers.items())
+
+    # ------------------------------------------------------------ decisions
+
+    def eligible(self, method: str, route: Route | None) -> str | None:
+        """None when the request may be shadowed, else the ``not_eligible`` reason."""
+        if self.candidate is None:
+            return "no_candidate"
+        if not self.enabled:
+            return "disabled"
+        if route is not None and not route.mirror:
+            return "route"
+        if method not in self.methods and not (route is not None and route.mirror_unsafe):
+            return "method"
+        return None
+
+    def sampled(self, route: Route | None, headers: list[tuple[str, str]], query: str) -> bool:
+        rate = route.sample if route is not None and route.sample is not None else self.sample
+        return self.sampler.sampled(rate, headers, query)
+
+    # ------------------------------------------------------------ submission
+
+    def submit(self, id_: str, endpoint: str, route: Route | None, request: RequestRecord
+               ) -> asyncio.Future[ResponseRecord] | None:
+        """Queue a shadow of ``request``; returns the future the proxy resolves with
+        primary's captured answer, or None when dropped (already counted)."""
+        if not self.accepting:
+            self.stats.add("dropped", "shutdown", endpoint)
+            return None
+        cost = len(request.body) + self.cfg.capture_max
+        if self.buffered + cost > self.cfg.buffer_limit:
+            self.stats.add("dropped", "memory", endpoint)
+            return None
+        fut: asyncio.Future[ResponseRecord] = asyncio.get_running_loop().create_future()
+        job = MirrorJob(id_, time.time(), endpoint, route.key if route else None, request,
+                        fut, cost)
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self.stats.add("dropped", "queue_full", endpoint)
+            return None
+        self.buffered += cost
+        self.stats.add("mirrored", "", endpoint)
+        return fut
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    # ------------------------------------------------------------ workers
+
+    async def start(self) -> None:
+        conc = self.cfg.concurrency
+        self._sessions = [_session(conc)]
+        self._cand_session = self._sessions[0]
+        self._sec_session = self._cand_session
+        if self.secondary:
+            self._sec_session = _session(conc)
+            self._sessions.append(self._sec_session)
+        self._workers = [asyncio.create_task(self._worker(), name=f"mirror-{i}")
+                         for i in range(conc)]
+
+    def _headers(self, req: RequestRecord) -> list[tuple[str, str]]:
+        out = [(k, v) for k, v in req.headers
+               if k.lower() not in self.remove and k.lower() != "host"]
+        out.extend(self.add)
+        return out
+
+    async def _worker(self) -> None:
+        while True:
+            job = await self._queue.get()
+            if job is None:
+                return
+            self.in_flight += 1
+            try:
+                await self._run(job)
+            except asyncio.CancelledError:
+                self._finish(job)
+                self.stats.add("dropped", "shutdown", job.endpoint)
+                raise
+            except Exception:  # noqa: BLE001 - a bug here must never stop the worker
+                log.exception("mirror worker failed on %s", job.id)
+                self._finish(job)
+                self.stats.add("dropped", "internal_error", job.endpoint)
+            finally:
+                self.in_flight -= 1
+
+    async def _run(self, job: MirrorJob) -> None:
+        cfg = self.cfg
+        headers = self._headers(job.request)
+        assert self.candidate is not None
+        if self.secondary:
+            cand, sec = await asyncio.gather(
+                fetch(self._cand_session, self.candidate, job.request, headers,
+                      cfg.capture_max, cfg.timeout),
+                fetch(self._sec_session, self.secondary, job.request, headers,
+                      cfg.capture_max, cfg.timeout))
+        else:
+            cand = await fetch(self._cand_session, self.candidate, job.request, headers,
+                               cfg.capture_max, cfg.timeout)
+            sec = None
+        if job.primary.done():
+            self._complete(job, cand, sec)
+        else:
+            # free the worker: the exchange is completed when primary's answer is known
+            self._pending[job.primary] = job
+            job.primary.add_done_callback(lambda _f: self._complete(job, cand, sec))
+
+    def _finish(self, job: MirrorJob) -> None:
+        job.finished = True
+        self.buffered -= job.cost
+        self._pending.pop(job.primary, None)
+
+    def _complete(self, job: MirrorJob, cand: ResponseRecord,
+                  sec: ResponseRecord | None) -> None:
+        if job.finished:
+            return
+        self._finish(job)
+        fut = job.primary
+        if fut.cancelled():
+            self.stats.add("dropped", "primary_incomplete", job.endpoint)
+            return
+        primary = fut.result()
+        if primary.error is not None:
+            reason = "primary_incomplete" if primary.error == "incomplete" else "primary_error"
+            self.stats.add("dropped", reason, job.endpoint)
+            return
+        ex = Exchange(id=job.id, started=job.started, endpoint=job.endpoint, route=job.route,
+                      request=job.request, primary=primary, candidate=cand, secondary=sec)
+        if not self.sink(ex):
+            self.stats.add("dropped", "compare_full", job.endpoint)
+
+    # ------------------------------------------------------------ shutdown
+
+    async def drain(self, deadline: float) -> None:
+        """Stop accepting, let queued jobs finish until ``deadline`` (loop time), then
+        drop what is left (counted as ``dropped{shutdown}``)."""
+        self.accepting = False
+        loop = asyncio.get_running_loop()
+        for _ in self._workers:
+            try:
+                self._queue.put_nowait(None)
+            except asyncio.QueueFull:
+                break
+        if self._workers:
+            await asyncio.wait(self._workers, timeout=max(0.0, deadline - loop.time()))
+        for w in self._workers:
+            w.cancel()
+        # jobs never started
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if job is not None:
+                self.buffered -= job.cost
+                self.stats.add("dropped", "shutdown", job.endpoint)
+        # jobs waiting for a primary answer that never came
+        remaining = max(0.0, deadline - loop.time())
+        if self._pending:
+            await asyncio.wait(list(self._pending), timeout=remaining)
+        for fut, job in list(self._pending.items()):
+            self._finish(job)
+            self.stats.add("dropped", "shutdown", job.endpoint)
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        for s in self._sessions:
+            await s.close()

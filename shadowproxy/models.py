@@ -1,0 +1,95 @@
+"""The data passed between stages: proxy/mirror → comparator → store.
+
+These are plain slotted dataclasses of bytes, strings and numbers so they can
+be pickled or serialised (orjson) to cross a process or network boundary.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Headers = tuple[tuple[str, str], ...]   # (name, value) in wire order, names as received
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    method: str
+    path: str          # raw path as received, percent-encoding preserved
+    query: str         # raw query string, without '?'
+    headers: Headers   # end-to-end headers the client sent
+    body: bytes
+
+
+@dataclass(slots=True)
+class ResponseRecord:
+    """One upstream's answer as captured for comparison (never shown to a client)."""
+
+    status: int                 # 0 when there was no complete response
+    reason: str = ""
+    headers: Headers = ()
+    body: bytes = b""           # the first capture_max bytes
+    size: int = 0               # body bytes seen in total
+    sha256: str = ""            # hex digest of the whole body
+    truncated: bool = False     # size > len(body)
+    latency: float = 0.0        # seconds from dispatch to the last body byte (or failure)
+    error: str | None = None    # connect, timeout, reset, protocol, ... when it failed
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(slots=True)
+class Exchange:
+    """A mirrored request and what each upstream answered."""
+
+    id: str
+    started: float              # unix time the request arrived
+    endpoint: str               # bounded endpoint key
+    route: str | None
+    request: RequestRecord
+    primary: ResponseRecord
+    candidate: ResponseRecord
+    secondary: ResponseRecord | None = None
+
+
+DiffKind = Literal["changed", "type_changed", "added", "removed", "length_changed"]
+_INDEX = re.compile(r"\[\d+\]")
+
+
+@dataclass(slots=True, frozen=True)
+class Difference:
+    """One difference between two responses.
+
+    section: ``status``, ``header``, ``body``.
+    path: ``status``; ``header.<lower-name>``; JSONPath (``$.user.tags[2]``) for JSON
+    bodies; ``body.line[N]`` / ``body.form.<key>`` / ``body.bytes`` otherwise.
+    ``added``: present only in the second (candidate) response; ``removed``: only in the first.
+    """
+
+    section: str
+    path: str
+    kind: DiffKind
+    a: Any = None        # short value in the first (primary) response
+    b: Any = None        # short value in the second (candidate/secondary) response
+
+    @property
+    def field(self) -> str:
+        """The path with array indexes folded (``$.items[*].id``): the unit of noise."""
+        return _INDEX.sub("[*]", self.path)
+
+
+Verdict = Literal["match", "diff", "noise", "error"]
+
+
+@dataclass(slots=True)
+class Result:
+    """What the comparator concluded about one exchange; what the store keeps."""
+
+    exchange: Exchange
+    verdict: Verdict
+    differences: list[Difference] = field(default_factory=list)   # primary vs candidate
+    noise_fields: frozenset[str] = frozenset()                     # of those, judged noise
+    secondary_differences: list[Difference] = field(default_factory=list)

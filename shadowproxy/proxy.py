@@ -1,0 +1,294 @@
+"""The primary path: a faithful, streaming reverse proxy to ``upstreams.primary``.
+
+What a client gets is primary's answer, byte for byte (minus hop-by-hop
+headers): status, reason, headers in order (every Set-Cookie), body chunks as
+they arrive, compressed bodies untouched. The destination is only ever the
+configured upstream. Mirroring is decided here but runs elsewhere; this path
+never awaits it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from .capture import Capture
+from .config import Config
+from .headers import end_to_end
+from .mirror import SKIP_AUTO_HEADERS, Mirror, classify_error
+from .models import RequestRecord, ResponseRecord
+from .routes import Router
+from .stats import Stats
+
+log = logging.getLogger("shadowproxy.proxy")
+
+_CHUNK = 64 * 1024
+_DROP_REQUEST = frozenset({"host", "expect", "x-forwarded-for", "x-forwarded-proto",
+                           "x-forwarded-host"})
+_ADDED_BY_AIOHTTP = ("Date", "Server", "Content-Type")
+
+
+class FaithfulResponse(web.StreamResponse):
+    """A StreamResponse that adds no headers primary did not send.
+
+    aiohttp adds Date, Server and a default Content-Type, and drops
+    Content-Length from a 304; a proxy must not.
+    """
+
+    def __init__(self, *, status: int, reason: str, names: frozenset[str],
+                 content_length: str | None) -> None:
+        super().__init__(status=status, reason=reason)
+        self._upstream_names = names
+        self._upstream_length = content_length
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        h = self._headers
+        for name in _ADDED_BY_AIOHTTP:
+            if name.lower() not in self._upstream_names:
+                h.popall(name, None)
+        if self.status == 304 and self._upstream_length is not None:
+            h["Content-Length"] = self._upstream_length
+
+
+def _text(status: int, message: str) -> web.Response:
+    return web.Response(status=status, text=message + "\n",
+                        headers={"Content-Type": "text/plain; charset=utf-8"})
+
+
+class Proxy:
+    """The request handler and its upstream connection pool."""
+
+    def __init__(self, cfg: Config, stats: Stats, router: Router, mirror: Mirror | None) -> None:
+        self.stats = stats
+        self.mirror = mirror
+        self.session: aiohttp.ClientSession | None = None
+        self._ids = _ids()
+        self.configure(cfg, router)
+
+    def configure(self, cfg: Config, router: Router) -> None:
+        self.cfg = cfg
+        self.router = router
+        self.primary = cfg.upstreams.primary
+        self.preserve_host = cfg.preserve_host
+        self.primary_timeout = cfg.timeouts.primary
+        self.max_body = cfg.mirror.max_body
+
+    async def start(self) -> None:
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
+            auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(total=None, connect=self.cfg.timeouts.connect,
+                                          sock_read=self.cfg.timeouts.primary),
+            skip_auto_headers=SKIP_AUTO_HEADERS, read_bufsize=_CHUNK,
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    # ------------------------------------------------------------------ handler
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        method = request.method
+        if method == "CONNECT":
+            self.stats.add("not_eligible", "method")
+            return _text(405, "CONNECT is not supported")
+        target = request.raw_path
+        if not target.startswith("/"):
+            # absolute-form: keep path and query, never the authority
+            try:
+                url = URL(target, encoded=True)
+            except ValueError:
+                url = None
+            if url is None or not url.is_absolute() or url.scheme not in ("http", "https"):
+                self.stats.add("not_eligible", "bad_target")
+                return _text(400, "bad request target")
+            target = url.raw_path_qs or "/"
+        path, _, query = target.partition("?")
+        route = self.router.route(method, path)
+        endpoint = self.router.endpoint(route, method, path)
+
+        raw = request.raw_headers
+        headers = end_to_end(raw, _DROP_REQUEST)
+        self._forwarded(request, raw, headers)
+
+        upgrade = request.headers.get("Upgrade", "")
+        if upgrade.lower() == "websocket":
+            self.stats.add("not_eligible", "websocket", endpoint)
+            from .websocket import proxy_websocket
+            assert self.session is not None
+            return await proxy_websocket(self, request, target, headers)
+
+        # ---- mirroring decision (never awaits the shadow)
+        mirror = self.mirror
+        body: bytes | None = None
+        fut: asyncio.Future[ResponseRecord] | None = None
+        prefix: bytes | None = None
+        if mirror is None:
+            reason: str | None = "no_candidate"
+        else:
+            reason = mirror.eligible(method, route)
+        if reason is None:
+            body, prefix = await self._read_body(request)
+            if body is None:
+                reason = "body_too_large"
+        if reason is not None:
+            self.stats.add("not_eligible", reason, endpoint)
+        elif not mirror.sampled(route, headers, query):  # type: ignore[union-attr]
+            self.stats.add("sampled_out", "", endpoint)
+        else:
+            rec = RequestRecord(method, path, query, tuple(headers), body or b"")
+            fut = mirror.submit(next(self._ids), endpoint, route, rec)  # type: ignore[union-attr]
+
+        if not self.preserve_host:
+            headers = [(k, v) for k, v in headers if k.lower() != "host"]
+        try:
+            return await self._forward(request, method, target, headers, body, prefix, fut)
+        finally:
+            if fut is not None and not fut.done():
+                fut.set_result(ResponseRecord(status=0, error="incomplete"))
+
+    def _forwarded(self, request: web.BaseRequest, raw: tuple[tuple[bytes, bytes], ...],
+                   headers: list[tuple[str, str]]) -> None:
+        """Append X-Forwarded-For/-Proto/-Host; keep the client's Host when asked."""
+        xff = xfp = xfh = ""
+        host = ""
+        for k, v in raw:
+            lk = k.lower()
+            if lk == b"x-forwarded-for":
+                xff = f"{xff}, {v.decode('latin-1')}" if xff else v.decode("latin-1")
+            elif lk == b"x-forwarded-proto":
+                xfp = f"{xfp}, {v.decode('latin-1')}" if xfp else v.decode("latin-1")
+            elif lk == b"x-forwarded-host":
+                xfh = f"{xfh}, {v.decode('latin-1')}" if xfh else v.decode("latin-1")
+            elif lk == b"host" and not host:
+                host = v.decode("latin-1")
+        peer = request.remote or ""
+        scheme = "https" if request.transport is not None and \
+            request.transport.get_extra_info("sslcontext") else "http"
+        headers.append(("X-Forwarded-For", f"{xff}, {peer}" if xff else peer))
+        headers.append(("X-Forwarded-Proto", f"{xfp}, {scheme}" if xfp else scheme))
+        if host:
+            headers.append(("X-Forwarded-Host", f"{xfh}, {host}" if xfh else host))
+            # Host itself is dropped from the list above; put it back (first) for
+            # preserve_host, the caller removes it otherwise.
+            headers.insert(0, ("Host", host))
+        elif xfh:
+            headers.append(("X-Forwarded-Host", xfh))
+
+    async def _continue(self, request: web.BaseRequest) -> None:
+        if request.version >= aiohttp.HttpVersion11 and \
+                request.headers.get("Expect", "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    async def _read_body(self, request: web.BaseRequest) -> tuple[bytes | None, bytes | None]:
+        """The whole body when it is at most ``max_body``; else (None, prefix read so far)."""
+        if not request.body_exists:
+            return b"", None
+        length = request.content_length
+        if length is not None and length > self.max_body:
+            return None, None
+        await self._continue(request)
+        parts: list[bytes] = []
+        n = 0
+        async for chunk in request.content.iter_any():
+            parts.append(chunk)
+            n += len(chunk)
+            if n > self.max_body:
+                return None, b"".join(parts)
+        return b"".join(parts), None
+
+    async def _body_stream(self, request: web.BaseRequest, prefix: bytes | None
+                           ) -> AsyncIterator[bytes]:
+        if prefix:
+            yield prefix
+        else:
+            await self._continue(request)
+        async for chunk in request.content.iter_any():
+            yield chunk
+
+    async def _forward(self, request: web.BaseRequest, method: str, target: str,
+                       headers: list[tuple[str, str]], body: bytes | None,
+                       prefix: bytes | None,
+                       fut: asyncio.Future[ResponseRecord] | None) -> web.StreamResponse:
+        assert self.session is not None
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        if body is not None:
+            data: object = body if body else None
+        elif request.body_exists:
+            data = self._body_stream(request, prefix)
+        else:
+            data = None
+        url = URL(self.primary + target, encoded=True)
+        try:
+            upstream = await self.session.request(
+                method, url, headers=CIMultiDict(headers), data=data, allow_redirects=False,
+                skip_auto_headers=SKIP_AUTO_HEADERS,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is a 502 or 504
+            kind = classify_error(exc)
+            self.stats.add("primary_error", kind)
+            if kind == "timeout":
+                return _text(504, "primary timed out")
+            log.debug("primary failed: %r", exc)
+            return _text(502, "primary unavailable")
+        try:
+            names = frozenset(k.decode("latin-1").lower() for k, _ in upstream.raw_headers)
+            resp = FaithfulResponse(status=upstream.status, reason=upstream.reason or "",
+                                    names=names,
+                                    content_length=upstream.headers.get("Content-Length"))
+            out_headers = end_to_end(upstream.raw_headers)
+            for k, v in out_headers:
+                resp.headers.add(k, v)
+            if upstream.headers.get("Content-Length") is None and \
+                    "chunked" not in upstream.headers.get("Transfer-Encoding", "") and \
+                    request.version < aiohttp.HttpVersion11:
+                resp.force_close()
+            await resp.prepare(request)
+            capture = Capture(self.mirror.cfg.capture_max) if fut is not None and \
+                self.mirror is not None else None
+            try:
+                async for chunk in upstream.content.iter_any():
+                    await resp.write(chunk)
+                    if capture is not None:
+                        capture.feed(chunk)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                # the status is already sent: abort so the client sees a broken body,
+                # never a clean end
+                self.stats.add("primary_error", "mid_body_" + classify_error(exc))
+                if request.transport is not None:
+                    request.transport.abort()
+                if fut is not None and not fut.done():
+                    fut.set_result(ResponseRecord(status=0, error="incomplete"))
+                return resp
+            await resp.write_eof()
+            if fut is not None and capture is not None and not fut.done():
+                fut.set_result(ResponseRecord(
+                    status=upstream.status, reason=upstream.reason or "",
+                    headers=tuple((k.decode("latin-1"), v.decode("latin-1"))
+                                  for k, v in upstream.raw_headers),
+                    body=capture.body, size=capture.size, sha256=capture.sha256,
+                    truncated=capture.truncated, latency=loop.time() - t0))
+            return resp
+        finally:
+            upstream.release()
+
+
+def _ids() -> Iterator[str]:
+    """Exchange ids unique across processes and restarts: pid, start time, counter."""
+    prefix = f"{int(time.time() * 1000):x}-{os.getpid():x}-"
+    return (prefix + format(i, "x") for i in itertools.count(1))
+

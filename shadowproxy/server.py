@@ -1,0 +1,90 @@
+"""Lifecycle of one proxy process: listen, proxy, mirror, hand exchanges on, stop.
+
+:class:`ProxyServer` is the proxy stage of one process: the aiohttp low-level
+server, the :class:`~shadowproxy.proxy.Proxy` handler and the
+:class:`~shadowproxy.mirror.Mirror`. What happens to finished exchanges is the
+``sink``'s business: in a single process it is the comparator stage's bounded
+queue, in multi-process mode the channel to the control process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+
+from aiohttp import web
+
+from .config import Config, split_address
+from .mirror import Mirror
+from .models import Exchange
+from .proxy import Proxy
+from .routes import Router
+from .stats import Stats
+
+log = logging.getLogger("shadowproxy.server")
+
+# aiohttp's parser limits; a request beyond them gets a 4xx and the proxy goes on.
+MAX_LINE = 16 * 1024
+MAX_FIELD = 16 * 1024
+
+
+def bind(address: str, *, reuse_port: bool = False) -> socket.socket:
+    host, port = split_address(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port and hasattr(socket, "SO_REUSEPORT"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class ProxyServer:
+    def __init__(self, cfg: Config, stats: Stats, sink: Callable[[Exchange], bool]) -> None:
+        self.cfg = cfg
+        self.stats = stats
+        self.router = Router(cfg.routes, cfg.endpoints.max)
+        self.mirror = Mirror(cfg, stats, sink)
+        self.proxy = Proxy(cfg, stats, self.router, self.mirror)
+        self._runner: web.ServerRunner | None = None
+        self.sock: socket.socket | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.sock is not None
+        return int(self.sock.getsockname()[1])
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        self.sock = sock if sock is not None else bind(self.cfg.listen)
+        await self.proxy.start()
+        await self.mirror.start()
+        server = web.Server(self.proxy.handle, handler_cancellation=True, auto_decompress=False,
+                            max_line_size=MAX_LINE, max_field_size=MAX_FIELD,
+                            access_log=None)
+        self._runner = web.ServerRunner(server, handle_signals=False,
+                                        shutdown_timeout=self.cfg.timeouts.shutdown)
+        await self._runner.setup()
+        site = web.SockSite(self._runner, self.sock, shutdown_timeout=self.cfg.timeouts.shutdown)
+        await site.start()
+        log.info("proxying %s → %s (candidate %s)", self.cfg.listen, self.cfg.upstreams.primary,
+                 self.cfg.upstreams.candidate or "none")
+
+    def reload(self, cfg: Config) -> None:
+        """Apply a new config to routes, sampling and mirroring without dropping connections."""
+        self.cfg = cfg
+        self.router = Router(cfg.routes, cfg.endpoints.max)
+        self.proxy.configure(cfg, self.router)
+        self.mirror.configure(cfg)
+
+    async def stop(self) -> None:
+        """Stop accepting, finish in-flight requests, drain the mirror up to the deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.timeouts.shutdown
+        if self._runner is not None:
+            await self._runner.cleanup()   # closes the listener, waits for in-flight handlers
+        await self.mirror.drain(deadline)
+        await self.proxy.close()
