@@ -272,6 +272,12 @@ class NoiseConfig:
 
 
 @dataclass(frozen=True)
+class ComparatorConfig:
+    queue: int = 10000              # exchanges waiting for comparison (per comparator)
+    samples_detail: bool = True     # deepdiff detail for stored samples (never per request)
+
+
+@dataclass(frozen=True)
 class EndpointsConfig:
     max: int = 200                   # distinct endpoint keys before the overflow bucket
 
@@ -320,6 +326,7 @@ class Config:
     mirror: MirrorConfig = field(default_factory=MirrorConfig)
     routes: tuple[Route, ...] = ()
     compare: CompareRules = field(default_factory=CompareRules)
+    comparator: ComparatorConfig = field(default_factory=ComparatorConfig)
     redact: RedactConfig = field(default_factory=RedactConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     endpoints: EndpointsConfig = field(default_factory=EndpointsConfig)
@@ -348,6 +355,8 @@ def _check_semantics(cfg: Config, pos: "_Positions") -> None:
         fail("mirror.timeout", "must be greater than 0")
     if cfg.workers is not None and cfg.workers < 1:
         fail("workers", "must be at least 1")
+    if cfg.comparator.queue < 1:
+        fail("comparator.queue", "must be at least 1")
     if cfg.endpoints.max < 1:
         fail("endpoints.max", "must be at least 1")
     if cfg.store.batch < 1:

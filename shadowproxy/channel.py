@@ -1,0 +1,155 @@
+"""The bounded channel between proxy workers and the control process.
+
+Local default: a Unix socket in a private directory, frames of a 4-byte length
+and a pickled tuple. Worker → control: ``("x", Exchange)`` exchanges to compare,
+``("s", delta)`` outcome counter increments, ``("g", worker, gauges)``.
+Control → worker: ``("cfg", Config)`` a reloaded config, ``("mirror", enabled,
+sample)`` a run-time change.
+
+Back pressure: the control side awaits the comparator's bounded queue before
+reading the next frame, so a slow comparator fills the socket buffers and then
+the sender's write buffer; beyond ``limit`` bytes :meth:`ChannelClient.send`
+returns False and the worker counts the shadow as ``dropped{compare_full}``.
+The primary path never waits on it.
+
+The same two methods (``send`` returning a bool, and an async consumer) are what
+a network transport (Redis Streams) has to provide to replace this one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+log = logging.getLogger("shadowproxy.channel")
+
+_LEN = struct.Struct("!I")
+MAX_FRAME = 64 * 1024 * 1024
+
+
+def encode(msg: Any) -> bytes:
+    data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LEN.pack(len(data)) + data
+
+
+async def read_frame(reader: asyncio.StreamReader) -> Any:
+    head = await reader.readexactly(4)
+    (n,) = _LEN.unpack(head)
+    if n > MAX_FRAME:
+        raise ValueError(f"frame of {n} bytes exceeds the channel limit")
+    return pickle.loads(await reader.readexactly(n))
+
+
+class ChannelClient:
+    """The worker's end. ``send`` never blocks."""
+
+    def __init__(self, path: str, limit: int = 32 * 1024 * 1024,
+                 on_message: Callable[[Any], None] | None = None) -> None:
+        self.path = path
+        self.limit = limit
+        self.on_message = on_message
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self.broken = False
+
+    async def connect(self) -> None:
+        reader, self._writer = await asyncio.open_unix_connection(self.path)
+        self._reader_task = asyncio.create_task(self._read(reader), name="channel-reader")
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                msg = await read_frame(reader)
+                if self.on_message is not None:
+                    self.on_message(msg)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.broken = True
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001
+            log.exception("bad frame from the control process")
+            self.broken = True
+
+    @property
+    def buffered(self) -> int:
+        w = self._writer
+        return w.transport.get_write_buffer_size() if w is not None else 0
+
+    def send(self, msg: Any, force: bool = False) -> bool:
+        """Queue ``msg``; False (dropped) when the channel is down or over its limit.
+        ``force`` ignores the limit (small control frames such as counters)."""
+        w = self._writer
+        if w is None or self.broken or w.is_closing():
+            return False
+        if not force and w.transport.get_write_buffer_size() > self.limit:
+            return False
+        w.write(encode(msg))
+        return True
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            try:
+                await asyncio.wait_for(self._writer.drain(), timeout)
+            except (asyncio.TimeoutError, ConnectionError):
+                pass
+
+    async def close(self) -> None:
+        await self.flush()
+        if self._writer is not None:
+            self._writer.close()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+
+
+class ChannelServer:
+    """The control process's end: one reader task per worker connection."""
+
+    def __init__(self, path: str, handle: Callable[[Any], Awaitable[None] | None]) -> None:
+        self.path = path
+        self.handle = handle
+        self._server: asyncio.AbstractServer | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+        self._conns: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_unix_server(self._serve, self.path)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        try:
+            while True:
+                msg = await read_frame(reader)
+                res = self.handle(msg)
+                if res is not None:
+                    await res
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self._conns.discard(task)
+            if writer in self.writers:
+                self.writers.remove(writer)
+            writer.close()
+
+    def broadcast(self, msg: Any) -> None:
+        frame = encode(msg)
+        for w in list(self.writers):
+            if not w.is_closing():
+                w.write(frame)
+
+    async def wait_closed(self, timeout: float) -> None:
+        """Wait until every worker has disconnected (they close after their drain)."""
+        if self._conns:
+            await asyncio.wait(list(self._conns), timeout=timeout)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for t in list(self._conns):
+            t.cancel()

@@ -1,0 +1,84 @@
+"""Command line: ``shadowproxy run|validate|check|report`` (also ``python -m shadowproxy``).
+
+Exit codes: 0 success; 1 failure (a failed check, a runtime error); 2 usage or
+config error; 3 inconclusive check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+from .config import Config, load
+from .errors import ConfigError, ShadowProxyError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INCONCLUSIVE = 0, 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shadowproxy",
+                                description="A production traffic shadowing proxy.")
+    p.add_argument("--version", action="version", version=f"shadowproxy {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the proxy")
+    run.add_argument("-c", "--config", required=True, metavar="FILE")
+    run.add_argument("--workers", type=int, default=None,
+                     help="proxy processes (default: workers: in the config, else one per core)")
+
+    val = sub.add_parser("validate", help="check a config file (exit 0 valid, 2 invalid)")
+    val.add_argument("-c", "--config", required=True, metavar="FILE")
+
+    chk = sub.add_parser("check", help="evaluate the config's canary checks against the store")
+    chk.add_argument("-c", "--config", required=True, metavar="FILE")
+    chk.add_argument("--since", default=None, help="window such as 1h (default: all)")
+    chk.add_argument("--from", dest="from_", default=None, metavar="T")
+    chk.add_argument("--to", default=None, metavar="T")
+    chk.add_argument("--endpoint", default="*", metavar="GLOB")
+    chk.add_argument("--format", choices=("text", "json", "junit"), default="text")
+    chk.add_argument("-o", "--output", default=None, metavar="FILE")
+
+    rep = sub.add_parser("report", help="write a report of what the shadow saw")
+    rep.add_argument("-c", "--config", required=True, metavar="FILE")
+    rep.add_argument("--since", default="24h")
+    rep.add_argument("--format", choices=("html", "md", "json"), default="html")
+    rep.add_argument("-o", "--output", default=None, metavar="FILE")
+    rep.add_argument("--webhook", default=None, metavar="URL")
+    return p
+
+
+def _load(path: str) -> Config:
+    return load(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = _load(args.config)
+    except ConfigError as exc:
+        print(f"shadowproxy: invalid config: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "validate":
+        print(f"{args.config}: ok")
+        return EXIT_OK
+    try:
+        if args.command == "run":
+            from .runtime import run
+            if args.workers is not None and args.workers < 1:
+                print("shadowproxy: --workers must be at least 1", file=sys.stderr)
+                return EXIT_USAGE
+            return run(cfg, args.workers)
+        if args.command == "check":
+            from .checks import main as check_main
+            return check_main(cfg, args)
+        if args.command == "report":
+            from .report import main as report_main
+            return report_main(cfg, args)
+    except ConfigError as exc:
+        print(f"shadowproxy: invalid config: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ShadowProxyError as exc:
+        print(f"shadowproxy: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_USAGE  # pragma: no cover

@@ -1,0 +1,134 @@
+"""The comparison stage: exchanges in, judged and redacted results out to the store.
+
+It runs off the request path, fed by a bounded queue (in multi-process mode the
+control process fills it from the channel). For each exchange it:
+
+1. counts the request's final outcome: ``compared``, ``candidate_error{kind}``
+   or ``candidate_timeout``;
+2. diffs candidate against primary (and secondary against primary) with the
+   route's compiled rules;
+3. feeds the noise learner and splits the differences into real ones and noise;
+4. redacts the result and submits it to the store writer (dropped and counted
+   as ``store_full`` when the writer's queue is full).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from ..config import Config
+from ..models import Difference, Exchange, Result
+from ..stats import Stats
+from .comparator import Comparator
+from .noise import NoiseLearner
+from .rules import CompiledRules, compile_rules
+
+log = logging.getLogger("shadowproxy.compare")
+
+
+class CompareStage:
+    def __init__(self, cfg: Config, stats: Stats, *, writer: object | None = None,
+                 redactor: object | None = None,
+                 on_result: Callable[[Result], None] | None = None) -> None:
+        self.stats = stats
+        self.writer = writer
+        self.redactor = redactor
+        self.on_result = on_result
+        self.queue: asyncio.Queue[Exchange | None] = asyncio.Queue(cfg.comparator.queue)
+        self.learner = NoiseLearner(cfg.noise)
+        self._task: asyncio.Task[None] | None = None
+        self.configure(cfg)
+
+    def configure(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self._global = compile_rules(cfg.compare)
+        self._by_route: dict[str, Comparator] = {}
+        for r in cfg.routes:
+            rules: CompiledRules = compile_rules(cfg.compare, r.compare) if r.compare \
+                else self._global
+            self._by_route[r.key] = Comparator(rules)
+        self._default = Comparator(self._global)
+
+    # ------------------------------------------------------------ input
+
+    def offer(self, ex: Exchange) -> bool:
+        """Non-blocking hand-off from a proxy in the same process."""
+        try:
+            self.queue.put_nowait(ex)
+            return True
+        except asyncio.QueueFull:
+            return False
+
+    async def put(self, ex: Exchange) -> None:
+        """Blocking hand-off from the channel: back pressure reaches the senders."""
+        await self.queue.put(ex)
+
+    # ------------------------------------------------------------ work
+
+    def judge(self, ex: Exchange) -> Result:
+        cand = ex.candidate
+        if cand.error is not None:
+            if cand.error == "timeout":
+                self.stats.add("candidate_timeout", "", ex.endpoint)
+            else:
+                self.stats.add("candidate_error", cand.error, ex.endpoint)
+            return Result(ex, "error")
+        self.stats.add("compared", "", ex.endpoint)
+        comparator = self._by_route.get(ex.route, self._default) if ex.route else self._default
+        diffs: list[Difference] = comparator.compare(ex.primary, cand)
+        sec_diffs: list[Difference] = []
+        sec_fields: set[str] | None = None
+        if ex.secondary is not None and ex.secondary.error is None:
+            sec_diffs = comparator.compare(ex.primary, ex.secondary)
+            sec_fields = {d.field for d in sec_diffs}
+        fields = {d.field for d in diffs}
+        self.learner.observe(ex.endpoint, fields, sec_fields)
+        if not diffs:
+            return Result(ex, "match", [], frozenset(), sec_diffs)
+        noise = self.learner.noise_fields(ex.endpoint, fields)
+        verdict = "noise" if noise >= fields else "diff"
+        return Result(ex, verdict, diffs, noise, sec_diffs)
+
+    def process(self, ex: Exchange) -> Result:
+        result = self.judge(ex)
+        if self.on_result is not None:
+            self.on_result(result)
+        if self.writer is not None:
+            stored = self.redactor.redact_result(result) if self.redactor is not None \
+                else result  # type: ignore[attr-defined]
+            if not self.writer.submit(stored):  # type: ignore[attr-defined]
+                self.stats.add("store_dropped", "store_full", ex.endpoint)
+        return result
+
+    async def run(self) -> None:
+        while True:
+            ex = await self.queue.get()
+            if ex is None:
+                return
+            try:
+                self.process(ex)
+            except Exception:  # noqa: BLE001 - one bad exchange must not stop the stage
+                log.exception("comparison failed for exchange %s", ex.id)
+                self.stats.add("compare_failed", "", ex.endpoint)
+            # let the loop breathe between comparisons
+            if self.queue.qsize() % 16 == 0:
+                await asyncio.sleep(0)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="compare-stage")
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Compare what is queued (up to ``timeout``), then stop."""
+        if self._task is None:
+            return
+        await self.queue.put(None)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except asyncio.TimeoutError:
+            self._task.cancel()
+            while not self.queue.empty():
+                ex = self.queue.get_nowait()
+                if ex is not None:
+                    self.stats.add("dropped", "shutdown", ex.endpoint)

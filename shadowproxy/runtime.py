@@ -1,0 +1,313 @@
+"""Processes: the supervisor, the control process's stages and the proxy workers.
+
+``shadowproxy run`` starts one control process (this one) and ``workers`` proxy
+processes that share the listening socket::
+
+    clients ──► worker 1..N (proxy + mirror) ──channel──► control: comparator ─► store writer
+                                                              └─ stats totals, admin
+
+* SIGTERM/SIGINT: workers stop accepting, finish in-flight requests, drain their
+  mirror queue up to ``timeouts.shutdown`` and flush their counters; then the
+  control process compares what is queued, flushes the store and exits 0.
+* SIGHUP: the config file is read again; a valid one is applied to the control
+  stages and sent to every worker (routes, sampling, rules); an invalid one is
+  logged and the old one kept. Connections are not dropped.
+* A worker that dies is started again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from typing import Any
+
+from . import config as config_mod
+from .channel import ChannelClient, ChannelServer
+from .compare.stage import CompareStage
+from .config import Config
+from .errors import ConfigError, StoreError
+from .models import Result
+from .server import ProxyServer, bind
+from .stats import Stats
+
+log = logging.getLogger("shadowproxy")
+
+STATS_INTERVAL = 0.5
+
+
+def install_uvloop() -> bool:
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+def setup_logging(cfg: Config) -> None:
+    logging.basicConfig(
+        level=getattr(logging, cfg.log.level.upper()), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
+
+
+# ---------------------------------------------------------------- control stages
+
+
+class Control:
+    """Comparator, store writer and counter totals; fed in-process or by the channel."""
+
+    def __init__(self, cfg: Config, *, on_result: Any = None, redact_key: bytes | None = None
+                 ) -> None:
+        from .redact import Redactor
+        from .store import open_store
+        from .store.writer import StoreWriter
+
+        self.cfg = cfg
+        self.stats = Stats()
+        self.gauges: dict[int, dict[str, float]] = {}
+        self.store = open_store(cfg.store.url)
+        self.writer = StoreWriter(self.store, cfg.store)
+        self.redactor = Redactor(cfg.redact, redact_key) if redact_key is not None \
+            else Redactor.from_config(cfg.redact)
+        self.stage = CompareStage(cfg, self.stats, writer=self.writer, redactor=self.redactor,
+                                  on_result=on_result)
+        self.channel: ChannelServer | None = None
+        self._tick: asyncio.Task[None] | None = None
+
+    async def start(self, channel_path: str | None = None) -> None:
+        self.writer.start()
+        self.stage.start()
+        if channel_path is not None:
+            self.channel = ChannelServer(channel_path, self.on_message)
+            await self.channel.start()
+        self._tick = asyncio.create_task(self._persist_counts(), name="persist-counts")
+
+    def on_message(self, msg: tuple[Any, ...]) -> Any:
+        kind = msg[0]
+        if kind == "x":
+            return self.stage.put(msg[1])
+        if kind == "s":
+            self.stats.merge(msg[1])
+        elif kind == "g":
+            self.gauges[msg[1]] = msg[2]
+        return None
+
+    def reload(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.stage.configure(cfg)
+        if self.channel is not None:
+            self.channel.broadcast(("cfg", cfg))
+
+    def _flush_counts(self) -> None:
+        minute = int(time.time() // 60 * 60)
+        rows = [(float(minute), ep, o, r, n) for (o, r, ep), n in self.stats.take_delta()]
+        if rows:
+            self.writer.add_outcomes(rows)
+
+    async def _persist_counts(self) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            self._flush_counts()
+            self.writer.save_noise(self.stage.learner.evidence())
+
+    async def stop(self, timeout: float) -> None:
+        if self.channel is not None:
+            await self.channel.wait_closed(timeout)
+            await self.channel.close()
+        await self.stage.stop(timeout)
+        if self._tick is not None:
+            self._tick.cancel()
+        self._flush_counts()
+        self.writer.save_noise(self.stage.learner.evidence())
+        await asyncio.get_running_loop().run_in_executor(None, self.writer.close, timeout)
+
+
+# ---------------------------------------------------------------- workers
+
+
+def worker_entry(cfg: Config, sock: socket.socket, channel_path: str, index: int) -> None:
+    """A proxy worker process."""
+    setup_logging(cfg)
+    install_uvloop()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the supervisor decides
+    try:
+        asyncio.run(_worker(cfg, sock, channel_path, index))
+    except KeyboardInterrupt:  # pragma: no cover
+        pass
+
+
+async def _worker(cfg: Config, sock: socket.socket, channel_path: str, index: int) -> None:
+    loop = asyncio.get_running_loop()
+    stats = Stats()
+    stop = asyncio.Event()
+    server: ProxyServer | None = None
+
+    def on_message(msg: tuple[Any, ...]) -> None:
+        if msg[0] == "cfg" and server is not None:
+            server.reload(msg[1])
+        elif msg[0] == "mirror" and server is not None:
+            server.mirror.enabled = bool(msg[1]) and server.mirror.candidate is not None
+            if msg[2] is not None:
+                server.mirror.sample = float(msg[2])
+
+    client = ChannelClient(channel_path, on_message=on_message)
+    await client.connect()
+    server = ProxyServer(cfg, stats, lambda ex: client.send(("x", ex)))
+    sock.setblocking(False)
+    await server.start(sock)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)   # the supervisor reloads
+
+    def gauges() -> dict[str, float]:
+        m = server.mirror
+        return {"mirror_queue_depth": m.depth, "mirror_in_flight": m.in_flight,
+                "mirror_buffered_bytes": m.buffered, "channel_buffered_bytes": client.buffered}
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(STATS_INTERVAL)
+            client.send(("s", stats.take_delta()), force=True)
+            client.send(("g", index, gauges()), force=True)
+
+    reporter = asyncio.create_task(report())
+    await stop.wait()
+    await server.stop()
+    reporter.cancel()
+    client.send(("s", stats.take_delta()), force=True)
+    await client.close()
+
+
+# ---------------------------------------------------------------- supervisor
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+
+
+def run(cfg: Config, workers: int | None = None) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit code."""
+    setup_logging(cfg)
+    install_uvloop()
+    n = workers or cfg.workers or default_workers()
+    try:
+        return asyncio.run(_supervise(cfg, n))
+    except StoreError as exc:
+        log.error("%s", exc)
+        return 1
+
+
+async def _supervise(cfg: Config, n: int) -> int:
+    loop = asyncio.get_running_loop()
+    sock = bind(cfg.listen)
+    tmp = tempfile.mkdtemp(prefix="shadowproxy-")
+    os.chmod(tmp, 0o700)
+    path = os.path.join(tmp, "channel.sock")
+    control = Control(cfg)
+    await control.start(path)
+    from .admin import AdminServer
+    admin = AdminServer(cfg, control)
+    await admin.start()
+    ctx = multiprocessing.get_context("spawn")
+    procs: dict[int, multiprocessing.process.BaseProcess] = {}
+    stopping = asyncio.Event()
+
+    def spawn(i: int) -> None:
+        p = ctx.Process(target=worker_entry, args=(control.cfg, sock, path, i),
+                        name=f"shadowproxy-worker-{i}", daemon=False)
+        p.start()
+        procs[i] = p
+
+    for i in range(n):
+        spawn(i)
+    host, port = sock.getsockname()[:2]
+    log.info("listening on %s:%d with %d worker(s); admin on %s", host, port, n,
+             admin.address)
+    print(f"shadowproxy listening on {host}:{port} ({n} workers), admin {admin.address}",
+          flush=True)
+
+    def reload() -> None:
+        try:
+            new = config_mod.load(cfg.source or "")
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return
+        if new.listen != control.cfg.listen:
+            log.warning("listen changed; it takes effect on restart only")
+        control.reload(new)
+        admin.reload(new)
+        log.info("configuration reloaded from %s", cfg.source)
+
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    loop.add_signal_handler(signal.SIGINT, stopping.set)
+    if cfg.source:
+        loop.add_signal_handler(signal.SIGHUP, reload)
+
+    while not stopping.is_set():
+        try:
+            await asyncio.wait_for(stopping.wait(), 1.0)
+        except asyncio.TimeoutError:
+            pass
+        for i, p in list(procs.items()):
+            if not p.is_alive() and not stopping.is_set():
+                log.error("worker %d exited with %s; starting it again", i, p.exitcode)
+                spawn(i)
+
+    log.info("stopping: draining workers")
+    deadline = cfg.timeouts.shutdown + 5.0
+    for p in procs.values():
+        if p.pid is not None and p.is_alive():
+            os.kill(p.pid, signal.SIGTERM)
+    t0 = loop.time()
+    while any(p.is_alive() for p in procs.values()) and loop.time() - t0 < deadline:
+        await asyncio.sleep(0.05)
+    for p in procs.values():
+        if p.is_alive():
+            log.error("worker %s did not stop in time; killing it", p.pid)
+            p.kill()
+    sock.close()
+    await control.stop(cfg.timeouts.shutdown)
+    await admin.stop()
+    try:
+        os.unlink(path)
+        os.rmdir(tmp)
+    except OSError:
+        pass
+    totals = control.stats.by_outcome()
+    log.info("stopped; outcomes: %s", totals)
+    return 0
+
+
+# ---------------------------------------------------------------- in one process
+
+
+class InProcess:
+    """Everything in one event loop: for tests and embedding (not for production,
+    where comparisons must not share the proxy's loop)."""
+
+    def __init__(self, cfg: Config, *, on_result: Any = None) -> None:
+        self.results: list[Result] = []
+        self.control = Control(cfg, on_result=on_result or self.results.append)
+        self.stats = self.control.stats
+        self.server = ProxyServer(cfg, self.stats, self.control.stage.offer)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def start(self) -> "InProcess":
+        await self.control.start()
+        await self.server.start()
+        return self
+
+    async def stop(self) -> None:
+        await self.server.stop()
+        await self.control.stop(self.control.cfg.timeouts.shutdown)

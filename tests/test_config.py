@@ -1,0 +1,130 @@
+"""The config loader: the issue's shape, units, env substitution, and errors naming file, line, key."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from shadowproxy.cli import main
+from shadowproxy.config import load, loads, parse_duration, parse_size
+from shadowproxy.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+ISSUE_SHAPE = """\
+listen: 127.0.0.1:8080
+admin: {listen: 127.0.0.1:8081}
+upstreams:
+  primary: http://127.0.0.1:9001
+  candidate: http://127.0.0.1:9002
+  secondary: http://127.0.0.1:9003     # optional
+mirror:
+  sample: 1.0
+  methods: [GET, HEAD, OPTIONS]
+  max_body: 1MiB
+  queue: 10000
+  concurrency: 64
+  timeout: 5s
+  add_headers: {X-Shadow-Request: "1"}
+routes:
+  - name: user
+    match: /api/users/{id}
+    methods: [GET]
+  - match: /admin/**
+    mirror: false
+store:
+  url: sqlite:///./shadowproxy.db
+"""
+
+
+def test_issue_shape_loads_into_typed_frozen_config() -> None:
+    cfg = loads(ISSUE_SHAPE, file="shape.yaml")
+    assert cfg.upstreams.secondary == "http://127.0.0.1:9003"
+    assert cfg.mirror.max_body == 1024 * 1024
+    assert cfg.mirror.timeout == 5.0
+    assert cfg.mirror.methods == ("GET", "HEAD", "OPTIONS")
+    assert cfg.routes[0].key == "user" and cfg.routes[0].methods == ("GET",)
+    assert cfg.routes[1].key == "/admin/**" and cfg.routes[1].mirror is False
+    with pytest.raises(AttributeError):
+        cfg.listen = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("text,seconds", [("250ms", 0.25), ("5s", 5), ("1m", 60), ("2h", 7200),
+                                          ("7d", 604800), (3, 3.0), ("1.5s", 1.5)])
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text,n", [("64KiB", 65536), ("1MiB", 1048576), ("10MB", 10_000_000),
+                                    (512, 512), ("1GiB", 1024**3)])
+def test_sizes(text: object, n: int) -> None:
+    assert parse_size(text) == n
+
+
+def test_env_substitution_retypes_plain_scalars() -> None:
+    text = "upstreams:\n  primary: ${P}\nmirror:\n  queue: ${Q}\n  timeout: ${T:-250ms}\n"
+    cfg = loads(text, env={"P": "http://127.0.0.1:1", "Q": "42"})
+    assert cfg.upstreams.primary == "http://127.0.0.1:1"
+    assert cfg.mirror.queue == 42 and cfg.mirror.timeout == 0.25
+
+
+@pytest.mark.parametrize("text,line,key,words", [
+    ("upstreams:\n  primary: http://a:1\nmirror:\n  queu: 3\n", 4, "mirror.queu", "unknown key"),
+    ("upstreams:\n  primary: http://a:1\nmirror:\n  queue: many\n", 4, "mirror.queue",
+     "expected an integer"),
+    ("upstreams:\n  primary: http://a:1\nmirror:\n  timeout: 5 parsecs\n", 4, "mirror.timeout",
+     "duration"),
+    ("upstreams:\n  primary: ftp://a\n", 2, "upstreams.primary", "http://"),
+    ("upstreams:\n  primary: http://a:1\nmirror:\n  sample: 1.5\n", 4, "mirror.sample",
+     "between 0 and 1"),
+    ("upstreams:\n  primary: http://a:1\nroutes:\n  - match: /a\n  - match: nope\n", 5,
+     "routes[1].match", "starts with '/'"),
+    ("upstreams:\n  primary: ${MISSING}\n", 2, "upstreams.primary", "MISSING is not set"),
+    ("listen: 127.0.0.1:80\n", 1, "upstreams", "required key is missing"),
+    ("upstreams:\n  primary: http://a:1\nmirror: [1, 2]\n", 3, "mirror", "expected a mapping"),
+    ("upstreams:\n  primary: http://a:1\nlisten: nope\n", 3, "listen", "host:port"),
+    ("upstreams:\n  primary: http://a:1\nmirror:\n  sample_by: user\n", 4, "mirror.sample_by",
+     "header:NAME"),
+    ("upstreams:\n  primary: http://a:1\ncompare:\n  arrays:\n    - {path: $.a, mode: keyed}\n",
+     5, "compare.arrays[0].key", "needs a key"),
+    ("upstreams: {primary: http://a:1}\nchecks:\n  - name: x\n", 3, "checks[0]",
+     "at least one"),
+    ("upstreams:\n  primary: http://a:1\n  primary: http://b:1\n", 3, "upstreams.primary",
+     "twice"),
+])
+def test_errors_name_file_line_and_key(text: str, line: int, key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        loads(text, file="bad.yaml", env={})
+    err = info.value
+    assert err.file == "bad.yaml"
+    assert err.line == line, str(err)
+    assert err.key == key, str(err)
+    assert words in str(err)
+    assert str(err).startswith(f"bad.yaml:{line}: {key}: ")
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("upstreams:\n  primary: http://a:1\nmirror: {queue: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load(p)
+    assert info.value.line is not None and info.value.file == str(p)
+
+
+def test_example_and_demo_configs_are_valid() -> None:
+    for path in sorted((ROOT / "config").glob("*.yaml")):
+        load(path, env={"SHADOWPROXY_ADMIN_TOKEN": "t"})
+
+
+def test_cli_validate_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(textwrap.dedent(ISSUE_SHAPE))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("upstreams:\n  primary: http://a:1\nworkers: -1\n")
+    assert main(["validate", "-c", str(good)]) == 0
+    assert main(["validate", "-c", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:3: workers: must be at least 1" in err
+    assert main(["validate", "-c", str(tmp_path / "missing.yaml")]) == 2
