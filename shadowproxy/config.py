@@ -342,7 +342,7 @@ class Config:
 # ---------------------------------------------------------------- validation beyond types
 
 
-def _check_semantics(cfg: Config, pos: "_Positions") -> None:
+def _check_semantics(cfg: Config, pos: "_Positions", env: typing.Mapping[str, str]) -> None:
     def fail(key: str, msg: str) -> typing.NoReturn:
         raise pos.error(key, msg)
 
@@ -386,7 +386,7 @@ def _check_semantics(cfg: Config, pos: "_Positions") -> None:
                                            c.max_p99_ratio, c.max_p50_ratio, c.forbid_kinds)):
             fail(f"checks[{i}]", "a check needs at least one of max_diff_rate, "
                  "max_error_rate_increase, max_p99_ratio, max_p50_ratio, forbid_kinds")
-    if cfg.admin.token_env and cfg.admin.token is None and cfg.admin.token_env not in os.environ:
+    if cfg.admin.token_env and cfg.admin.token is None and cfg.admin.token_env not in env:
         fail("admin.token_env", f"environment variable {cfg.admin.token_env} is not set")
 
 
@@ -566,7 +566,7 @@ def loads(text: str, *, file: str = "<config>", env: typing.Mapping[str, str] | 
         raise ConfigError("the file is empty", file=file)
     cfg = loader.dataclass(Config, node, "")
     cfg = dataclasses.replace(cfg, source=file)
-    _check_semantics(cfg, loader.pos)
+    _check_semantics(cfg, loader.pos, loader.env)
     return cfg
 
 
