@@ -81,6 +81,9 @@ class Control:
                                   on_result=on_result)
         self.channel: ChannelServer | None = None
         self._tick: asyncio.Task[None] | None = None
+        self.mirror_state: tuple[bool, float] = (cfg.mirror.enabled, cfg.mirror.sample)
+        # in-process proxies (InProcess) register here; workers get it over the channel
+        self.local_mirrors: list[Any] = []
 
     async def start(self, channel_path: str | None = None) -> None:
         self.writer.start()
@@ -103,8 +106,21 @@ class Control:
     def reload(self, cfg: Config) -> None:
         self.cfg = cfg
         self.stage.configure(cfg)
+        self.mirror_state = (cfg.mirror.enabled, cfg.mirror.sample)
         if self.channel is not None:
             self.channel.broadcast(("cfg", cfg))
+
+    def set_mirror(self, enabled: bool | None = None, sample: float | None = None) -> None:
+        """Run-time switch: mirroring on/off and the sample rate, in every worker."""
+        en, rate = self.mirror_state
+        en = en if enabled is None else enabled
+        rate = rate if sample is None else sample
+        self.mirror_state = (en, rate)
+        for m in self.local_mirrors:
+            m.enabled = en and m.candidate is not None
+            m.sample = rate
+        if self.channel is not None:
+            self.channel.broadcast(("mirror", en, rate))
 
     def _flush_counts(self) -> None:
         minute = int(time.time() // 60 * 60)
@@ -298,6 +314,7 @@ class InProcess:
         self.control = Control(cfg, on_result=on_result or self.results.append)
         self.stats = self.control.stats
         self.server = ProxyServer(cfg, self.stats, self.control.stage.offer)
+        self.control.local_mirrors.append(self.server.mirror)
 
     @property
     def port(self) -> int:

@@ -35,7 +35,9 @@ class CompareStage:
         self.stats = stats
         self.writer = writer
         self.redactor = redactor
-        self.on_result = on_result
+        # callables told of every judged result (unredacted: in-memory consumers
+        # such as metrics only; nothing a listener keeps may reach disk or logs)
+        self.listeners: list[Callable[[Result], None]] = [on_result] if on_result else []
         self.queue: asyncio.Queue[Exchange | None] = asyncio.Queue(cfg.comparator.queue)
         self.learner = NoiseLearner(cfg.noise)
         self._task: asyncio.Task[None] | None = None
@@ -93,8 +95,8 @@ class CompareStage:
 
     def process(self, ex: Exchange) -> Result:
         result = self.judge(ex)
-        if self.on_result is not None:
-            self.on_result(result)
+        for listener in self.listeners:
+            listener(result)
         if self.writer is not None:
             stored = self.redactor.redact_result(result) if self.redactor is not None \
                 else result  # type: ignore[attr-defined]
