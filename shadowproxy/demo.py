@@ -65,16 +65,19 @@ def _plan(n: int, seed: int = 7) -> list[tuple[str, str, bytes | None]]:
     return out
 
 
-async def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+async def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
+    """Poll ``url`` until it answers 200; → the number of requests it took."""
     t0 = time.monotonic()
+    tries = 0
     async with aiohttp.ClientSession() as s:
         while time.monotonic() - t0 < timeout:
             if proc.poll() is not None:
                 raise SystemExit(f"shadowproxy exited early with {proc.returncode}")
+            tries += 1
             try:
                 async with s.get(url) as r:
                     if r.status == 200:
-                        return
+                        return tries
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.1)
@@ -122,7 +125,7 @@ def print_summary(db_url: str, outcomes: dict[str, int]) -> None:
         real = [f for f in fields if not f.noise][:3]
         top = ", ".join(f"{f.field} ({f.count})" for f in real) or "none"
         print(f"{st.endpoint:<10} {st.exchanges:>5} {_pct(st.diff_rate):>6} "
-              f"{_pct(st.noise_rate):>7} {st.errors:>4}  "
+              f"{_pct(st.noise / st.exchanges if st.exchanges else 0.0):>7} {st.errors:>4}  "
               f"{_ms(st.primary_p50) + '/' + _ms(st.candidate_p50):>16} "
               f"{_ms(st.primary_p99) + '/' + _ms(st.candidate_p99):>16}  {top}")
     print("\nNoise learned from the secondary (field: N, R=primary≠candidate, "
@@ -158,7 +161,8 @@ async def _main() -> int:
                             env=env, cwd=ROOT)
     try:
         await _wait_ready(f"http://127.0.0.1:{admin}/healthz", proc)
-        await _wait_ready(f"http://127.0.0.1:{listen}/health", proc)
+        # only probes that reached the proxy count as requests (refused ones never arrived)
+        probes = 1 if await _wait_ready(f"http://127.0.0.1:{listen}/health", proc) else 0
         plan = _plan(REQUESTS)
         t0 = time.monotonic()
         statuses = await _send(f"http://127.0.0.1:{listen}", plan)
@@ -169,7 +173,7 @@ async def _main() -> int:
             for _ in range(100):
                 async with s.get(f"http://127.0.0.1:{admin}/api/v1/outcomes") as r:
                     live = await r.json()
-                if live["requests"] >= len(plan):
+                if live["requests"] >= len(plan) + probes:
                     break
                 await asyncio.sleep(0.1)
     finally:
@@ -183,13 +187,14 @@ async def _main() -> int:
     for k, v in outcomes.items():
         print(f"  {k:<32} {v}")
     final = live["requests"]
+    sent = len(plan) + probes
     health = statuses.get(200, 0) + statuses.get(201, 0)
-    print(f"  {'(sum of final outcomes)':<32} {final}  (requests sent: {len(plan)}; "
-          f"{'adds up' if final == len(plan) else 'DOES NOT ADD UP'})")
+    print(f"  {'(sum of final outcomes)':<32} {final}  (requests sent: {sent}, with the "
+          f"readiness probe; {'adds up' if final == sent else 'DOES NOT ADD UP'})")
     print(f"  successful client responses: {health} of {len(plan)}")
     print_summary(f"sqlite:///{out}/shadowproxy.db", outcomes)
     print(f"\nstore: {out / 'shadowproxy.db'}")
-    return 0 if code == 0 and final == len(plan) else 1
+    return 0 if code == 0 and final == sent else 1
 
 
 def main() -> int:

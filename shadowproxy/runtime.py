@@ -86,7 +86,6 @@ class Control:
         self.local_mirrors: list[Any] = []
 
     async def start(self, channel_path: str | None = None) -> None:
-        self.writer.start()
         self.stage.start()
         if channel_path is not None:
             self.channel = ChannelServer(channel_path, self.on_message)
