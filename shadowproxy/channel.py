@@ -48,10 +48,12 @@ class ChannelClient:
     """The worker's end. ``send`` never blocks."""
 
     def __init__(self, path: str, limit: int = 32 * 1024 * 1024,
-                 on_message: Callable[[Any], None] | None = None) -> None:
+                 on_message: Callable[[Any], None] | None = None,
+                 on_close: Callable[[], None] | None = None) -> None:
         self.path = path
         self.limit = limit
         self.on_message = on_message
+        self.on_close = on_close   # the control process went away
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self.broken = False
@@ -73,6 +75,8 @@ class ChannelClient:
         except Exception:  # noqa: BLE001
             log.exception("bad frame from the control process")
             self.broken = True
+        if self.on_close is not None:
+            self.on_close()
 
     @property
     def buffered(self) -> int:

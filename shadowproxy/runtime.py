@@ -84,6 +84,7 @@ class Control:
         self.mirror_state: tuple[bool, float] = (cfg.mirror.enabled, cfg.mirror.sample)
         # in-process proxies (InProcess) register here; workers get it over the channel
         self.local_mirrors: list[Any] = []
+        self.ready_workers: set[int] = set()   # workers listening now
 
     async def start(self, channel_path: str | None = None) -> None:
         self.stage.start()
@@ -100,6 +101,10 @@ class Control:
             self.stats.merge(msg[1])
         elif kind == "g":
             self.gauges[msg[1]] = msg[2]
+        elif kind == "ready":
+            self.ready_workers.add(msg[1])
+        elif kind == "bye":
+            self.ready_workers.discard(msg[1])
         return None
 
     def reload(self, cfg: Config) -> None:
@@ -148,7 +153,10 @@ class Control:
 # ---------------------------------------------------------------- workers
 
 
-def worker_entry(cfg: Config, sock: socket.socket, channel_path: str, index: int) -> None:
+REUSE_PORT = hasattr(socket, "SO_REUSEPORT")
+
+
+def worker_entry(cfg: Config, sock: socket.socket | str, channel_path: str, index: int) -> None:
     """A proxy worker process."""
     setup_logging(cfg)
     install_uvloop()
@@ -159,7 +167,9 @@ def worker_entry(cfg: Config, sock: socket.socket, channel_path: str, index: int
         pass
 
 
-async def _worker(cfg: Config, sock: socket.socket, channel_path: str, index: int) -> None:
+async def _worker(cfg: Config, sock: socket.socket | str, channel_path: str, index: int
+                  ) -> None:
+    """``sock`` is the shared listening socket, or the address to bind with SO_REUSEPORT."""
     loop = asyncio.get_running_loop()
     stats = Stats()
     stop = asyncio.Event()
@@ -173,9 +183,11 @@ async def _worker(cfg: Config, sock: socket.socket, channel_path: str, index: in
             if msg[2] is not None:
                 server.mirror.sample = float(msg[2])
 
-    client = ChannelClient(channel_path, on_message=on_message)
+    client = ChannelClient(channel_path, on_message=on_message, on_close=stop.set)
     await client.connect()
     server = ProxyServer(cfg, stats, lambda ex: client.send(("x", ex)))
+    if isinstance(sock, str):
+        sock = bind(sock, reuse_port=True)
     sock.setblocking(False)
     await server.start(sock)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -193,7 +205,9 @@ async def _worker(cfg: Config, sock: socket.socket, channel_path: str, index: in
             client.send(("g", index, gauges()), force=True)
 
     reporter = asyncio.create_task(report())
+    client.send(("ready", index), force=True)
     await stop.wait()
+    client.send(("bye", index), force=True)
     await server.stop()
     reporter.cancel()
     client.send(("s", stats.take_delta()), force=True)
@@ -222,7 +236,14 @@ def run(cfg: Config, workers: int | None = None) -> int:
 
 async def _supervise(cfg: Config, n: int) -> int:
     loop = asyncio.get_running_loop()
-    sock = bind(cfg.listen)
+    # With SO_REUSEPORT every worker binds its own socket and the kernel balances
+    # connections among them; this one only holds the port (it never listens).
+    # Without it, the workers share one listening socket.
+    sock = bind(cfg.listen, reuse_port=REUSE_PORT, listen=not REUSE_PORT)
+    host, port = sock.getsockname()[:2]
+    target: socket.socket | str = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if not REUSE_PORT:
+        target = sock
     tmp = tempfile.mkdtemp(prefix="shadowproxy-")
     os.chmod(tmp, 0o700)
     path = os.path.join(tmp, "channel.sock")
@@ -236,14 +257,13 @@ async def _supervise(cfg: Config, n: int) -> int:
     stopping = asyncio.Event()
 
     def spawn(i: int) -> None:
-        p = ctx.Process(target=worker_entry, args=(control.cfg, sock, path, i),
+        p = ctx.Process(target=worker_entry, args=(control.cfg, target, path, i),
                         name=f"shadowproxy-worker-{i}", daemon=False)
         p.start()
         procs[i] = p
 
     for i in range(n):
         spawn(i)
-    host, port = sock.getsockname()[:2]
     log.info("listening on %s:%d with %d worker(s); admin on %s", host, port, n,
              admin.address)
     print(f"shadowproxy listening on {host}:{port} ({n} workers), admin {admin.address}",
@@ -266,9 +286,14 @@ async def _supervise(cfg: Config, n: int) -> int:
     if cfg.source:
         loop.add_signal_handler(signal.SIGHUP, reload)
 
+    announced = False
     while not stopping.is_set():
+        if not announced and len(control.ready_workers) >= n:
+            announced = True
+            log.info("all %d workers ready", n)
+            print(f"ready: {n} workers", flush=True)
         try:
-            await asyncio.wait_for(stopping.wait(), 1.0)
+            await asyncio.wait_for(stopping.wait(), 0.1 if not announced else 1.0)
         except asyncio.TimeoutError:
             pass
         for i, p in list(procs.items()):

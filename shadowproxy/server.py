@@ -30,7 +30,9 @@ MAX_LINE = 16 * 1024
 MAX_FIELD = 16 * 1024
 
 
-def bind(address: str, *, reuse_port: bool = False) -> socket.socket:
+def bind(address: str, *, reuse_port: bool = False, listen: bool = True) -> socket.socket:
+    """A non-blocking TCP socket bound to ``host:port``; with ``reuse_port`` several
+    processes bind the same port and the kernel spreads connections among them."""
     host, port = split_address(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -38,7 +40,8 @@ def bind(address: str, *, reuse_port: bool = False) -> socket.socket:
     if reuse_port and hasattr(socket, "SO_REUSEPORT"):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.listen(1024)
+    if listen:
+        sock.listen(1024)
     sock.setblocking(False)
     return sock
 

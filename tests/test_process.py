@@ -1,0 +1,234 @@
+"""The real `shadowproxy run`: several worker processes, totals, SIGTERM, SIGHUP, kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from shadowproxy.demo_upstreams import make_app
+
+from .support import Upstream, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _write_config(path: Path, ups: dict[str, Upstream], db: Path, listen: int, admin: int,
+                  sample: str = "1.0", extra: str = "") -> None:
+    path.write_text(f"""\
+listen: 127.0.0.1:{listen}
+workers: 2
+admin: {{listen: 127.0.0.1:{admin}}}
+upstreams:
+  primary: {ups['primary'].url}
+  candidate: {ups['candidate'].url}
+  secondary: {ups['secondary'].url}
+timeouts: {{shutdown: 5s}}
+mirror:
+  sample: {sample}
+  timeout: 2s
+routes:
+  - name: user
+    match: /api/users/{{id}}
+store:
+  url: sqlite:///{db}
+{extra}""")
+
+
+class Running:
+    def __init__(self, cfg: Path, listen: int, admin: int, log: Path) -> None:
+        self.listen, self.admin = listen, admin
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shadowproxy", "run", "-c", str(cfg)],
+            cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+    async def ready(self) -> None:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(200):
+                assert self.proc.poll() is None, self.log.read_text()
+                try:
+                    async with s.get(f"http://127.0.0.1:{self.admin}/healthz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+            # the supervisor says so once every worker listens
+            for _ in range(400):
+                assert self.proc.poll() is None, self.log.read_text()
+                if "ready: 2 workers" in self.log.read_text():
+                    return
+                await asyncio.sleep(0.05)
+        raise AssertionError("not ready: " + self.log.read_text())
+
+    async def outcomes(self) -> dict:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{self.admin}/api/v1/outcomes") as r:
+                return await r.json()
+
+    async def wait_total(self, n: int, timeout: float = 15.0) -> dict:
+        t0 = time.monotonic()
+        while True:
+            live = await self.outcomes()
+            if live["requests"] >= n or time.monotonic() - t0 > timeout:
+                # workers send their counters every 0.5 s: one more round for the rest
+                await asyncio.sleep(1.0)
+                return await self.outcomes()
+            await asyncio.sleep(0.1)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+@pytest.fixture
+async def upstreams():
+    ups = {role: await Upstream(make_app(role)).start()
+           for role in ("primary", "candidate", "secondary")}
+    yield ups
+    for u in ups.values():
+        await u.stop()
+
+
+async def _load(port: int, n: int, conc: int = 16, refused_ok: bool = False) -> int:
+    """Send ``n`` requests; → how many got a 200. With ``refused_ok`` a refused
+    connection (the proxy stopped accepting) is not an error."""
+    ok = 0
+    sem = asyncio.Semaphore(conc)
+    async with aiohttp.ClientSession() as s:
+        async def one(i: int) -> None:
+            nonlocal ok
+            try:
+                async with sem, s.get(f"http://127.0.0.1:{port}/api/users/{i % 200}") as r:
+                    await r.read()
+                    ok += r.status == 200
+            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError):
+                # refused, or an idle keep-alive connection closed by the drain
+                if not refused_ok:
+                    raise
+        await asyncio.gather(*(one(i) for i in range(n)))
+    return ok
+
+
+async def test_workers_serve_mirror_compare_store_and_totals_add_up(upstreams, tmp_path: Path
+                                                                     ) -> None:
+    listen, admin, db = free_port(), free_port(), tmp_path / "r.db"
+    cfg = tmp_path / "c.yaml"
+    _write_config(cfg, upstreams, db, listen, admin)
+    run = Running(cfg, listen, admin, tmp_path / "log")
+    try:
+        await run.ready()
+        n = 600
+        assert await _load(listen, n) == n
+        live = await run.wait_total(n)
+    finally:
+        code = run.stop()
+    assert code == 0, run.log.read_text()
+    # totals across processes add up (the readiness probe is a bare TCP connect, no request)
+    assert live["requests"] == n, live
+    assert live["outcomes"].get("compared") == live["mirrored"] == n, live
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute("select id from exchanges").fetchall()
+        assert len(rows) == n
+        pids = {r[0].split("-")[1] for r in rows}
+        assert len(pids) == 2, "both workers served and mirrored"
+        assert con.execute("pragma integrity_check").fetchone()[0] == "ok"
+    finally:
+        con.close()
+
+
+async def test_sigterm_drains_every_worker(upstreams, tmp_path: Path) -> None:
+    """In-flight requests finish and queued shadows are compared before exit 0."""
+    listen, admin, db = free_port(), free_port(), tmp_path / "r.db"
+    cfg = tmp_path / "c.yaml"
+    _write_config(cfg, upstreams, db, listen, admin)
+    run = Running(cfg, listen, admin, tmp_path / "log")
+    await run.ready()
+    n = 300
+    load = asyncio.create_task(_load(listen, n, conc=30, refused_ok=True))
+    await asyncio.sleep(0.15)           # requests in flight
+    run.proc.send_signal(signal.SIGTERM)
+    ok = await load
+    code = await asyncio.get_running_loop().run_in_executor(None, run.proc.wait, 30)
+    assert code == 0, run.log.read_text()
+    con = sqlite3.connect(db)
+    stored = con.execute("select count(*) from exchanges").fetchone()[0]
+    counted = dict(con.execute("select outcome, sum(count) from outcomes group by outcome"))
+    con.close()
+    # every request the proxy accepted was answered and ended in a counted outcome
+    accepted = sum(v for k, v in counted.items() if k in (
+        "not_eligible", "sampled_out", "dropped", "compared", "candidate_error",
+        "candidate_timeout"))
+    assert ok <= accepted <= n
+    assert stored == counted.get("compared", 0) + counted.get("candidate_error", 0) + \
+        counted.get("candidate_timeout", 0)
+    assert ok > 0
+
+
+async def test_sighup_reloads_and_keeps_old_config_when_invalid(upstreams, tmp_path: Path
+                                                                 ) -> None:
+    listen, admin, db = free_port(), free_port(), tmp_path / "r.db"
+    cfg = tmp_path / "c.yaml"
+    _write_config(cfg, upstreams, db, listen, admin, sample="1.0")
+    run = Running(cfg, listen, admin, tmp_path / "log")
+    try:
+        await run.ready()
+        # a keep-alive connection opened before the reload must survive it
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{listen}/api/users/1") as r:
+                assert r.status == 200
+            cfg.write_text(cfg.read_text().replace("sample: 1.0", "sample: 0.0"))
+            run.proc.send_signal(signal.SIGHUP)
+            await asyncio.sleep(1.0)
+            async with s.get(f"http://127.0.0.1:{listen}/api/users/2") as r:
+                assert r.status == 200
+        assert await _load(listen, 50) == 50
+        live = await run.wait_total(51)
+        assert live["outcomes"].get("sampled_out", 0) >= 50, live
+        # an invalid config is refused; the running one (sample 0) stays
+        cfg.write_text(cfg.read_text().replace("sample: 0.0", "sample: 7"))
+        run.proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(1.0)
+        assert await _load(listen, 20) == 20
+        live = await run.wait_total(72)
+        assert live["outcomes"].get("sampled_out", 0) >= 70, live
+    finally:
+        code = run.stop()
+    log = run.log.read_text()
+    assert code == 0
+    assert "reload refused" in log and "mirror.sample" in log
+
+
+async def test_kill_9_under_load_loses_nothing_acknowledged(upstreams, tmp_path: Path) -> None:
+    listen, admin, db = free_port(), free_port(), tmp_path / "r.db"
+    cfg = tmp_path / "c.yaml"
+    _write_config(cfg, upstreams, db, listen, admin)
+    run = Running(cfg, listen, admin, tmp_path / "log")
+    await run.ready()
+    load = asyncio.create_task(_load(listen, 3000, conc=20))
+    acked = 0
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        acked = (await run.outcomes())["stored"]
+        if acked > 200:
+            break
+    os.kill(run.proc.pid, signal.SIGKILL)
+    run.proc.wait(10)
+    await asyncio.gather(load, return_exceptions=True)
+    assert acked > 0
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("pragma integrity_check").fetchone()[0] == "ok"
+        assert con.execute("select count(*) from exchanges").fetchone()[0] >= acked
+    finally:
+        con.close()
