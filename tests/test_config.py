@@ -128,3 +128,33 @@ def test_cli_validate_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
     err = capsys.readouterr().err
     assert f"{bad}:3: workers: must be at least 1" in err
     assert main(["validate", "-c", str(tmp_path / "missing.yaml")]) == 2
+
+
+def _keys(cls: type, prefix: str = "") -> list[str]:
+    import dataclasses
+    import typing
+
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name == "source":
+            continue
+        out.append(prefix + f.name)
+        tp = hints[f.name]
+        for arg in (tp, *typing.get_args(tp)):
+            for inner in (arg, *typing.get_args(arg)):
+                if dataclasses.is_dataclass(inner):
+                    out.extend(_keys(inner, prefix + f.name + "."))
+    return out
+
+
+def test_configuration_reference_names_every_key() -> None:
+    from shadowproxy.config import Config
+
+    import re
+
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    missing = sorted({k for k in _keys(Config)
+                      if not re.search(r"[`{.] ?" + re.escape(k.rsplit(".", 1)[-1]) + r"[`},.]",
+                                       doc)})
+    assert not missing, f"docs/configuration.md lacks {missing}"
