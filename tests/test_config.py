@@ -155,6 +155,6 @@ def test_configuration_reference_names_every_key() -> None:
 
     doc = (ROOT / "docs" / "configuration.md").read_text()
     missing = sorted({k for k in _keys(Config)
-                      if not re.search(r"[`{.] ?" + re.escape(k.rsplit(".", 1)[-1]) + r"[`},.]",
+                      if not re.search(r"[`{.,] ?" + re.escape(k.rsplit(".", 1)[-1]) + r"[`},.]",
                                        doc)})
     assert not missing, f"docs/configuration.md lacks {missing}"
