@@ -1,0 +1,724 @@
+"""Redaction of secrets before anything is stored.
+
+Every exchange the comparator has judged is redacted (:meth:`Redactor.redact_result`)
+before it reaches the result store, so the store, the reports and the admin API never
+see a secret. A secret is replaced by a *mask*::
+
+    [redacted:3f9a0c1d2b4e]
+
+the first 12 hex digits of ``HMAC-SHA256(key, value)``. Equal values give equal masks
+(so "the candidate sends a different token than primary" stays visible), and nothing
+of the value can be read back without the key.
+
+The key
+    ``redact.key_env`` names an environment variable that holds the key. When it is
+    unset a random 32-byte key is drawn per run: masks then only compare within one
+    run. A multi-process master draws one key (:meth:`Redactor.generate_key`) and
+    passes it to its workers so that all workers mask alike.
+
+What is masked
+    * Headers named in ``DEFAULT_REDACTED_HEADERS`` + ``redact.headers`` (any case),
+      in the request and every response. ``Authorization``-style values keep their
+      scheme (``Bearer [redacted:…]``); ``Cookie`` keeps cookie names, ``Set-Cookie``
+      keeps the name and the attributes (``Path``, ``HttpOnly``…); only values go.
+    * Query parameters named in ``redact.query`` (any case).
+    * Bodies, after undoing ``Content-Encoding`` (gzip, deflate, and br when the
+      ``brotli`` module is installed). The stored copy is the *decoded* body and its
+      ``Content-Encoding`` header is removed. Decoded bodies are capped at
+      :data:`MAX_DECODED` bytes (the record is then marked ``truncated``).
+
+      - JSON: values at the JSONPaths in ``DEFAULT_REDACTED_FIELDS`` + ``redact.fields``
+        are masked; an object or array found there is masked as a whole (its orjson
+        serialisation with sorted keys). Key names match case-insensitively. String
+        values anywhere also get the text pass below (``{"next": "/x?token=…"}``).
+      - ``application/x-www-form-urlencoded``: values of the *sensitive names* (the
+        last name of every field path, the ``redact.query`` names and the redacted
+        header names).
+      - other text (and JSON that does not parse, e.g. truncated): a regex pass over
+        ``name: value`` / ``name=value`` / ``"name": "value"`` pairs,
+        ``<name>value</name>`` and multipart ``name="…"`` parts of the sensitive names.
+      - anything else (binary, undecodable, unknown encoding): the body is dropped
+        (stored empty; the record keeps ``size`` and ``sha256``).
+    * Echoes: every secret value of at least :data:`MIN_ECHO_LEN` characters found
+      by the rules above is also masked wherever else it appears in the same
+      exchange (a body echoing the request's token, a path, another header).
+
+:meth:`Redactor.redact_differences` masks the ``a``/``b`` values of differences whose
+path is a redacted header, a redacted JSON field (or lies under / above one), or a
+sensitive form key, and runs the text pass (and the exchange's echoes) on the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import logging
+import os
+import re
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from urllib.parse import unquote_plus
+
+import orjson
+
+from .config import DEFAULT_REDACTED_FIELDS, DEFAULT_REDACTED_HEADERS, RedactConfig
+from .errors import ConfigError
+from .models import Difference, Exchange, Headers, RequestRecord, ResponseRecord, Result
+
+try:  # optional: only needed to decode Content-Encoding: br
+    import brotli as _brotli  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - depends on the environment
+    _brotli = None
+
+log = logging.getLogger("shadowproxy.redact")
+
+MASK_PREFIX = "[redacted:"
+MASK_SUFFIX = "]"
+MAX_DECODED = 8 * 1024 * 1024      # bytes of a decoded body kept at most
+MIN_ECHO_LEN = 6                   # shorter secrets are not searched for elsewhere
+
+_AUTH_HEADERS = frozenset({"authorization", "proxy-authorization"})
+_AUTH_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]*)(\s+)(.+)$", re.S)
+_BINARY_TYPES = re.compile(
+    r"^(image|audio|video|font)/|octet-stream|zip|gzip|pdf|protobuf|grpc|msgpack|"
+    r"x-tar|wasm|avro|parquet|cbor|bson", re.I)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f]")
+
+
+# ------------------------------------------------------------------ JSONPath patterns
+
+_PATH_TOKEN = re.compile(r"""
+    \.\.(?P<dname>[^.\[\]]+)              # ..name  or ..*
+  | \.\.\[(?P<dq>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")\]   # ..['name']
+  | \.(?P<name>[^.\[\]]+)                 # .name   or .*
+  | \[(?P<q>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")\]     # ['name']
+  | \[(?P<idx>\d+)\]                      # [3]
+  | \[(?P<star>\*)\]                      # [*]
+""", re.X)
+
+# token kinds: ("key", lower-name) ("idx", n) ("any",) ("desc", lower-name | None)
+Token = tuple
+
+
+def _unquote(q: str) -> str:
+    return re.sub(r"\\(.)", r"\1", q[1:-1])
+
+
+def parse_jsonpath(path: str) -> tuple[Token, ...]:
+    """Parse the JSONPath subset used for redaction into tokens; ``ValueError`` if not."""
+    if not path.startswith("$"):
+        raise ValueError(f"a JSONPath starts with $, got {path!r}")
+    out: list[Token] = []
+    pos = 1
+    while pos < len(path):
+        m = _PATH_TOKEN.match(path, pos)
+        if not m:
+            raise ValueError(f"cannot parse JSONPath {path!r} at {path[pos:]!r}")
+        pos = m.end()
+        if m.group("dname") is not None:
+            name = m.group("dname")
+            out.append(("desc", None if name == "*" else name.lower()))
+        elif m.group("dq") is not None:
+            out.append(("desc", _unquote(m.group("dq")).lower()))
+        elif m.group("name") is not None:
+            name = m.group("name")
+            out.append(("any",) if name == "*" else ("key", name.lower()))
+        elif m.group("q") is not None:
+            out.append(("key", _unquote(m.group("q")).lower()))
+        elif m.group("idx") is not None:
+            out.append(("idx", int(m.group("idx"))))
+        else:
+            out.append(("any",))
+    return tuple(out)
+
+
+def concrete_path(path: str) -> list[str | int] | None:
+    """``$.users[2]['a b']`` → ``['users', 2, 'a b']`` (keys lower-cased); None if not a
+    concrete JSONPath (``[*]`` folded paths are accepted: ``*`` becomes the index -1)."""
+    try:
+        toks = parse_jsonpath(path)
+    except ValueError:
+        return None
+    out: list[str | int] = []
+    for t in toks:
+        if t[0] == "key":
+            out.append(t[1])
+        elif t[0] == "idx":
+            out.append(t[1])
+        elif t[0] == "any":
+            out.append(-1)
+        else:
+            return None
+    return out
+
+
+class _Matcher:
+    """Walks a JSON document down, advancing a set of (pattern, position) states."""
+
+    def __init__(self, patterns: Sequence[tuple[Token, ...]]) -> None:
+        self.patterns = tuple(patterns)
+        self.root_hit = any(len(p) == 0 for p in self.patterns)
+        self.initial = frozenset((i, 0) for i, p in enumerate(self.patterns) if p)
+        self._cache: dict[tuple[frozenset, Any], tuple[frozenset, bool]] = {}
+
+    def step(self, states: frozenset, key: str | int) -> tuple[frozenset, bool]:
+        """Advance by one key (lower-cased str for objects, int for arrays; -1 = any index)."""
+        if not states:
+            return states, False
+        ck = (states, key)
+        hit_cached = self._cache.get(ck)
+        if hit_cached is not None:
+            return hit_cached
+        out = set()
+        hit = False
+        is_str = isinstance(key, str)
+        for pi, pos in states:
+            toks = self.patterns[pi]
+            t = toks[pos]
+            kind = t[0]
+            if kind == "desc":
+                out.add((pi, pos))
+                if not (t[1] is None or (is_str and key == t[1])):
+                    continue
+            elif kind == "key":
+                if not (is_str and key == t[1]):
+                    continue
+            elif kind == "idx":
+                if is_str or (key != t[1] and key != -1):
+                    continue
+            # "any" always advances
+            if pos + 1 == len(toks):
+                hit = True
+            else:
+                out.add((pi, pos + 1))
+        res = (frozenset(out), hit)
+        if len(self._cache) > 50_000:
+            self._cache.clear()
+        self._cache[ck] = res
+        return res
+
+    def walk(self, keys: Iterable[str | int]) -> tuple[frozenset, bool]:
+        """States after a concrete path, and whether the path or an ancestor was a hit."""
+        states = self.initial
+        if self.root_hit:
+            return states, True
+        for k in keys:
+            states, hit = self.step(states, k)
+            if hit:
+                return states, True
+        return states, False
+
+
+# ------------------------------------------------------------------ helpers
+
+
+class _Secrets:
+    """Secret values seen while redacting one exchange (for the echo pass)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}   # secret → mask
+        self._pattern: re.Pattern[str] | None = None
+        self._variants: dict[str, str] = {}
+        self._dirty = False
+
+    def add(self, value: str, mask: str) -> None:
+        value = value.strip()
+        if len(value) >= MIN_ECHO_LEN and value not in self.values:
+            self.values[value] = mask
+            self._dirty = True
+
+    def add_tree(self, value: Any, mask_fn) -> None:
+        if isinstance(value, str):
+            self.add(value, mask_fn(value))
+        elif isinstance(value, dict):
+            for v in value.values():
+                self.add_tree(v, mask_fn)
+        elif isinstance(value, list):
+            for v in value:
+                self.add_tree(v, mask_fn)
+
+    def pattern(self) -> re.Pattern[str] | None:
+        """One regex matching every secret (and its JSON-escaped form); cached."""
+        if not self._dirty:
+            return self._pattern
+        self._dirty = False
+        variants: dict[str, str] = {}
+        for secret, mask in self.values.items():
+            variants[secret] = mask
+            esc = orjson.dumps(secret).decode()[1:-1]   # as it appears inside JSON text
+            if esc != secret:
+                variants[esc] = mask
+        self._variants = variants
+        alts = sorted(variants, key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, alts))) if alts else None
+        return self._pattern
+
+    def replace(self, pat: re.Pattern[str] | None, text: str) -> str:
+        if pat is None or not text:
+            return text
+        return pat.sub(lambda m: self._variants[m.group(0)], text)
+
+
+def _header(headers: Headers, name: str) -> str | None:
+    for k, v in headers:
+        if k.lower() == name:
+            return v
+    return None
+
+
+def _decode_body(body: bytes, encoding: str | None, limit: int) -> tuple[bytes | None, bool]:
+    """Undo Content-Encoding. → (decoded or None when impossible, cut at limit)."""
+    if not encoding:
+        return body, False
+    data = body
+    cut = False
+    codings = [c.strip().lower() for c in encoding.split(",") if c.strip()]
+    for coding in reversed(codings):
+        if coding == "identity":
+            continue
+        try:
+            if coding in ("gzip", "x-gzip"):
+                d = zlib.decompressobj(wbits=47)          # gzip or zlib, auto-detected
+                out = d.decompress(data, limit + 1)
+            elif coding == "deflate":
+                try:
+                    d = zlib.decompressobj()
+                    out = d.decompress(data, limit + 1)
+                except zlib.error:
+                    d = zlib.decompressobj(wbits=-15)     # raw deflate, as some servers send
+                    out = d.decompress(data, limit + 1)
+            elif coding == "br" and _brotli is not None:
+                dec = _brotli.Decompressor()
+                out = dec.process(data)
+            else:
+                return None, False
+        except Exception:  # noqa: BLE001 - corrupt or truncated beyond use
+            return None, False
+        if len(out) > limit:
+            out = out[:limit]
+            cut = True
+        data = out
+    return data, cut
+
+
+def _to_text(data: bytes, truncated: bool) -> str | None:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # a capture cut in the middle of a character is still text
+        if truncated and exc.start >= len(data) - 3 and exc.reason != "invalid start byte":
+            try:
+                text = data[:exc.start].decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        else:
+            return None
+    if _CONTROL.search(text):
+        return None
+    return text
+
+
+# ------------------------------------------------------------------ the redactor
+
+
+class Redactor:
+    """Masks secrets in exchanges and differences. Thread-safe; cheap to share."""
+
+    def __init__(self, cfg: RedactConfig, key: bytes) -> None:
+        if not key:
+            raise ValueError("the redaction key must not be empty")
+        self.cfg = cfg
+        self._key = bytes(key)
+        self.headers = frozenset(h.lower() for h in (*DEFAULT_REDACTED_HEADERS, *cfg.headers))
+        self.query_names = frozenset(q.lower() for q in cfg.query)
+        patterns = []
+        field_names = set()
+        self._all_named = True     # every field pattern ends in a literal name
+        for i, path in enumerate((*DEFAULT_REDACTED_FIELDS, *cfg.fields)):
+            try:
+                toks = parse_jsonpath(path)
+            except ValueError as exc:
+                n = i - len(DEFAULT_REDACTED_FIELDS)
+                raise ConfigError(str(exc), key=f"redact.fields[{n}]") from None
+            patterns.append(toks)
+            if toks and toks[-1][0] in ("key", "desc") and toks[-1][1] is not None:
+                field_names.add(toks[-1][1])
+            else:
+                self._all_named = False
+        self.field_names = frozenset(field_names)
+        self.matcher = _Matcher(patterns)
+        # names looked for in form bodies and free text
+        self.sensitive = frozenset(self.field_names | self.query_names | self.headers)
+        alts = "|".join(re.escape(n) for n in sorted(self.sensitive, key=len, reverse=True))
+        halts = "|".join(re.escape(n) for n in sorted(self.headers, key=len, reverse=True))
+        # "Authorization: Bearer x" as a line of text: the whole rest of the line goes
+        self._hline = re.compile(
+            r"(?P<pre>^[ \t]*(?:" + halts + r")[ \t]*:[ \t]*)(?P<val>[^\s\[\"'][^\r\n]*)",
+            re.I | re.M)
+        self._kv = re.compile(
+            r"(?P<pre>(?<![A-Za-z0-9])(?P<q>[\"']?)(?:" + alts + r")(?P=q)\s*[:=]\s*)"
+            r"(?P<val>\"(?:[^\"\\\r\n]|\\.)*\"|'(?:[^'\\\r\n]|\\.)*'|"
+            r"[^\s&;,\"'<>(){}\[\]]+)", re.I)
+        self._xml = re.compile(
+            r"(?P<pre><(?P<tag>" + alts + r")(?:\s[^>]*)?>)(?P<val>[^<]*)(?=</(?P=tag)\s*>)",
+            re.I)
+        self._multipart = re.compile(
+            r"(?P<pre>name=(?P<mq>\"?)(?:" + alts + r")(?P=mq)[^\r\n]*\r?\n"
+            r"(?:[^\r\n]+\r?\n)*\r?\n)(?P<val>[^\r\n]*)", re.I)
+
+    # -- construction
+
+    @staticmethod
+    def generate_key() -> bytes:
+        """A fresh random 32-byte key (what a run uses when ``redact.key_env`` is unset)."""
+        return os.urandom(32)
+
+    @classmethod
+    def from_config(cls, cfg: RedactConfig, env: Mapping[str, str] | None = None,
+                    *, key: bytes | None = None) -> "Redactor":
+        """The key from ``env[cfg.key_env]`` when set, else ``key``, else a random one.
+
+        A random key is per run: masks then only compare within this run (a master
+        process passes its key to its workers through ``key``)."""
+        env = os.environ if env is None else env
+        if cfg.key_env:
+            value = env.get(cfg.key_env)
+            if value:
+                return cls(cfg, value.encode("utf-8"))
+            log.warning("redact.key_env: environment variable %s is not set; masks use a "
+                        "random key and only compare within this run", cfg.key_env)
+        return cls(cfg, key if key else cls.generate_key())
+
+    @property
+    def key(self) -> bytes:
+        return self._key
+
+    # -- the mask
+
+    def mask(self, value: str) -> str:
+        """``[redacted:<12 hex of HMAC-SHA256(key, value)>]``; equal values, equal masks."""
+        digest = hmac.digest(self._key, value.encode("utf-8", "surrogatepass"), "sha256")
+        return MASK_PREFIX + digest[:6].hex() + MASK_SUFFIX
+
+    def _mask_any(self, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return self.mask(value)
+        if isinstance(value, bytes):
+            return self.mask(value.decode("utf-8", "replace"))
+        try:
+            text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS,
+                                default=str).decode()
+        except TypeError:
+            text = repr(value)
+        return self.mask(text)
+
+    @staticmethod
+    def is_mask(value: Any) -> bool:
+        return isinstance(value, str) and value.startswith(MASK_PREFIX) and \
+            value.endswith(MASK_SUFFIX) and len(value) == len(MASK_PREFIX) + 12 + 1
+
+    # -- headers and query
+
+    def _mask_cookie(self, value: str, secrets: _Secrets) -> str:
+        parts = []
+        for part in value.split(";"):
+            name, eq, val = part.partition("=")
+            if eq and val.strip():
+                raw = val.strip().strip('"')
+                m = self.mask(raw)
+                secrets.add(raw, m)
+                lead = val[:len(val) - len(val.lstrip())]
+                parts.append(f"{name}={lead}{m}")
+            elif not eq and part.strip():       # a bare value: mask it too
+                raw = part.strip()
+                m = self.mask(raw)
+                secrets.add(raw, m)
+                parts.append(part[:len(part) - len(part.lstrip())] + m)
+            else:
+                parts.append(part)
+        return ";".join(parts)
+
+    def _mask_set_cookie(self, value: str, secrets: _Secrets) -> str:
+        first, sep, attrs = value.partition(";")
+        name, eq, val = first.partition("=")
+        if not eq:
+            m = self.mask(first.strip())
+            secrets.add(first.strip(), m)
+            return m + sep + attrs
+        raw = val.strip().strip('"')
+        m = self.mask(raw)
+        secrets.add(raw, m)
+        return f"{name}={m}{sep}{attrs}"
+
+    def redact_header_value(self, name: str, value: str, secrets: _Secrets | None = None) -> str:
+        """The stored form of one header value (unchanged when the name is not redacted)."""
+        secrets = secrets if secrets is not None else _Secrets()
+        lname = name.lower()
+        if lname not in self.headers:
+            # e.g. Location: /cb?access_token=… : the free-text pass
+            return self.redact_text(value, secrets) if "=" in value or ":" in value else value
+        if lname == "cookie":
+            return self._mask_cookie(value, secrets)
+        if lname == "set-cookie":
+            return self._mask_set_cookie(value, secrets)
+        if lname in _AUTH_HEADERS:
+            m = _AUTH_SCHEME.match(value.strip())
+            if m:
+                cred = m.group(3).strip()
+                mk = self.mask(cred)
+                secrets.add(cred, mk)
+                return f"{m.group(1)} {mk}"
+        mk = self.mask(value)
+        secrets.add(value, mk)
+        return mk
+
+    def _headers(self, headers: Headers, secrets: _Secrets, drop: frozenset[str] = frozenset()
+                 ) -> Headers:
+        return tuple((k, self.redact_header_value(k, v, secrets)) for k, v in headers
+                     if k.lower() not in drop)
+
+    def redact_query(self, query: str, secrets: _Secrets | None = None,
+                     names: frozenset[str] | None = None) -> str:
+        """Mask the values of sensitive parameters in a query string (or form body)."""
+        if not query:
+            return query
+        secrets = secrets if secrets is not None else _Secrets()
+        names = self.query_names if names is None else names
+        out = []
+        for part in query.split("&"):
+            name, eq, val = part.partition("=")
+            if eq and unquote_plus(name).strip().lower() in names:
+                raw = unquote_plus(val)
+                m = self.mask(raw)
+                secrets.add(raw, m)
+                out.append(f"{name}={m}")
+            else:
+                out.append(part)
+        return "&".join(out)
+
+    # -- bodies
+
+    def redact_text(self, text: str, secrets: _Secrets | None = None) -> str:
+        """The regex pass for free text: sensitive ``name=value`` pairs and their kin."""
+        if not text:
+            return text
+        secrets = secrets if secrets is not None else _Secrets()
+
+        def sub(m: re.Match[str]) -> str:
+            val = m.group("val")
+            if self.is_mask(val) or self.is_mask(val[1:-1]):
+                return m.group(0)
+            if len(val) >= 2 and val[0] == val[-1] and val[0] in "\"'":
+                inner = val[1:-1]
+                mk = self.mask(inner)
+                secrets.add(inner, mk)
+                return m.group("pre") + val[0] + mk + val[0]
+            if not val.strip():
+                return m.group(0)
+            mk = self.mask(val)
+            secrets.add(val, mk)
+            return m.group("pre") + mk
+
+        if ":" in text:
+            text = self._hline.sub(sub, text)
+        text = self._kv.sub(sub, text)
+        if "<" in text:
+            text = self._xml.sub(sub, text)
+        if "name=" in text:
+            text = self._multipart.sub(sub, text)
+        return text
+
+    def redact_json(self, doc: Any, secrets: _Secrets | None = None,
+                    start: Sequence[str | int] = ()) -> Any:
+        """A copy of a parsed JSON document with the field paths masked. ``start`` is the
+        concrete path of ``doc`` inside its document (for values found in differences)."""
+        secrets = secrets if secrets is not None else _Secrets()
+        states, hit = self.matcher.walk(start)
+        if hit:
+            return self._mask_tree(doc, secrets)
+        return self._walk(doc, states, secrets)
+
+    def _mask_tree(self, value: Any, secrets: _Secrets) -> Any:
+        m = self._mask_any(value)
+        if isinstance(value, str):
+            secrets.add(value, m)
+        else:
+            secrets.add_tree(value, self.mask)
+        return m
+
+    def _walk(self, node: Any, states: frozenset, secrets: _Secrets) -> Any:
+        if isinstance(node, dict):
+            out = {}
+            for k, v in node.items():
+                sk = str(k)
+                if states:
+                    st, hit = self.matcher.step(states, sk.lower())
+                else:
+                    st, hit = states, False
+                out[k] = self._mask_tree(v, secrets) if hit else self._walk(v, st, secrets)
+            return out
+        if isinstance(node, list):
+            out_l = []
+            for i, v in enumerate(node):
+                if states:
+                    st, hit = self.matcher.step(states, i)
+                else:
+                    st, hit = states, False
+                out_l.append(self._mask_tree(v, secrets) if hit else self._walk(v, st, secrets))
+            return out_l
+        if isinstance(node, str) and len(node) > 3:
+            return self.redact_text(node, secrets)
+        return node
+
+    def _mentions_sensitive(self, text: str) -> bool:
+        low = text.lower()
+        return any(n in low for n in self.sensitive)
+
+    def redact_body(self, body: bytes, headers: Headers, truncated: bool, secrets: _Secrets
+                    ) -> tuple[bytes, bool, bool]:
+        """→ (stored body, decoded (drop Content-Encoding), cut (decoded beyond the cap))."""
+        if not body:
+            return body, False, False
+        encoding = _header(headers, "content-encoding")
+        data, cut = _decode_body(body, encoding, MAX_DECODED)
+        decoded = bool(encoding) and data is not None
+        if data is None:
+            return b"", False, False
+        ctype = (_header(headers, "content-type") or "").lower()
+        if ctype and _BINARY_TYPES.search(ctype) and "json" not in ctype and "text" not in ctype:
+            return b"", decoded, cut
+        text = _to_text(data, truncated or cut)
+        if text is None:
+            return b"", decoded, cut
+        if "x-www-form-urlencoded" in ctype:
+            return self.redact_query(text, secrets, self.sensitive).encode(), decoded, cut
+        stripped = text.lstrip()
+        if "json" in ctype or stripped[:1] in ("{", "["):
+            if self._all_named and not self._mentions_sensitive(text):
+                return text.encode(), decoded, cut
+            try:
+                doc = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                pass
+            else:
+                red = self.redact_json(doc, secrets)
+                return orjson.dumps(red, option=orjson.OPT_NON_STR_KEYS), decoded, cut
+        return self.redact_text(text, secrets).encode(), decoded, cut
+
+    # -- records
+
+    def _request(self, r: RequestRecord, secrets: _Secrets) -> RequestRecord:
+        body, decoded, _cut = self.redact_body(r.body, r.headers, False, secrets)
+        drop = frozenset({"content-encoding"}) if decoded else frozenset()
+        return dataclasses.replace(r, query=self.redact_query(r.query, secrets),
+                                   headers=self._headers(r.headers, secrets, drop), body=body)
+
+    def _response(self, r: ResponseRecord | None, secrets: _Secrets) -> ResponseRecord | None:
+        if r is None:
+            return None
+        body, decoded, cut = self.redact_body(r.body, r.headers, r.truncated, secrets)
+        drop = frozenset({"content-encoding"}) if decoded else frozenset()
+        return dataclasses.replace(r, headers=self._headers(r.headers, secrets, drop), body=body,
+                                   truncated=r.truncated or cut,
+                                   error=self.redact_text(r.error, secrets) if r.error else r.error)
+
+    def _echo_record(self, r: Any, pat: re.Pattern[str], secrets: _Secrets) -> Any:
+        if r is None:
+            return None
+        headers = tuple((k, secrets.replace(pat, v)) for k, v in r.headers)
+        body = r.body
+        if body:
+            text = body.decode("utf-8", "surrogateescape")
+            new = secrets.replace(pat, text)
+            if new != text:
+                body = new.encode("utf-8", "surrogateescape")
+        changes: dict[str, Any] = {"headers": headers, "body": body}
+        if isinstance(r, RequestRecord):
+            changes["path"] = secrets.replace(pat, r.path)
+            changes["query"] = secrets.replace(pat, r.query)
+        elif r.error:
+            changes["error"] = secrets.replace(pat, r.error)
+        return dataclasses.replace(r, **changes)
+
+    def _redact_exchange(self, ex: Exchange) -> tuple[Exchange, _Secrets]:
+        secrets = _Secrets()
+        req = self._request(ex.request, secrets)
+        pri = self._response(ex.primary, secrets)
+        cand = self._response(ex.candidate, secrets)
+        sec = self._response(ex.secondary, secrets)
+        pat = secrets.pattern()
+        if pat is not None:
+            req = self._echo_record(req, pat, secrets)
+            pri = self._echo_record(pri, pat, secrets)
+            cand = self._echo_record(cand, pat, secrets)
+            sec = self._echo_record(sec, pat, secrets)
+        out = dataclasses.replace(ex, request=req, primary=pri, candidate=cand, secondary=sec)
+        return out, secrets
+
+    def redact_exchange(self, ex: Exchange) -> Exchange:
+        """A redacted copy of ``ex`` (the original is not modified)."""
+        return self._redact_exchange(ex)[0]
+
+    # -- differences
+
+    def _redact_value(self, d: Difference, value: Any, secrets: _Secrets) -> Any:
+        if value is None:
+            return None
+        if d.section == "header":
+            name = d.path.split(".", 1)[1] if "." in d.path else d.path
+            if name.lower() in self.headers:
+                if isinstance(value, list):
+                    return [self.redact_header_value(name, str(v), secrets) for v in value]
+                return self.redact_header_value(name, str(value), secrets)
+        elif d.path.startswith("body.form."):
+            key = unquote_plus(d.path[len("body.form."):]).lower()
+            if key in self.sensitive:
+                return self._mask_tree(value, secrets)
+        elif d.path.startswith("$"):
+            keys = concrete_path(d.path)
+            if keys is None:   # not parseable as a concrete path: be safe
+                return self._mask_tree(value, secrets)
+            return self.redact_json(value, secrets, keys)
+        if isinstance(value, str):
+            return self.redact_text(value, secrets)
+        if isinstance(value, (dict, list)):
+            return self._walk(value, frozenset(), secrets)
+        return value
+
+    def redact_differences(self, diffs: Iterable[Difference], *, _secrets: _Secrets | None = None
+                           ) -> list[Difference]:
+        """Differences with the values of redacted headers/fields masked."""
+        secrets = _secrets if _secrets is not None else _Secrets()
+        staged = [(d, self._redact_value(d, d.a, secrets), self._redact_value(d, d.b, secrets))
+                  for d in diffs]
+        pat = secrets.pattern()
+        out = []
+        for d, a, b in staged:
+            if pat is not None:
+                a, b = self._echo_value(a, pat, secrets), self._echo_value(b, pat, secrets)
+            if a is d.a and b is d.b:
+                out.append(d)
+            else:
+                out.append(dataclasses.replace(d, a=a, b=b))
+        return out
+
+    def _echo_value(self, v: Any, pat: re.Pattern[str], secrets: _Secrets) -> Any:
+        if isinstance(v, str):
+            new = secrets.replace(pat, v)
+            return v if new == v else new
+        if isinstance(v, list):
+            return [self._echo_value(x, pat, secrets) for x in v]
+        if isinstance(v, dict):
+            return {k: self._echo_value(x, pat, secrets) for k, x in v.items()}
+        return v
+
+    def redact_result(self, result: Result) -> Result:
+        """The result with its exchange and both difference lists redacted."""
+        ex, secrets = self._redact_exchange(result.exchange)
+        diffs = self.redact_differences(result.differences, _secrets=secrets)
+        sdiffs = self.redact_differences(result.secondary_differences, _secrets=secrets)
+        return dataclasses.replace(result, exchange=ex, differences=diffs,
+                                   secondary_differences=sdiffs)

@@ -1,0 +1,213 @@
+"""The result store interface and the rows its reads return.
+
+The interface is deliberately narrow (plain values in, plain dataclasses out) so that
+a PostgreSQL store can follow the SQLite one. Times are unix seconds (float); every
+``since`` is inclusive and every ``until`` exclusive; ``None`` means unbounded.
+Endpoint globs use :func:`fnmatch.fnmatchcase` semantics (``*``, ``?``, ``[seq]``).
+
+Writes take results whose exchanges are **already redacted** (see
+:mod:`shadowproxy.redact`); a store never writes request or response bodies anywhere
+but the ``samples`` it keeps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from ..models import Result
+
+# (minute start, endpoint, outcome, reason, count): the proxy's request outcome counters
+OutcomeRow = tuple[float, str, str, str, int]
+
+# pseudo-fields under which the first K exchanges with these verdicts are sampled
+MATCH_SAMPLE = "#match"
+ERROR_SAMPLE = "#error"
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointStats:
+    endpoint: str
+    exchanges: int
+    matches: int
+    diffs: int                 # verdict diff
+    noise: int                 # verdict noise (only noise differences)
+    errors: int                # verdict error
+    candidate_5xx: int
+    primary_5xx: int
+    candidate_errors: int      # candidate gave no complete response (connect, timeout, ...)
+    primary_errors: int
+    latency_samples: int       # exchanges where both answered: the latency pairs below
+    primary_p50: float | None
+    primary_p95: float | None
+    primary_p99: float | None
+    candidate_p50: float | None
+    candidate_p95: float | None
+    candidate_p99: float | None
+
+    @property
+    def diff_rate(self) -> float:
+        return self.diffs / self.exchanges if self.exchanges else 0.0
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.exchanges if self.exchanges else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class FieldStats:
+    endpoint: str | None       # None when several endpoints were aggregated
+    field: str
+    count: int                 # difference rows on this field
+    exchanges: int             # distinct exchanges with a difference on this field
+    kinds: dict[str, int]      # kind → count
+    noise_count: int           # rows that were judged noise when written
+    noise: bool                # learned noise now (noise table), else all rows were noise
+    example_id: str | None     # an exchange to look at, preferring one with a sample
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeRow:
+    id: str
+    time: float
+    endpoint: str
+    route: str | None
+    method: str
+    path: str
+    query: str
+    verdict: str
+    primary_status: int
+    candidate_status: int
+    secondary_status: int | None
+    primary_latency: float
+    candidate_latency: float
+    secondary_latency: float | None
+    primary_size: int
+    candidate_size: int
+    primary_error: str | None
+    candidate_error: str | None
+    diff_count: int
+    noise_count: int
+    sampled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NoiseRow:
+    endpoint: str
+    field: str
+    n: int
+    r: int
+    s: int
+    p_value: float
+    noise: bool
+    provisional: bool
+    decided_at: float
+    updated: float
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesPoint:
+    time: float                # bucket start
+    exchanges: int
+    diffs: int
+    noise: int
+    errors: int
+
+    @property
+    def diff_rate(self) -> float:
+        return self.diffs / self.exchanges if self.exchanges else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreInfo:
+    url: str
+    schema_version: int
+    size_bytes: int            # used pages (page_count - freelist_count) * page_size
+    file_bytes: int            # database file + WAL on disk
+    exchanges: int
+    samples: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float | None:
+    """Percentile ``q`` (0..100) of ascending values, linear interpolation between
+    closest ranks (numpy's default); None for no values."""
+    n = len(sorted_values)
+    if n == 0:
+        return None
+    if n == 1:
+        return float(sorted_values[0])
+    pos = (n - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, n - 1)
+    frac = pos - lo
+    return float(sorted_values[lo]) + (float(sorted_values[hi]) - float(sorted_values[lo])) * frac
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What the proxy, the checks, the reports and the admin API need of a store."""
+
+    url: str
+    readonly: bool
+
+    # -- writes (one writer: see StoreWriter)
+    def write_results(self, results: Sequence[Result]) -> int:
+        """Write a batch in one transaction; → results written (duplicates ids skipped)."""
+        ...
+
+    def add_outcomes(self, rows: Sequence[OutcomeRow]) -> None:
+        """Add request outcome counts (upsert by minute, endpoint, outcome, reason)."""
+        ...
+
+    def save_noise(self, evidence: Sequence[Any]) -> None:
+        """Upsert noise evidence (:class:`shadowproxy.compare.noise.NoiseEvidence`)."""
+        ...
+
+    def cleanup(self, now: float, max_age: float | None, max_bytes: int | None, *,
+                chunk: int = 500, max_chunks: int | None = None) -> int:
+        """Delete the oldest exchanges beyond the age and size limits, in small
+        transactions; → exchange rows deleted."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+    # -- reads
+    def endpoint_stats(self, since: float | None = None, until: float | None = None,
+                       endpoint_glob: str = "*") -> list[EndpointStats]: ...
+
+    def latencies(self, endpoint_glob: str = "*", since: float | None = None,
+                  until: float | None = None) -> tuple[list[float], list[float]]: ...
+
+    def field_stats(self, endpoint: str | None = None, since: float | None = None,
+                    until: float | None = None, limit: int | None = None
+                    ) -> list[FieldStats]: ...
+
+    def exchange(self, id: str) -> dict[str, Any] | None: ...
+
+    def exchanges(self, endpoint: str | None = None, verdict: str | None = None,
+                  since: float | None = None, until: float | None = None, limit: int = 100,
+                  *, field: str | None = None, offset: int = 0) -> list[ExchangeRow]: ...
+
+    def noise(self, endpoint: str | None = None, *, include_not_noise: bool = False
+              ) -> list[NoiseRow]: ...
+
+    def outcome_counts(self, since: float | None = None, until: float | None = None,
+                       endpoint_glob: str = "*") -> dict[str, dict[str, int]]: ...
+
+    def diff_rate_series(self, since: float | None = None, until: float | None = None,
+                         bucket_seconds: int = 60, endpoint_glob: str = "*"
+                         ) -> dict[str, list[SeriesPoint]]: ...
+
+    def verdict_counts(self, since: float | None = None, until: float | None = None,
+                       endpoint_glob: str = "*") -> dict[str, int]: ...
+
+    def time_range(self) -> tuple[float, float] | None: ...
+
+    def endpoints(self, since: float | None = None, until: float | None = None
+                  ) -> list[str]: ...
+
+    def info(self) -> StoreInfo: ...

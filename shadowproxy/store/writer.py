@@ -1,0 +1,328 @@
+"""The one writer of a process: a daemon thread that owns the store connection.
+
+Callers (the comparator, the proxy's counters, the noise learner) never block on the
+store and never see its errors:
+
+* :meth:`StoreWriter.submit` puts a result on a bounded queue (``store.queue``) and
+  returns ``False`` at once when it is full (the caller counts a ``store_full`` drop);
+* :meth:`StoreWriter.add_outcomes` and :meth:`StoreWriter.save_noise` merge into small
+  pending tables (counts are added, evidence replaced per field) that the thread
+  writes after each batch, so counters are never lost to a full queue;
+* the thread writes up to ``store.batch`` results per transaction, or what arrived
+  within ``store.flush_interval`` of the oldest one; after each commit it adds the
+  batch to :attr:`acknowledged` and calls ``on_commit(n)``;
+* every ``cleanup_interval`` seconds (and right after start) it applies the retention
+  limits, a few 500-row transactions at a time between batches;
+* when SQLite fails (disk full, read-only file, locked past the busy timeout) the
+  batch is dropped and counted in :attr:`failed`, one clear error line is logged per
+  distinct cause at most every ``log_interval`` seconds, and the thread goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..config import StoreConfig
+from ..errors import StoreError
+from ..models import Result
+from .base import OutcomeRow, Store
+
+log = logging.getLogger("shadowproxy.store")
+
+_HINTS = {
+    "database or disk is full": "free disk space or lower store.retention_size",
+    "attempt to write a readonly database": "the store file or its directory is not writable",
+    "database is locked": "another process held the write lock past the busy timeout",
+    "disk i/o error": "the disk holding the store failed an I/O",
+    "unable to open database file": "the store file or its directory is gone or unreadable",
+}
+
+
+def _cause(exc: BaseException) -> str:
+    root = exc.__cause__ if isinstance(exc, StoreError) and exc.__cause__ else exc
+    return str(root).strip() or type(root).__name__
+
+
+class StoreWriter:
+    """Writes results, outcome counts and noise evidence to a store from one thread."""
+
+    def __init__(self, store: Store | str, cfg: StoreConfig | None = None, *,
+                 on_commit: Callable[[int], None] | None = None,
+                 cleanup_interval: float = 60.0, cleanup_chunks: int = 10,
+                 log_interval: float = 60.0, name: str = "shadowproxy-store-writer") -> None:
+        self.cfg = cfg if cfg is not None else StoreConfig()
+        if isinstance(store, str):
+            from . import open_store
+
+            self.store: Store = open_store(store, samples_per_field=self.cfg.samples_per_field)
+            self._owns_store = True
+        else:
+            self.store = store
+            self._owns_store = False
+            if hasattr(store, "samples_per_field"):   # the writer's config rules
+                store.samples_per_field = self.cfg.samples_per_field  # type: ignore[attr-defined]
+        self.on_commit = on_commit
+        self.cleanup_interval = cleanup_interval
+        self.cleanup_chunks = cleanup_chunks
+        self.log_interval = log_interval
+        self._q: queue.Queue[tuple[float, Result]] = queue.Queue(maxsize=max(1, self.cfg.queue))
+        self._lock = threading.Lock()            # counters and pending side data
+        self._cv = threading.Condition(self._lock)
+        self.submitted = 0      # results accepted by submit()
+        self.rejected = 0       # submit() returned False (queue full or closed)
+        self.acknowledged = 0   # results in committed transactions
+        self.failed = 0         # results dropped because the store failed
+        self.cleaned = 0        # exchanges deleted by retention
+        self._pending_outcomes: dict[tuple[int, str, str, str], int] = {}
+        self._pending_noise: dict[tuple[str, str], Any] = {}
+        self._inflight_since: float | None = None
+        self._logged: dict[str, list[float]] = {}   # cause → [last logged, suppressed]
+        self._closed = False
+        self._stop = threading.Event()
+        self._flush = threading.Event()
+        self._next_cleanup = time.monotonic()          # first cleanup right away
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ callers' side
+
+    def submit(self, result: Result) -> bool:
+        """Queue one (redacted) result; never blocks. False when the queue is full."""
+        if self._closed:
+            with self._lock:
+                self.rejected += 1
+            return False
+        try:
+            self._q.put_nowait((time.monotonic(), result))
+        except queue.Full:
+            with self._lock:
+                self.rejected += 1
+            return False
+        with self._lock:
+            self.submitted += 1
+        return True
+
+    def add_outcomes(self, rows: Sequence[OutcomeRow]) -> None:
+        """Add outcome counts (minute, endpoint, outcome, reason, count); never blocks
+        for long and never drops (they are merged until the thread writes them)."""
+        with self._lock:
+            p = self._pending_outcomes
+            for minute, endpoint, outcome, reason, count in rows:
+                key = (int(minute // 60) * 60, endpoint, outcome, reason or "")
+                p[key] = p.get(key, 0) + int(count)
+
+    def save_noise(self, evidence: Sequence[Any]) -> None:
+        """Record noise evidence (latest per endpoint and field wins)."""
+        with self._lock:
+            for e in evidence:
+                self._pending_noise[(e.endpoint, e.field)] = e
+
+    @property
+    def depth(self) -> int:
+        """Results waiting in the queue."""
+        return self._q.qsize()
+
+    @property
+    def lag(self) -> float:
+        """Seconds since the oldest result not yet committed (or failed) was submitted."""
+        oldest = self._inflight_since
+        with self._q.mutex:
+            if self._q.queue:
+                head = self._q.queue[0][0]
+                oldest = head if oldest is None else min(oldest, head)
+        return max(0.0, time.monotonic() - oldest) if oldest is not None else 0.0
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stats(self) -> dict[str, float]:
+        with self._lock:
+            out = {"submitted": self.submitted, "rejected": self.rejected,
+                   "acknowledged": self.acknowledged, "failed": self.failed,
+                   "cleaned": self.cleaned}
+        out["depth"] = self.depth
+        out["lag"] = self.lag
+        return out
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything submitted so far is committed or failed, and pending
+        outcomes/noise are written. → False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            target = self.submitted
+        self._flush.set()
+        with self._cv:
+            while True:
+                done = (self.acknowledged + self.failed >= target
+                        and not self._pending_outcomes and not self._pending_noise
+                        and self._inflight_since is None)
+                if done:
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._thread.is_alive():
+                    return False
+                self._flush.set()
+                self._cv.wait(min(left, 0.05))
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop accepting, write what is queued, stop the thread. → False when the
+        thread did not finish within ``timeout`` (it is a daemon; what it still held
+        is lost at exit)."""
+        self._closed = True
+        self._stop.set()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def cleanup_now(self) -> None:
+        """Ask the thread to apply retention at its next turn."""
+        self._next_cleanup = 0.0
+
+    # ------------------------------------------------------------------ the thread
+
+    def _run(self) -> None:
+        cleanup_more = False
+        try:
+            while True:
+                batch = self._take()
+                if batch:
+                    self._write_batch(batch)
+                self._write_side()
+                if cleanup_more or time.monotonic() >= self._next_cleanup:
+                    cleanup_more = self._cleanup()
+                if self._stop.is_set() and self._q.empty() and not self._has_side():
+                    break
+                if self._flush.is_set() and self._q.empty():
+                    self._flush.clear()
+        finally:
+            with self._cv:
+                self._cv.notify_all()
+            if self._owns_store:
+                try:
+                    self.store.close()
+                except Exception:  # noqa: BLE001
+                    pass
+
+    def _has_side(self) -> bool:
+        with self._lock:
+            return bool(self._pending_outcomes or self._pending_noise)
+
+    def _take(self) -> list[tuple[float, Result]]:
+        cfg = self.cfg
+        poll = 0.02 if (self._stop.is_set() or self._flush.is_set()) else \
+            max(0.01, min(0.5, cfg.flush_interval or 0.5,
+                          self._next_cleanup - time.monotonic()))
+        try:
+            first = self._q.get(timeout=poll)
+        except queue.Empty:
+            return []
+        self._inflight_since = first[0]
+        batch = [first]
+        deadline = first[0] + cfg.flush_interval
+        while len(batch) < cfg.batch:
+            try:
+                batch.append(self._q.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            if self._stop.is_set() or self._flush.is_set():
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                batch.append(self._q.get(timeout=min(left, 0.05)))
+            except queue.Empty:
+                continue
+        return batch
+
+    def _write_batch(self, batch: list[tuple[float, Result]]) -> None:
+        results = [r for _t, r in batch]
+        ok = 0
+        try:
+            self.store.write_results(results)
+            ok = len(results)
+        except StoreError as exc:          # SQLite failed: drop the batch
+            self._failure(exc, len(results))
+        except Exception:                  # a result the store cannot take: one by one
+            for r in results:
+                try:
+                    self.store.write_results([r])
+                    ok += 1
+                except Exception as exc:   # noqa: BLE001
+                    self._failure(exc, 1, bad_result=not isinstance(exc, StoreError))
+        with self._cv:
+            self.acknowledged += ok
+            self.failed += len(results) - ok
+            self._inflight_since = None
+            self._cv.notify_all()
+        if ok and self.on_commit is not None:
+            try:
+                self.on_commit(ok)
+            except Exception:  # noqa: BLE001
+                log.exception("store: the on_commit callback failed")
+
+    def _write_side(self) -> None:
+        with self._lock:
+            outcomes, self._pending_outcomes = self._pending_outcomes, {}
+            noise, self._pending_noise = self._pending_noise, {}
+        if outcomes:
+            try:
+                self.store.add_outcomes([(*k, v) for k, v in outcomes.items()])
+            except Exception as exc:  # noqa: BLE001
+                self._failure(exc, 0, what="outcome counts")
+        if noise:
+            try:
+                self.store.save_noise(list(noise.values()))
+            except Exception as exc:  # noqa: BLE001
+                self._failure(exc, 0, what="noise evidence")
+        if outcomes or noise:
+            with self._cv:
+                self._cv.notify_all()
+
+    def _cleanup(self) -> bool:
+        """One slice of retention. → True when more is left to delete."""
+        self._next_cleanup = time.monotonic() + self.cleanup_interval
+        cfg = self.cfg
+        if not cfg.retention_age and not cfg.retention_size:
+            return False
+        try:
+            n = self.store.cleanup(time.time(), cfg.retention_age or None,
+                                   cfg.retention_size or None, max_chunks=self.cleanup_chunks)
+        except Exception as exc:  # noqa: BLE001
+            self._failure(exc, 0, what="retention cleanup")
+            return False
+        with self._lock:
+            self.cleaned += n
+        return bool(getattr(self.store, "cleanup_pending", False))
+
+    def _failure(self, exc: BaseException, n: int, *, what: str = "results",
+                 bad_result: bool = False) -> None:
+        cause = _cause(exc)
+        now = time.monotonic()
+        entry = self._logged.get(cause)
+        if entry is not None and now - entry[0] < self.log_interval:
+            entry[1] += n
+            return
+        suppressed = int(entry[1]) if entry else 0
+        self._logged[cause] = [now, 0]
+        if len(self._logged) > 100:
+            self._logged = {cause: [now, 0]}
+        where = getattr(self.store, "path", None) or getattr(self.store, "url", "?")
+        hint = next((h for k, h in _HINTS.items() if k in cause.lower()), None)
+        if bad_result:
+            msg = f"store {where}: could not write a result ({type(exc).__name__}: {cause})"
+        else:
+            msg = f"store {where}: writing {what} failed: {cause}"
+        if n:
+            msg += f"; dropped {n} result{'s' if n != 1 else ''}"
+        if hint:
+            msg += f" ({hint})"
+        if suppressed:
+            msg += f"; {suppressed} more dropped for the same cause since the last message"
+        log.error(msg, exc_info=bad_result)

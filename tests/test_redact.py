@@ -1,0 +1,318 @@
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import os
+import re
+import sys
+import zlib
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from store_helpers import SECRETS, exchange, response, secret_result  # noqa: E402
+
+from shadowproxy.config import RedactConfig  # noqa: E402
+from shadowproxy.errors import ConfigError  # noqa: E402
+from shadowproxy.models import Difference, RequestRecord  # noqa: E402
+from shadowproxy.redact import Redactor, parse_jsonpath  # noqa: E402
+
+KEY = b"k" * 32
+MASK = re.compile(r"\[redacted:[0-9a-f]{12}\]")
+
+
+def dump(obj) -> str:
+    return orjson.dumps(obj, default=lambda v: v.decode("latin-1") if isinstance(v, bytes)
+                        else sorted(v) if isinstance(v, frozenset) else str(v)).decode()
+
+
+def headers(rec) -> dict[str, str]:
+    return {k.lower(): v for k, v in rec.headers}
+
+
+@pytest.fixture
+def red() -> Redactor:
+    return Redactor(RedactConfig(), KEY)
+
+
+def test_mask_is_deterministic_keyed_and_unreadable(red):
+    m = red.mask("s3cr3t-value")
+    assert MASK.fullmatch(m)
+    assert red.mask("s3cr3t-value") == m
+    assert red.mask("other") != m
+    assert Redactor(RedactConfig(), b"x" * 32).mask("s3cr3t-value") != m
+    assert "s3cr3t" not in m
+
+
+def test_from_config_key_from_env_or_random():
+    cfg = RedactConfig(key_env="SP_TEST_KEY")
+    a = Redactor.from_config(cfg, {"SP_TEST_KEY": "abc"})
+    b = Redactor.from_config(cfg, {"SP_TEST_KEY": "abc"})
+    assert a.mask("v") == b.mask("v") and a.key == b"abc"
+    r1 = Redactor.from_config(RedactConfig(), {})
+    r2 = Redactor.from_config(RedactConfig(), {})
+    assert len(r1.key) == 32 and r1.mask("v") != r2.mask("v")
+    # a master passes its key to workers
+    assert Redactor.from_config(RedactConfig(), {}, key=r1.key).mask("v") == r1.mask("v")
+
+
+def test_planted_secrets_never_survive(red):
+    res = red.redact_result(secret_result())
+    text = dump(res)
+    for name, secret in SECRETS.items():
+        assert secret not in text, name
+    # and nothing of them in the bodies either (they are bytes)
+    ex = res.exchange
+    for rec in (ex.request, ex.primary, ex.candidate, ex.secondary):
+        for secret in SECRETS.values():
+            assert secret.encode() not in rec.body
+
+
+def test_equal_secrets_equal_masks_and_structure_kept(red):
+    s = SECRETS
+    ex = red.redact_result(secret_result()).exchange
+    req = ex.request
+    h = headers(req)
+    assert h["authorization"] == "Bearer " + red.mask(s["bearer"])
+    assert h["cookie"] == f"session={red.mask(s['cookie'])}; theme={red.mask('dark')}"
+    assert h["x-api-key"] == red.mask(s["apikey"])
+    assert h["host"] == "example"
+    assert req.query == f"page=2&token={red.mask(s['query'])}"
+    body = orjson.loads(req.body)
+    assert body["user"] == {"name": "bob", "password": red.mask(s["password"])}
+    assert [i["token"] for i in body["items"]] == [red.mask(s["token"])] * 2
+    assert [i["id"] for i in body["items"]] == [1, 2]
+    # primary: gzip decoded for the stored copy, Content-Encoding gone, size/sha kept
+    p = ex.primary
+    assert "content-encoding" not in headers(p)
+    pb = orjson.loads(p.body)
+    assert pb["password"] == red.mask(s["gzpassword"])
+    assert pb["name"] == "alice"
+    assert MASK.fullmatch(pb["data"][0]["secret"])        # an object masked as a whole
+    assert pb["echo"] == "Bearer " + red.mask(s["bearer"])  # echo of the request's token
+    assert headers(p)["set-cookie"] == f"session={red.mask(s['setcookie'])}; Path=/; HttpOnly"
+    orig = secret_result().exchange.primary
+    assert p.size == orig.size and p.sha256 == orig.sha256
+    # text and form bodies
+    assert ex.candidate.body.decode() == \
+        f"ok\npassword={red.mask(s['text'])}&token={red.mask(s['token'])}\n"
+    assert ex.secondary.body.decode() == f"user=bob&password={red.mask(s['form'])}"
+
+
+def test_differences_masked_by_path(red):
+    s = SECRETS
+    res = red.redact_result(secret_result())
+    by_path = {d.path: d for d in res.differences}
+    assert by_path["header.set-cookie"].a == f"session={red.mask(s['setcookie'])}; Path=/"
+    assert by_path["header.set-cookie"].b == f"session={red.mask('other')}; Path=/"
+    assert by_path["$.password"].a == red.mask(s["gzpassword"])
+    assert by_path["$.password"].b is None
+    assert MASK.fullmatch(by_path["$.data[0].secret"].a)
+    assert MASK.fullmatch(by_path["$.data[0]"].a["secret"]) and by_path["$.data[0]"].b == 3
+    assert by_path["$.echo"].a == "Bearer " + red.mask(s["bearer"])
+    assert by_path["header.x-api-key"].b == red.mask("other-key-value")
+    assert by_path["body.line[1]"].a == f"password={red.mask(s['text'])}"
+    assert res.secondary_differences[0].a == by_path["header.set-cookie"].a
+
+
+def test_differences_alone(red):
+    diffs = [Difference("header", "header.authorization", "changed", "Bearer abcdefgh", "Bearer x"),
+             Difference("body", "$.users[3].profile.password", "changed", "pw-one", "pw-two"),
+             Difference("body", "$.users[3]", "added", None, {"password": "pw-three"}),
+             Difference("body", "body.form.password", "changed", "f1", "f2"),
+             Difference("body", "$.name", "changed", "ann", "bob"),
+             Difference("status", "status", "changed", 200, 500)]
+    out = red.redact_differences(diffs)
+    assert out[0].a == "Bearer " + red.mask("abcdefgh")
+    assert (out[1].a, out[1].b) == (red.mask("pw-one"), red.mask("pw-two"))
+    assert out[2].b == {"password": red.mask("pw-three")}
+    assert (out[3].a, out[3].b) == (red.mask("f1"), red.mask("f2"))
+    assert out[4] == diffs[4] and out[5] == diffs[5]
+    assert out[1].field == diffs[1].field
+
+
+def test_configured_headers_fields_and_query():
+    cfg = RedactConfig(headers=("X-Internal-Sig",), fields=("$.profile.ssn", "$.cards[*].number"),
+                       query=("sig",))
+    red = Redactor(cfg, KEY)
+    body = {"profile": {"ssn": "123-45-6789", "name": "ann"},
+            "cards": [{"number": "4111111111111111", "exp": "12/30"}],
+            "other": {"ssn": "kept"}}
+    ex = exchange(query="a=1&sig=abcdef&SIG=zz", req_headers=(("X-Internal-Sig", "sig-value"),),
+                  primary=response(200, body))
+    out = red.redact_exchange(ex)
+    assert out.request.query == f"a=1&sig={red.mask('abcdef')}&SIG={red.mask('zz')}"
+    assert out.request.headers == (("X-Internal-Sig", red.mask("sig-value")),)
+    pb = orjson.loads(out.primary.body)
+    assert pb["profile"] == {"ssn": red.mask("123-45-6789"), "name": "ann"}
+    assert pb["cards"] == [{"number": red.mask("4111111111111111"), "exp": "12/30"}]
+    assert pb["other"] == {"ssn": "kept"}       # $.profile.ssn is not $..ssn
+
+
+def test_bad_field_path_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"redact\.fields\[0\]"):
+        Redactor(RedactConfig(fields=("$.a[",)), KEY)
+
+
+def test_jsonpath_parser():
+    assert parse_jsonpath("$..password") == (("desc", "password"),)
+    assert parse_jsonpath("$.a['B c'][2][*].*") == (("key", "a"), ("key", "b c"), ("idx", 2),
+                                                     ("any",), ("any",))
+
+
+def test_binary_and_undecodable_bodies_are_dropped(red):
+    png = b"\x89PNG\r\n\x1a\n" + os.urandom(200)
+    ex = exchange(primary=response(200, raw=png, headers=(("Content-Type", "image/png"),)),
+                  candidate=response(200, raw=b"\xff\xfe\x00garbage\x00",
+                                     headers=(("Content-Type", "application/unknown"),)))
+    out = red.redact_exchange(ex)
+    assert out.primary.body == b"" and out.primary.size == len(png)
+    assert out.primary.sha256 == hashlib.sha256(png).hexdigest()
+    assert out.candidate.body == b""
+    # an encoding we cannot undo: dropped, header kept
+    zstd = exchange(primary=response(200, raw=b"\x28\xb5\x2f\xfdgarbage",
+                                     headers=(("Content-Encoding", "zstd"),)))
+    p = red.redact_exchange(zstd).primary
+    assert p.body == b"" and headers(p)["content-encoding"] == "zstd"
+
+
+def test_text_formats(red):
+    text = ("line one\npassword: hunter22\nAuthorization: Bearer abc.def.ghi\n"
+            "<user><password>xml-secret</password><name>n</name></user>\n"
+            "url=/cb?x=1&access_token=tok-abcdef&y=2\n"
+            "{\"token\": \"json-ish secret\", broken\n")
+    ex = exchange(primary=response(200, raw=text.encode(),
+                                   headers=(("Content-Type", "text/plain"),)))
+    body = red.redact_exchange(ex).primary.body.decode()
+    for secret in ("hunter22", "abc.def.ghi", "xml-secret", "tok-abcdef", "json-ish secret"):
+        assert secret not in body
+    assert "line one" in body and "<name>n</name>" in body and "x=1" in body and "y=2" in body
+    assert f"password: {red.mask('hunter22')}" in body
+
+
+def test_multipart_body(red):
+    body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"user\"\r\n\r\nbob\r\n"
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"password\"\r\n\r\nmp-secret-1\r\n"
+            b"--XyZ--\r\n")
+    ex = exchange(req_headers=(("Content-Type", "multipart/form-data; boundary=XyZ"),),
+                  req_body=body)
+    out = red.redact_exchange(ex).request.body
+    assert b"mp-secret-1" not in out and b"bob" in out
+
+
+def test_deflate_brotli_and_truncated_gzip(red):
+    doc = orjson.dumps({"password": "deflated-secret", "pad": "x" * 5000})
+    ex = exchange(primary=response(200, raw=zlib.compress(doc),
+                                   headers=(("Content-Type", "application/json"),
+                                            ("Content-Encoding", "deflate"))))
+    p = red.redact_exchange(ex).primary
+    assert b"deflated-secret" not in p.body and b'"pad"' in p.body
+    # a capture cut short: gzip decodes what it can, the text pass still masks
+    gz = gzip.compress(orjson.dumps({"a": "b", "token": "cut-secret-1",
+                                      "pad": os.urandom(5000).hex()}))
+    rec = dataclasses.replace(response(200, raw=gz[:len(gz) // 2],
+                                       headers=(("Content-Type", "application/json"),
+                                                ("Content-Encoding", "gzip"))), truncated=True)
+    p = red.redact_exchange(exchange(primary=rec)).primary
+    assert p.body.startswith(b'{"a":"b","token":"[redacted:') and b"cut-secret-1" not in p.body
+    brotli = pytest.importorskip("brotli")
+    ex = exchange(primary=response(200, raw=brotli.compress(b'{"secret":"br-secret-9"}'),
+                                   headers=(("Content-Type", "application/json"),
+                                            ("Content-Encoding", "br"))))
+    p = red.redact_exchange(ex).primary
+    assert orjson.loads(p.body) == {"secret": red.mask("br-secret-9")}
+
+
+def test_json_without_sensitive_names_is_kept_byte_for_byte(red):
+    raw = b'{ "a" : 1,\n  "b": [1, 2] }'
+    ex = exchange(primary=response(200, raw=raw, headers=(("Content-Type", "application/json"),)))
+    assert red.redact_exchange(ex).primary.body == raw
+
+
+def test_original_not_modified(red):
+    res = secret_result()
+    before = dump(res)
+    red.redact_result(res)
+    assert dump(res) == before
+
+
+def test_echoes_in_path_and_other_headers(red):
+    ex = exchange(path="/reset/ECHOsecret-123", query="token=ECHOsecret-123",
+                  req_headers=(("X-Forwarded-Auth", "ECHOsecret-123"),))
+    out = red.redact_exchange(ex)
+    assert "ECHOsecret-123" not in dump(out)
+    assert out.request.path == "/reset/" + red.mask("ECHOsecret-123")
+
+
+_names = st.sampled_from(["password", "Password", "token", "secret", "api_key", "name", "id",
+                          "items", "data"])
+_leaf = st.one_of(st.integers(-5, 5), st.booleans(), st.none(),
+                  st.text(alphabet="abcxyz", max_size=4))
+_json = st.recursive(_leaf, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(_names, inner, max_size=4)), max_leaves=25)
+
+
+def _plant(doc, counter=[0]):  # noqa: B006 - a counter for unique secrets
+    """Plant a unique secret under every sensitive key; → (doc, planted secrets)."""
+    planted = []
+
+    def walk(v):
+        if isinstance(v, dict):
+            out = {}
+            for k, x in v.items():
+                if k.lower() in ("password", "token", "secret", "api_key"):
+                    counter[0] += 1
+                    s = f"PLANTED{counter[0]:06d}qq"
+                    planted.append(s)
+                    out[k] = s if not isinstance(x, (dict, list)) else {"inner": s, "x": x}
+                else:
+                    out[k] = walk(x)
+            return out
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        return v
+
+    return walk(doc), planted
+
+
+@settings(max_examples=150, deadline=None)
+@given(_json, st.booleans())
+def test_property_no_planted_secret_survives(doc, compress):
+    red = Redactor(RedactConfig(), KEY)
+    doc, planted = _plant({"root": doc})
+    raw = orjson.dumps(doc)
+    ex = exchange(req_headers=(("Content-Type", "application/json"),), req_body=raw,
+                  primary=response(200, doc, gzip_body=compress))
+    out = red.redact_exchange(ex)
+    text = dump(out)
+    for s in planted:
+        assert s not in text
+    # the structure is still JSON and other values are untouched
+    assert isinstance(orjson.loads(out.request.body), dict)
+
+
+def test_request_record_fields_preserved(red):
+    ex = exchange(method="PUT", path="/a/b", query="x=1")
+    out = red.redact_exchange(ex)
+    assert isinstance(out.request, RequestRecord)
+    assert (out.request.method, out.request.path, out.request.query) == ("PUT", "/a/b", "x=1")
+    assert out.id == ex.id and out.endpoint == ex.endpoint and out.started == ex.started
+
+
+def test_other_header_values_get_the_text_pass(red):
+    ex = exchange(primary=response(302, None, headers=(
+        ("Location", "https://app/cb?state=ok&access_token=loc-secret-77"),
+        ("Content-Type", "text/html; charset=utf-8"),
+        ("Vary", "Cookie, Authorization"))),
+        req_headers=(("Cookie", "a=1; bare-cookie-secret"),))
+    out = red.redact_exchange(ex)
+    h = headers(out.primary)
+    assert h["location"] == f"https://app/cb?state=ok&access_token={red.mask('loc-secret-77')}"
+    assert h["content-type"] == "text/html; charset=utf-8"
+    assert h["vary"] == "Cookie, Authorization"
+    assert "bare-cookie-secret" not in headers(out.request)["cookie"]
