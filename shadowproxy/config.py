@@ -310,6 +310,29 @@ class CheckConfig:
 
 
 @dataclass(frozen=True)
+class SmtpConfig:
+    host: str
+    port: int | None = None                  # 587 starttls / 465 ssl / 25 none
+    security: Literal["starttls", "ssl", "none"] = "starttls"
+    user: str | None = None
+    password_env: str | None = None
+    sender: str = "shadowproxy@localhost"
+    to: tuple[str, ...] = ()
+    subject: str = "shadowproxy report: {headline}"   # also {status}
+    timeout: Duration = 30.0
+    allow_plain_login: bool = False
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    webhook: str | None = None        # may carry its secret in the path or query
+    webhook_env: str | None = None    # environment variable holding the webhook URL
+    webhook_timeout: Duration = 10.0
+    smtp: SmtpConfig | None = None
+    top_fields: int = 10
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     access: bool = False
@@ -332,6 +355,7 @@ class Config:
     endpoints: EndpointsConfig = field(default_factory=EndpointsConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     checks: tuple[CheckConfig, ...] = ()
+    report: ReportConfig = field(default_factory=ReportConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str | None = field(default=None, compare=False)   # file it came from
 
@@ -386,6 +410,19 @@ def _check_semantics(cfg: Config, pos: "_Positions", env: typing.Mapping[str, st
                                            c.max_p99_ratio, c.max_p50_ratio, c.forbid_kinds)):
             fail(f"checks[{i}]", "a check needs at least one of max_diff_rate, "
                  "max_error_rate_increase, max_p99_ratio, max_p50_ratio, forbid_kinds")
+    rep = cfg.report
+    if rep.webhook is not None and not re.match(r"^https?://[^/\s]+", rep.webhook):
+        fail("report.webhook", "expected an http:// or https:// URL")
+    if rep.top_fields < 1:
+        fail("report.top_fields", "must be at least 1")
+    if rep.smtp is not None:
+        if not rep.smtp.to:
+            fail("report.smtp.to", "needs at least one recipient")
+        if rep.smtp.port is not None and not 1 <= rep.smtp.port <= 65535:
+            fail("report.smtp.port", "must be between 1 and 65535")
+        if rep.smtp.user and not rep.smtp.password_env:
+            fail("report.smtp.password_env", "a user needs password_env (the password is "
+                 "never written in the file)")
     if cfg.admin.token_env and cfg.admin.token is None and cfg.admin.token_env not in env:
         fail("admin.token_env", f"environment variable {cfg.admin.token_env} is not set")
 

@@ -49,7 +49,10 @@ class EndpointStats:
 
     @property
     def diff_rate(self) -> float:
-        return self.diffs / self.exchanges if self.exchanges else 0.0
+        """Share of compared exchanges (candidate answered) with a non-noise difference:
+        the one definition the checks, reports and UI use. Errors are their own rate."""
+        compared = self.exchanges - self.errors
+        return self.diffs / compared if compared > 0 else 0.0
 
     @property
     def error_rate(self) -> float:
@@ -117,7 +120,8 @@ class SeriesPoint:
 
     @property
     def diff_rate(self) -> float:
-        return self.diffs / self.exchanges if self.exchanges else 0.0
+        compared = self.exchanges - self.errors
+        return self.diffs / compared if compared > 0 else 0.0
 
 
 @dataclass(frozen=True, slots=True)
