@@ -73,7 +73,7 @@ class Control:
         self.cfg = cfg
         self.stats = Stats()
         self.gauges: dict[int, dict[str, float]] = {}
-        self.store = open_store(cfg.store.url)
+        self.store = open_store(cfg.store.url, samples_per_field=cfg.store.samples_per_field)
         self.writer = StoreWriter(self.store, cfg.store)
         self.redactor = Redactor(cfg.redact, redact_key) if redact_key is not None \
             else Redactor.from_config(cfg.redact)

@@ -78,6 +78,9 @@ class StoreWriter:
         self.acknowledged = 0   # results in committed transactions
         self.failed = 0         # results dropped because the store failed
         self.cleaned = 0        # exchanges deleted by retention
+        self.last_error: str | None = None       # cause of the latest failure
+        self.last_error_at: float | None = None  # time.time() of it
+        self.last_ok_at: float | None = None     # time.time() of the latest successful write
         self._pending_outcomes: dict[tuple[int, str, str, str], int] = {}
         self._pending_noise: dict[tuple[str, str], Any] = {}
         self._inflight_since: float | None = None
@@ -257,6 +260,8 @@ class StoreWriter:
                 except Exception as exc:   # noqa: BLE001
                     self._failure(exc, 1, bad_result=not isinstance(exc, StoreError))
         with self._cv:
+            if ok:
+                self.last_ok_at = time.time()
             self.acknowledged += ok
             self.failed += len(results) - ok
             self._inflight_since = None
@@ -271,18 +276,23 @@ class StoreWriter:
         with self._lock:
             outcomes, self._pending_outcomes = self._pending_outcomes, {}
             noise, self._pending_noise = self._pending_noise, {}
+        failed = False
         if outcomes:
             try:
                 self.store.add_outcomes([(*k, v) for k, v in outcomes.items()])
             except Exception as exc:  # noqa: BLE001
+                failed = True
                 self._failure(exc, 0, what="outcome counts")
         if noise:
             try:
                 self.store.save_noise(list(noise.values()))
             except Exception as exc:  # noqa: BLE001
+                failed = True
                 self._failure(exc, 0, what="noise evidence")
         if outcomes or noise:
             with self._cv:
+                if not failed:
+                    self.last_ok_at = time.time()
                 self._cv.notify_all()
 
     def _cleanup(self) -> bool:
@@ -304,6 +314,8 @@ class StoreWriter:
     def _failure(self, exc: BaseException, n: int, *, what: str = "results",
                  bad_result: bool = False) -> None:
         cause = _cause(exc)
+        self.last_error = f"{what}: {cause}"
+        self.last_error_at = time.time()
         now = time.monotonic()
         entry = self._logged.get(cause)
         if entry is not None and now - entry[0] < self.log_interval:
