@@ -133,6 +133,9 @@ def parse_regex(value: Any) -> str:
 def parse_jsonpath(value: Any) -> str:
     if not isinstance(value, str) or not value.startswith("$"):
         raise ValueError(f"expected a JSONPath starting with $, got {value!r}")
+    from .compare.paths import parse_pattern   # late: keeps config importable on its own
+
+    parse_pattern(value)   # raises ValueError naming what is wrong
     return value
 
 

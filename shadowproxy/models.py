@@ -56,7 +56,9 @@ class Exchange:
 
 
 DiffKind = Literal["changed", "type_changed", "added", "removed", "length_changed"]
-_INDEX = re.compile(r"\[\d+\]")
+# array indexes ``[3]`` and keyed-array selectors ``[id=7]`` / ``['user id'=null]``
+_INDEX = re.compile(r"\[(?:\d+|(?:[A-Za-z_]\w*|'(?:[^'\\]|\\.)*')=(?:'(?:[^'\\]|\\.)*'|[^'\]]*))\]",
+                    re.ASCII)
 
 
 @dataclass(slots=True, frozen=True)
@@ -77,7 +79,8 @@ class Difference:
 
     @property
     def field(self) -> str:
-        """The path with array indexes folded (``$.items[*].id``): the unit of noise."""
+        """The path with array indexes and keyed selectors folded (``$.items[*].id``):
+        the unit of noise and of per-field statistics."""
         return _INDEX.sub("[*]", self.path)
 
 

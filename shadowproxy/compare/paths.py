@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Union
-
+from typing import Any
 import orjson
 
 __all__ = [
@@ -52,7 +51,7 @@ class _Star:
 
 
 STAR = _Star()
-Segment = Union[str, int, KeySel, _Star]
+Segment = str | int | KeySel | _Star
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -62,7 +61,7 @@ def _quote(name: str) -> str:
 
 
 def _render_key(name: str) -> str:
-    return "." + name if _IDENT.match(name) else "[" + _quote(name) + "]"
+    return "." + name if name.isidentifier() and name.isascii() else "[" + _quote(name) + "]"
 
 
 def _render_value(value: object) -> str:
@@ -76,26 +75,33 @@ def _render_value(value: object) -> str:
 
 def render_segment(seg: Segment) -> str:
     """One segment in JSONPath form (``.name``, ``['x y']``, ``[3]``, ``[id=7]``, ``[*]``)."""
-    t = type(seg)
-    if t is str:
-        return _render_key(seg)  # type: ignore[arg-type]
-    if t is int:
+    if type(seg) is str:
+        return _render_key(seg)
+    if type(seg) is int:
         return f"[{seg}]"
-    if t is KeySel:
-        name = seg.name if _IDENT.match(seg.name) else _quote(seg.name)  # type: ignore[union-attr]
-        return f"[{name}={_render_value(seg.value)}]"  # type: ignore[union-attr]
+    if isinstance(seg, KeySel):
+        name = seg.name if _IDENT.match(seg.name) else _quote(seg.name)
+        return f"[{name}={_render_value(seg.value)}]"
     return "[*]"
 
 
 def render(path: tuple[Segment, ...]) -> str:
     """A walker path as JSONPath: ``("user", "tags", 2)`` → ``$.user.tags[2]``."""
-    return "$" + "".join(map(render_segment, path))
+    out = "$"
+    for seg in path:
+        if type(seg) is str:
+            out += "." + seg if seg.isidentifier() and seg.isascii() else "[" + _quote(seg) + "]"
+        elif type(seg) is int:
+            out += f"[{seg}]"
+        else:
+            out += render_segment(seg)
+    return out
 
 
 # ---------------------------------------------------------------- patterns
 
 # Pattern tokens: ("key", name) | ("index", n) | ("any",) | ("desc",)
-Token = tuple
+Token = tuple[Any, ...]
 Pattern = tuple[Token, ...]
 ANY: Token = ("any",)
 DESC: Token = ("desc",)

@@ -78,7 +78,8 @@ def compile_scrubbers(
         elif item in BUILTIN_SCRUBBERS:
             pattern, replace = BUILTIN_SCRUBBERS[item]
         else:
-            raise ValueError(f"unknown scrubber {item!r} (builtins: {', '.join(BUILTIN_SCRUBBERS)})")
+            known = ", ".join(BUILTIN_SCRUBBERS)
+            raise ValueError(f"unknown scrubber {item!r} (builtins: {known})")
         if (pattern, replace) in seen:
             continue
         seen.add((pattern, replace))
@@ -126,6 +127,7 @@ class CompiledRules:
 
     def node(self, path: tuple[Segment, ...]) -> NodeRule | None:
         """The rule for a walker path, or ``None`` when no rule touches it (cached)."""
+        key: tuple[object, ...]
         if self._fold_indexes:
             key = tuple([s if type(s) is str else None for s in path])
         else:

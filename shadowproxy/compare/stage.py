@@ -21,9 +21,8 @@ from collections.abc import Callable
 from ..config import Config
 from ..models import Difference, Exchange, Result
 from ..stats import Stats
-from .comparator import Comparator
+from .comparator import RuleCache
 from .noise import NoiseLearner
-from .rules import CompiledRules, compile_rules
 
 log = logging.getLogger("shadowproxy.compare")
 
@@ -45,13 +44,7 @@ class CompareStage:
 
     def configure(self, cfg: Config) -> None:
         self.cfg = cfg
-        self._global = compile_rules(cfg.compare)
-        self._by_route: dict[str, Comparator] = {}
-        for r in cfg.routes:
-            rules: CompiledRules = compile_rules(cfg.compare, r.compare) if r.compare \
-                else self._global
-            self._by_route[r.key] = Comparator(rules)
-        self._default = Comparator(self._global)
+        self.rules = RuleCache.from_config(cfg)
 
     # ------------------------------------------------------------ input
 
@@ -78,7 +71,7 @@ class CompareStage:
                 self.stats.add("candidate_error", cand.error, ex.endpoint)
             return Result(ex, "error")
         self.stats.add("compared", "", ex.endpoint)
-        comparator = self._by_route.get(ex.route, self._default) if ex.route else self._default
+        comparator = self.rules.comparator(ex.route)
         diffs: list[Difference] = comparator.compare(ex.primary, cand)
         sec_diffs: list[Difference] = []
         sec_fields: set[str] | None = None
