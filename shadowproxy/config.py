@@ -409,6 +409,12 @@ def _check_semantics(cfg: Config, pos: "_Positions", env: typing.Mapping[str, st
         if c.name in names:
             fail(f"checks[{i}].name", f"duplicate check name {c.name!r}")
         names.add(c.name)
+        for attr in ("max_p50_ratio", "max_p99_ratio"):
+            v = getattr(c, attr)
+            if v is not None and v <= 0:
+                fail(f"checks[{i}].{attr}", "must be greater than 0")
+        if not 0.0 < c.confidence < 1.0:
+            fail(f"checks[{i}].confidence", "must be strictly between 0 and 1")
         if not any(v is not None for v in (c.max_diff_rate, c.max_error_rate_increase,
                                            c.max_p99_ratio, c.max_p50_ratio, c.forbid_kinds)):
             fail(f"checks[{i}]", "a check needs at least one of max_diff_rate, "
