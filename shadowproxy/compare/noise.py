@@ -111,15 +111,24 @@ def two_proportion_pvalue(n: int, r: int, s: int) -> float:
     return ztest_greater(n, r, s)
 
 
-def judge(n: int, r: int, s: int, cfg: NoiseConfig) -> tuple[bool, float, bool]:
-    """→ (noise, p_value, provisional) for one field."""
+# A field already judged noise is re-tested after every exchange; at a fixed alpha those
+# repeated looks would flip an A/A field to "real" for stretches. Leaving noise takes
+# evidence this many times stronger (a simple guard against sequential testing).
+FLIP_TO_REAL = 0.05
+
+
+def judge(n: int, r: int, s: int, cfg: NoiseConfig, *, was_noise: bool = False
+          ) -> tuple[bool, float, bool]:
+    """→ (noise, p_value, provisional) for one field. ``was_noise``: it was judged noise
+    (past ``min_samples``) at the previous look, so leaving noise needs p < alpha × FLIP_TO_REAL."""
     if s <= 0:
         return False, (two_proportion_pvalue(n, r, s) if n >= cfg.min_samples else 1.0), \
             n < cfg.min_samples
     if n < cfg.min_samples:
         return True, 1.0, True
     p = two_proportion_pvalue(n, r, s)
-    real = (p < cfg.alpha
+    alpha = cfg.alpha * FLIP_TO_REAL if was_noise else cfg.alpha
+    real = (p < alpha
             and (r - s) / (r + s) > cfg.relative
             and (r - s) / n > cfg.absolute)
     return (not real), p, False
@@ -197,7 +206,8 @@ class NoiseLearner:
         key = (ep.n, f.r, f.s)
         if f.key == key:
             return
-        noise, p, provisional = judge(ep.n, f.r, f.s, self.cfg)
+        was_noise = f.key is not None and f.noise and not f.provisional
+        noise, p, provisional = judge(ep.n, f.r, f.s, self.cfg, was_noise=was_noise)
         if f.key is None or noise != f.noise:
             f.decided_at = self._clock()
         f.key, f.noise, f.p_value, f.provisional = key, noise, p, provisional
