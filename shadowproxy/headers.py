@@ -27,16 +27,25 @@ def connection_tokens(raw_headers: Iterable[tuple[bytes, bytes]]) -> frozenset[s
 
 
 def end_to_end(raw_headers: Iterable[tuple[bytes, bytes]],
-               drop: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-    """(name, value) pairs in wire order without hop-by-hop headers and ``drop``."""
+               drop: frozenset[str] = frozenset(), *,
+               same_case: bool = False) -> list[tuple[str, str]]:
+    """(name, value) pairs in wire order without hop-by-hop headers and ``drop``.
+
+    ``same_case``: spell every repeat of a name like its first occurrence. aiohttp's
+    client keeps only the last of ``X-A`` / ``x-a`` (it merges names case-sensitively
+    into a case-insensitive dict), so headers bound for it need one spelling.
+    """
     raw = raw_headers if isinstance(raw_headers, tuple) else tuple(raw_headers)
     named = connection_tokens(raw)
     out = []
+    first: dict[str, str] = {}
     for k, v in raw:
         name = k.decode("latin-1")
         lname = name.lower()
         if lname in HOP_BY_HOP or lname in named or lname in drop:
             continue
+        if same_case:
+            name = first.setdefault(lname, name)
         out.append((name, v.decode("latin-1")))
     return out
 

@@ -36,6 +36,11 @@ from .stats import Stats
 log = logging.getLogger("shadowproxy.mirror")
 
 SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+# Response head limits when reading an upstream. aiohttp's client defaults (8190-byte
+# fields, 128 headers) would turn a legitimate answer with a big CSP or Set-Cookie
+# into a 502 (primary) or a false "protocol" error (candidate).
+UPSTREAM_LIMITS = {"max_line_size": 64 * 1024, "max_field_size": 64 * 1024,
+                   "max_headers": 1024}
 
 
 @dataclass(slots=True)
@@ -146,6 +151,7 @@ def _session(limit: int) -> aiohttp.ClientSession:
                                        enable_cleanup_closed=True),
         auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
         timeout=aiohttp.ClientTimeout(total=None), skip_auto_headers=SKIP_AUTO_HEADERS,
+        **UPSTREAM_LIMITS,
     )
 
 
@@ -155,7 +161,8 @@ class Mirror:
     def __init__(self, cfg: Config, stats: Stats, sink: Callable[[Exchange], bool]) -> None:
         self.stats = stats
         self.sink = sink
-        self._queue: asyncio.Queue[MirrorJob | None] = asyncio.Queue(cfg.mirror.queue)
+        self._queue: asyncio.Queue[MirrorJob] = asyncio.Queue(cfg.mirror.queue)
+        self._idle = asyncio.Event()     # set by the last busy worker once draining
         self._workers: list[asyncio.Task[None]] = []
         self._pending: dict[asyncio.Future[ResponseRecord], MirrorJob] = {}
         self.buffered = 0                # bytes held by queued and in-flight jobs
@@ -205,6 +212,9 @@ class Mirror:
         """Queue a shadow of ``request``; returns the future the proxy resolves with
         primary's captured answer, or None when dropped (already counted)."""
         if not self.accepting:
+            # counted as accepted-then-abandoned so that mirrored == handed on +
+            # dropped after mirror (shutdown is one of those reasons) still holds
+            self.stats.add("mirrored", "", endpoint)
             self.stats.add("dropped", "shutdown", endpoint)
             return None
         cost = len(request.body) + self.cfg.capture_max
@@ -247,10 +257,9 @@ class Mirror:
         return out
 
     async def _worker(self) -> None:
+        queue = self._queue
         while True:
-            job = await self._queue.get()
-            if job is None:
-                return
+            job = await queue.get()
             self.in_flight += 1
             try:
                 await self._run(job)
@@ -258,12 +267,14 @@ class Mirror:
                 self._finish(job)
                 self.stats.add("dropped", "shutdown", job.endpoint)
                 raise
-            except Exception:  # noqa: BLE001 - a bug here must never stop the worker
+            except Exception:
                 log.exception("mirror worker failed on %s", job.id)
                 self._finish(job)
                 self.stats.add("dropped", "internal_error", job.endpoint)
             finally:
                 self.in_flight -= 1
+                if not self.accepting and not self.in_flight and queue.empty():
+                    self._idle.set()
 
     async def _run(self, job: MirrorJob) -> None:
         cfg = self.cfg
@@ -307,7 +318,13 @@ class Mirror:
             return
         ex = Exchange(id=job.id, started=job.started, endpoint=job.endpoint, route=job.route,
                       request=job.request, primary=primary, candidate=cand, secondary=sec)
-        if not self.sink(ex):
+        try:
+            accepted = self.sink(ex)
+        except Exception:
+            log.exception("sink failed on %s", job.id)
+            self.stats.add("dropped", "channel_error", job.endpoint)
+            return
+        if not accepted:
             self.stats.add("dropped", "compare_full", job.endpoint)
 
     # ------------------------------------------------------------ shutdown
@@ -317,28 +334,27 @@ class Mirror:
         drop what is left (counted as ``dropped{shutdown}``)."""
         self.accepting = False
         loop = asyncio.get_running_loop()
-        for _ in self._workers:
+        if self._workers and (self.in_flight or not self._queue.empty()):
             try:
-                self._queue.put_nowait(None)
-            except asyncio.QueueFull:
-                break
-        if self._workers:
-            await asyncio.wait(self._workers, timeout=max(0.0, deadline - loop.time()))
+                await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                pass
+        # workers are idle (or past the deadline): stop them; a job still running
+        # is counted dropped{shutdown} by its worker
         for w in self._workers:
             w.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
         # jobs never started
         while not self._queue.empty():
             job = self._queue.get_nowait()
-            if job is not None:
-                self.buffered -= job.cost
-                self.stats.add("dropped", "shutdown", job.endpoint)
+            self._finish(job)
+            self.stats.add("dropped", "shutdown", job.endpoint)
         # jobs waiting for a primary answer that never came
         remaining = max(0.0, deadline - loop.time())
         if self._pending:
             await asyncio.wait(list(self._pending), timeout=remaining)
-        for fut, job in list(self._pending.items()):
+        for _fut, job in list(self._pending.items()):
             self._finish(job)
             self.stats.add("dropped", "shutdown", job.endpoint)
-        await asyncio.gather(*self._workers, return_exceptions=True)
         for s in self._sessions:
             await s.close()

@@ -24,10 +24,11 @@ from yarl import URL
 from .capture import Capture
 from .config import Config
 from .headers import end_to_end
-from .mirror import SKIP_AUTO_HEADERS, Mirror, classify_error
+from .mirror import SKIP_AUTO_HEADERS, UPSTREAM_LIMITS, Mirror, classify_error
 from .models import RequestRecord, ResponseRecord
 from .routes import Router
 from .stats import Stats
+from .websocket import proxy_websocket
 
 log = logging.getLogger("shadowproxy.proxy")
 
@@ -35,6 +36,7 @@ _CHUNK = 64 * 1024
 _DROP_REQUEST = frozenset({"host", "expect", "x-forwarded-for", "x-forwarded-proto",
                            "x-forwarded-host"})
 _ADDED_BY_AIOHTTP = ("Date", "Server", "Content-Type")
+_NO_BODY = frozenset({204, 304})
 
 
 class FaithfulResponse(web.StreamResponse):
@@ -51,13 +53,20 @@ class FaithfulResponse(web.StreamResponse):
         self._upstream_length = content_length
 
     async def _prepare_headers(self) -> None:
+        # aiohttp deletes a 304's Content-Length; put it back where primary had it
+        keep = list(self._headers.items()) if self.status == 304 and \
+            self._upstream_length is not None else None
         await super()._prepare_headers()
         h = self._headers
         for name in _ADDED_BY_AIOHTTP:
             if name.lower() not in self._upstream_names:
                 h.popall(name, None)
-        if self.status == 304 and self._upstream_length is not None:
-            h["Content-Length"] = self._upstream_length
+        if keep is not None:
+            names = {k.lower() for k, _ in keep}
+            added = [(k, v) for k, v in h.items() if k.lower() not in names]
+            h.clear()
+            h.extend(keep)
+            h.extend(added)
 
 
 def _text(status: int, message: str) -> web.Response:
@@ -82,14 +91,16 @@ class Proxy:
         self.preserve_host = cfg.preserve_host
         self.primary_timeout = cfg.timeouts.primary
         self.max_body = cfg.mirror.max_body
+        # per request, so a reload applies to the next request
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=cfg.timeouts.connect,
+                                              sock_read=cfg.timeouts.primary)
 
     async def start(self) -> None:
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
             auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=None, connect=self.cfg.timeouts.connect,
-                                          sock_read=self.cfg.timeouts.primary),
-            skip_auto_headers=SKIP_AUTO_HEADERS, read_bufsize=_CHUNK,
+            timeout=self._timeout,
+            skip_auto_headers=SKIP_AUTO_HEADERS, read_bufsize=_CHUNK, **UPSTREAM_LIMITS,
         )
 
     async def close(self) -> None:
@@ -119,17 +130,17 @@ class Proxy:
         endpoint = self.router.endpoint(route, method, path)
 
         raw = request.raw_headers
-        headers = end_to_end(raw, _DROP_REQUEST)
+        headers = end_to_end(raw, _DROP_REQUEST, same_case=True)
         self._forwarded(request, raw, headers)
 
         upgrade = request.headers.get("Upgrade", "")
         if upgrade.lower() == "websocket":
             self.stats.add("not_eligible", "websocket", endpoint)
-            from .websocket import proxy_websocket
             assert self.session is not None
             return await proxy_websocket(self, request, target, headers)
 
-        # ---- mirroring decision (never awaits the shadow)
+        # ---- mirroring decision (never awaits the shadow). Sample before reading
+        # the body: a request that is not shadowed streams to primary unbuffered.
         mirror = self.mirror
         body: bytes | None = None
         fut: asyncio.Future[ResponseRecord] | None = None
@@ -138,17 +149,22 @@ class Proxy:
             reason: str | None = "no_candidate"
         else:
             reason = mirror.eligible(method, route)
-        if reason is None:
-            body, prefix = await self._read_body(request)
-            if body is None:
-                reason = "body_too_large"
+            if reason is None:
+                length = request.content_length
+                if length is not None and length > self.max_body:
+                    reason = "body_too_large"
         if reason is not None:
             self.stats.add("not_eligible", reason, endpoint)
         elif not mirror.sampled(route, headers, query):  # type: ignore[union-attr]
             self.stats.add("sampled_out", "", endpoint)
         else:
-            rec = RequestRecord(method, path, query, tuple(headers), body or b"")
-            fut = mirror.submit(next(self._ids), endpoint, route, rec)  # type: ignore[union-attr]
+            body, prefix = await self._read_body(request)
+            if body is None:
+                self.stats.add("not_eligible", "body_too_large", endpoint)
+            else:
+                rec = RequestRecord(method, path, query, tuple(headers), body)
+                fut = mirror.submit(next(self._ids), endpoint, route,  # type: ignore[union-attr]
+                                    rec)
 
         if not self.preserve_host:
             headers = [(k, v) for k, v in headers if k.lower() != "host"]
@@ -195,13 +211,11 @@ class Proxy:
         """The whole body when it is at most ``max_body``; else (None, prefix read so far)."""
         if not request.body_exists:
             return b"", None
-        length = request.content_length
-        if length is not None and length > self.max_body:
-            return None, None
         await self._continue(request)
         parts: list[bytes] = []
         n = 0
-        async for chunk in request.content.iter_any():
+        content = request.content
+        while chunk := await content.readany():
             parts.append(chunk)
             n += len(chunk)
             if n > self.max_body:
@@ -214,7 +228,8 @@ class Proxy:
             yield prefix
         else:
             await self._continue(request)
-        async for chunk in request.content.iter_any():
+        content = request.content
+        while chunk := await content.readany():
             yield chunk
 
     async def _forward(self, request: web.BaseRequest, method: str, target: str,
@@ -234,57 +249,91 @@ class Proxy:
         try:
             upstream = await self.session.request(
                 method, url, headers=CIMultiDict(headers), data=data, allow_redirects=False,
-                skip_auto_headers=SKIP_AUTO_HEADERS,
+                skip_auto_headers=SKIP_AUTO_HEADERS, timeout=self._timeout,
             )
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure is a 502 or 504
             kind = classify_error(exc)
             self.stats.add("primary_error", kind)
+            if fut is not None and not fut.done():
+                fut.set_result(ResponseRecord(status=0, error=kind))
             if kind == "timeout":
                 return _text(504, "primary timed out")
-            log.debug("primary failed: %r", exc)
             return _text(502, "primary unavailable")
         try:
-            names = frozenset(k.decode("latin-1").lower() for k, _ in upstream.raw_headers)
+            raw_headers = upstream.raw_headers
+            out_headers = end_to_end(raw_headers)
+            length = upstream.headers.get("Content-Length")
             resp = FaithfulResponse(status=upstream.status, reason=upstream.reason or "",
-                                    names=names,
-                                    content_length=upstream.headers.get("Content-Length"))
-            out_headers = end_to_end(upstream.raw_headers)
+                                    names=frozenset(k.lower() for k, _ in out_headers),
+                                    content_length=length)
+            add = resp.headers.add
             for k, v in out_headers:
-                resp.headers.add(k, v)
-            if upstream.headers.get("Content-Length") is None and \
-                    "chunked" not in upstream.headers.get("Transfer-Encoding", "") and \
-                    request.version < aiohttp.HttpVersion11:
-                resp.force_close()
-            await resp.prepare(request)
+                add(k, v)
+            if length is None and request.version < aiohttp.HttpVersion11:
+                resp.force_close()   # close-delimited body for an HTTP/1.0 client
             capture = Capture(self.mirror.cfg.capture_max) if fut is not None and \
                 self.mirror is not None else None
+            content = upstream.content
+            # A close-delimited body (no length, not chunked) ends at EOF, and aiohttp
+            # reports a reset there as a clean end: watch the connection to tell.
+            closed = _closed_future(upstream) if length is None and method != "HEAD" and \
+                upstream.status not in _NO_BODY and \
+                "chunked" not in upstream.headers.get("Transfer-Encoding", "").lower() \
+                else None
             try:
-                async for chunk in upstream.content.iter_any():
-                    await resp.write(chunk)
+                await resp.prepare(request)
+                write = resp.write
+                while True:
+                    try:
+                        chunk = await content.readany()
+                        if not chunk and closed is not None and _failed(closed):
+                            raise aiohttp.ClientPayloadError("connection reset at EOF")
+                    except (TimeoutError, aiohttp.ClientError) as exc:
+                        # the status is already sent: abort so the client sees a broken
+                        # body, never a clean end
+                        self.stats.add("primary_error", "mid_body_" + classify_error(exc))
+                        if request.transport is not None:
+                            request.transport.abort()
+                        if fut is not None and not fut.done():
+                            fut.set_result(ResponseRecord(status=0, error="incomplete"))
+                        return resp
+                    if not chunk:
+                        break
                     if capture is not None:
                         capture.feed(chunk)
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                # the status is already sent: abort so the client sees a broken body,
-                # never a clean end
-                self.stats.add("primary_error", "mid_body_" + classify_error(exc))
-                if request.transport is not None:
-                    request.transport.abort()
-                if fut is not None and not fut.done():
-                    fut.set_result(ResponseRecord(status=0, error="incomplete"))
+                    await write(chunk)
+                await resp.write_eof()
+            except ConnectionError:
+                # the client went away (not primary's failure); the finally in handle()
+                # marks a shadow's primary answer incomplete
                 return resp
-            await resp.write_eof()
-            if fut is not None and capture is not None and not fut.done():
-                fut.set_result(ResponseRecord(
+            if capture is not None and not fut.done():  # type: ignore[union-attr]
+                fut.set_result(ResponseRecord(  # type: ignore[union-attr]
                     status=upstream.status, reason=upstream.reason or "",
                     headers=tuple((k.decode("latin-1"), v.decode("latin-1"))
-                                  for k, v in upstream.raw_headers),
+                                  for k, v in raw_headers),
                     body=capture.body, size=capture.size, sha256=capture.sha256,
                     truncated=capture.truncated, latency=loop.time() - t0))
             return resp
         finally:
             upstream.release()
+
+
+def _closed_future(upstream: aiohttp.ClientResponse) -> asyncio.Future[None] | None:
+    """The future aiohttp resolves (with the error, if any) when the connection closes."""
+    conn = upstream.connection
+    proto = conn.protocol if conn is not None else None
+    fut = getattr(proto, "closed", None)
+    if fut is not None:
+        fut.add_done_callback(_failed)   # retrieve it: no "exception never retrieved"
+    return fut
+
+
+def _failed(fut: asyncio.Future[None]) -> bool:
+    """True when the connection behind ``fut`` was lost with an error (a reset)."""
+    return fut.done() and not fut.cancelled() and fut.exception() is not None
 
 
 def _ids() -> Iterator[str]:

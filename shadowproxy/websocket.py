@@ -10,6 +10,8 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
+from .headers import end_to_end
+
 if TYPE_CHECKING:
     from .proxy import Proxy
 
@@ -18,23 +20,54 @@ _HANDSHAKE = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-webso
                         "sec-websocket-protocol", "sec-websocket-accept", "content-length"})
 
 
+# Close codes that must never be sent on the wire (RFC 6455 §7.4.1), mapped to
+# what the proxy tells the other side instead.
+_NO_CODE = frozenset({0, 1005})           # peer closed without a status code
+_ABNORMAL = frozenset({1006, 1015})       # connection lost / TLS failure
+
+
+def _wire_code(code: int | None) -> int:
+    if code is None or code in _NO_CODE:
+        return aiohttp.WSCloseCode.OK
+    if code in _ABNORMAL:
+        return aiohttp.WSCloseCode.GOING_AWAY
+    return code
+
+
 async def _pump(src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
                 dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> None:
-    async for msg in src:
-        if msg.type == WSMsgType.TEXT:
+    """Copy messages from ``src`` to ``dst``; on a close from ``src`` close ``dst`` with
+    the same code and reason, then echo it back to ``src``.
+
+    Both sides run with ``autoclose=False`` so the close handshake is relayed, not
+    answered by the proxy on its own with a different code. A ``CLOSING`` message
+    means the other pump is closing ``src``: nothing to do here.
+    """
+    while True:
+        msg = await src.receive()
+        t = msg.type
+        if t is WSMsgType.TEXT:
             await dst.send_str(msg.data)
-        elif msg.type == WSMsgType.BINARY:
+        elif t is WSMsgType.BINARY:
             await dst.send_bytes(msg.data)
-        elif msg.type == WSMsgType.PING:
+        elif t is WSMsgType.PING:
             await dst.ping(msg.data)
-        elif msg.type == WSMsgType.PONG:
+        elif t is WSMsgType.PONG:
             await dst.pong(msg.data)
         else:
             break
-    await dst.close(code=src.close_code or aiohttp.WSCloseCode.OK)
+    if t is WSMsgType.CLOSING:
+        return
+    if t is WSMsgType.CLOSE:
+        code = _wire_code(msg.data)
+        reason = (msg.extra or "").encode("utf-8")
+    else:   # CLOSED / ERROR: the peer vanished
+        code, reason = _wire_code(src.close_code or 1006), b""
+    await dst.close(code=code, message=reason)
+    await src.close(code=code, message=reason)
 
 
-async def proxy_websocket(proxy: "Proxy", request: web.BaseRequest, target: str,
+async def proxy_websocket(proxy: Proxy, request: web.BaseRequest, target: str,
                           headers: list[tuple[str, str]]) -> web.StreamResponse:
     assert proxy.session is not None
     protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
@@ -45,25 +78,39 @@ async def proxy_websocket(proxy: "Proxy", request: web.BaseRequest, target: str,
     try:
         upstream = await proxy.session.ws_connect(
             URL(proxy.primary + target, encoded=True), headers=fwd, protocols=protocols,
-            autoping=False, timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
+            autoping=False, autoclose=False, max_msg_size=0,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
         )
     except aiohttp.WSServerHandshakeError as exc:
+        if exc.status < 400:
+            proxy.stats.add("primary_error", "websocket")
         return web.Response(status=exc.status if exc.status >= 400 else 502,
                             text="websocket handshake refused by primary\n")
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         proxy.stats.add("primary_error", "websocket")
         return web.Response(status=502, text="primary unavailable\n")
     ws = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else (),
-                               autoping=False, max_msg_size=0)
-    await ws.prepare(request)
+                               autoping=False, autoclose=False, max_msg_size=0)
+    # primary's end-to-end handshake headers (Set-Cookie, ...) reach the client
+    handshake = getattr(upstream, "_response", None)
+    if handshake is not None:
+        for k, v in end_to_end(handshake.raw_headers, _HANDSHAKE):
+            ws.headers.add(k, v)
+    tasks: list[asyncio.Task[None]] = []
     try:
+        await ws.prepare(request)
         tasks = [asyncio.create_task(_pump(ws, upstream)),
                  asyncio.create_task(_pump(upstream, ws))]
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for t in pending:
-            t.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        # each pump ends when its side closes (the closing one ends the other); a
+        # failing pump ends both, and the finally closes what is still open
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     finally:
-        await upstream.close()
-        await ws.close()
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if not upstream.closed:
+            await upstream.close(code=aiohttp.WSCloseCode.GOING_AWAY)
+        if ws.prepared:
+            await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY)
     return ws
