@@ -9,7 +9,6 @@ SIGTERM, and prints what was mirrored and how it compared, from the store.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import signal

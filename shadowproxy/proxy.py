@@ -10,6 +10,7 @@ never awaits it.
 from __future__ import annotations
 
 import asyncio
+from time import perf_counter
 import itertools
 import logging
 import os
@@ -237,8 +238,7 @@ class Proxy:
                        prefix: bytes | None,
                        fut: asyncio.Future[ResponseRecord] | None) -> web.StreamResponse:
         assert self.session is not None
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
+        t0 = perf_counter()   # uvloop's loop.time() has 1 ms resolution
         if body is not None:
             data: object = body if body else None
         elif request.body_exists:
@@ -315,7 +315,7 @@ class Proxy:
                     headers=tuple((k.decode("latin-1"), v.decode("latin-1"))
                                   for k, v in raw_headers),
                     body=capture.body, size=capture.size, sha256=capture.sha256,
-                    truncated=capture.truncated, latency=loop.time() - t0))
+                    truncated=capture.truncated, latency=perf_counter() - t0))
             return resp
         finally:
             upstream.release()

@@ -23,7 +23,6 @@ import multiprocessing
 import os
 import signal
 import socket
-import sys
 import tempfile
 import time
 from typing import Any
@@ -52,10 +51,9 @@ def install_uvloop() -> bool:
 
 
 def setup_logging(cfg: Config) -> None:
-    logging.basicConfig(
-        level=getattr(logging, cfg.log.level.upper()), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-    )
+    from .logs import setup_logging as _setup
+
+    _setup(cfg.log.level)
 
 
 # ---------------------------------------------------------------- control stages

@@ -111,8 +111,10 @@ async def _load(port: int, n: int, conc: int = 16, refused_ok: bool = False) -> 
                 async with sem, s.get(f"http://127.0.0.1:{port}/api/users/{i % 200}") as r:
                     await r.read()
                     ok += r.status == 200
-            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError):
-                # refused, or an idle keep-alive connection closed by the drain
+            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
+                    aiohttp.ClientOSError):
+                # refused, reset while waiting to be accepted when the listener closed,
+                # or an idle keep-alive connection closed by the drain
                 if not refused_ok:
                     raise
         await asyncio.gather(*(one(i) for i in range(n)))
