@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean venv
+.PHONY: demo demo-ui test bench lint clean venv
 
 venv: $(STAMP)
 
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python -m shadowproxy.demo
+
+# the admin UI over the last demo's store (upstreams are gone; the stored results stay)
+demo-ui: $(STAMP)
+	DEMO_DIR=$(CURDIR)/out/demo DEMO_ADMIN_PORT=8081 $(BIN)/python -m shadowproxy run -c config/demo.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

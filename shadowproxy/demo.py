@@ -24,7 +24,7 @@ from aiohttp import web
 from .demo_upstreams import make_app
 
 ROOT = Path(__file__).resolve().parent.parent
-REQUESTS = 800
+REQUESTS = 2000
 
 
 def _free_port() -> int:
@@ -192,8 +192,35 @@ async def _main() -> int:
           f"readiness probe; {'adds up' if final == sent else 'DOES NOT ADD UP'})")
     print(f"  successful client responses: {health} of {len(plan)}")
     print_summary(f"sqlite:///{out}/shadowproxy.db", outcomes)
-    print(f"\nstore: {out / 'shadowproxy.db'}")
-    return 0 if code == 0 and final == sent else 1
+    verdict = _check_and_report(cfg_path, env, out)
+    print(f"""
+store:  {out / 'shadowproxy.db'}
+report: {out / 'report.html'}   (one self-contained file: open it in any browser)
+UI:     make demo-ui   then open http://127.0.0.1:8081/  (serves the stored results of this run)""")
+    # the demo succeeds when the pipeline worked; the check is expected to fail
+    return 0 if code == 0 and final == sent and verdict == 1 else 1
+
+
+def _check_and_report(cfg_path: Path, env: dict[str, str], out: Path) -> int:
+    """``shadowproxy check`` and ``shadowproxy report`` on the demo's store."""
+    from .cli import main as cli
+
+    os.environ.update({k: v for k, v in env.items() if k.startswith("DEMO_")})
+    print(f"\n$ shadowproxy check -c {cfg_path.relative_to(ROOT)}")
+    sys.stdout.flush()
+    verdict = cli(["check", "-c", str(cfg_path)])
+    meaning = {0: "pass", 1: "FAIL", 3: "inconclusive"}.get(verdict, f"error {verdict}")
+    print(f"exit code {verdict} ({meaning}): the demo candidate has a regression on "
+          "user/$.plan and is slower on products, so the gate must not pass")
+    report = out / "report.html"
+    print(f"\n$ shadowproxy report -c {cfg_path.relative_to(ROOT)} --since 1h --format html "
+          f"-o {report.relative_to(ROOT)}")
+    sys.stdout.flush()
+    if cli(["report", "-c", str(cfg_path), "--since", "1h", "--format", "html",
+            "-o", str(report)]) != 0:
+        print("report failed")
+        return -1
+    return verdict
 
 
 def main() -> int:
