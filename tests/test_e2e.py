@@ -11,29 +11,18 @@ import asyncio
 from pathlib import Path
 
 import aiohttp
-import pytest
 
-from shadowproxy.demo_upstreams import make_app
 from shadowproxy.runtime import InProcess
 from shadowproxy.store import open_store
 from shadowproxy.stats import FINAL
 
-from .support import Upstream, config
+from .support import config
 
 ROUTES = [
     {"name": "user", "match": "/api/users/{id}", "methods": ["GET"]},
     {"name": "products", "match": "/api/products"},
     {"name": "search", "match": "/api/search"},
 ]
-
-
-@pytest.fixture
-async def upstreams():
-    ups = {role: await Upstream(make_app(role)).start()
-           for role in ("primary", "candidate", "secondary")}
-    yield ups
-    for u in ups.values():
-        await u.stop()
 
 
 async def _drive(port: int, n: int) -> None:

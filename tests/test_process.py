@@ -12,9 +12,7 @@ import time
 from pathlib import Path
 
 import aiohttp
-import pytest
 
-from shadowproxy.demo_upstreams import make_app
 
 from .support import Upstream, free_port
 
@@ -88,15 +86,6 @@ class Running:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         self.proc.send_signal(sig)
         return self.proc.wait(timeout)
-
-
-@pytest.fixture
-async def upstreams():
-    ups = {role: await Upstream(make_app(role)).start()
-           for role in ("primary", "candidate", "secondary")}
-    yield ups
-    for u in ups.values():
-        await u.stop()
 
 
 async def _load(port: int, n: int, conc: int = 16, refused_ok: bool = False) -> int:
