@@ -337,7 +337,7 @@ def build_report(store: Store, *, since: float, until: float, cfg: Any = None,
     with_bodies: set[str] = set()
     order = {e["endpoint"]: i for i, e in enumerate(endpoints)}
     for ep, lst in sorted(per_ep.items(), key=lambda kv: (order.get(kv[0], 1 << 30), kv[0])):
-        lst.sort(key=lambda f: (-f.count, f.field))
+        lst.sort(key=lambda f: (f.noise, -f.count, f.field))   # real differences first
         ex = by_name.get(ep, {}).get("exchanges", 0)
         if ep in by_name:
             by_name[ep]["fields_with_diffs"] = len(lst)

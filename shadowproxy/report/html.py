@@ -44,6 +44,7 @@ th,td{border-bottom:1px solid var(--line);padding:4px 8px;text-align:right;
 vertical-align:top;white-space:nowrap}
 th{background:var(--panel);font-weight:600}
 td.l,th.l{text-align:left;white-space:normal;word-break:break-word}
+td.ep{min-width:10em;word-break:normal;overflow-wrap:anywhere}
 .verdict{border-radius:8px;padding:12px 16px;margin:12px 0;font-size:16px;font-weight:600}
 .verdict.fail,.verdict.diffs{background:var(--bad-bg);color:var(--bad)}
 .verdict.pass,.verdict.clean{background:var(--ok-bg);color:var(--ok)}
@@ -454,7 +455,7 @@ def _endpoints(r: dict[str, Any]) -> str:
         label = f"<code>{e(name)}</code>"
         if name in r["fields"]:
             label = f'<a href="#ep-{_slug(r, name)}">{label}</a>'
-        row = [f'<td class="l">{label}</td>',
+        row = [f'<td class="l ep">{label}</td>',
                cell("exchanges", name, ep["exchanges"], fmt_int(ep["exchanges"])),
                cell("diff_rate", name, ep["diff_rate"], fmt_pct(ep["diff_rate"]),
                     "bad" if ep["diffs"] else ""),
