@@ -61,6 +61,11 @@ _INDEX = re.compile(r"\[(?:\d+|(?:[A-Za-z_]\w*|'(?:[^'\\]|\\.)*')=(?:'(?:[^'\\]|
                     re.ASCII)
 
 
+def fold_path(path: str) -> str:
+    """Array indexes and keyed selectors folded: ``$.users[id=7].tags[2]`` → ``$.users[*].tags[*]``."""
+    return _INDEX.sub("[*]", path)
+
+
 @dataclass(slots=True, frozen=True)
 class Difference:
     """One difference between two responses.
@@ -81,7 +86,7 @@ class Difference:
     def field(self) -> str:
         """The path with array indexes and keyed selectors folded (``$.items[*].id``):
         the unit of noise and of per-field statistics."""
-        return _INDEX.sub("[*]", self.path)
+        return fold_path(self.path)
 
 
 Verdict = Literal["match", "diff", "noise", "error"]

@@ -139,7 +139,13 @@ def concrete_path(path: str) -> list[str | int] | None:
     try:
         toks = parse_jsonpath(path)
     except ValueError:
-        return None
+        # keyed-array selectors (``$.users[id=7].password``) fold to ``[*]``
+        from .models import fold_path
+
+        try:
+            toks = parse_jsonpath(fold_path(path))
+        except ValueError:
+            return None
     out: list[str | int] = []
     for t in toks:
         if t[0] == "key":

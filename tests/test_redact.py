@@ -316,3 +316,17 @@ def test_other_header_values_get_the_text_pass(red):
     assert h["content-type"] == "text/html; charset=utf-8"
     assert h["vary"] == "Cookie, Authorization"
     assert "bare-cookie-secret" not in headers(out.request)["cookie"]
+
+
+def test_keyed_array_difference_paths_are_redacted_by_field_not_wholesale() -> None:
+    from shadowproxy.config import RedactConfig
+    from shadowproxy.models import Difference
+    from shadowproxy.redact import Redactor
+
+    r = Redactor(RedactConfig(), b"k" * 32)
+    out = r.redact_differences([
+        Difference("body", "$.users[id=7].password", "changed", "hunter2-secret", "x"),
+        Difference("body", "$.users[id=7].name", "changed", "bob", "al"),
+    ])
+    assert "hunter2-secret" not in repr(out) and out[0].a.startswith("[redacted:")
+    assert (out[1].a, out[1].b) == ("bob", "al")
