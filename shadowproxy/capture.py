@@ -1,28 +1,78 @@
-"""A bounded copy of a response body: the first ``cap`` bytes, the size and a running sha256."""
+"""A bounded copy of a response body: the first ``cap`` bytes, the size and a running sha256.
+
+Captures of one worker draw on a shared :class:`Budget`: when it is spent a capture
+keeps no more bytes (the body is then compared by size and digest, marked
+truncated) instead of the shadow being dropped. Memory stays bounded either way.
+"""
 
 from __future__ import annotations
 
 import hashlib
 
 
-class Capture:
-    __slots__ = ("cap", "_parts", "_kept", "size", "_hash")
+class Budget:
+    """Bytes that the queued and in-flight shadows of one worker may hold together."""
 
-    def __init__(self, cap: int) -> None:
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> int:
+        """Up to ``n`` bytes; → how many were granted."""
+        grant = min(n, self.limit - self.used)
+        if grant <= 0:
+            return 0
+        self.used += grant
+        return grant
+
+    def take_all(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n
+
+
+class Capture:
+    __slots__ = ("cap", "_parts", "_kept", "size", "_hash", "_budget")
+
+    def __init__(self, cap: int, budget: Budget | None = None) -> None:
         self.cap = cap
         self._parts: list[bytes] = []
         self._kept = 0
         self.size = 0
         self._hash = hashlib.sha256()
+        self._budget = budget
 
     def feed(self, chunk: bytes) -> None:
         self.size += len(chunk)
         self._hash.update(chunk)
         room = self.cap - self._kept
         if room > 0:
-            part = chunk if len(chunk) <= room else chunk[:room]
-            self._parts.append(part)
-            self._kept += len(part)
+            want = len(chunk) if len(chunk) <= room else room
+            if self._budget is not None:
+                got = self._budget.take(want)
+                if got < want:
+                    self.cap = self._kept + got   # the prefix must stay contiguous: stop here
+                want = got
+            if want:
+                self._parts.append(chunk if want == len(chunk) else chunk[:want])
+                self._kept += want
+
+    @property
+    def kept(self) -> int:
+        return self._kept
+
+    def release(self) -> None:
+        """Give the kept bytes back to the budget (the capture is not handed on)."""
+        if self._budget is not None and self._kept:
+            self._budget.give(self._kept)
+        self._kept = 0
+        self._parts = []
 
     @property
     def body(self) -> bytes:

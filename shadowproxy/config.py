@@ -277,6 +277,7 @@ class NoiseConfig:
 @dataclass(frozen=True)
 class ComparatorConfig:
     queue: int = 10000              # exchanges waiting for comparison (per comparator)
+    buffer_limit: Size = 256 * 1024 * 1024   # bytes of the exchanges waiting
     samples_detail: bool = True     # deepdiff detail for stored samples (never per request)
 
 

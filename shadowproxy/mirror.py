@@ -9,8 +9,10 @@ secondary) at once — concurrently with primary — reads each answer up to
 is also known hands an :class:`~shadowproxy.models.Exchange` to the sink (the
 channel to the comparator).
 
-Memory is bounded: the queue by count (``mirror.queue``) and every job's buffered
-bytes by ``mirror.buffer_limit``; beyond either the shadow is dropped and counted.
+Memory is bounded: the queue by count (``mirror.queue``) and all bytes the worker's
+shadows hold (request bodies and the three captures) by ``mirror.buffer_limit``. A
+request body that does not fit drops the shadow (``dropped{memory}``); a capture that
+does not fit stops keeping bytes and is compared by size and digest.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from urllib.parse import parse_qsl
 import aiohttp
 from yarl import URL
 
-from .capture import Capture
+from .capture import Budget, Capture
 from .config import Config, MirrorConfig, Route
 from .models import Exchange, RequestRecord, ResponseRecord
 from .stats import Stats
@@ -52,8 +54,12 @@ class MirrorJob:
     route: str | None
     request: RequestRecord
     primary: asyncio.Future[ResponseRecord]
-    cost: int
+    cost: int                     # bytes charged to the budget: body and the shadow captures
     finished: bool = False
+    primary_given: bool = False   # primary's captured bytes given back to the budget
+    fetched: bool = False         # candidate (and secondary) answers are in
+    candidate: ResponseRecord | None = None
+    secondary: ResponseRecord | None = None
 
 
 class Sampler:
@@ -118,10 +124,13 @@ def classify_error(exc: BaseException) -> str:
 
 
 async def fetch(session: aiohttp.ClientSession, base: str, req: RequestRecord,
-                headers: list[tuple[str, str]], cap: int, timeout: float) -> ResponseRecord:
-    """Send ``req`` to ``base`` and capture the answer; never raises."""
+                headers: list[tuple[str, str]], cap: int, timeout: float,
+                budget: Budget | None = None) -> ResponseRecord:
+    """Send ``req`` to ``base`` and capture the answer; never raises. The bytes of the
+    returned body stay charged to ``budget`` until the caller gives them back."""
     t0 = perf_counter()   # uvloop's loop.time() has 1 ms resolution
     target = base + req.path + ("?" + req.query if req.query else "")
+    cap_: Capture | None = None
     try:
         async with asyncio.timeout(timeout):
             async with session.request(
@@ -129,7 +138,7 @@ async def fetch(session: aiohttp.ClientSession, base: str, req: RequestRecord,
                 data=req.body if req.body else None, allow_redirects=False,
                 skip_auto_headers=SKIP_AUTO_HEADERS,
             ) as resp:
-                cap_ = Capture(cap)
+                cap_ = Capture(cap, budget)
                 async for chunk in resp.content.iter_any():
                     cap_.feed(chunk)
                 return ResponseRecord(
@@ -140,8 +149,12 @@ async def fetch(session: aiohttp.ClientSession, base: str, req: RequestRecord,
                     truncated=cap_.truncated, latency=perf_counter() - t0,
                 )
     except asyncio.CancelledError:
+        if cap_ is not None:
+            cap_.release()
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a counted kind
+        if cap_ is not None:
+            cap_.release()
         return ResponseRecord(status=0, latency=perf_counter() - t0, error=classify_error(exc))
 
 
@@ -165,8 +178,8 @@ class Mirror:
         self._idle = asyncio.Event()     # set by the last busy worker once draining
         self._workers: list[asyncio.Task[None]] = []
         self._pending: dict[asyncio.Future[ResponseRecord], MirrorJob] = {}
-        self.buffered = 0                # bytes held by queued and in-flight jobs
         self.in_flight = 0
+        self.budget = Budget(cfg.mirror.buffer_limit)
         self.accepting = True
         self.configure(cfg)
         self._sessions: list[aiohttp.ClientSession] = []
@@ -177,6 +190,8 @@ class Mirror:
         """Apply a (re)loaded config: sampling, methods, headers, timeouts."""
         m: MirrorConfig = cfg.mirror
         self.cfg = m
+        if hasattr(self, "budget"):
+            self.budget.limit = m.buffer_limit
         self.enabled = m.enabled and cfg.upstreams.candidate is not None
         self.candidate = cfg.upstreams.candidate
         self.secondary = cfg.upstreams.secondary
@@ -217,8 +232,8 @@ class Mirror:
             self.stats.add("mirrored", "", endpoint)
             self.stats.add("dropped", "shutdown", endpoint)
             return None
-        cost = len(request.body) + self.cfg.capture_max
-        if self.buffered + cost > self.cfg.buffer_limit:
+        cost = len(request.body)
+        if not self.budget.take_all(cost):
             self.stats.add("dropped", "memory", endpoint)
             return None
         fut: asyncio.Future[ResponseRecord] = asyncio.get_running_loop().create_future()
@@ -227,9 +242,10 @@ class Mirror:
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
+            self.budget.give(cost)
             self.stats.add("dropped", "queue_full", endpoint)
             return None
-        self.buffered += cost
+        fut.add_done_callback(lambda _f: self._primary_done(job))
         self.stats.add("mirrored", "", endpoint)
         return fut
 
@@ -283,35 +299,52 @@ class Mirror:
         if self.secondary:
             cand, sec = await asyncio.gather(
                 fetch(self._cand_session, self.candidate, job.request, headers,
-                      cfg.capture_max, cfg.timeout),
+                      cfg.capture_max, cfg.timeout, self.budget),
                 fetch(self._sec_session, self.secondary, job.request, headers,
-                      cfg.capture_max, cfg.timeout))
+                      cfg.capture_max, cfg.timeout, self.budget))
         else:
             cand = await fetch(self._cand_session, self.candidate, job.request, headers,
-                               cfg.capture_max, cfg.timeout)
+                               cfg.capture_max, cfg.timeout, self.budget)
             sec = None
+        job.cost += len(cand.body) + (len(sec.body) if sec is not None else 0)
+        job.candidate, job.secondary, job.fetched = cand, sec, True
         if job.primary.done():
-            self._complete(job, cand, sec)
+            self._complete(job)
         else:
-            # free the worker: the exchange is completed when primary's answer is known
+            # free the worker: _primary_done completes the exchange when primary's
+            # answer is known
             self._pending[job.primary] = job
-            job.primary.add_done_callback(lambda _f: self._complete(job, cand, sec))
+
+    def _primary_done(self, job: MirrorJob) -> None:
+        if job.finished:
+            self._give_primary(job)
+        elif job.fetched:
+            self._complete(job)
+
+    def _give_primary(self, job: MirrorJob) -> None:
+        """Primary's captured bytes were charged by the proxy; give them back once."""
+        fut = job.primary
+        if not job.primary_given and fut.done() and not fut.cancelled():
+            job.primary_given = True
+            self.budget.give(len(fut.result().body))
 
     def _finish(self, job: MirrorJob) -> None:
         job.finished = True
-        self.buffered -= job.cost
+        self.budget.give(job.cost)
+        self._give_primary(job)
         self._pending.pop(job.primary, None)
 
-    def _complete(self, job: MirrorJob, cand: ResponseRecord,
-                  sec: ResponseRecord | None) -> None:
+    def _complete(self, job: MirrorJob) -> None:
         if job.finished:
             return
-        self._finish(job)
         fut = job.primary
-        if fut.cancelled():
+        primary = None if fut.cancelled() else fut.result()
+        cand, sec = job.candidate, job.secondary
+        assert cand is not None
+        self._finish(job)
+        if primary is None:
             self.stats.add("dropped", "primary_incomplete", job.endpoint)
             return
-        primary = fut.result()
         if primary.error is not None:
             reason = "primary_incomplete" if primary.error == "incomplete" else "primary_error"
             self.stats.add("dropped", reason, job.endpoint)

@@ -261,6 +261,7 @@ class Proxy:
             if kind == "timeout":
                 return _text(504, "primary timed out")
             return _text(502, "primary unavailable")
+        capture: Capture | None = None
         try:
             raw_headers = upstream.raw_headers
             out_headers = end_to_end(raw_headers)
@@ -273,8 +274,8 @@ class Proxy:
                 add(k, v)
             if length is None and request.version < aiohttp.HttpVersion11:
                 resp.force_close()   # close-delimited body for an HTTP/1.0 client
-            capture = Capture(self.mirror.cfg.capture_max) if fut is not None and \
-                self.mirror is not None else None
+            capture = Capture(self.mirror.cfg.capture_max, self.mirror.budget) \
+                if fut is not None and self.mirror is not None else None
             content = upstream.content
             # A close-delimited body (no length, not chunked) ends at EOF, and aiohttp
             # reports a reset there as a clean end: watch the connection to tell.
@@ -316,8 +317,11 @@ class Proxy:
                                   for k, v in raw_headers),
                     body=capture.body, size=capture.size, sha256=capture.sha256,
                     truncated=capture.truncated, latency=perf_counter() - t0))
+                capture = None      # its bytes now belong to the shadow job
             return resp
         finally:
+            if capture is not None:
+                capture.release()
             upstream.release()
 
 

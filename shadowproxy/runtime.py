@@ -194,7 +194,7 @@ async def _worker(cfg: Config, sock: socket.socket | str, channel_path: str, ind
     def gauges() -> dict[str, float]:
         m = server.mirror
         return {"mirror_queue_depth": m.depth, "mirror_in_flight": m.in_flight,
-                "mirror_buffered_bytes": m.buffered, "channel_buffered_bytes": client.buffered}
+                "mirror_buffered_bytes": m.budget.used, "channel_buffered_bytes": client.buffered}
 
     async def report() -> None:
         while True:

@@ -157,7 +157,7 @@ async def test_every_request_ends_in_exactly_one_final_outcome():
     by = stats.by_outcome()
     for key in ("not_eligible{method}", "not_eligible{route}", "sampled_out", "compared",
                 "candidate_timeout", "candidate_error{reset}", "candidate_error{protocol}",
-                "dropped{queue_full}", "dropped{memory}", "dropped{primary_incomplete}",
+                "dropped{queue_full}", "dropped{primary_incomplete}",
                 "dropped{compare_full}"):
         assert by.get(key, 0) > 0, (key, by)
     assert stats.total("not_eligible", "method") == sum(1 for m, _ in plan if m == "POST")
@@ -168,7 +168,7 @@ async def test_every_request_ends_in_exactly_one_final_outcome():
                    for (o, _r, _e) in stats.counts)
     assert all(r in AFTER_MIRROR_DROPS or r in ("queue_full", "memory")
                for (o, r, _e) in stats.counts if o == "dropped")
-    assert srv.mirror.buffered == 0
+    assert srv.mirror.budget.used == 0
     assert srv.mirror.in_flight == 0
 
 
@@ -269,7 +269,7 @@ async def test_stop_completes_or_counts_queued_shadows(slow_app):
         assert done >= 1 and dropped >= 1
         assert took < 3.0          # the 1 s deadline, not the 4 s the queue needs
         assert all(ex.candidate.error is None for ex in sink.items)
-        assert srv.mirror.buffered == 0
+        assert srv.mirror.budget.used == 0
         assert srv.stats.final_total() == 8 - done     # the sink's part is counted later
     finally:
         await cand.stop()
@@ -317,7 +317,7 @@ async def test_shadow_accepted_after_stop_began_is_counted(slow_app):
         st = srv.stats
         assert st.total("mirrored") + st.total("dropped", "shutdown") >= 1
         assert st.total("mirrored") == len(sink.items) + st.dropped_after_mirror()
-        assert srv.mirror.buffered == 0
+        assert srv.mirror.budget.used == 0
     finally:
         await cand.stop()
 
@@ -370,3 +370,53 @@ async def test_shadow_refused_while_draining_keeps_the_equation(slow_app):
     assert st.total("dropped", "shutdown") == 1
     assert st.total("mirrored") == len(sink.items) + st.dropped_after_mirror()
     assert st.final_total() == 2 - len(sink.items)
+
+
+async def test_memory_budget_drops_big_bodies_and_truncates_captures() -> None:
+    """``mirror.buffer_limit`` bounds every byte a worker's shadows hold: a request body
+    that does not fit drops the shadow (``dropped{memory}``); responses that do not fit
+    are captured by size and digest only (truncated), never dropped; all of it is given
+    back when the exchange is handed on."""
+    import hashlib
+
+    big = b"x" * 200_000
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(0.2)      # keep shadows in flight together
+        return web.Response(body=big)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    primary = await Upstream(app).start()
+    cand = await Upstream(app).start()
+    stats = Stats()
+    sink = Collector()
+    cfg = config(primary.url, cand.url,
+                 mirror={"capture_max": "256KiB", "buffer_limit": "512KiB", "concurrency": 8,
+                         "max_body": "1MiB"},
+                 routes=[{"match": "/upload", "mirror_unsafe": True}])
+    srv = await start_proxy(cfg, sink, stats)
+    try:
+        async with aiohttp.ClientSession() as s:
+            async def get(i: int) -> None:
+                async with s.get(f"http://127.0.0.1:{srv.port}/r{i}") as r:
+                    assert await r.read() == big
+            await asyncio.gather(*(get(i) for i in range(6)))
+            async with s.post(f"http://127.0.0.1:{srv.port}/upload", data=b"y" * 600_000) as r:
+                assert r.status == 200
+        items = await sink.wait_for(6)
+        assert stats.total("dropped", "memory") == 1           # the body did not fit
+        digest = hashlib.sha256(big).hexdigest()
+        truncated = 0
+        for ex in items:
+            for rec in (ex.primary, ex.candidate):
+                assert rec.size == len(big) and rec.sha256 == digest
+                truncated += rec.truncated
+                assert len(rec.body) < len(big) if rec.truncated else rec.body == big
+        assert truncated > 0, "six 2×200 KB exchanges cannot all fit in 512 KiB"
+        assert srv.mirror.budget.used == 0
+    finally:
+        await srv.stop()
+        await primary.stop()
+        await cand.stop()

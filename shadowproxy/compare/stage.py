@@ -38,6 +38,9 @@ class CompareStage:
         # such as metrics only; nothing a listener keeps may reach disk or logs)
         self.listeners: list[Callable[[Result], None]] = [on_result] if on_result else []
         self.queue: asyncio.Queue[Exchange | None] = asyncio.Queue(cfg.comparator.queue)
+        # bytes of the queued exchanges, bounded by comparator.buffer_limit
+        self.bytes = 0
+        self._freed = asyncio.Event()
         self.learner = NoiseLearner(cfg.noise)
         self._task: asyncio.Task[None] | None = None
         self.configure(cfg)
@@ -48,16 +51,30 @@ class CompareStage:
 
     # ------------------------------------------------------------ input
 
+    @staticmethod
+    def size(ex: Exchange) -> int:
+        n = len(ex.request.body) + len(ex.primary.body) + len(ex.candidate.body)
+        return n + (len(ex.secondary.body) if ex.secondary is not None else 0)
+
     def offer(self, ex: Exchange) -> bool:
         """Non-blocking hand-off from a proxy in the same process."""
+        size = self.size(ex)
+        if self.bytes and self.bytes + size > self.cfg.comparator.buffer_limit:
+            return False
         try:
             self.queue.put_nowait(ex)
-            return True
         except asyncio.QueueFull:
             return False
+        self.bytes += size
+        return True
 
     async def put(self, ex: Exchange) -> None:
         """Blocking hand-off from the channel: back pressure reaches the senders."""
+        size = self.size(ex)
+        while self.bytes and self.bytes + size > self.cfg.comparator.buffer_limit:
+            self._freed.clear()
+            await self._freed.wait()
+        self.bytes += size
         await self.queue.put(ex)
 
     # ------------------------------------------------------------ work
@@ -107,6 +124,9 @@ class CompareStage:
             except Exception:  # noqa: BLE001 - one bad exchange must not stop the stage
                 log.exception("comparison failed for exchange %s", ex.id)
                 self.stats.add("compare_failed", "", ex.endpoint)
+            finally:
+                self.bytes -= self.size(ex)
+                self._freed.set()
             # let the loop breathe between comparisons
             if self.queue.qsize() % 16 == 0:
                 await asyncio.sleep(0)
