@@ -202,6 +202,8 @@ class MirrorConfig:
     timeout: Duration = 5.0
     capture_max: Size = 1024 * 1024   # bytes of each response kept for comparison
     buffer_limit: Size = 256 * 1024 * 1024   # bytes all queued/in-flight shadows may hold
+    breaker_failures: int = 5         # consecutive connect errors that open the breaker; 0: off
+    breaker_cooldown: Duration = 1.0  # first pause before a probe (doubles up to 30 s)
     add_headers: dict[str, str] = field(default_factory=lambda: {"X-Shadow-Request": "1"})
     remove_headers: tuple[str, ...] = ()
 
@@ -381,6 +383,8 @@ def _check_semantics(cfg: Config, pos: "_Positions", env: typing.Mapping[str, st
         fail("mirror.concurrency", "must be at least 1")
     if m.timeout <= 0:
         fail("mirror.timeout", "must be greater than 0")
+    if m.breaker_failures < 0:
+        fail("mirror.breaker_failures", "must be 0 (off) or more")
     if cfg.workers is not None and cfg.workers < 1:
         fail("workers", "must be at least 1")
     if cfg.comparator.queue < 1:

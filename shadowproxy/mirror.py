@@ -31,6 +31,7 @@ from urllib.parse import parse_qsl
 import aiohttp
 from yarl import URL
 
+from .breaker import Breaker
 from .capture import Budget, Capture
 from .config import Config, MirrorConfig, Route
 from .models import Exchange, RequestRecord, ResponseRecord
@@ -201,6 +202,7 @@ class Mirror:
         self.remove = frozenset(h.lower() for h in m.remove_headers) | \
             frozenset(h.lower() for h in m.add_headers)
         self.add = list(m.add_headers.items())
+        self.breaker = Breaker(m.breaker_failures, m.breaker_cooldown)
 
     # ------------------------------------------------------------ decisions
 
@@ -232,8 +234,12 @@ class Mirror:
             self.stats.add("mirrored", "", endpoint)
             self.stats.add("dropped", "shutdown", endpoint)
             return None
+        if not self.breaker.allow():
+            self.stats.add("dropped", "candidate_down", endpoint)
+            return None
         cost = len(request.body)
         if not self.budget.take_all(cost):
+            self.breaker.cancel_probe()
             self.stats.add("dropped", "memory", endpoint)
             return None
         fut: asyncio.Future[ResponseRecord] = asyncio.get_running_loop().create_future()
@@ -242,6 +248,7 @@ class Mirror:
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
+            self.breaker.cancel_probe()
             self.budget.give(cost)
             self.stats.add("dropped", "queue_full", endpoint)
             return None
@@ -306,6 +313,7 @@ class Mirror:
             cand = await fetch(self._cand_session, self.candidate, job.request, headers,
                                cfg.capture_max, cfg.timeout, self.budget)
             sec = None
+        self.breaker.record(cand.error)
         job.cost += len(cand.body) + (len(sec.body) if sec is not None else 0)
         job.candidate, job.secondary, job.fetched = cand, sec, True
         if job.primary.done():

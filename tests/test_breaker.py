@@ -1,0 +1,65 @@
+"""The candidate's circuit breaker: opens on consecutive connect errors, probes, closes."""
+
+from __future__ import annotations
+
+from shadowproxy.breaker import MAX_COOLDOWN, Breaker
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_opens_after_consecutive_connect_errors_then_probes_and_closes() -> None:
+    clock = Clock()
+    b = Breaker(3, 1.0, clock)
+    for _ in range(2):
+        assert b.allow()
+        b.record("connect")
+    b.record(None)                       # an answer resets the streak
+    for _ in range(3):
+        assert b.allow()
+        b.record("connect")
+    assert b.open and not b.allow()
+    clock.t = 1.01
+    assert b.allow()                     # the probe
+    assert not b.allow()                 # only one probe at a time
+    b.record("connect")                  # probe failed: cooldown doubles
+    assert b.cooldown == 2.0 and not b.allow()
+    clock.t = 3.1
+    assert b.allow()
+    b.record(None)                       # probe answered: closed again
+    assert not b.open and b.allow() and b.cooldown == 1.0
+
+
+def test_slow_answers_never_open_it_and_cooldown_is_capped() -> None:
+    clock = Clock()
+    b = Breaker(2, 1.0, clock)
+    for _ in range(100):
+        assert b.allow()
+        b.record("timeout")
+    assert not b.open
+    b.record("connect")
+    b.record("connect")
+    for _ in range(10):
+        clock.t += 100
+        assert b.allow()
+        b.record("connect")
+    assert b.cooldown == MAX_COOLDOWN
+
+
+def test_a_dropped_probe_does_not_wedge_it_and_zero_disables() -> None:
+    clock = Clock()
+    b = Breaker(1, 1.0, clock)
+    b.record("connect")
+    clock.t = 2
+    assert b.allow()
+    b.cancel_probe()
+    assert b.allow()
+    off = Breaker(0, 1.0, clock)
+    for _ in range(50):
+        off.record("connect")
+    assert off.allow()
