@@ -1,15 +1,18 @@
 """The bounded channel between proxy workers and the control process.
 
 Local default: a Unix socket in a private directory, frames of a 4-byte length
-and a pickled tuple. Worker → control: ``("x", Exchange)`` exchanges to compare,
-``("s", delta)`` outcome counter increments, ``("g", worker, gauges)``.
+and a pickled tuple. Worker → control: ``("xs", [Exchange, ...])`` exchanges to
+compare, collected by :meth:`ChannelClient.queue` into one frame per event-loop
+iteration (``("x", Exchange)``, one a frame, is still understood), ``("s", delta)``
+outcome counter increments, ``("g", worker, gauges)``.
 Control → worker: ``("cfg", Config)`` a reloaded config, ``("mirror", enabled,
 sample)`` a run-time change.
 
 Back pressure: the control side awaits the comparator's bounded queue before
 reading the next frame, so a slow comparator fills the socket buffers and then
 the sender's write buffer; beyond ``limit`` bytes :meth:`ChannelClient.send`
-returns False and the worker counts the shadow as ``dropped{compare_full}``.
+returns False and the worker counts the shadow as ``dropped{compare_full}``;
+:meth:`ChannelClient.queue` answers the same way for each exchange.
 The primary path never waits on it.
 
 The same two methods (``send`` returning a bool, and an async consumer) are what
@@ -24,6 +27,8 @@ import pickle
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+MAX_BATCH = 64          # exchanges in one ("xs", [...]) frame
 
 log = logging.getLogger("shadowproxy.channel")
 
@@ -49,11 +54,15 @@ class ChannelClient:
 
     def __init__(self, path: str, limit: int = 32 * 1024 * 1024,
                  on_message: Callable[[Any], None] | None = None,
-                 on_close: Callable[[], None] | None = None) -> None:
+                 on_close: Callable[[], None] | None = None,
+                 on_dropped: Callable[[list[Any]], None] | None = None) -> None:
         self.path = path
         self.limit = limit
         self.on_message = on_message
         self.on_close = on_close   # the control process went away
+        # queued items the channel lost between queue() and the frame's write
+        self.on_dropped = on_dropped
+        self._batch: list[Any] = []
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self.broken = False
@@ -86,13 +95,51 @@ class ChannelClient:
     def send(self, msg: Any, force: bool = False) -> bool:
         """Queue ``msg``; False (dropped) when the channel is down or over its limit.
         ``force`` ignores the limit (small control frames such as counters)."""
+        if not self._writable(force):
+            return False
+        self._writer.write(encode(msg))  # type: ignore[union-attr]
+        return True
+
+    def _writable(self, force: bool = False) -> bool:
         w = self._writer
         if w is None or self.broken or w.is_closing():
             return False
-        if not force and w.transport.get_write_buffer_size() > self.limit:
+        return force or w.transport.get_write_buffer_size() <= self.limit
+
+    def queue(self, item: Any) -> bool:
+        """Add ``item`` to the ``("xs", [...])`` frame written at the end of this loop
+        iteration (one pickle and one write for every exchange finished in it); False
+        (dropped) when the channel is down or over its limit, as for :meth:`send`."""
+        if not self._writable():
             return False
-        w.write(encode(msg))
+        batch = self._batch
+        batch.append(item)
+        if len(batch) == 1:
+            asyncio.get_running_loop().call_soon(self.flush_queued)
+        elif len(batch) >= MAX_BATCH:
+            self.flush_queued()
         return True
+
+    def flush_queued(self) -> None:
+        """Write the queued items now (as one frame, or several if it would be too big)."""
+        items = self._batch
+        if not items:
+            return
+        self._batch = []
+        self._write_items(items)
+
+    def _write_items(self, items: list[Any]) -> None:
+        frame = encode(("xs", items))
+        if len(frame) - _LEN.size > MAX_FRAME and len(items) > 1:
+            half = len(items) // 2
+            self._write_items(items[:half])
+            self._write_items(items[half:])
+            return
+        # accepted by queue() when the channel had room: written even if it filled since
+        if self._writable(force=True):
+            self._writer.write(frame)  # type: ignore[union-attr]
+        elif self.on_dropped is not None:
+            self.on_dropped(items)
 
     async def flush(self, timeout: float = 5.0) -> None:
         if self._writer is not None and not self._writer.is_closing():
@@ -102,6 +149,7 @@ class ChannelClient:
                 pass
 
     async def close(self) -> None:
+        self.flush_queued()
         await self.flush()
         if self._writer is not None:
             self._writer.close()

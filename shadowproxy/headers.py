@@ -35,18 +35,30 @@ def end_to_end(raw_headers: Iterable[tuple[bytes, bytes]],
     client keeps only the last of ``X-A`` / ``x-a`` (it merges names case-sensitively
     into a case-insensitive dict), so headers bound for it need one spelling.
     """
-    raw = raw_headers if isinstance(raw_headers, tuple) else tuple(raw_headers)
-    named = connection_tokens(raw)
-    out = []
+    # One pass; the names listed in Connection (which may come after them) are
+    # removed at the end, and only when there are some beyond the standard ones.
+    out: list[tuple[str, str]] = []
+    lnames: list[str] = []
+    named: set[str] | None = None
     first: dict[str, str] = {}
-    for k, v in raw:
+    for k, v in raw_headers:
         name = k.decode("latin-1")
         lname = name.lower()
-        if lname in HOP_BY_HOP or lname in named or lname in drop:
+        if lname in HOP_BY_HOP or lname in drop:
+            if lname == "connection" or lname == "proxy-connection":
+                for token in v.decode("latin-1").split(","):
+                    token = token.strip().lower()
+                    if token and token not in HOP_BY_HOP:
+                        if named is None:
+                            named = set()
+                        named.add(token)
             continue
         if same_case:
             name = first.setdefault(lname, name)
         out.append((name, v.decode("latin-1")))
+        lnames.append(lname)
+    if named:
+        out = [h for h, lname in zip(out, lnames) if lname not in named]
     return out
 
 

@@ -2,8 +2,9 @@
 
 The proxy asks :meth:`Mirror.decide` for every request, then :meth:`Mirror.submit`
 for the ones that should be shadowed. A job enters a bounded queue served by
-``mirror.concurrency`` workers with their own connection pool; the client path
-never awaits any of it. A worker sends the request to the candidate (and the
+``mirror.concurrency`` workers with their own keep-alive connection pool (the lean
+HTTP/1.1 client of :mod:`shadowproxy.http1`, not aiohttp's); the client path never
+awaits any of it. A worker sends the request to the candidate (and the
 secondary) at once — concurrently with primary — reads each answer up to
 ``capture_max`` while hashing the rest, and when the primary's captured answer
 is also known hands an :class:`~shadowproxy.models.Exchange` to the sink (the
@@ -29,8 +30,8 @@ from http.cookies import SimpleCookie
 from urllib.parse import parse_qsl
 
 import aiohttp
-from yarl import URL
 
+from . import http1
 from .breaker import Breaker
 from .capture import Budget, Capture
 from .config import Config, MirrorConfig, Route
@@ -54,6 +55,7 @@ class MirrorJob:
     endpoint: str
     route: str | None
     request: RequestRecord
+    target: str                   # raw path and query as received (keeps an empty '?')
     primary: asyncio.Future[ResponseRecord]
     cost: int                     # bytes charged to the budget: body and the shadow captures
     finished: bool = False
@@ -110,6 +112,8 @@ class Sampler:
 
 def classify_error(exc: BaseException) -> str:
     """The ``kind`` label of a failed upstream exchange."""
+    if isinstance(exc, http1.UpstreamError):
+        return exc.kind
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return "timeout"
     if isinstance(exc, aiohttp.ClientConnectorError):
@@ -124,48 +128,29 @@ def classify_error(exc: BaseException) -> str:
     return "other"
 
 
-async def fetch(session: aiohttp.ClientSession, base: str, req: RequestRecord,
-                headers: list[tuple[str, str]], cap: int, timeout: float,
-                budget: Budget | None = None) -> ResponseRecord:
-    """Send ``req`` to ``base`` and capture the answer; never raises. The bytes of the
-    returned body stay charged to ``budget`` until the caller gives them back."""
+async def fetch(pool: http1.Pool, target: str, req: RequestRecord, header_block: bytes | None,
+                cap: int, timeout: float, budget: Budget | None = None) -> ResponseRecord:
+    """Send ``req`` (its raw ``target``, the headers of ``header_block`` from
+    :func:`http1.encode_headers`, None when they could not be encoded) through ``pool``
+    and capture the answer; never raises. The bytes of the returned body stay charged
+    to ``budget`` until the caller gives them back."""
     t0 = perf_counter()   # uvloop's loop.time() has 1 ms resolution
-    target = base + req.path + ("?" + req.query if req.query else "")
-    cap_: Capture | None = None
+    if header_block is None:
+        return ResponseRecord(status=0, error="other")
+    cap_ = Capture(cap, budget)
     try:
         async with asyncio.timeout(timeout):
-            async with session.request(
-                req.method, URL(target, encoded=True), headers=headers,
-                data=req.body if req.body else None, allow_redirects=False,
-                skip_auto_headers=SKIP_AUTO_HEADERS,
-            ) as resp:
-                cap_ = Capture(cap, budget)
-                async for chunk in resp.content.iter_any():
-                    cap_.feed(chunk)
-                return ResponseRecord(
-                    status=resp.status, reason=resp.reason or "",
-                    headers=tuple((k.decode("latin-1"), v.decode("latin-1"))
-                                  for k, v in resp.raw_headers),
-                    body=cap_.body, size=cap_.size, sha256=cap_.sha256,
-                    truncated=cap_.truncated, latency=perf_counter() - t0,
-                )
+            head = await pool.request(req.method, target, header_block, req.body, cap_.feed)
     except asyncio.CancelledError:
-        if cap_ is not None:
-            cap_.release()
+        cap_.release()
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a counted kind
-        if cap_ is not None:
-            cap_.release()
+        cap_.release()
         return ResponseRecord(status=0, latency=perf_counter() - t0, error=classify_error(exc))
-
-
-def _session(limit: int) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit, force_close=False,
-                                       enable_cleanup_closed=True),
-        auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
-        timeout=aiohttp.ClientTimeout(total=None), skip_auto_headers=SKIP_AUTO_HEADERS,
-        **UPSTREAM_LIMITS,
+    return ResponseRecord(
+        status=head.status, reason=head.reason, headers=head.headers,
+        body=cap_.body, size=cap_.size, sha256=cap_.sha256,
+        truncated=cap_.truncated, latency=perf_counter() - t0,
     )
 
 
@@ -183,7 +168,8 @@ class Mirror:
         self.budget = Budget(cfg.mirror.buffer_limit)
         self.accepting = True
         self.configure(cfg)
-        self._sessions: list[aiohttp.ClientSession] = []
+        self._pools: list[http1.Pool] = []
+        self._pool_by_base: dict[str, http1.Pool] = {}
 
     # ------------------------------------------------------------ configuration
 
@@ -224,10 +210,11 @@ class Mirror:
 
     # ------------------------------------------------------------ submission
 
-    def submit(self, id_: str, endpoint: str, route: Route | None, request: RequestRecord
-               ) -> asyncio.Future[ResponseRecord] | None:
+    def submit(self, id_: str, endpoint: str, route: Route | None, request: RequestRecord,
+               target: str | None = None) -> asyncio.Future[ResponseRecord] | None:
         """Queue a shadow of ``request``; returns the future the proxy resolves with
-        primary's captured answer, or None when dropped (already counted)."""
+        primary's captured answer, or None when dropped (already counted). ``target``:
+        the raw path and query as received (default: rebuilt from the record)."""
         if not self.accepting:
             # counted as accepted-then-abandoned so that mirrored == handed on +
             # dropped after mirror (shutdown is one of those reasons) still holds
@@ -243,8 +230,10 @@ class Mirror:
             self.stats.add("dropped", "memory", endpoint)
             return None
         fut: asyncio.Future[ResponseRecord] = asyncio.get_running_loop().create_future()
+        if target is None:
+            target = request.path + ("?" + request.query if request.query else "")
         job = MirrorJob(id_, time.time(), endpoint, route.key if route else None, request,
-                        fut, cost)
+                        target, fut, cost)
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -264,14 +253,19 @@ class Mirror:
 
     async def start(self) -> None:
         conc = self.cfg.concurrency
-        self._sessions = [_session(conc)]
-        self._cand_session = self._sessions[0]
-        self._sec_session = self._cand_session
-        if self.secondary:
-            self._sec_session = _session(conc)
-            self._sessions.append(self._sec_session)
+        for base in (self.candidate, self.secondary):
+            if base:
+                self._pool(base)
         self._workers = [asyncio.create_task(self._worker(), name=f"mirror-{i}")
                          for i in range(conc)]
+
+    def _pool(self, base: str) -> http1.Pool:
+        """The connection pool to ``base`` (a reload may name a new upstream)."""
+        pool = self._pool_by_base.get(base)
+        if pool is None:
+            pool = self._pool_by_base[base] = http1.Pool(base, self.cfg.concurrency)
+            self._pools.append(pool)
+        return pool
 
     def _headers(self, req: RequestRecord) -> list[tuple[str, str]]:
         out = [(k, v) for k, v in req.headers
@@ -301,16 +295,21 @@ class Mirror:
 
     async def _run(self, job: MirrorJob) -> None:
         cfg = self.cfg
-        headers = self._headers(job.request)
+        req = job.request
+        try:   # the head is built once, for the candidate and the secondary alike
+            block: bytes | None = http1.encode_headers(req.method, self._headers(req),
+                                                       len(req.body))
+        except ValueError:   # CR/LF or a character outside latin-1 in a header
+            block = None
         assert self.candidate is not None
         if self.secondary:
             cand, sec = await asyncio.gather(
-                fetch(self._cand_session, self.candidate, job.request, headers,
+                fetch(self._pool(self.candidate), job.target, req, block,
                       cfg.capture_max, cfg.timeout, self.budget),
-                fetch(self._sec_session, self.secondary, job.request, headers,
+                fetch(self._pool(self.secondary), job.target, req, block,
                       cfg.capture_max, cfg.timeout, self.budget))
         else:
-            cand = await fetch(self._cand_session, self.candidate, job.request, headers,
+            cand = await fetch(self._pool(self.candidate), job.target, req, block,
                                cfg.capture_max, cfg.timeout, self.budget)
             sec = None
         self.breaker.record(cand.error)
@@ -397,5 +396,5 @@ class Mirror:
         for _fut, job in list(self._pending.items()):
             self._finish(job)
             self.stats.add("dropped", "shutdown", job.endpoint)
-        for s in self._sessions:
-            await s.close()
+        for p in self._pools:
+            await p.close()

@@ -165,7 +165,7 @@ class Proxy:
             else:
                 rec = RequestRecord(method, path, query, tuple(headers), body)
                 fut = mirror.submit(next(self._ids), endpoint, route,  # type: ignore[union-attr]
-                                    rec)
+                                    rec, target)
 
         if not self.preserve_host:
             headers = [(k, v) for k, v in headers if k.lower() != "host"]
@@ -249,7 +249,7 @@ class Proxy:
         try:
             upstream = await self.session.request(
                 method, url, headers=CIMultiDict(headers), data=data, allow_redirects=False,
-                skip_auto_headers=SKIP_AUTO_HEADERS, timeout=self._timeout,
+                timeout=self._timeout,   # skip_auto_headers: the session's
             )
         except asyncio.CancelledError:
             raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Sequence
+from functools import lru_cache
 
 from .config import Route
 
@@ -50,8 +51,11 @@ _HEX = re.compile(r"^[0-9a-fA-F]{12,}$")
 _TOKEN = re.compile(r"^(?=.*\d)[A-Za-z0-9_\-=.~%]{16,}$")
 
 
+@lru_cache(maxsize=4096)
 def template_path(path: str) -> str:
-    """``/api/users/42/orders/9f1c...`` → ``/api/users/{id}/orders/{id}``."""
+    """``/api/users/42/orders/9f1c...`` → ``/api/users/{id}/orders/{id}``.
+
+    Cached (bounded): most traffic repeats a small set of paths."""
     out = []
     for seg in path.split("/"):
         if seg and (_NUM.match(seg) or _UUID.match(seg) or _HEX.match(seg) or

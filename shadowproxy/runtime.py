@@ -32,7 +32,7 @@ from .channel import ChannelClient, ChannelServer
 from .compare.stage import CompareStage
 from .config import Config
 from .errors import ConfigError, StoreError
-from .models import Result
+from .models import Exchange, Result
 from .server import ProxyServer, bind
 from .stats import Stats
 
@@ -93,6 +93,8 @@ class Control:
 
     def on_message(self, msg: tuple[Any, ...]) -> Any:
         kind = msg[0]
+        if kind == "xs":
+            return self._put_all(msg[1])
         if kind == "x":
             return self.stage.put(msg[1])
         if kind == "s":
@@ -104,6 +106,12 @@ class Control:
         elif kind == "bye":
             self.ready_workers.discard(msg[1])
         return None
+
+    async def _put_all(self, exchanges: list[Exchange]) -> None:
+        """A worker's batch: each exchange waits for room, as one a frame did."""
+        put = self.stage.put
+        for ex in exchanges:
+            await put(ex)
 
     def reload(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -181,9 +189,16 @@ async def _worker(cfg: Config, sock: socket.socket | str, channel_path: str, ind
             if msg[2] is not None:
                 server.mirror.sample = float(msg[2])
 
-    client = ChannelClient(channel_path, on_message=on_message, on_close=stop.set)
+    def dropped(exchanges: list[Exchange]) -> None:
+        # queued for the channel, which broke before the frame was written
+        for ex in exchanges:
+            stats.add("dropped", "compare_full", ex.endpoint)
+
+    client = ChannelClient(channel_path, on_message=on_message, on_close=stop.set,
+                           on_dropped=dropped)
     await client.connect()
-    server = ProxyServer(cfg, stats, lambda ex: client.send(("x", ex)))
+    # exchanges finished in one loop iteration travel in one frame
+    server = ProxyServer(cfg, stats, client.queue)
     if isinstance(sock, str):
         sock = bind(sock, reuse_port=True)
     sock.setblocking(False)

@@ -1,0 +1,486 @@
+"""A lean HTTP/1.1 client for shadow requests: keep-alive pools of asyncio Protocols.
+
+The mirror sends each shadow to one configured upstream and only needs the answer's
+status, reason, headers (raw, in wire order) and body bytes fed to a
+:class:`~shadowproxy.capture.Capture`. aiohttp's ``ClientSession.request`` does far
+more per request (URL and header objects, cookie and redirect machinery, a stream
+reader per response); this module does only that:
+
+* :func:`encode_headers` builds the header block once per shadow (the candidate and
+  the secondary share it); :meth:`Pool.request` prepends the request line with the
+  raw path and query exactly as received and the upstream's ``Host``.
+* :class:`ResponseParser` is a push parser: status line, headers (at most
+  ``MAX_LINE`` bytes a line, ``MAX_HEADERS`` headers, ``MAX_HEAD`` bytes a head, like
+  the primary path's limits), interim 1xx answers skipped, bodies framed by
+  Content-Length, chunked (trailers read and discarded) or the end of the connection,
+  no body for HEAD, 204 and 304. Body bytes go to a callback as they arrive: nothing
+  is buffered, so memory does not grow with the body.
+* :class:`Pool` keeps idle connections (LIFO, at most ``limit``, expired after
+  ``IDLE_EXPIRY`` seconds) and reuses one only when its last answer allowed keep-alive
+  and was read to the end. An idempotent request on a reused connection that closes
+  before any response byte arrives (the server's keep-alive timeout won the race) is
+  sent once more on a new connection.
+
+Failures raise an :class:`UpstreamError` whose ``kind`` is the label the mirror
+counts: ``connect``, ``reset`` or ``protocol``; timeouts are the caller's
+(``asyncio.timeout``), and a cancelled request aborts its connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+MAX_LINE = 64 * 1024          # a status, header, chunk-size or trailer line
+MAX_HEADERS = 1024            # headers in one head (trailers: the same)
+MAX_HEAD = 1024 * 1024        # bytes in one head, a memory bound per connection
+MAX_INTERIM = 32              # 1xx answers before the final one
+IDLE_EXPIRY = 15.0            # seconds an idle connection is kept (aiohttp's default)
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# aiohttp sends "Content-Length: 0" for a bodiless request of any other method
+_NO_LENGTH_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
+
+BodySink = Callable[[bytes], None]
+
+
+class UpstreamError(Exception):
+    """A failed exchange; ``kind`` is the counted label."""
+
+    kind = "reset"
+
+
+class ConnectError(UpstreamError):
+    kind = "connect"
+
+
+class ResetError(UpstreamError):
+    """The connection ended before the response was complete."""
+
+    kind = "reset"
+
+    def __init__(self, message: str, before_response: bool = False) -> None:
+        super().__init__(message)
+        self.before_response = before_response   # not one byte of the answer arrived
+
+
+class ProtocolError(UpstreamError):
+    """The bytes received are not a valid HTTP/1.x response (or exceed the limits)."""
+
+    kind = "protocol"
+
+
+class Head(NamedTuple):
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...]   # names and values as received, in order
+
+
+# ---------------------------------------------------------------- request
+
+
+def encode_headers(method: str, headers: Sequence[tuple[str, str]], body_len: int) -> bytes:
+    """The header lines of a request, ending with the blank line; no Host (each pool
+    adds its own). Any Content-Length in ``headers`` is replaced by the body's length,
+    sent when there is a body or the method expects one (as aiohttp does)."""
+    parts = [f"{k}: {v}\r\n" for k, v in headers if k.lower() != "content-length"]
+    if body_len or method not in _NO_LENGTH_METHODS:
+        parts.append(f"Content-Length: {body_len}\r\n")
+    parts.append("\r\n")
+    text = "".join(parts)
+    # a CR or LF inside a name or value would split the head: refuse it
+    if text.count("\n") != len(parts) or text.count("\r") != len(parts):
+        raise ValueError("CR or LF in a request header")
+    return text.encode("latin-1")
+
+
+# ---------------------------------------------------------------- response parser
+
+_HEAD_S, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_EOF, _DONE = range(8)
+
+
+class ResponseParser:
+    """Parses one response pushed in pieces with :meth:`feed`; ``head`` once known.
+
+    Body bytes are handed to ``on_body`` (the slices of the pushed pieces). After the
+    response is complete, ``keep_alive`` tells whether the connection may carry another
+    request and ``extra`` whether bytes followed the response (it then may not).
+    """
+
+    __slots__ = (
+        "_buf",
+        "_interim",
+        "_remaining",
+        "_scan",
+        "_state",
+        "_trailers",
+        "extra",
+        "head",
+        "keep_alive",
+        "no_body",
+        "on_body",
+        "received",
+    )
+
+    def __init__(self, on_body: BodySink, *, no_body: bool = False) -> None:
+        self.on_body = on_body
+        self.no_body = no_body          # a HEAD request: no body whatever the head says
+        self.head: Head | None = None
+        self.keep_alive = False
+        self.extra = False
+        self.received = 0               # bytes pushed so far
+        self._state = _HEAD_S
+        self._buf = bytearray()         # an incomplete line or head
+        self._scan = 0                  # where in _buf to resume looking for its end
+        self._remaining = 0             # body or chunk bytes still expected
+        self._interim = 0
+        self._trailers = 0
+
+    @property
+    def done(self) -> bool:
+        return self._state == _DONE
+
+    def feed(self, data: bytes) -> bool:
+        """Consume ``data``; True once the response is complete. Raises ProtocolError."""
+        if not data:
+            return self._state == _DONE
+        self.received += len(data)
+        buf: bytes | bytearray = data
+        if self._buf:
+            self._buf += data
+            buf = self._buf
+            self._buf = bytearray()
+        pos, n = 0, len(buf)
+        while pos < n:
+            st = self._state
+            if st == _LENGTH or st == _CHUNK_DATA:
+                take = min(self._remaining, n - pos)
+                self.on_body(buf if take == n else buf[pos:pos + take])
+                pos += take
+                self._remaining -= take
+                if not self._remaining:
+                    self._state = _DONE if st == _LENGTH else _CHUNK_END
+            elif st == _UNTIL_EOF:
+                self.on_body(buf if pos == 0 else buf[pos:])
+                pos = n
+            elif st == _HEAD_S:
+                end = buf.find(b"\r\n\r\n", pos + self._scan)
+                if end < 0:
+                    self._check_partial_head(buf, pos)
+                    break
+                self._scan = 0
+                self._on_head(bytes(buf[pos:end]))
+                pos = end + 4
+            elif st == _CHUNK_SIZE or st == _TRAILER:
+                eol = buf.find(b"\r\n", pos + self._scan)
+                if eol < 0:
+                    if n - pos > MAX_LINE:
+                        raise ProtocolError("chunk line too long")
+                    break
+                self._scan = 0
+                line = bytes(buf[pos:eol])
+                pos = eol + 2
+                if st == _CHUNK_SIZE:
+                    self._on_chunk_size(line)
+                elif not line:
+                    self._state = _DONE
+                else:
+                    self._trailers += 1
+                    if self._trailers > MAX_HEADERS or len(line) > MAX_LINE:
+                        raise ProtocolError("trailers exceed the limits")
+            elif st == _CHUNK_END:
+                if n - pos < 2:
+                    break
+                if buf[pos:pos + 2] != b"\r\n":
+                    raise ProtocolError("chunk not followed by CRLF")
+                pos += 2
+                self._state = _CHUNK_SIZE
+            else:   # _DONE: anything more was not asked for
+                self.extra = True
+                return True
+        if pos < n and self._state != _DONE:
+            rest = buf if pos == 0 else buf[pos:]
+            # resume the search for a line or head end where this one stopped
+            self._scan = max(0, len(rest) - (3 if self._state == _HEAD_S else 1))
+            self._buf = rest if isinstance(rest, bytearray) else bytearray(rest)
+        return self._state == _DONE
+
+    def eof(self, exc: BaseException | None = None) -> None:
+        """The connection ended (``exc`` when it was lost with an error). Completes a
+        close-delimited body; raises ResetError when the response is incomplete."""
+        if self._state == _DONE:
+            return
+        if self._state == _UNTIL_EOF and exc is None:
+            self._state = _DONE
+            self.keep_alive = False
+            return
+        raise ResetError("connection closed before the response was complete"
+                         if exc is None else f"connection lost: {exc}",
+                         before_response=self.received == 0)
+
+    # ------------------------------------------------------------ pieces
+
+    def _check_partial_head(self, buf: bytes | bytearray, pos: int) -> None:
+        size = len(buf) - pos
+        start = bytes(buf[pos:pos + 5])
+        if not b"HTTP/".startswith(start[:5]):
+            raise ProtocolError("not an HTTP response")
+        if size > MAX_HEAD:
+            raise ProtocolError("response head too large")
+        last = buf.rfind(b"\n", pos)
+        if size - (last + 1 - pos if last >= 0 else 0) > MAX_LINE:
+            raise ProtocolError("response head line too long")
+
+    def _on_head(self, raw: bytes) -> None:
+        lines = raw.split(b"\r\n")
+        if raw.count(b"\r") != len(lines) - 1 or raw.count(b"\n") != len(lines) - 1:
+            raise ProtocolError("bare CR or LF in the response head")
+        if len(lines) - 1 > MAX_HEADERS or len(raw) > MAX_HEAD:
+            raise ProtocolError("response head exceeds the limits")
+        line = lines[0]
+        version = line[:8]
+        if version not in (b"HTTP/1.1", b"HTTP/1.0") or line[8:9] != b" " or \
+                not line[9:12].isdigit() or (len(line) > 12 and line[12:13] != b" "):
+            raise ProtocolError("bad status line")
+        status = int(line[9:12])
+        if 100 <= status < 200:
+            if status == 101:
+                raise ProtocolError("unexpected 101 Switching Protocols")
+            self._interim += 1
+            if self._interim > MAX_INTERIM:
+                raise ProtocolError("too many interim responses")
+            return   # the final answer follows
+        if status < 100:
+            raise ProtocolError("bad status code")
+        headers = []
+        length: bytes | None = None
+        te: bytes | None = None
+        close = version != b"HTTP/1.1"
+        for hl in lines[1:]:
+            if len(hl) > MAX_LINE:
+                raise ProtocolError("response header too long")
+            name, sep, value = hl.partition(b":")
+            if not sep or _TOKEN.match(name) is None:
+                raise ProtocolError("bad response header")
+            value = value.strip(b" \t")
+            lname = name.lower()
+            if lname == b"content-length":
+                if length is not None and length != value:
+                    raise ProtocolError("conflicting Content-Length")
+                length = value
+            elif lname == b"transfer-encoding":
+                te = value if te is None else te + b"," + value
+            elif lname == b"connection":
+                tokens = {t.strip().lower() for t in value.split(b",")}
+                if b"close" in tokens:
+                    close = True
+                elif b"keep-alive" in tokens and version == b"HTTP/1.0":
+                    close = False
+            headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        self.head = Head(status, line[13:].decode("latin-1"), tuple(headers))
+        self.keep_alive = not close
+        if self.no_body or status == 204 or status == 304:
+            self._state = _DONE
+        elif te is not None:
+            if length is not None:
+                self.keep_alive = False   # ambiguous framing: never reuse
+            if te.rsplit(b",", 1)[-1].strip().lower() == b"chunked":
+                self._state = _CHUNK_SIZE
+            else:
+                self._state, self.keep_alive = _UNTIL_EOF, False
+        elif length is not None:
+            if not length.isdigit():
+                # "5, 5": a repeated identical value is allowed (RFC 9110 §8.6)
+                values = {v.strip() for v in length.split(b",")}
+                if len(values) != 1 or not (length := values.pop()).isdigit():
+                    raise ProtocolError("bad Content-Length")
+            self._remaining = int(length)
+            self._state = _LENGTH if self._remaining else _DONE
+        else:
+            self._state, self.keep_alive = _UNTIL_EOF, False
+
+    def _on_chunk_size(self, line: bytes) -> None:
+        size = line.split(b";", 1)[0].strip(b" \t")
+        if _HEX.match(size) is None:
+            raise ProtocolError("bad chunk size")
+        self._remaining = int(size, 16)
+        self._state = _CHUNK_DATA if self._remaining else _TRAILER
+
+
+# ---------------------------------------------------------------- connections
+
+
+class _Conn(asyncio.Protocol):
+    """One upstream connection carrying one request at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self.idle_since = 0.0
+        self._parser: ResponseParser | None = None
+        self._fut: asyncio.Future[Head] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def send(self, data: bytes, body: bytes, no_body: bool, on_body: BodySink
+             ) -> asyncio.Future[Head]:
+        assert self.transport is not None
+        self._parser = ResponseParser(on_body, no_body=no_body)
+        self._fut = fut = asyncio.get_running_loop().create_future()
+        if self.lost or self.transport.is_closing():
+            fut.set_exception(ResetError("connection closed", before_response=True))
+            return fut
+        if body and len(body) > 16 * 1024:
+            self.transport.write(data)
+            self.transport.write(body)
+        else:
+            self.transport.write(data + body if body else data)
+        return fut
+
+    @property
+    def reusable(self) -> bool:
+        """The last response allowed keep-alive, was read to its end and nothing more
+        came; the request was written out entirely."""
+        p = self._parser
+        return p is not None and p.done and p.keep_alive and not p.extra and \
+            not self.lost and self.transport is not None and \
+            not self.transport.is_closing() and self.transport.get_write_buffer_size() == 0
+
+    def data_received(self, data: bytes) -> None:
+        p, fut = self._parser, self._fut
+        if p is None or fut is None or fut.done():
+            # bytes nobody asked for (on an idle connection, or after the response)
+            if p is not None:
+                p.extra = True
+            self.abort()
+            return
+        try:
+            done = p.feed(data)
+        except ProtocolError as exc:
+            fut.set_exception(exc)
+            self.abort()
+            return
+        if done:
+            assert p.head is not None
+            fut.set_result(p.head)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        p, fut = self._parser, self._fut
+        if p is None or fut is None or fut.done():
+            return
+        try:
+            p.eof(exc)
+        except UpstreamError as err:
+            fut.set_exception(err)
+            return
+        assert p.head is not None
+        fut.set_result(p.head)
+
+    def abort(self) -> None:
+        self.lost = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        self.lost = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Pool:
+    """Keep-alive connections to one upstream (``http://host[:port][/prefix]``).
+
+    At most ``limit`` requests are in flight and at most ``limit`` connections idle.
+    """
+
+    def __init__(self, base: str, limit: int) -> None:
+        parts = urlsplit(base)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http(s):// URL, got {base!r}")
+        tls = parts.scheme == "https"
+        self.host = parts.hostname
+        self.port = parts.port or (443 if tls else 80)
+        self.prefix = parts.path.rstrip("/")
+        name = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if tls else 80
+        self.host_header = name if parts.port in (None, default) else f"{name}:{parts.port}"
+        self.ssl: ssl.SSLContext | None = ssl.create_default_context() if tls else None
+        self.limit = limit
+        self._sem = asyncio.Semaphore(limit)
+        self._idle: list[_Conn] = []
+        self._closed = False
+
+    async def request(self, method: str, target: str, header_block: bytes, body: bytes,
+                      on_body: BodySink) -> Head:
+        """Send one request (``target``: raw path and query; ``header_block`` from
+        :func:`encode_headers`) and read its answer, body bytes to ``on_body``."""
+        data = f"{method} {self.prefix}{target} HTTP/1.1\r\nHost: {self.host_header}\r\n" \
+            .encode("latin-1") + header_block
+        no_body = method == "HEAD"
+        async with self._sem:
+            conn = self._take()
+            reused = conn is not None
+            if conn is None:
+                conn = await self._connect()
+            try:
+                try:
+                    head = await conn.send(data, body, no_body, on_body)
+                except ResetError as exc:
+                    if not (reused and exc.before_response and method in IDEMPOTENT):
+                        raise
+                    conn.abort()   # stale keep-alive: once more on a new connection
+                    conn = await self._connect()
+                    head = await conn.send(data, body, no_body, on_body)
+            except BaseException:
+                conn.abort()
+                raise
+            self._give(conn)
+            return head
+
+    def _take(self) -> _Conn | None:
+        idle = self._idle
+        if not idle:
+            return None
+        now = asyncio.get_running_loop().time()
+        while idle:
+            conn = idle.pop()
+            if not conn.lost and now - conn.idle_since < IDLE_EXPIRY:
+                return conn
+            conn.close()
+        return None
+
+    def _give(self, conn: _Conn) -> None:
+        if self._closed or not conn.reusable or len(self._idle) >= self.limit:
+            conn.close()
+            return
+        conn.idle_since = asyncio.get_running_loop().time()
+        self._idle.append(conn)
+
+    async def _connect(self) -> _Conn:
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await loop.create_connection(
+                _Conn, self.host, self.port, ssl=self.ssl,
+                server_hostname=self.host if self.ssl is not None else None)
+        except OSError as exc:   # refused, unreachable, DNS, TLS handshake
+            raise ConnectError(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+        return conn
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    async def close(self) -> None:
+        """Close the idle connections; those in use close when their request ends."""
+        self._closed = True
+        while self._idle:
+            self._idle.pop().close()

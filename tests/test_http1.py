@@ -1,0 +1,290 @@
+"""The lean shadow client (shadowproxy.http1): the parser on byte strings, and the pool
+against raw loopback servers that send exactly the bytes a test chooses."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from shadowproxy import http1
+from shadowproxy.http1 import (
+    Pool,
+    ProtocolError,
+    ResetError,
+    ResponseParser,
+    encode_headers,
+)
+from tests.rawhttp import RawServer, canned, read_request
+from tests.support import free_port
+
+
+def parse(pieces: list[bytes], *, no_body: bool = False, eof: bool = False
+          ) -> tuple[ResponseParser, bytes, bool]:
+    """Feed ``pieces``; (parser, body bytes seen, done)."""
+    body: list[bytes] = []
+    p = ResponseParser(body.append, no_body=no_body)
+    done = False
+    for piece in pieces:
+        done = p.feed(piece)
+    if eof:
+        p.eof()
+        done = p.done
+    return p, b"".join(body), done
+
+
+def bytewise(data: bytes) -> list[bytes]:
+    return [data[i:i + 1] for i in range(len(data))]
+
+
+# ------------------------------------------------------------------ parser
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_content_length_body_and_raw_headers(split):
+    data = (b"HTTP/1.1 201 Created Here\r\nX-B: 1\r\nset-cookie: a=1\r\nSet-Cookie: b=2\r\n"
+            b"Content-Length: 5\r\n\r\nhello")
+    p, body, done = parse(bytewise(data) if split else [data])
+    assert done and body == b"hello" and p.keep_alive and not p.extra
+    assert p.head == (201, "Created Here", (("X-B", "1"), ("set-cookie", "a=1"),
+                                            ("Set-Cookie", "b=2"), ("Content-Length", "5")))
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_chunked_body_with_extensions_and_trailers(split):
+    data = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5;ext=1\r\nhello\r\n1A\r\n" + b"x" * 26 + b"\r\n0\r\nX-Trailer: t\r\n\r\n")
+    p, body, done = parse(bytewise(data) if split else [data])
+    assert done and body == b"hello" + b"x" * 26 and p.keep_alive
+
+
+def test_chunked_not_done_before_the_trailer_section_ends():
+    p, _, done = parse([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n"])
+    assert not done
+    with pytest.raises(ResetError):
+        p.eof()
+
+
+@pytest.mark.parametrize("bad", [b"zz\r\n", b"0x5\r\n", b"+5\r\n", b"5\r\nhelloXY"])
+def test_bad_chunk_framing_is_a_protocol_error(bad):
+    with pytest.raises(ProtocolError):
+        parse([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + bad])
+
+
+def test_close_delimited_body_ends_at_clean_eof_only():
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"
+    p, body, done = parse([head, b"abc", b"def"], eof=True)
+    assert done and body == b"abcdef" and not p.keep_alive
+    p, _, _ = parse([head, b"abc"])
+    with pytest.raises(ResetError):
+        p.eof(ConnectionResetError())
+    assert not p.done
+
+
+@pytest.mark.parametrize("status,no_body", [(204, False), (304, False), (200, True)])
+def test_no_body_rules(status, no_body):
+    p, body, done = parse([b"HTTP/1.1 %d X\r\nContent-Length: 10\r\n\r\n" % status],
+                          no_body=no_body)
+    assert done and body == b"" and p.head.status == status and p.keep_alive
+
+
+def test_interim_responses_are_skipped():
+    data = (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n"
+            b"Link: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    p, body, done = parse([data])
+    assert done and body == b"ok" and p.head.status == 200
+    assert p.head.headers == (("Content-Length", "2"),)
+
+
+def test_http10_and_connection_close_are_not_reused():
+    p, _, done = parse([b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx"])
+    assert done and not p.keep_alive
+    p, _, done = parse([b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx"])
+    assert done and not p.keep_alive
+    p, _, done = parse([b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nxEXTRA"])
+    assert done and p.extra
+
+
+@pytest.mark.parametrize("data", [
+    b"\x00\x17\x03garbage",                               # detected before any CRLF
+    b"HTTP/2 200 OK\r\n\r\n",
+    b"HTTP/1.1 2000 OK\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nno-colon\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n folded: x\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX: a\rb\r\n\r\n",
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+    b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+    b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+])
+def test_garbage_is_a_protocol_error(data):
+    with pytest.raises(ProtocolError):
+        parse([data])
+
+
+def test_repeated_identical_content_length_is_accepted():
+    _, body, done = parse([b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok"])
+    assert done and body == b"ok"
+
+
+def test_head_limits():
+    many = b"".join(b"X-%d: v\r\n" % i for i in range(http1.MAX_HEADERS))
+    p, _, done = parse([b"HTTP/1.1 204 No Content\r\n" + many + b"\r\n"])
+    assert done and len(p.head.headers) == http1.MAX_HEADERS
+    with pytest.raises(ProtocolError):
+        parse([b"HTTP/1.1 204 No Content\r\n" + many + b"X-One-More: v\r\n\r\n"])
+    big = b"X-Csp: " + b"a" * (http1.MAX_LINE - 7)
+    p, _, done = parse([b"HTTP/1.1 200 OK\r\n" + big + b"\r\nContent-Length: 0\r\n\r\n"])
+    assert done and len(p.head.headers[0][1]) == http1.MAX_LINE - 7
+    with pytest.raises(ProtocolError):   # before the head ends: no unbounded buffering
+        parse([b"HTTP/1.1 200 OK\r\nX-Csp: " + b"a" * http1.MAX_LINE])
+
+
+def test_reset_before_any_byte_is_marked():
+    p = ResponseParser(lambda b: None)
+    with pytest.raises(ResetError) as err:
+        p.eof()
+    assert err.value.before_response
+    p.feed(b"HTTP/1.1 200")
+    with pytest.raises(ResetError) as err:
+        p.eof()
+    assert not err.value.before_response
+
+
+def test_encode_headers():
+    assert encode_headers("GET", [("X-A", "1"), ("content-length", "9")], 0) == b"X-A: 1\r\n\r\n"
+    assert encode_headers("POST", [("X-A", "1")], 0) == b"X-A: 1\r\nContent-Length: 0\r\n\r\n"
+    assert encode_headers("PUT", [], 3) == b"Content-Length: 3\r\n\r\n"
+    with pytest.raises(ValueError):
+        encode_headers("GET", [("X-A", "1\r\nX-Injected: 1")], 0)
+
+
+def test_pool_host_header_and_prefix():
+    assert Pool("http://127.0.0.1:80", 1).host_header == "127.0.0.1"
+    assert Pool("https://[::1]:8443/base/", 1).host_header == "[::1]:8443"
+    assert Pool("https://[::1]:8443/base/", 1).prefix == "/base"
+
+
+# ------------------------------------------------------------------ pool, on the wire
+
+
+async def _get(pool: Pool, target: str = "/x?", method: str = "GET"
+               ) -> tuple[http1.Head, bytes]:
+    body: list[bytes] = []
+    head = await pool.request(method, target, encode_headers(method, [("X-T", "1")], 0),
+                              b"", body.append)
+    return head, b"".join(body)
+
+
+async def test_request_bytes_and_keep_alive_reuse():
+    srv = await RawServer(canned(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                                 keep_open=True)).start()
+    pool = Pool(srv.url + "/pre", 4)
+    try:
+        for _ in range(3):
+            head, body = await _get(pool)
+            assert head.status == 200 and body == b"ok"
+        assert srv.connections == 1 and pool.idle == 1
+        assert srv.log[0] == (b"GET /pre/x? HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-T: 1\r\n\r\n"
+                              % srv.port)
+    finally:
+        await pool.close()
+        await srv.stop()
+
+
+async def test_close_delimited_and_connection_close_answers_are_not_reused():
+    srv = await RawServer(canned(b"HTTP/1.1 200 OK\r\n\r\nuntil eof")).start()
+    pool = Pool(srv.url, 4)
+    try:
+        for _ in range(2):
+            _, body = await _get(pool)
+            assert body == b"until eof"
+        assert srv.connections == 2 and pool.idle == 0
+    finally:
+        await pool.close()
+        await srv.stop()
+
+
+async def test_chunked_answer_over_the_wire_is_reused():
+    answer = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"3\r\nabc\r\n2\r\nde\r\n0\r\nX-Sum: 1\r\n\r\n")
+    srv = await RawServer(canned(answer, keep_open=True)).start()
+    pool = Pool(srv.url, 4)
+    try:
+        for _ in range(2):
+            head, body = await _get(pool)
+            assert body == b"abcde" and ("Transfer-Encoding", "chunked") in head.headers
+        assert srv.connections == 1
+    finally:
+        await pool.close()
+        await srv.stop()
+
+
+async def test_stale_keep_alive_is_retried_once_for_idempotent_methods():
+    async def one_answer_per_connection(reader, writer, log):
+        # keep-alive is announced, but the second request on a connection meets a
+        # close (the server's idle timeout won the race): not one byte of an answer
+        head, _ = await read_request(reader)
+        log.append(head)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        head, _ = await read_request(reader)
+        log.append(head)
+        writer.transport.abort()
+    srv = await RawServer(one_answer_per_connection).start()
+    pool = Pool(srv.url, 4)
+    try:
+        await _get(pool)
+        head, body = await _get(pool)     # reused, closed, sent again on a new one
+        assert head.status == 200 and body == b"ok"
+        assert srv.connections == 2 and len(srv.log) == 3
+        with pytest.raises(ResetError):   # never replayed: not idempotent
+            await _get(pool, method="POST")
+        assert srv.connections == 2 and len(srv.log) == 4
+    finally:
+        await pool.close()
+        await srv.stop()
+
+
+async def test_errors_map_to_kinds():
+    pool = Pool(f"http://127.0.0.1:{free_port()}", 2)
+    with pytest.raises(http1.ConnectError):
+        await _get(pool)
+
+    async def garbage(reader, writer, log):
+        await read_request(reader)
+        writer.write(b"SSH-2.0-OpenSSH\r\n")
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    async def short(reader, writer, log):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await writer.drain()
+
+    for handler, err in ((garbage, ProtocolError), (short, ResetError)):
+        srv = await RawServer(handler).start()
+        pool = Pool(srv.url, 2)
+        try:
+            with pytest.raises(err):
+                await asyncio.wait_for(_get(pool), 2)
+            assert pool.idle == 0
+        finally:
+            await pool.close()
+            await srv.stop()
+
+
+async def test_cancelled_request_drops_its_connection():
+    async def hang(reader, writer, log):
+        await read_request(reader)
+        await asyncio.sleep(5)
+    srv = await RawServer(hang).start()
+    pool = Pool(srv.url, 2)
+    try:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1):
+                await _get(pool)
+        assert pool.idle == 0
+    finally:
+        await pool.close()
+        await srv.stop()
