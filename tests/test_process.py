@@ -223,3 +223,63 @@ async def test_kill_9_under_load_loses_nothing_acknowledged(upstreams, tmp_path:
         assert con.execute("select count(*) from exchanges").fetchone()[0] >= acked
     finally:
         con.close()
+
+
+async def test_planted_secrets_reach_no_disk_log_or_output(upstreams, tmp_path: Path) -> None:
+    """Through the real multi-process run at debug level: credentials in headers, the
+    query and a JSON body never appear in the store files, the logs, the admin API, the
+    report (HTML, Markdown, JSON) or the check output."""
+    from shadowproxy.cli import main as cli
+
+    secrets = ["bearer-planted-7f3a", "cookie-planted-91bc", "query-planted-55de",
+               "apikey-planted-c0de", "password-planted-beef"]
+    listen, admin, db = free_port(), free_port(), tmp_path / "r.db"
+    cfg = tmp_path / "c.yaml"
+    _write_config(cfg, upstreams, db, listen, admin,
+                  extra="log: {level: debug}\nroutes:\n  - name: user\n"
+                        "    match: /api/users/{id}\n  - match: /api/orders\n"
+                        "    mirror_unsafe: true\nchecks:\n  - name: diffs\n"
+                        "    max_diff_rate: 0.5\n    min_samples: 1\n")
+    text = cfg.read_text()
+    cfg.write_text(text.replace("routes:\n  - name: user\n    match: /api/users/{id}\n", "", 1))
+    run = Running(cfg, listen, admin, tmp_path / "log")
+    try:
+        await run.ready()
+        async with aiohttp.ClientSession() as s:
+            for i in range(40):
+                headers = {"Authorization": f"Bearer {secrets[0]}",
+                           "Cookie": f"session={secrets[1]}", "X-Api-Key": secrets[3]}
+                async with s.get(f"http://127.0.0.1:{listen}/api/users/{i}?token={secrets[2]}",
+                                 headers=headers) as r:
+                    assert r.status == 200
+                async with s.post(f"http://127.0.0.1:{listen}/api/orders", headers=headers,
+                                  json={"items": [1], "password": secrets[4]}) as r:
+                    assert r.status == 201
+        await run.wait_total(80)
+        async with aiohttp.ClientSession() as s:
+            api = b""
+            async with s.get(f"http://127.0.0.1:{admin}/api/v1/exchanges?limit=100") as r:
+                listing = await r.json()
+                api += await r.read()
+            for row in listing["exchanges"][:20]:
+                async with s.get(f"http://127.0.0.1:{admin}/api/v1/exchanges/{row['id']}") as r:
+                    api += await r.read()
+            for path in ("endpoints", "noise", "config", "outcomes"):
+                async with s.get(f"http://127.0.0.1:{admin}/api/v1/{path}") as r:
+                    api += await r.read()
+    finally:
+        assert run.stop() == 0
+    outputs = [api, run.log.read_bytes()]
+    for fmt in ("html", "md", "json"):
+        out = tmp_path / f"report.{fmt}"
+        assert cli(["report", "-c", str(cfg), "--since", "1h", "--format", fmt,
+                    "-o", str(out)]) == 0
+        outputs.append(out.read_bytes())
+    out = tmp_path / "check.json"
+    assert cli(["check", "-c", str(cfg), "--format", "json", "-o", str(out)]) in (0, 1, 3)
+    outputs.append(out.read_bytes())
+    outputs += [p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("r.db")]
+    assert len(listing["exchanges"]) > 0 and b"[redacted:" in outputs[-1] + api
+    for secret in secrets:
+        for blob in outputs:
+            assert secret.encode() not in blob, secret
