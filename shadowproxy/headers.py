@@ -4,26 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from multidict import CIMultiDict
-
 # RFC 9110 §7.6.1, plus the non-standard ones still seen on the wire.
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade",
     "trailer", "proxy-authenticate", "proxy-authorization",
 })
-
-
-def connection_tokens(raw_headers: Iterable[tuple[bytes, bytes]]) -> frozenset[str]:
-    """Header names listed in Connection (and Proxy-Connection): hop-by-hop too."""
-    names: set[str] = set()
-    for k, v in raw_headers:
-        lk = k.lower()
-        if lk == b"connection" or lk == b"proxy-connection":
-            for token in v.decode("latin-1").split(","):
-                token = token.strip().lower()
-                if token:
-                    names.add(token)
-    return frozenset(names)
 
 
 def end_to_end(raw_headers: Iterable[tuple[bytes, bytes]],
@@ -60,10 +45,3 @@ def end_to_end(raw_headers: Iterable[tuple[bytes, bytes]],
     if named:
         out = [h for h, lname in zip(out, lnames) if lname not in named]
     return out
-
-
-def to_multidict(pairs: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
-    md: CIMultiDict[str] = CIMultiDict()
-    for k, v in pairs:
-        md.add(k, v)
-    return md

@@ -90,7 +90,6 @@ class Proxy:
         self.router = router
         self.primary = cfg.upstreams.primary
         self.preserve_host = cfg.preserve_host
-        self.primary_timeout = cfg.timeouts.primary
         self.max_body = cfg.mirror.max_body
         # per request, so a reload applies to the next request
         self._timeout = aiohttp.ClientTimeout(total=None, connect=cfg.timeouts.connect,
