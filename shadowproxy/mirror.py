@@ -185,8 +185,8 @@ class Mirror:
         self.sample = m.sample
         self.methods = frozenset(m.methods)
         self.sampler = Sampler(m.sample_by)
-        self.remove = frozenset(h.lower() for h in m.remove_headers) | \
-            frozenset(h.lower() for h in m.add_headers)
+        # Host is the candidate's own; added headers replace the client's
+        self.remove = frozenset(h.lower() for h in (*m.remove_headers, *m.add_headers, "host"))
         self.add = list(m.add_headers.items())
         self.breaker = Breaker(m.breaker_failures, m.breaker_cooldown)
 
@@ -268,8 +268,8 @@ class Mirror:
         return pool
 
     def _headers(self, req: RequestRecord) -> list[tuple[str, str]]:
-        out = [(k, v) for k, v in req.headers
-               if k.lower() not in self.remove and k.lower() != "host"]
+        remove = self.remove
+        out = [(k, v) for k, v in req.headers if k.lower() not in remove]
         out.extend(self.add)
         return out
 

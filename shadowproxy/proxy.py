@@ -166,8 +166,6 @@ class Proxy:
                 fut = mirror.submit(next(self._ids), endpoint, route,  # type: ignore[union-attr]
                                     rec, target)
 
-        if not self.preserve_host:
-            headers = [(k, v) for k, v in headers if k.lower() != "host"]
         try:
             return await self._forward(request, method, target, headers, body, prefix, fut)
         finally:
@@ -176,7 +174,8 @@ class Proxy:
 
     def _forwarded(self, request: web.BaseRequest, raw: tuple[tuple[bytes, bytes], ...],
                    headers: list[tuple[str, str]]) -> None:
-        """Append X-Forwarded-For/-Proto/-Host; keep the client's Host when asked."""
+        """Append X-Forwarded-For/-Proto/-Host; put the client's Host first when
+        ``preserve_host`` (``end_to_end`` dropped it; otherwise the upstream's is used)."""
         xff = xfp = xfh = ""
         host = ""
         for k, v in raw:
@@ -196,9 +195,8 @@ class Proxy:
         headers.append(("X-Forwarded-Proto", f"{xfp}, {scheme}" if xfp else scheme))
         if host:
             headers.append(("X-Forwarded-Host", f"{xfh}, {host}" if xfh else host))
-            # Host itself is dropped from the list above; put it back (first) for
-            # preserve_host, the caller removes it otherwise.
-            headers.insert(0, ("Host", host))
+            if self.preserve_host:
+                headers.insert(0, ("Host", host))
         elif xfh:
             headers.append(("X-Forwarded-Host", xfh))
 

@@ -72,9 +72,8 @@ async def proxy_websocket(proxy: Proxy, request: web.BaseRequest, target: str,
     assert proxy.session is not None
     protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
                  if p.strip()]
-    fwd = CIMultiDict((k, v) for k, v in headers
-                      if k.lower() not in _HANDSHAKE and (proxy.preserve_host or
-                                                          k.lower() != "host"))
+    # Host is in ``headers`` only with preserve_host (see Proxy._forwarded)
+    fwd = CIMultiDict((k, v) for k, v in headers if k.lower() not in _HANDSHAKE)
     try:
         upstream = await proxy.session.ws_connect(
             URL(proxy.primary + target, encoded=True), headers=fwd, protocols=protocols,
