@@ -62,6 +62,7 @@ from urllib.parse import unquote_plus
 
 import orjson
 
+from .compare.decode import decode_brotli
 from .config import DEFAULT_REDACTED_FIELDS, DEFAULT_REDACTED_HEADERS, RedactConfig
 from .errors import ConfigError
 from .models import Difference, Exchange, Headers, RequestRecord, ResponseRecord, Result
@@ -295,8 +296,9 @@ def _decode_body(body: bytes, encoding: str | None, limit: int) -> tuple[bytes |
                     d = zlib.decompressobj(wbits=-15)     # raw deflate, as some servers send
                     out = d.decompress(data, limit + 1)
             elif coding == "br" and _brotli is not None:
-                dec = _brotli.Decompressor()
-                out = dec.process(data)
+                out = decode_brotli(data, limit)   # bounded: never inflates past limit
+                if out is None:
+                    return None, False
             else:
                 return None, False
         except Exception:  # noqa: BLE001 - corrupt or truncated beyond use

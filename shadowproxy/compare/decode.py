@@ -105,7 +105,8 @@ def _inflate(data: bytes, wbits: int, limit: int) -> bytes | None:
             return bytes(out)
 
 
-def _brotli(data: bytes, limit: int) -> bytes | None:
+def decode_brotli(data: bytes, limit: int) -> bytes | None:
+    """Brotli-decode at most ``limit`` bytes; None when larger, corrupt or incomplete."""
     try:
         import brotli  # noqa: PLC0415 (optional dependency, imported on first use)
     except ImportError:
@@ -146,7 +147,7 @@ def decode_content(body: bytes, content_encoding: str | None, limit: int) -> byt
             if decoded is None:
                 decoded = _inflate(body, -zlib.MAX_WBITS, limit)
         elif coding == "br":
-            decoded = _brotli(body, limit)
+            decoded = decode_brotli(body, limit)
         else:
             return None
         if decoded is None:
