@@ -397,13 +397,19 @@ def _check_semantics(cfg: Config, pos: "_Positions", env: typing.Mapping[str, st
         fail("store.url", f"unsupported store URL {cfg.store.url!r} (expected sqlite:///PATH)")
     from .routes import RoutePattern  # late: routes imports config types
 
+    keys: dict[str, int] = {}
     for i, r in enumerate(cfg.routes):
         try:
             RoutePattern(r.match)
         except ValueError as exc:
             fail(f"routes[{i}].match", str(exc))
-        rules = r.compare
-        for j, a in enumerate((rules.arrays if rules else ()) + cfg.compare.arrays):
+        # the key names the endpoint and selects the route's compare rules: two routes
+        # with one key would share (and silently lose) rules and statistics
+        if r.key in keys:
+            fail(f"routes[{i}]", f"route key {r.key!r} is also routes[{keys[r.key]}]'s; "
+                 "give one of them a distinct name")
+        keys[r.key] = i
+        for j, a in enumerate(r.compare.arrays if r.compare else ()):
             if a.mode == "keyed" and not a.key:
                 fail(f"routes[{i}].compare.arrays[{j}].key", "mode keyed needs a key")
     for j, a in enumerate(cfg.compare.arrays):

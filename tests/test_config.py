@@ -91,6 +91,9 @@ def test_env_substitution_retypes_plain_scalars() -> None:
      5, "compare.arrays[0].key", "needs a key"),
     ("upstreams: {primary: http://a:1}\nchecks:\n  - name: x\n", 3, "checks[0]",
      "at least one"),
+    ("upstreams: {primary: http://a:1}\nroutes:\n  - {match: /o, methods: [GET]}\n"
+     "  - {match: /o, methods: [POST], compare: {ignore: [$.id]}}\n", 4, "routes[1]",
+     "distinct name"),
     ("upstreams:\n  primary: http://a:1\n  primary: http://b:1\n", 3, "upstreams.primary",
      "twice"),
 ])
