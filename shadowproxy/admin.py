@@ -57,6 +57,7 @@ from . import __version__
 from .config import DEFAULT_REDACTED_HEADERS, Config, parse_duration, split_address
 from .errors import ConfigError, StoreError
 from .metrics import Metrics, mirror_queue_depth
+from .store.base import glob_escape
 
 if TYPE_CHECKING:
     from .runtime import Control
@@ -177,11 +178,6 @@ def _int_param(query: Any, name: str, default: int, lo: int, hi: int) -> int:
     if not lo <= v <= hi:
         raise BadRequest(f"{name}: expected {lo}..{hi}, got {v}")
     return v
-
-
-def _glob_literal(name: str) -> str:
-    """An endpoint name as an fnmatch pattern matching only itself."""
-    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 def _ratio(a: float, b: float) -> float:
@@ -622,7 +618,7 @@ class AdminServer:
         return {
             "endpoint": st.endpoint, "exchanges": st.exchanges, "matches": st.matches,
             "diffs": st.diffs, "noise": st.noise, "errors": st.errors,
-            "diff_rate": _ratio(st.diffs, st.exchanges),
+            "diff_rate": st.diff_rate,   # among compared exchanges, as everywhere
             "noise_rate": _ratio(st.noise, st.exchanges),
             "error_rate": _ratio(st.errors, st.exchanges),
             "candidate_5xx": st.candidate_5xx, "primary_5xx": st.primary_5xx,
@@ -694,7 +690,7 @@ class AdminServer:
 
     async def endpoint(self, request: web.Request, name: str) -> web.Response:
         since, until = parse_window(request.query)
-        report = await self._read(self._endpoints_report, since, until, _glob_literal(name))
+        report = await self._read(self._endpoints_report, since, until, glob_escape(name))
         eps = [e for e in report["endpoints"] if e["endpoint"] == name]
         if not eps:
             live = self._live_by_endpoint()
@@ -709,7 +705,7 @@ class AdminServer:
     def _fields_report(self, name: str, since: float | None, until: float | None
                        ) -> dict[str, Any]:
         store = self._store()
-        glob = _glob_literal(name)
+        glob = glob_escape(name)
         stats = store.endpoint_stats(since, until, glob)
         total = stats[0].exchanges if stats else 0
         learner = self.control.stage.learner
@@ -758,7 +754,7 @@ class AdminServer:
         endpoint = q.get("endpoint") or None
         field = q.get("field") or None
         rows = await self._read(self._store().exchanges,
-                                _glob_literal(endpoint) if endpoint else None, verdict,
+                                glob_escape(endpoint) if endpoint else None, verdict,
                                 since, until, limit, field=field, offset=offset)
         return _json({"exchanges": [dataclasses.asdict(r) for r in rows], "limit": limit,
                       "offset": offset, "window": {"since": since, "until": until}})
@@ -787,7 +783,7 @@ class AdminServer:
     async def noise(self, request: web.Request) -> web.Response:
         endpoint = request.query.get("endpoint") or None
         everything = request.query.get("all", "") in ("1", "true", "yes")
-        glob = _glob_literal(endpoint) if endpoint else None
+        glob = glob_escape(endpoint) if endpoint else None
         stored = await self._read(self._store().noise, glob, include_not_noise=everything)
         rows: dict[tuple[str, str], dict[str, Any]] = {
             (e.endpoint, e.field): _evidence_doc(e, "store") for e in stored}

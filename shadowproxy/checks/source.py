@@ -14,15 +14,11 @@ from .evaluate import (
     ForbiddenHit,
     effective_diffs,
 )
+from ..store.base import glob_escape
 
 PAGE = 5000                 # exchange rows read per query when counting error pairs
 FORBIDDEN_SCAN = 100        # exchanges inspected to confirm a forbidden kind is not noise
 SLOW_SCAN = 500             # recent exchanges searched for a slow example
-
-
-def glob_escape(name: str) -> str:
-    """An fnmatch pattern matching exactly ``name`` (store reads take globs)."""
-    return "".join(f"[{ch}]" if ch in "*?[" else ch for ch in name)
 
 
 def _failed(status: int, error: str | None) -> bool:

@@ -53,7 +53,7 @@ from typing import Any
 
 import orjson
 
-from ..store.base import EndpointStats, FieldStats, Store, percentile
+from ..store.base import EndpointStats, FieldStats, Store, glob_escape, percentile
 
 SCHEMA = "shadowproxy.report/1"
 BODY_MAX = 8 * 1024          # characters of each body kept in a field example
@@ -67,11 +67,6 @@ FINAL_OUTCOMES = ("not_eligible", "sampled_out", "dropped", "compared", "candida
                   "candidate_timeout")
 NOT_SHADOWED = ("not_eligible", "sampled_out", "dropped", "candidate_error",
                 "candidate_timeout")
-
-
-def glob_escape(name: str) -> str:
-    """An fnmatch pattern that matches exactly ``name``."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def _rate(n: float, d: float) -> float:

@@ -135,6 +135,11 @@ class StoreInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def glob_escape(name: str) -> str:
+    """An endpoint glob (fnmatch) that matches exactly ``name`` (names may hold ``*``)."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:
     """Percentile ``q`` (0..100) of ascending values, linear interpolation between
     closest ranks (numpy's default); None for no values."""
