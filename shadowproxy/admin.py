@@ -487,6 +487,10 @@ class AdminServer:
                                 "reading through the writer's", exc)
         return self._reader
 
+    async def _store_read(self, method: str, *args: Any, **kw: Any) -> Any:
+        """``store.<method>(...)`` in a thread; opening the store happens there too."""
+        return await self._read(lambda: getattr(self._store(), method)(*args, **kw))
+
     async def _read(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, lambda: fn(*args, **kw))
@@ -597,8 +601,8 @@ class AdminServer:
         if "since" in request.query or "from" in request.query:
             since, until = parse_window(request.query)
             body["window"] = {"since": since, "until": until,
-                              "outcomes": await self._read(self._store().outcome_counts,
-                                                           since, until)}
+                              "outcomes": await self._store_read("outcome_counts",
+                                                               since, until)}
         return _json(body)
 
     # ------------------------------------------------------------ API: endpoints
@@ -640,8 +644,9 @@ class AdminServer:
                 "primary_errors": 0,
                 "latency": {"samples": 0, "primary": dict(none), "candidate": dict(none)}}
 
-    def _endpoints_report(self, since: float | None, until: float | None,
-                          glob: str = "*") -> dict[str, Any]:
+    def _endpoints_report(self, live: dict[str, dict[str, int]], since: float | None,
+                          until: float | None, glob: str = "*") -> dict[str, Any]:
+        """Runs in a thread: ``live`` (the counters) is snapshotted on the loop."""
         store = self._store()
         stats = store.endpoint_stats(since, until, glob)
         fields = store.field_stats(None if glob == "*" else glob, since, until)
@@ -650,7 +655,6 @@ class AdminServer:
         hi = until if until is not None else now
         bucket = max(60, int(math.ceil(max(hi - lo, 60) / 30 / 60.0)) * 60)
         series = store.diff_rate_series(since, until, bucket, glob)
-        live = self._live_by_endpoint()
         docs: dict[str, dict[str, Any]] = {st.endpoint: self._endpoint_doc(st) for st in stats}
         if glob == "*":
             for name in live:
@@ -674,7 +678,8 @@ class AdminServer:
 
     async def endpoints(self, request: web.Request) -> web.Response:
         since, until = parse_window(request.query)
-        return _json(await self._read(self._endpoints_report, since, until))
+        return _json(await self._read(self._endpoints_report, self._live_by_endpoint(),
+                                      since, until))
 
     async def endpoint_dispatch(self, request: web.Request) -> web.Response:
         # match on the raw path: names are percent-encoded and may contain '/'
@@ -690,10 +695,11 @@ class AdminServer:
 
     async def endpoint(self, request: web.Request, name: str) -> web.Response:
         since, until = parse_window(request.query)
-        report = await self._read(self._endpoints_report, since, until, glob_escape(name))
+        live = self._live_by_endpoint()
+        report = await self._read(self._endpoints_report, live, since, until,
+                                  glob_escape(name))
         eps = [e for e in report["endpoints"] if e["endpoint"] == name]
         if not eps:
-            live = self._live_by_endpoint()
             if name not in live:
                 raise BadRequest(f"no data for endpoint {name!r}", status=404)
             doc = self._empty_endpoint(name)
@@ -753,7 +759,7 @@ class AdminServer:
         offset = _int_param(q, "offset", 0, 0, 10**9)
         endpoint = q.get("endpoint") or None
         field = q.get("field") or None
-        rows = await self._read(self._store().exchanges,
+        rows = await self._store_read("exchanges",
                                 glob_escape(endpoint) if endpoint else None, verdict,
                                 since, until, limit, field=field, offset=offset)
         return _json({"exchanges": [dataclasses.asdict(r) for r in rows], "limit": limit,
@@ -784,7 +790,7 @@ class AdminServer:
         endpoint = request.query.get("endpoint") or None
         everything = request.query.get("all", "") in ("1", "true", "yes")
         glob = glob_escape(endpoint) if endpoint else None
-        stored = await self._read(self._store().noise, glob, include_not_noise=everything)
+        stored = await self._store_read("noise", glob, include_not_noise=everything)
         rows: dict[tuple[str, str], dict[str, Any]] = {
             (e.endpoint, e.field): _evidence_doc(e, "store") for e in stored}
         for e in self.control.stage.learner.evidence(include_not_noise=everything):
