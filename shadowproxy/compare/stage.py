@@ -115,6 +115,7 @@ class CompareStage:
         return result
 
     async def run(self) -> None:
+        done = 0
         while True:
             ex = await self.queue.get()
             if ex is None:
@@ -127,8 +128,10 @@ class CompareStage:
             finally:
                 self.bytes -= self.size(ex)
                 self._freed.set()
-            # let the loop breathe between comparisons
-            if self.queue.qsize() % 16 == 0:
+            # get() on a non-empty queue never yields: let the loop (the channel, the
+            # admin server) run every 16 comparisons
+            done += 1
+            if done % 16 == 0:
                 await asyncio.sleep(0)
 
     def start(self) -> None:
@@ -146,4 +149,5 @@ class CompareStage:
             while not self.queue.empty():
                 ex = self.queue.get_nowait()
                 if ex is not None:
+                    self.bytes -= self.size(ex)
                     self.stats.add("dropped", "shutdown", ex.endpoint)
