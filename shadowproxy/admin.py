@@ -267,30 +267,13 @@ def redact_url(url: str | None) -> str | None:
 
 
 class StoreHealth:
-    """Is the store writer failing? From what the writer offers: ``last_error`` /
-    ``last_error_at`` / ``last_ok_at`` when it has them, else by watching its
-    ``failed`` and ``acknowledged`` counters (sampled by :meth:`sample`)."""
+    """Is the store writer failing? Its latest error is newer than its latest success."""
 
     def __init__(self, writer: Any) -> None:
         self.writer = writer
-        self._failed = int(getattr(writer, "failed", 0))
-        self._acked = int(getattr(writer, "acknowledged", 0))
-        self.failed_at: float | None = None
-        self.ok_at: float | None = None
-
-    def sample(self, now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        failed = int(getattr(self.writer, "failed", 0))
-        acked = int(getattr(self.writer, "acknowledged", 0))
-        if failed > self._failed:
-            self.failed_at = now
-        if acked > self._acked:
-            self.ok_at = now
-        self._failed, self._acked = failed, acked
 
     def check(self) -> tuple[bool, dict[str, Any]]:
         w = self.writer
-        self.sample()
         info: dict[str, Any] = {
             "acknowledged": int(getattr(w, "acknowledged", 0)),
             "failed": int(getattr(w, "failed", 0)),
@@ -299,19 +282,9 @@ class StoreHealth:
         }
         if getattr(w, "alive", True) is False:
             return False, {**info, "error": "the store writer thread is not running"}
-        err_at = getattr(w, "last_error_at", None)
-        if err_at is not None or hasattr(w, "last_ok_at"):
-            ok_at = getattr(w, "last_ok_at", None)
-            failing = err_at is not None and (ok_at is None or err_at > ok_at)
-            cause = getattr(w, "last_error", None)
-        else:
-            failing = self.failed_at is not None and (self.ok_at is None or
-                                                       self.failed_at > self.ok_at)
-            cause = None
-        if failing:
-            msg = f"store writes are failing: {cause}" if cause else \
-                f"store writes are failing ({info['failed']} results dropped so far)"
-            return False, {**info, "error": msg}
+        err_at, ok_at = w.last_error_at, w.last_ok_at
+        if err_at is not None and (ok_at is None or err_at > ok_at):
+            return False, {**info, "error": f"store writes are failing: {w.last_error}"}
         path = getattr(getattr(w, "store", None), "path", None)
         if path and os.path.exists(path) and not os.access(path, os.W_OK):
             return False, {**info, "error": f"the store file {path} is not writable"}
@@ -357,7 +330,6 @@ class AdminServer:
         r.add_get(f"{API}/mirror", self.get_mirror)
         r.add_put(f"{API}/mirror", self.put_mirror)
         self._runner: web.AppRunner | None = None
-        self._sampler: asyncio.Task[None] | None = None
         self.address = cfg.admin.listen
 
     def reload(self, cfg: Config) -> None:
@@ -391,11 +363,8 @@ class AdminServer:
         if server is not None and server.sockets:  # type: ignore[union-attr]
             h, p = server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
             self.address = f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
-        self._sampler = asyncio.create_task(self._sample_store(), name="admin-store-health")
 
     async def stop(self) -> None:
-        if self._sampler is not None:
-            self._sampler.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -406,11 +375,6 @@ class AdminServer:
             except Exception:  # noqa: BLE001
                 pass
         self._reader = None
-
-    async def _sample_store(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            self.health.sample()
 
     # ------------------------------------------------------------ middlewares
 
