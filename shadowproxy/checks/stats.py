@@ -2,7 +2,8 @@
 
 * :func:`wilson` – Wilson (1927) score interval for a binomial proportion.
 * :func:`clopper_pearson` – the exact Clopper–Pearson (1934) interval, from the beta
-  quantile (bisection on the regularized incomplete beta function :func:`betainc`).
+  quantile (Newton steps, bisection as fallback, on the regularized incomplete beta
+  function :func:`betainc`).
 * :func:`paired_difference` – an exact (conservative) interval for the difference of two
   paired proportions: McNemar's conditional binomial on the discordant pairs combined
   with a Clopper–Pearson interval for the discordance rate (Bonferroni).
@@ -110,7 +111,8 @@ def betainc(a: float, b: float, x: float) -> float:
 
 
 def beta_ppf(p: float, a: float, b: float) -> float:
-    """The p-quantile of Beta(a, b), by bisection on :func:`betainc`."""
+    """The p-quantile of Beta(a, b): Newton steps on :func:`betainc`, bisection when a
+    step leaves the bracket."""
     if p <= 0.0:
         return 0.0
     if p >= 1.0:
