@@ -20,18 +20,25 @@ def end_to_end(raw_headers: Iterable[tuple[bytes, bytes]],
     client keeps only the last of ``X-A`` / ``x-a`` (it merges names case-sensitively
     into a case-insensitive dict), so headers bound for it need one spelling.
     """
+    return end_to_end_text([(k.decode("latin-1"), v.decode("latin-1"))
+                            for k, v in raw_headers], drop, same_case=same_case)
+
+
+def end_to_end_text(headers: Iterable[tuple[str, str]],
+                    drop: frozenset[str] = frozenset(), *,
+                    same_case: bool = False) -> list[tuple[str, str]]:
+    """:func:`end_to_end` of headers already decoded (latin-1)."""
     # One pass; the names listed in Connection (which may come after them) are
     # removed at the end, and only when there are some beyond the standard ones.
     out: list[tuple[str, str]] = []
     lnames: list[str] = []
     named: set[str] | None = None
     first: dict[str, str] = {}
-    for k, v in raw_headers:
-        name = k.decode("latin-1")
+    for name, value in headers:
         lname = name.lower()
         if lname in HOP_BY_HOP or lname in drop:
             if lname == "connection" or lname == "proxy-connection":
-                for token in v.decode("latin-1").split(","):
+                for token in value.split(","):
                     token = token.strip().lower()
                     if token and token not in HOP_BY_HOP:
                         if named is None:
@@ -40,7 +47,7 @@ def end_to_end(raw_headers: Iterable[tuple[bytes, bytes]],
             continue
         if same_case:
             name = first.setdefault(lname, name)
-        out.append((name, v.decode("latin-1")))
+        out.append((name, value))
         lnames.append(lname)
     if named:
         out = [h for h, lname in zip(out, lnames) if lname not in named]

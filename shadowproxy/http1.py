@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
@@ -40,6 +40,8 @@ MAX_HEADERS = 1024            # headers in one head (trailers: the same)
 MAX_HEAD = 1024 * 1024        # bytes in one head, a memory bound per connection
 MAX_INTERIM = 32              # 1xx answers before the final one
 IDLE_EXPIRY = 15.0            # seconds an idle connection is kept (aiohttp's default)
+IDLE_LIMIT = 1024            # idle connections kept by a pool without a limit
+STREAM_HIGH = 256 * 1024      # queued body bytes of a Stream before reading pauses
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # aiohttp sends "Content-Length: 0" for a bodiless request of any other method
@@ -86,13 +88,21 @@ class Head(NamedTuple):
 # ---------------------------------------------------------------- request
 
 
-def encode_headers(method: str, headers: Sequence[tuple[str, str]], body_len: int) -> bytes:
+def encode_headers(method: str, headers: Sequence[tuple[str, str]],
+                   body_len: int | None) -> bytes:
     """The header lines of a request, ending with the blank line; no Host (each pool
-    adds its own). Any Content-Length in ``headers`` is replaced by the body's length,
-    sent when there is a body or the method expects one (as aiohttp does)."""
-    parts = [f"{k}: {v}\r\n" for k, v in headers if k.lower() != "content-length"]
-    if body_len or method not in _NO_LENGTH_METHODS:
-        parts.append(f"Content-Length: {body_len}\r\n")
+    adds its own unless ``headers`` has one). Any Content-Length in ``headers`` is
+    replaced by the body's length, sent when there is a body or the method expects one
+    (as aiohttp does). ``body_len`` None: the body is streamed, framed by the
+    Content-Length in ``headers`` when there is one, else chunked."""
+    if body_len is None:
+        parts = [f"{k}: {v}\r\n" for k, v in headers]
+        if not any(k.lower() == "content-length" for k, _ in headers):
+            parts.append("Transfer-Encoding: chunked\r\n")
+    else:
+        parts = [f"{k}: {v}\r\n" for k, v in headers if k.lower() != "content-length"]
+        if body_len or method not in _NO_LENGTH_METHODS:
+            parts.append(f"Content-Length: {body_len}\r\n")
     parts.append("\r\n")
     text = "".join(parts)
     # a CR or LF inside a name or value would split the head: refuse it
@@ -318,7 +328,12 @@ class ResponseParser:
 
 
 class _Conn(asyncio.Protocol):
-    """One upstream connection carrying one request at a time."""
+    """One upstream connection carrying one request at a time.
+
+    ``send`` returns a future of the head: resolved at the end of the response when
+    its body goes to a callback (shadows), or as soon as the head is parsed when it
+    goes to a :class:`Stream` (the primary path), which is then told of the rest.
+    """
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -326,14 +341,17 @@ class _Conn(asyncio.Protocol):
         self.idle_since = 0.0
         self._parser: ResponseParser | None = None
         self._fut: asyncio.Future[Head] | None = None
+        self._stream: Stream | None = None
+        self._drained: asyncio.Future[None] | None = None   # set while writes are paused
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def send(self, data: bytes, body: bytes, no_body: bool, on_body: BodySink
-             ) -> asyncio.Future[Head]:
+    def send(self, data: bytes, body: bytes, no_body: bool, on_body: BodySink,
+             stream: Stream | None = None) -> asyncio.Future[Head]:
         assert self.transport is not None
         self._parser = ResponseParser(on_body, no_body=no_body)
+        self._stream = stream
         self._fut = fut = asyncio.get_running_loop().create_future()
         if self.lost or self.transport.is_closing():
             fut.set_exception(ResetError("connection closed", before_response=True))
@@ -355,8 +373,8 @@ class _Conn(asyncio.Protocol):
             not self.transport.is_closing() and self.transport.get_write_buffer_size() == 0
 
     def data_received(self, data: bytes) -> None:
-        p, fut = self._parser, self._fut
-        if p is None or fut is None or fut.done():
+        p, fut, stream = self._parser, self._fut, self._stream
+        if p is None or fut is None or p.done or (stream is None and fut.done()):
             # bytes nobody asked for (on an idle connection, or after the response)
             if p is not None:
                 p.extra = True
@@ -365,25 +383,61 @@ class _Conn(asyncio.Protocol):
         try:
             done = p.feed(data)
         except ProtocolError as exc:
-            fut.set_exception(exc)
+            self._fail(exc)
             self.abort()
             return
-        if done:
+        if stream is not None:
+            if not fut.done() and p.head is not None:
+                fut.set_result(p.head)
+            if done:
+                stream._end(None)
+            elif stream._waiter is not None:
+                stream._wake()
+        elif done:
             assert p.head is not None
             fut.set_result(p.head)
 
+    def _fail(self, exc: BaseException) -> None:
+        fut = self._fut
+        if fut is not None and not fut.done():
+            fut.set_exception(exc)
+        elif self._stream is not None:
+            self._stream._end(exc)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
         p, fut = self._parser, self._fut
-        if p is None or fut is None or fut.done():
+        if p is None or fut is None or p.done:
             return
         try:
             p.eof(exc)
         except UpstreamError as err:
-            fut.set_exception(err)
+            self._fail(err)
             return
-        assert p.head is not None
-        fut.set_result(p.head)
+        if self._stream is not None:
+            self._stream._end(None)
+        else:
+            assert p.head is not None
+            fut.set_result(p.head)
+
+    def pause_writing(self) -> None:
+        self._drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    async def write(self, data: bytes) -> None:
+        """Write part of a streamed request body, waiting while the transport's buffer
+        is above its high-water mark."""
+        if self.lost or self.transport is None or self.transport.is_closing():
+            raise ResetError("connection closed while sending the request body")
+        self.transport.write(data)
+        if self._drained is not None:
+            await self._drained
 
     def abort(self) -> None:
         self.lost = True
@@ -396,13 +450,98 @@ class _Conn(asyncio.Protocol):
             self.transport.close()
 
 
+class Stream:
+    """A response being read: its head, and its body pulled with :meth:`read`.
+
+    Body bytes are queued as they arrive; above ``STREAM_HIGH`` queued bytes the
+    connection stops reading until the caller has taken them (so a slow client slows
+    the upstream, and memory stays bounded). :meth:`release` must be called once:
+    it gives the connection back to its pool when the response was read to its end,
+    else closes it.
+    """
+
+    __slots__ = ("_chunks", "_conn", "_done", "_error", "_paused", "_pool", "_queued",
+                 "_sender", "_waiter", "head", "timeout")
+
+    def __init__(self, conn: _Conn, pool: Pool, timeout: float | None) -> None:
+        self._conn = conn
+        self._pool = pool
+        self.timeout = timeout          # seconds without a byte before read() times out
+        self.head: Head | None = None
+        self._chunks: list[bytes | bytearray] = []
+        self._queued = 0
+        self._paused = False
+        self._done = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._sender: asyncio.Task[None] | None = None   # a streamed request body
+
+    def _feed(self, data: bytes | bytearray) -> None:
+        self._chunks.append(data)
+        self._queued += len(data)
+        if self._queued > STREAM_HIGH and not self._paused and self._conn.transport:
+            self._paused = True
+            self._conn.transport.pause_reading()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _end(self, exc: BaseException | None) -> None:
+        if exc is None:
+            self._done = True
+        elif self._error is None:
+            self._error = exc
+        self._wake()
+
+    async def read(self) -> bytes:
+        """The body bytes that arrived since the last call (waiting for some); b"" at
+        the end. Raises an :class:`UpstreamError` or ``TimeoutError``."""
+        while True:
+            if self._chunks:
+                chunks, self._chunks, self._queued = self._chunks, [], 0
+                if self._paused:
+                    self._paused = False
+                    if self._conn.transport is not None:
+                        self._conn.transport.resume_reading()
+                return chunks[0] if len(chunks) == 1 and type(chunks[0]) is bytes \
+                    else b"".join(chunks)
+            if self._error is not None:
+                raise self._error
+            if self._done:
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._waiter
+            finally:
+                self._waiter = None
+
+    @property
+    def complete(self) -> bool:
+        return self._done and not self._chunks
+
+    def release(self) -> None:
+        sender, self._sender = self._sender, None
+        if sender is not None and not sender.done():
+            sender.cancel()
+            self._conn.abort()
+        elif self._done and self._error is None:
+            self._pool._give(self._conn)
+        else:
+            self._conn.abort()
+
+
 class Pool:
     """Keep-alive connections to one upstream (``http://host[:port][/prefix]``).
 
-    At most ``limit`` requests are in flight and at most ``limit`` connections idle.
+    :meth:`request` (shadows): at most ``limit`` requests in flight. :meth:`open` (the
+    primary path): not limited. At most ``limit`` connections are kept idle (``None``:
+    ``IDLE_LIMIT``).
     """
 
-    def __init__(self, base: str, limit: int) -> None:
+    def __init__(self, base: str, limit: int | None) -> None:
         parts = urlsplit(base)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"expected an http(s):// URL, got {base!r}")
@@ -414,8 +553,8 @@ class Pool:
         default = 443 if tls else 80
         self.host_header = name if parts.port in (None, default) else f"{name}:{parts.port}"
         self.ssl: ssl.SSLContext | None = ssl.create_default_context() if tls else None
-        self.limit = limit
-        self._sem = asyncio.Semaphore(limit)
+        self.limit = limit if limit is not None else IDLE_LIMIT
+        self._sem = asyncio.Semaphore(self.limit)
         self._idle: list[_Conn] = []
         self._closed = False
 
@@ -445,6 +584,49 @@ class Pool:
                 raise
             self._give(conn)
             return head
+
+    async def open(self, method: str, target: str, header_block: bytes, body: bytes, *,
+                   host: bool = True, body_stream: AsyncIterator[bytes] | None = None,
+                   chunked: bool = False, connect_timeout: float | None = None,
+                   read_timeout: float | None = None) -> Stream:
+        """Send one request and return its answer as a :class:`Stream` once the head
+        has arrived. ``host``: add the upstream's ``Host`` (else ``header_block`` has
+        one). ``body_stream``: the body, sent as it comes (chunked when ``chunked``,
+        else as framed by the Content-Length in ``header_block``), from a task of its
+        own so an early answer is read while it is still being sent. Raises an
+        :class:`UpstreamError` or ``TimeoutError`` (connecting, or waiting
+        ``read_timeout`` for a byte of the head); the caller must
+        :meth:`Stream.release` what it gets."""
+        line = f"{method} {self.prefix}{target} HTTP/1.1\r\n"
+        if host:
+            line += f"Host: {self.host_header}\r\n"
+        data = line.encode("latin-1") + header_block
+        no_body = method == "HEAD"
+        conn = self._take()
+        reused = conn is not None
+        for attempt in (1, 2):
+            if conn is None:
+                async with asyncio.timeout(connect_timeout):
+                    conn = await self._connect()
+            stream = Stream(conn, self, read_timeout)
+            try:
+                fut = conn.send(data, body, no_body, stream._feed, stream)
+                if body_stream is not None:
+                    stream._sender = asyncio.create_task(_send_body(conn, body_stream,
+                                                                    chunked))
+                async with asyncio.timeout(read_timeout):
+                    stream.head = await fut
+                return stream
+            except ResetError as exc:
+                stream.release()
+                if attempt == 2 or not (reused and exc.before_response and
+                                        method in IDEMPOTENT and body_stream is None):
+                    raise
+                conn = None   # stale keep-alive: once more on a new connection
+            except BaseException:
+                stream.release()
+                raise
+        raise AssertionError("unreachable")
 
     def _take(self) -> _Conn | None:
         idle = self._idle
@@ -484,3 +666,19 @@ class Pool:
         self._closed = True
         while self._idle:
             self._idle.pop().close()
+
+
+async def _send_body(conn: _Conn, chunks: AsyncIterator[bytes], chunked: bool) -> None:
+    """Write a streamed request body; any failure (the client went away mid-upload)
+    aborts the connection so the upstream never sees a complete, truncated request."""
+    try:
+        async for chunk in chunks:
+            if chunk:
+                await conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+        if chunked:
+            await conn.write(b"0\r\n\r\n")
+    except asyncio.CancelledError:
+        conn.abort()
+        raise
+    except BaseException:  # noqa: BLE001 - the client's side failed: cut the request
+        conn.abort()

@@ -19,12 +19,12 @@ from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
 from yarl import URL
 
+from . import http1
 from .capture import Capture
 from .config import Config
-from .headers import end_to_end
+from .headers import end_to_end, end_to_end_text
 from .mirror import SKIP_AUTO_HEADERS, UPSTREAM_LIMITS, Mirror, classify_error
 from .models import RequestRecord, ResponseRecord
 from .routes import Router
@@ -81,17 +81,26 @@ class Proxy:
     def __init__(self, cfg: Config, stats: Stats, router: Router, mirror: Mirror | None) -> None:
         self.stats = stats
         self.mirror = mirror
-        self.session: aiohttp.ClientSession | None = None
+        self.session: aiohttp.ClientSession | None = None   # WebSocket upgrades only
+        self.pool: http1.Pool | None = None
         self._ids = _ids()
         self.configure(cfg, router)
 
     def configure(self, cfg: Config, router: Router) -> None:
         self.cfg = cfg
         self.router = router
+        if self.pool is not None and cfg.upstreams.primary != self.primary:
+            # a reload moved primary: new requests get new connections; the old pool's
+            # idle ones close, those in use when their request ends
+            asyncio.get_running_loop().create_task(self.pool.close())
+            self.pool = None
         self.primary = cfg.upstreams.primary
+        if self.pool is None:
+            self.pool = http1.Pool(self.primary, None)
         self.preserve_host = cfg.preserve_host
         self.max_body = cfg.mirror.max_body
-        # per request, so a reload applies to the next request
+        self.connect_timeout = cfg.timeouts.connect
+        self.read_timeout = cfg.timeouts.primary
         self._timeout = aiohttp.ClientTimeout(total=None, connect=cfg.timeouts.connect,
                                               sock_read=cfg.timeouts.primary)
 
@@ -104,6 +113,8 @@ class Proxy:
         )
 
     async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
         if self.session is not None:
             await self.session.close()
 
@@ -234,20 +245,24 @@ class Proxy:
                        headers: list[tuple[str, str]], body: bytes | None,
                        prefix: bytes | None,
                        fut: asyncio.Future[ResponseRecord] | None) -> web.StreamResponse:
-        assert self.session is not None
+        pool = self.pool
+        assert pool is not None
         t0 = perf_counter()   # uvloop's loop.time() has 1 ms resolution
-        if body is not None:
-            data: object = body if body else None
-        elif request.body_exists:
-            data = self._body_stream(request, prefix)
-        else:
-            data = None
-        url = URL(self.primary + target, encoded=True)
+        stream: AsyncIterator[bytes] | None = None
+        chunked = False
         try:
-            upstream = await self.session.request(
-                method, url, headers=CIMultiDict(headers), data=data, allow_redirects=False,
-                timeout=self._timeout,   # skip_auto_headers: the session's
-            )
+            if body is not None or not request.body_exists:
+                block = http1.encode_headers(method, headers, len(body) if body else 0)
+            else:
+                # streamed as it comes: framed by the client's Content-Length, else chunked
+                block = http1.encode_headers(method, headers, None)
+                chunked = not any(k.lower() == "content-length" for k, _ in headers)
+                stream = self._body_stream(request, prefix)
+            up = await pool.open(
+                method, target, block, body or b"",
+                host=not (headers and headers[0][0] == "Host"), body_stream=stream,
+                chunked=chunked, connect_timeout=self.connect_timeout,
+                read_timeout=self.read_timeout)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure is a 502 or 504
@@ -260,11 +275,13 @@ class Proxy:
             return _text(502, "primary unavailable")
         capture: Capture | None = None
         try:
-            raw_headers = upstream.raw_headers
-            out_headers = end_to_end(raw_headers)
-            length = upstream.headers.get("Content-Length")
-            resp = FaithfulResponse(status=upstream.status, reason=upstream.reason or "",
-                                    names=frozenset(k.lower() for k, _ in out_headers),
+            head = up.head
+            assert head is not None
+            out_headers = end_to_end_text(head.headers)
+            names = frozenset(k.lower() for k, _ in out_headers)
+            length = next((v for k, v in head.headers if k.lower() == "content-length"),
+                          None) if "content-length" in names else None
+            resp = FaithfulResponse(status=head.status, reason=head.reason, names=names,
                                     content_length=length)
             add = resp.headers.add
             for k, v in out_headers:
@@ -273,22 +290,13 @@ class Proxy:
                 resp.force_close()   # close-delimited body for an HTTP/1.0 client
             capture = Capture(self.mirror.cfg.capture_max, self.mirror.budget) \
                 if fut is not None and self.mirror is not None else None
-            content = upstream.content
-            # A close-delimited body (no length, not chunked) ends at EOF, and aiohttp
-            # reports a reset there as a clean end: watch the connection to tell.
-            closed = _closed_future(upstream) if length is None and method != "HEAD" and \
-                upstream.status not in _NO_BODY and \
-                "chunked" not in upstream.headers.get("Transfer-Encoding", "").lower() \
-                else None
             try:
                 await resp.prepare(request)
                 write = resp.write
                 while True:
                     try:
-                        chunk = await content.readany()
-                        if not chunk and closed is not None and _failed(closed):
-                            raise aiohttp.ClientPayloadError("connection reset at EOF")
-                    except (TimeoutError, aiohttp.ClientError) as exc:
+                        chunk = await up.read()
+                    except (TimeoutError, http1.UpstreamError) as exc:
                         # the status is already sent: abort so the client sees a broken
                         # body, never a clean end
                         self.stats.add("primary_error", "mid_body_" + classify_error(exc))
@@ -309,9 +317,7 @@ class Proxy:
                 return resp
             if capture is not None and not fut.done():  # type: ignore[union-attr]
                 fut.set_result(ResponseRecord(  # type: ignore[union-attr]
-                    status=upstream.status, reason=upstream.reason or "",
-                    headers=tuple((k.decode("latin-1"), v.decode("latin-1"))
-                                  for k, v in raw_headers),
+                    status=head.status, reason=head.reason, headers=head.headers,
                     body=capture.body, size=capture.size, sha256=capture.sha256,
                     truncated=capture.truncated, latency=perf_counter() - t0))
                 capture = None      # its bytes now belong to the shadow job
@@ -319,22 +325,7 @@ class Proxy:
         finally:
             if capture is not None:
                 capture.release()
-            upstream.release()
-
-
-def _closed_future(upstream: aiohttp.ClientResponse) -> asyncio.Future[None] | None:
-    """The future aiohttp resolves (with the error, if any) when the connection closes."""
-    conn = upstream.connection
-    proto = conn.protocol if conn is not None else None
-    fut = getattr(proto, "closed", None)
-    if fut is not None:
-        fut.add_done_callback(_failed)   # retrieve it: no "exception never retrieved"
-    return fut
-
-
-def _failed(fut: asyncio.Future[None]) -> bool:
-    """True when the connection behind ``fut`` was lost with an error (a reset)."""
-    return fut.done() and not fut.cancelled() and fut.exception() is not None
+            up.release()
 
 
 def _ids() -> Iterator[str]:
