@@ -32,7 +32,7 @@ import asyncio
 import re
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 MAX_LINE = 64 * 1024          # a status, header, chunk-size or trailer line
@@ -47,7 +47,13 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # aiohttp sends "Content-Length: 0" for a bodiless request of any other method
 _NO_LENGTH_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_TOKEN_CHARS = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+# a response's header lines (after the status line, each ending in CRLF): name, value
+# without the optional whitespace around it; CR and LF were checked before
+_HEADER = re.compile(rf"({_TOKEN_CHARS}):[ \t]*([^\r\n]*?)[ \t]*\r\n")
+_HEADERS = re.compile(rf"(?:{_TOKEN_CHARS}:[^\r\n]*\r\n)*")
+_FRAMING = re.compile(r"^(content-length|transfer-encoding|connection):[ \t]*([^\r\n]*?)"
+                      r"[ \t]*\r$", re.MULTILINE)
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
 
 BodySink = Callable[[bytes], None]
@@ -249,15 +255,17 @@ class ResponseParser:
             raise ProtocolError("response head line too long")
 
     def _on_head(self, raw: bytes) -> None:
-        lines = raw.split(b"\r\n")
-        if raw.count(b"\r") != len(lines) - 1 or raw.count(b"\n") != len(lines) - 1:
+        text = raw.decode("latin-1")
+        n_lines = text.count("\r\n") + 1
+        if text.count("\r") != n_lines - 1 or text.count("\n") != n_lines - 1:
             raise ProtocolError("bare CR or LF in the response head")
-        if len(lines) - 1 > MAX_HEADERS or len(raw) > MAX_HEAD:
+        if n_lines - 1 > MAX_HEADERS or len(raw) > MAX_HEAD:
             raise ProtocolError("response head exceeds the limits")
-        line = lines[0]
+        line, _, block = text.partition("\r\n")
         version = line[:8]
-        if version not in (b"HTTP/1.1", b"HTTP/1.0") or line[8:9] != b" " or \
-                not line[9:12].isdigit() or (len(line) > 12 and line[12:13] != b" "):
+        if version not in ("HTTP/1.1", "HTTP/1.0") or line[8:9] != " " or \
+                not line[9:12].isdigit() or not line[9:12].isascii() or \
+                (len(line) > 12 and line[12:13] != " "):
             raise ProtocolError("bad status line")
         status = int(line[9:12])
         if 100 <= status < 200:
@@ -269,47 +277,50 @@ class ResponseParser:
             return   # the final answer follows
         if status < 100:
             raise ProtocolError("bad status code")
-        headers = []
-        length: bytes | None = None
-        te: bytes | None = None
-        close = version != b"HTTP/1.1"
-        for hl in lines[1:]:
-            if len(hl) > MAX_LINE:
-                raise ProtocolError("response header too long")
-            name, sep, value = hl.partition(b":")
-            if not sep or _TOKEN.match(name) is None:
+        if block:
+            block += "\r\n"
+            if _HEADERS.fullmatch(block) is None:
                 raise ProtocolError("bad response header")
-            value = value.strip(b" \t")
-            lname = name.lower()
-            if lname == b"content-length":
+            if len(raw) > MAX_LINE and \
+                    max(len(h) for h in block.split("\r\n")) > MAX_LINE:
+                raise ProtocolError("response header too long")
+            headers = tuple(_HEADER.findall(block))
+        else:
+            headers = ()
+        length: str | None = None
+        te: str | None = None
+        close = version != "HTTP/1.1"
+        # the framing headers, found in one pass over the lower-cased block
+        for name, value in _FRAMING.findall(block.lower()) if block else ():
+            if name == "content-length":
                 if length is not None and length != value:
                     raise ProtocolError("conflicting Content-Length")
                 length = value
-            elif lname == b"transfer-encoding":
-                te = value if te is None else te + b"," + value
-            elif lname == b"connection":
-                tokens = {t.strip().lower() for t in value.split(b",")}
-                if b"close" in tokens:
+            elif name == "transfer-encoding":
+                te = value if te is None else te + "," + value
+            else:   # connection
+                tokens = {t.strip() for t in value.split(",")}
+                if "close" in tokens:
                     close = True
-                elif b"keep-alive" in tokens and version == b"HTTP/1.0":
+                elif "keep-alive" in tokens and version == "HTTP/1.0":
                     close = False
-            headers.append((name.decode("latin-1"), value.decode("latin-1")))
-        self.head = Head(status, line[13:].decode("latin-1"), tuple(headers))
+        self.head = Head(status, line[13:], headers)
         self.keep_alive = not close
         if self.no_body or status == 204 or status == 304:
             self._state = _DONE
         elif te is not None:
             if length is not None:
                 self.keep_alive = False   # ambiguous framing: never reuse
-            if te.rsplit(b",", 1)[-1].strip().lower() == b"chunked":
+            if te.rsplit(",", 1)[-1].strip() == "chunked":
                 self._state = _CHUNK_SIZE
             else:
                 self._state, self.keep_alive = _UNTIL_EOF, False
         elif length is not None:
-            if not length.isdigit():
+            if not (length.isdigit() and length.isascii()):
                 # "5, 5": a repeated identical value is allowed (RFC 9110 §8.6)
-                values = {v.strip() for v in length.split(b",")}
-                if len(values) != 1 or not (length := values.pop()).isdigit():
+                values = {v.strip() for v in length.split(",")}
+                if len(values) != 1 or not (length := values.pop()).isdigit() or \
+                        not length.isascii():
                     raise ProtocolError("bad Content-Length")
             self._remaining = int(length)
             self._state = _LENGTH if self._remaining else _DONE
@@ -511,10 +522,9 @@ class Stream:
                 raise self._error
             if self._done:
                 return b""
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = waiter = asyncio.get_running_loop().create_future()
             try:
-                async with asyncio.timeout(self.timeout):
-                    await self._waiter
+                await _within(waiter, self.timeout)
             finally:
                 self._waiter = None
 
@@ -614,8 +624,7 @@ class Pool:
                 if body_stream is not None:
                     stream._sender = asyncio.create_task(_send_body(conn, body_stream,
                                                                     chunked))
-                async with asyncio.timeout(read_timeout):
-                    stream.head = await fut
+                stream.head = await _within(fut, read_timeout)
                 return stream
             except ResetError as exc:
                 stream.release()
@@ -682,3 +691,20 @@ async def _send_body(conn: _Conn, chunks: AsyncIterator[bytes], chunked: bool) -
         raise
     except BaseException:  # noqa: BLE001 - the client's side failed: cut the request
         conn.abort()
+
+
+def _expire(fut: asyncio.Future[object]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
+async def _within(fut: asyncio.Future[Any], timeout: float | None) -> Any:
+    """``await fut``, failed with TimeoutError after ``timeout`` seconds (a timer
+    handle: cheaper than ``asyncio.timeout`` when the answer is usually there)."""
+    if timeout is None or fut.done():
+        return await fut
+    timer = asyncio.get_running_loop().call_later(timeout, _expire, fut)
+    try:
+        return await fut
+    finally:
+        timer.cancel()

@@ -306,11 +306,14 @@ class Proxy:
                             fut.set_result(ResponseRecord(status=0, error="incomplete"))
                         return resp
                     if not chunk:
+                        await resp.write_eof()
                         break
                     if capture is not None:
                         capture.feed(chunk)
+                    if up.complete:
+                        await resp.write_eof(chunk)   # the last bytes and the end at once
+                        break
                     await write(chunk)
-                await resp.write_eof()
             except ConnectionError:
                 # the client went away (not primary's failure); the finally in handle()
                 # marks a shadow's primary answer incomplete
