@@ -48,12 +48,9 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _NO_LENGTH_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
 
 _TOKEN_CHARS = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-# a response's header lines (after the status line, each ending in CRLF): name, value
-# without the optional whitespace around it; CR and LF were checked before
-_HEADER = re.compile(rf"({_TOKEN_CHARS}):[ \t]*([^\r\n]*?)[ \t]*\r\n")
-_HEADERS = re.compile(rf"(?:{_TOKEN_CHARS}:[^\r\n]*\r\n)*")
-_FRAMING = re.compile(r"^(content-length|transfer-encoding|connection):[ \t]*([^\r\n]*?)"
-                      r"[ \t]*\r$", re.MULTILINE)
+_NAMES = re.compile(rf"{_TOKEN_CHARS}(?:\n{_TOKEN_CHARS})*")   # header names, one a line
+_FRAMING_LENGTHS = frozenset({len("connection"), len("content-length"),
+                              len("transfer-encoding")})
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
 
 BodySink = Callable[[bytes], None]
@@ -256,12 +253,13 @@ class ResponseParser:
 
     def _on_head(self, raw: bytes) -> None:
         text = raw.decode("latin-1")
-        n_lines = text.count("\r\n") + 1
+        lines = text.split("\r\n")
+        n_lines = len(lines)
         if text.count("\r") != n_lines - 1 or text.count("\n") != n_lines - 1:
             raise ProtocolError("bare CR or LF in the response head")
         if n_lines - 1 > MAX_HEADERS or len(raw) > MAX_HEAD:
             raise ProtocolError("response head exceeds the limits")
-        line, _, block = text.partition("\r\n")
+        line = lines[0]
         version = line[:8]
         if version not in ("HTTP/1.1", "HTTP/1.0") or line[8:9] != " " or \
                 not line[9:12].isdigit() or not line[9:12].isascii() or \
@@ -277,34 +275,36 @@ class ResponseParser:
             return   # the final answer follows
         if status < 100:
             raise ProtocolError("bad status code")
-        if block:
-            block += "\r\n"
-            if _HEADERS.fullmatch(block) is None:
+        headers = []
+        for hl in lines[1:]:
+            name, sep, value = hl.partition(":")
+            if not sep:
                 raise ProtocolError("bad response header")
-            if len(raw) > MAX_LINE and \
-                    max(len(h) for h in block.split("\r\n")) > MAX_LINE:
-                raise ProtocolError("response header too long")
-            headers = tuple(_HEADER.findall(block))
-        else:
-            headers = ()
+            headers.append((name, value.strip(" \t")))
+        if headers and _NAMES.fullmatch("\n".join([h[0] for h in headers])) is None:
+            raise ProtocolError("bad response header")   # all names checked at once
+        if len(raw) > MAX_LINE and max(map(len, lines)) > MAX_LINE:
+            raise ProtocolError("response header too long")
         length: str | None = None
         te: str | None = None
         close = version != "HTTP/1.1"
-        # the framing headers, found in one pass over the lower-cased block
-        for name, value in _FRAMING.findall(block.lower()) if block else ():
-            if name == "content-length":
+        for name, value in headers:
+            if len(name) not in _FRAMING_LENGTHS:
+                continue
+            lname = name.lower()
+            if lname == "content-length":
                 if length is not None and length != value:
                     raise ProtocolError("conflicting Content-Length")
                 length = value
-            elif name == "transfer-encoding":
-                te = value if te is None else te + "," + value
-            else:   # connection
-                tokens = {t.strip() for t in value.split(",")}
+            elif lname == "transfer-encoding":
+                te = value.lower() if te is None else te + "," + value.lower()
+            elif lname == "connection":
+                tokens = {t.strip().lower() for t in value.split(",")}
                 if "close" in tokens:
                     close = True
                 elif "keep-alive" in tokens and version == "HTTP/1.0":
                     close = False
-        self.head = Head(status, line[13:], headers)
+        self.head = Head(status, line[13:], tuple(headers))
         self.keep_alive = not close
         if self.no_body or status == 204 or status == 304:
             self._state = _DONE
