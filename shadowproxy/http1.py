@@ -569,31 +569,43 @@ class Pool:
         self._closed = False
 
     async def request(self, method: str, target: str, header_block: bytes, body: bytes,
-                      on_body: BodySink) -> Head:
+                      on_body: BodySink, timeout: float | None = None) -> Head:
         """Send one request (``target``: raw path and query; ``header_block`` from
-        :func:`encode_headers`) and read its answer, body bytes to ``on_body``."""
+        :func:`encode_headers`) and read its answer, body bytes to ``on_body``.
+        ``timeout``: seconds for all of it (TimeoutError), connecting included."""
         data = f"{method} {self.prefix}{target} HTTP/1.1\r\nHost: {self.host_header}\r\n" \
             .encode("latin-1") + header_block
         no_body = method == "HEAD"
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         async with self._sem:
             conn = self._take()
             reused = conn is not None
-            if conn is None:
-                conn = await self._connect()
-            try:
+            for attempt in (1, 2):
+                if conn is None:
+                    conn = await self._connect_by(deadline)
                 try:
-                    head = await conn.send(data, body, no_body, on_body)
+                    head = await _within(conn.send(data, body, no_body, on_body),
+                                         None if deadline is None else deadline - loop.time())
                 except ResetError as exc:
-                    if not (reused and exc.before_response and method in IDEMPOTENT):
+                    conn.abort()
+                    if attempt == 2 or not (reused and exc.before_response and
+                                            method in IDEMPOTENT):
                         raise
-                    conn.abort()   # stale keep-alive: once more on a new connection
-                    conn = await self._connect()
-                    head = await conn.send(data, body, no_body, on_body)
-            except BaseException:
-                conn.abort()
-                raise
-            self._give(conn)
-            return head
+                    conn = None   # stale keep-alive: once more on a new connection
+                    continue
+                except BaseException:
+                    conn.abort()
+                    raise
+                self._give(conn)
+                return head
+        raise AssertionError("unreachable")
+
+    async def _connect_by(self, deadline: float | None) -> _Conn:
+        if deadline is None:
+            return await self._connect()
+        async with asyncio.timeout_at(deadline):
+            return await self._connect()
 
     async def open(self, method: str, target: str, header_block: bytes, body: bytes, *,
                    host: bool = True, body_stream: AsyncIterator[bytes] | None = None,

@@ -139,8 +139,8 @@ async def fetch(pool: http1.Pool, target: str, req: RequestRecord, header_block:
         return ResponseRecord(status=0, error="other")
     cap_ = Capture(cap, budget)
     try:
-        async with asyncio.timeout(timeout):
-            head = await pool.request(req.method, target, header_block, req.body, cap_.feed)
+        head = await pool.request(req.method, target, header_block, req.body, cap_.feed,
+                                  timeout)
     except asyncio.CancelledError:
         cap_.release()
         raise
