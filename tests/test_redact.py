@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import hmac
 import os
 import re
 import sys
@@ -19,7 +20,7 @@ from store_helpers import SECRETS, exchange, response, secret_result  # noqa: E4
 
 from shadowproxy.config import RedactConfig  # noqa: E402
 from shadowproxy.errors import ConfigError  # noqa: E402
-from shadowproxy.models import Difference, RequestRecord  # noqa: E402
+from shadowproxy.models import Difference, RequestRecord, Result  # noqa: E402
 from shadowproxy.redact import Redactor, parse_jsonpath  # noqa: E402
 
 KEY = b"k" * 32
@@ -330,3 +331,87 @@ def test_keyed_array_difference_paths_are_redacted_by_field_not_wholesale() -> N
     ])
     assert "hunter2-secret" not in repr(out) and out[0].a.startswith("[redacted:")
     assert (out[1].a, out[1].b) == ("bob", "al")
+
+
+def test_mask_is_hmac_sha256_of_the_value(red):
+    value = "s3cr3t-värde"
+    digest = hmac.new(KEY, value.encode(), hashlib.sha256).hexdigest()
+    assert red.mask(value) == f"[redacted:{digest[:12]}]"
+
+
+ECHO = "ECHOtoken-secret-42"
+PASSWORD = "PWsecret-in-both-bodies"
+
+
+def echoing_result() -> Result:
+    """A request token echoed where no rule but the echo pass finds it: the path, a
+    query parameter, an upstream's error, a body value and a difference; primary and
+    candidate answer the same body (with a password field)."""
+    body = {"owner": ECHO, "password": PASSWORD, "n": 1}
+    ex = exchange(path=f"/users/{ECHO}/orders", query=f"page=2&q={ECHO}&token=QUERYsecret-9",
+                  req_headers=(("Authorization", f"Bearer {ECHO}"), ("Accept", "*/*")),
+                  primary=response(200, body, headers=(("Set-Cookie", "sid=COOKIEsecret-1"),)),
+                  candidate=response(200, body),
+                  secondary=response(0, error=f"protocol: bad header near {ECHO}"))
+    diffs = [Difference("body", "$.owner", "changed", ECHO, "someone"),
+             Difference("header", "header.set-cookie", "removed", "sid=COOKIEsecret-1", None)]
+    return Result(ex, "diff", diffs, frozenset(), [diffs[0]])
+
+
+@pytest.mark.parametrize("make", [echoing_result, secret_result])
+def test_summary_redaction_is_the_whole_one_without_headers_and_bodies(red, make):
+    res = make()
+    whole = red.redact_result(res)
+    summ = red.redact_result(res, whole=False)
+    assert summ.summary_only and not whole.summary_only
+    # what the summary rows store is exactly the whole copy's: echoes masked alike
+    assert summ.differences == whole.differences
+    assert summ.verdict == whole.verdict and summ.noise_fields == whole.noise_fields
+    s, w = summ.exchange, whole.exchange
+    assert (s.id, s.started, s.endpoint, s.route) == (w.id, w.started, w.endpoint, w.route)
+    assert (s.request.method, s.request.path, s.request.query) == \
+        (w.request.method, w.request.path, w.request.query)
+    for a, b in ((s.primary, w.primary), (s.candidate, w.candidate), (s.secondary, w.secondary)):
+        assert (a.status, a.size, a.sha256, a.latency, a.error) == \
+            (b.status, b.size, b.sha256, b.latency, b.error)
+    # and nothing else: no headers, bodies, reason phrases or secondary differences
+    for rec in (s.request, s.primary, s.candidate, s.secondary):
+        assert rec.headers == () and rec.body == b""
+    assert (s.primary.reason, s.candidate.reason) == ("", "")
+    assert summ.secondary_differences == []
+    text = dump(summ) + dump(whole)
+    for secret in (ECHO, PASSWORD, "COOKIEsecret-1", "QUERYsecret-9", *SECRETS.values()):
+        assert secret not in text
+
+
+def test_echoes_in_what_the_summary_keeps(red):
+    summ = red.redact_result(echoing_result(), whole=False)
+    m = red.mask(ECHO)
+    req = summ.exchange.request
+    assert req.path == f"/users/{m}/orders"
+    assert req.query == f"page=2&q={m}&token={red.mask('QUERYsecret-9')}"
+    assert summ.exchange.secondary.error == f"protocol: bad header near {m}"
+    by_path = {d.path: d for d in summ.differences}
+    assert by_path["$.owner"].a == m
+    assert by_path["header.set-cookie"].a == f"sid={red.mask('COOKIEsecret-1')}"
+
+
+def test_an_answer_equal_to_primary_is_redacted_once_and_alike(red):
+    ex = red.redact_result(echoing_result()).exchange
+    assert ex.candidate.body == ex.primary.body
+    doc = orjson.loads(ex.primary.body)
+    assert doc == {"owner": red.mask(ECHO), "password": red.mask(PASSWORD), "n": 1}
+
+
+def test_header_values_left_alone_are_remembered_secrets_never(red):
+    loc = "https://app/cb?state=ok&access_token=loc-secret-77"
+    for _ in range(2):      # the second time, plain values come from the cache
+        ex = exchange(path="/cb/loc-secret-77", primary=response(302, None, headers=(
+            ("Location", loc), ("Content-Type", "text/html; charset=utf-8"))))
+        out = red.redact_exchange(ex)
+        h = headers(out.primary)
+        assert h["location"] == \
+            f"https://app/cb?state=ok&access_token={red.mask('loc-secret-77')}"
+        assert out.request.path == "/cb/" + red.mask("loc-secret-77")   # found: echoed
+        assert h["content-type"] == "text/html; charset=utf-8"
+    assert "text/html; charset=utf-8" in red._plain and loc not in red._plain

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import sqlite3
@@ -528,3 +529,50 @@ def test_writer_applies_samples_per_field_to_a_given_store(tmp_path):
     w.close()
     assert store._read("SELECT count(*) FROM samples")[0][0] == 1
     store.close()
+
+
+def test_keeps_sample_says_no_only_for_full_keys_and_summary_results_are_never_kept(tmp_path):
+    store = open_store(url(tmp_path), samples_per_field=2)
+    ep = result("match").exchange.endpoint
+    for i in range(2):
+        assert store.keeps_sample(result("match", started=T0 + i))
+        store.write_results([result("match", started=T0 + i)])
+    assert not store.keeps_sample(result("match"))              # #match has its 2
+    assert store.keeps_sample(result("error"))                  # #error has none
+    both = result("diff", diffs=[diff("$.a")], started=T0 + 10)
+    store.write_results([both, result("diff", diffs=[diff("$.a")], started=T0 + 11)])
+    assert not store.keeps_sample(result("diff", diffs=[diff("$.a")]))
+    assert store.keeps_sample(result("diff", diffs=[diff("$.a"), diff("$.b")]))  # $.b has none
+    # a summary-only result is never kept, even for a key with room
+    summary = dataclasses.replace(result("diff", diffs=[diff("$.b")], started=T0 + 12),
+                                  summary_only=True)
+    store.write_results([summary])
+    assert not store.exchange(summary.exchange.id)["sampled"]
+    assert store._read("SELECT count(*) FROM sample_keys WHERE field='$.b'") == [(0,)]
+    # retention may delete samples: keys are no longer known to be full
+    assert store.cleanup(NOW, 3600, None) > 0
+    assert store.keeps_sample(result("match"))
+    assert (ep, "#match") not in store._full
+    # samples off: nothing is kept
+    store.samples_per_field = 0
+    assert not store.keeps_sample(result("error"))
+    store.close()
+
+
+def test_a_whole_batch_is_written_without_waiting_for_the_flush_interval(tmp_path):
+    u = url(tmp_path)
+    w = StoreWriter(u, cfg(u, batch=20, flush_interval=30.0))
+    try:
+        for i in range(20):
+            assert w.submit(result("match", started=T0 + i))
+        deadline = time.monotonic() + 5
+        while w.acknowledged < 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert w.acknowledged == 20
+        assert w.submit(result("match", started=T0 + 30))    # one: waits for more...
+        time.sleep(0.2)
+        assert w.acknowledged == 20 and w.depth == 1 and w.lag >= 0.2
+        assert w.flush(5)                                   # ...unless flushed
+        assert w.acknowledged == 21
+    finally:
+        w.close()

@@ -8,11 +8,16 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from store_helpers import SECRETS, secret_result  # noqa: E402
+from store_helpers import SECRETS, response, secret_result  # noqa: E402
 
+from shadowproxy.compare.stage import CompareStage  # noqa: E402
 from shadowproxy.config import RedactConfig, StoreConfig  # noqa: E402
+from shadowproxy.models import Exchange, RequestRecord  # noqa: E402
 from shadowproxy.redact import Redactor  # noqa: E402
+from shadowproxy.stats import Stats  # noqa: E402
 from shadowproxy.store import StoreWriter, open_store  # noqa: E402
+
+from .support import config  # noqa: E402
 
 
 def raw_bytes(db: Path) -> bytes:
@@ -66,3 +71,64 @@ def test_the_grep_would_see_unredacted_secrets(tmp_path):
     found = set(leaked(raw_bytes(db)))
     # the sample holds everything; gzip-compressed bodies are stored as sent (base64)
     assert {"bearer", "cookie", "apikey", "password", "token", "query", "setcookie"} <= found
+
+
+def compared(i: int) -> Exchange:
+    """A mirrored exchange whose primary and candidate differ in a secret field, a field
+    echoing the request's token and a plain one; the token is in the path and query."""
+    s = SECRETS
+    pri = {"password": s["password"], "echo": s["bearer"], "n": 1}
+    cand = {"password": s["gzpassword"], "echo": "none", "n": 2}
+    req = RequestRecord("GET", f"/api/users/{s['bearer']}", f"page={i}&token={s['query']}",
+                        (("Authorization", "Bearer " + s["bearer"]),
+                         ("Cookie", f"session={s['cookie']}")), b"")
+    return Exchange(f"stage-{i:04d}", 1_700_000_000.0 + i, "GET /api/users/{id}", None, req,
+                    response(200, pri, headers=(("X-Api-Key", s["apikey"]),)),
+                    response(200, cand, headers=(("X-Api-Key", s["apikey"]),)))
+
+
+def test_stage_redacts_whole_only_what_is_kept_as_a_sample(tmp_path):
+    """Through the comparison stage: the first K exchanges per field are kept as samples,
+    redacted whole; the store says it keeps no more, so later ones are redacted only as
+    far as their summary rows, whose query, path and difference values are still masked."""
+    db = tmp_path / "stage.db"
+    u = f"sqlite:///{db}"
+    red = Redactor(RedactConfig(), Redactor.generate_key())
+    calls: list[bool] = []
+    redact_result = red.redact_result
+
+    def spy(result, *, whole=True):
+        calls.append(whole)
+        return redact_result(result, whole=whole)
+
+    red.redact_result = spy  # type: ignore[method-assign]
+    w = StoreWriter(u, StoreConfig(url=u, batch=7, flush_interval=0.01, samples_per_field=2,
+                                   retention_age=0.0, retention_size=0))
+    stage = CompareStage(config("http://127.0.0.1:9", "http://127.0.0.1:9"), Stats(),
+                         writer=w, redactor=red)
+    for i in range(3):
+        stage.process(compared(i))
+    assert w.flush(20)                       # the store now knows its keys are full
+    for i in range(3, 10):
+        stage.process(compared(i))
+    assert w.flush(20)
+    w.close()
+    assert calls == [True] * 3 + [False] * 7
+    assert leaked(raw_bytes(db)) == []
+    s, m = SECRETS, red.mask
+    store = open_store(u, readonly=True)
+    for i in range(10):
+        doc = store.exchange(f"stage-{i:04d}")
+        assert doc["sampled"] == (i < 2)
+        req = doc["request"] if doc["sampled"] else doc["summary"]
+        assert req["query"] == f"page={i}&token={m(s['query'])}"
+        assert req["path"] == f"/api/users/{m(s['bearer'])}"
+        diffs = {d["path"]: (d["a"], d["b"]) for d in doc["differences"]}
+        assert diffs == {"$.password": (m(s["password"]), m(s["gzpassword"])),
+                         "$.echo": (m(s["bearer"]), "none"), "$.n": (1, 2)}
+        if doc["sampled"]:
+            assert dict(doc["request"]["headers"]) == {
+                "Authorization": "Bearer " + m(s["bearer"]),
+                "Cookie": f"session={m(s['cookie'])}"}
+            assert dict(doc["primary"]["headers"])["X-Api-Key"] == m(s["apikey"])
+    store.close()

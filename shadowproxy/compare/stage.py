@@ -9,7 +9,9 @@ control process fills it from the channel). For each exchange it:
    route's compiled rules;
 3. feeds the noise learner and splits the differences into real ones and noise;
 4. redacts the result and submits it to the store writer (dropped and counted
-   as ``store_full`` when the writer's queue is full).
+   as ``store_full`` when the writer's queue is full): whole when the store may
+   keep it as a sample, else only what the summary rows store (see
+   :meth:`Redactor.redact_result <shadowproxy.redact.Redactor.redact_result>`).
 """
 
 from __future__ import annotations
@@ -108,8 +110,11 @@ class CompareStage:
         for listener in self.listeners:
             listener(result)
         if self.writer is not None:
-            stored = self.redactor.redact_result(result) if self.redactor is not None \
-                else result  # type: ignore[attr-defined]
+            stored = result
+            if self.redactor is not None:   # whole only when the store may keep a sample
+                whole = self.writer.keeps_sample(result)  # type: ignore[attr-defined]
+                stored = self.redactor.redact_result(  # type: ignore[attr-defined]
+                    result, whole=whole)
             if not self.writer.submit(stored):  # type: ignore[attr-defined]
                 self.stats.add("store_dropped", "store_full", ex.endpoint)
         return result

@@ -33,6 +33,8 @@ Schema (version 1; the ``schema_version`` table holds the version)
                      differences) for the first ``samples_per_field`` exchanges of every
                      (endpoint, field); also the first K ``match`` and ``error``
                      exchanges of every endpoint (pseudo-fields ``#match``, ``#error``).
+                     Never for a ``summary_only`` result (redacted only as far as the
+                     summary needs, when :meth:`SqliteStore.keeps_sample` said no).
     ``sample_keys``  which (endpoint, field) each sample was kept for.
     ``rollups``      per minute and endpoint: exchanges, verdict counts, 5xx and error
                      counts, latency sums. Kept by age only (not by the size limit),
@@ -311,6 +313,18 @@ def sample_document(result: Result) -> dict[str, Any]:
     }
 
 
+def _sample_keys(res: Result) -> list[str]:
+    """What a result may be kept as a sample for (within its endpoint): ``#match`` or
+    ``#error`` by verdict, and the field of each difference."""
+    keys: list[str] = []
+    if res.verdict == "match":
+        keys.append(MATCH_SAMPLE)
+    elif res.verdict == "error":
+        keys.append(ERROR_SAMPLE)
+    keys.extend(sorted({d.field for d in res.differences}))
+    return keys
+
+
 def _store_error(exc: BaseException, what: str, where: str) -> StoreError:
     err = StoreError(f"cannot {what} the store {where}: {exc}")
     err.__cause__ = exc
@@ -472,17 +486,25 @@ class SqliteStore:
             return 0
         return self._write("write to", self._write_results, results)
 
+    def keeps_sample(self, res: Result) -> bool:
+        """Might :meth:`write_results` keep ``res`` as a sample? False only when samples are
+        off or each of its keys already has ``samples_per_field`` samples as far as this
+        store knows. Safe from any thread without the lock: it only reads the set of full
+        keys, which a key enters once it has K samples and which is cleared whenever
+        samples may have gone (a cleanup, a failed transaction). Reading it as it changes
+        can only make summary-only a result that could have been kept (a later one is
+        kept instead); a summary-only result is never kept, whatever this said."""
+        if self.samples_per_field <= 0:
+            return False
+        endpoint, full = res.exchange.endpoint, self._full
+        return not all((endpoint, key) in full for key in _sample_keys(res))
+
     def _choose_samples(self, res: Result) -> list[str]:
         k = self.samples_per_field
-        if k <= 0:
+        if k <= 0 or res.summary_only:
             return []
         ex = res.exchange
-        keys: list[str] = []
-        if res.verdict == "match":
-            keys.append(MATCH_SAMPLE)
-        elif res.verdict == "error":
-            keys.append(ERROR_SAMPLE)
-        keys.extend(sorted({d.field for d in res.differences}))
+        keys = _sample_keys(res)
         chosen = []
         c = self._conn
         for key in keys:

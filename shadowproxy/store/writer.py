@@ -5,6 +5,8 @@ store and never see its errors:
 
 * :meth:`StoreWriter.submit` puts a result on a bounded queue (``store.queue``) and
   returns ``False`` at once when it is full (the caller counts a ``store_full`` drop);
+  it wakes the thread only when the queue gets its first result or a whole batch, not
+  for every result (each wake-up is a thread switch and a hand-over of the GIL);
 * :meth:`StoreWriter.add_outcomes` and :meth:`StoreWriter.save_noise` merge into small
   pending tables (counts are added, evidence replaced per field) that the thread
   writes after each batch, so counters are never lost to a full queue;
@@ -21,9 +23,9 @@ store and never see its errors:
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -70,9 +72,13 @@ class StoreWriter:
         self.cleanup_interval = cleanup_interval
         self.cleanup_chunks = cleanup_chunks
         self.log_interval = log_interval
-        self._q: queue.Queue[tuple[float, Result]] = queue.Queue(maxsize=max(1, self.cfg.queue))
-        self._lock = threading.Lock()            # counters and pending side data
-        self._cv = threading.Condition(self._lock)
+        # (time submitted, result), at most _limit; guarded by _lock
+        self._queue: deque[tuple[float, Result]] = deque()
+        self._limit = max(1, self.cfg.queue)
+        self._batch = max(1, self.cfg.batch)
+        self._lock = threading.Lock()            # the queue, counters and pending side data
+        self._cv = threading.Condition(self._lock)      # commits (flush waits on it)
+        self._ready = threading.Condition(self._lock)   # results to write (the thread waits)
         self.submitted = 0      # results accepted by submit()
         self.rejected = 0       # submit() returned False (queue full or closed)
         self.acknowledged = 0   # results in committed transactions
@@ -96,19 +102,22 @@ class StoreWriter:
 
     def submit(self, result: Result) -> bool:
         """Queue one (redacted) result; never blocks. False when the queue is full."""
-        if self._closed:
-            with self._lock:
-                self.rejected += 1
-            return False
-        try:
-            self._q.put_nowait((time.monotonic(), result))
-        except queue.Full:
-            with self._lock:
-                self.rejected += 1
-            return False
         with self._lock:
+            q = self._queue
+            if self._closed or len(q) >= self._limit:
+                self.rejected += 1
+                return False
+            q.append((time.monotonic(), result))
             self.submitted += 1
+            if len(q) == 1 or len(q) == self._batch:   # what the thread may wait for
+                self._ready.notify()
         return True
+
+    def keeps_sample(self, result: Result) -> bool:
+        """Might the store keep ``result`` as a sample (so that it has to be redacted
+        whole)? True unless the store can tell it will not (``store.keeps_sample``)."""
+        keeps = getattr(self.store, "keeps_sample", None)
+        return True if keeps is None else keeps(result)
 
     def add_outcomes(self, rows: Sequence[OutcomeRow]) -> None:
         """Add outcome counts (minute, endpoint, outcome, reason, count); never blocks
@@ -128,15 +137,15 @@ class StoreWriter:
     @property
     def depth(self) -> int:
         """Results waiting in the queue."""
-        return self._q.qsize()
+        return len(self._queue)
 
     @property
     def lag(self) -> float:
         """Seconds since the oldest result not yet committed (or failed) was submitted."""
-        oldest = self._inflight_since
-        with self._q.mutex:
-            if self._q.queue:
-                head = self._q.queue[0][0]
+        with self._lock:
+            oldest = self._inflight_since
+            if self._queue:
+                head = self._queue[0][0]
                 oldest = head if oldest is None else min(oldest, head)
         return max(0.0, time.monotonic() - oldest) if oldest is not None else 0.0
 
@@ -159,7 +168,8 @@ class StoreWriter:
         deadline = time.monotonic() + timeout
         with self._lock:
             target = self.submitted
-        self._flush.set()
+            self._flush.set()
+            self._ready.notify()
         with self._cv:
             while True:
                 done = (self.acknowledged + self.failed >= target
@@ -177,8 +187,10 @@ class StoreWriter:
         """Stop accepting, write what is queued, stop the thread. → False when the
         thread did not finish within ``timeout`` (it is a daemon; what it still held
         is lost at exit)."""
-        self._closed = True
-        self._stop.set()
+        with self._lock:
+            self._closed = True
+            self._stop.set()
+            self._ready.notify()
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
@@ -198,9 +210,9 @@ class StoreWriter:
                 self._write_side()
                 if cleanup_more or time.monotonic() >= self._next_cleanup:
                     cleanup_more = self._cleanup()
-                if self._stop.is_set() and self._q.empty() and not self._has_side():
+                if self._stop.is_set() and not self._queue and not self._has_side():
                     break
-                if self._flush.is_set() and self._q.empty():
+                if self._flush.is_set() and not self._queue:
                     self._flush.clear()
         finally:
             with self._cv:
@@ -216,33 +228,27 @@ class StoreWriter:
             return bool(self._pending_outcomes or self._pending_noise)
 
     def _take(self) -> list[tuple[float, Result]]:
+        """The next batch: up to ``store.batch`` results, waiting at most
+        ``store.flush_interval`` after the oldest one for a whole batch (not when stopping
+        or flushing); [] when nothing came within the poll interval."""
         cfg = self.cfg
         poll = 0.02 if (self._stop.is_set() or self._flush.is_set()) else \
             max(0.01, min(0.5, cfg.flush_interval or 0.5,
                           self._next_cleanup - time.monotonic()))
-        try:
-            first = self._q.get(timeout=poll)
-        except queue.Empty:
-            return []
-        self._inflight_since = first[0]
-        batch = [first]
-        deadline = first[0] + cfg.flush_interval
-        while len(batch) < cfg.batch:
-            try:
-                batch.append(self._q.get_nowait())
-                continue
-            except queue.Empty:
-                pass
-            if self._stop.is_set() or self._flush.is_set():
-                break
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                batch.append(self._q.get(timeout=min(left, 0.05)))
-            except queue.Empty:
-                continue
-        return batch
+        q = self._queue
+        with self._ready:
+            if not q:
+                self._ready.wait(poll)
+                if not q:
+                    return []
+            self._inflight_since = q[0][0]
+            deadline = q[0][0] + cfg.flush_interval
+            while len(q) < self._batch and not (self._stop.is_set() or self._flush.is_set()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._ready.wait(left)
+            return [q.popleft() for _ in range(min(len(q), self._batch))]
 
     def _write_batch(self, batch: list[tuple[float, Result]]) -> None:
         results = [r for _t, r in batch]
