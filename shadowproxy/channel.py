@@ -4,7 +4,10 @@ Local default: a Unix socket in a private directory, frames of a 4-byte length
 and a pickled tuple. Worker → control: ``("xs", [Exchange, ...])`` exchanges to
 compare, collected by :meth:`ChannelClient.queue` into one frame per event-loop
 iteration (``("x", Exchange)``, one a frame, is still understood), ``("s", delta)``
-outcome counter increments, ``("g", worker, gauges)``.
+outcome counter increments, ``("g", worker, gauges)``. A batch of exchanges travels
+as ``("xw", [tuple, ...])`` (:func:`~shadowproxy.models.to_wire`: plain tuples are
+cheaper to pickle and unpickle than dataclasses); :func:`read_frame` hands it on as
+``("xs", [Exchange, ...])``.
 Control → worker: ``("cfg", Config)`` a reloaded config, ``("mirror", enabled,
 sample)`` a run-time change.
 
@@ -28,6 +31,8 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .models import Exchange, from_wire, to_wire
+
 MAX_BATCH = 64          # exchanges in one ("xs", [...]) frame
 
 log = logging.getLogger("shadowproxy.channel")
@@ -41,12 +46,22 @@ def encode(msg: Any) -> bytes:
     return _LEN.pack(len(data)) + data
 
 
+def encode_batch(items: list[Any]) -> bytes:
+    """The frame of a queued batch: ``("xw", …)`` when all are exchanges, else ``("xs", …)``."""
+    if all(type(x) is Exchange for x in items):
+        return encode(("xw", [to_wire(x) for x in items]))
+    return encode(("xs", items))
+
+
 async def read_frame(reader: asyncio.StreamReader) -> Any:
     head = await reader.readexactly(4)
     (n,) = _LEN.unpack(head)
     if n > MAX_FRAME:
         raise ValueError(f"frame of {n} bytes exceeds the channel limit")
-    return pickle.loads(await reader.readexactly(n))
+    msg = pickle.loads(await reader.readexactly(n))
+    if msg[0] == "xw":
+        return ("xs", [from_wire(t) for t in msg[1]])
+    return msg
 
 
 class ChannelClient:
@@ -129,7 +144,7 @@ class ChannelClient:
         self._write_items(items)
 
     def _write_items(self, items: list[Any]) -> None:
-        frame = encode(("xs", items))
+        frame = encode_batch(items)
         if len(frame) - _LEN.size > MAX_FRAME and len(items) > 1:
             half = len(items) // 2
             self._write_items(items[:half])

@@ -4,11 +4,31 @@ frame, the limit still drops (counted by the caller), nothing queued is lost on 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import pickle
 import tempfile
 
 from shadowproxy import channel
 from shadowproxy.channel import ChannelClient, ChannelServer
+from shadowproxy.models import (
+    Exchange,
+    RequestRecord,
+    ResponseRecord,
+    from_wire,
+    to_wire,
+)
+
+
+def _exchange(i: int, secondary: bool) -> Exchange:
+    """Every field set to a value that is not its default."""
+    def resp(status: int) -> ResponseRecord:
+        return ResponseRecord(status, "Reason", (("A", "1"), ("a", "2")), b"body\x00\xff",
+                              99, "ab" * 32, True, 0.25 + i, "timeout")
+
+    req = RequestRecord("POST", f"/p/{i}", "q=1&q=2", (("Host", "h"), ("X", "y")), b"\x01req")
+    return Exchange(f"id-{i}", 1.5 + i, "POST /p/{id}", "route", req, resp(200), resp(502),
+                    resp(201) if secondary else None)
 
 
 async def _pair(handle, **kw) -> tuple[ChannelServer, ChannelClient, str]:
@@ -73,4 +93,28 @@ async def test_over_the_limit_or_broken_queue_refuses():
         assert lost == [[1, 2]]
     finally:
         blocker.set()
+        await server.close()
+
+
+def test_exchanges_travel_as_plain_tuples_and_arrive_whole():
+    for secondary in (False, True):
+        ex = _exchange(1, secondary)
+        wire = to_wire(ex)
+        assert len(wire) == len(dataclasses.fields(Exchange))
+        assert from_wire(wire) == ex
+
+
+async def test_a_batch_of_exchanges_crosses_the_channel_unchanged():
+    frames: list[tuple] = []
+    server, client, _ = await _pair(frames.append)
+    try:
+        sent = [_exchange(i, secondary=i % 2 == 1) for i in range(5)]
+        assert pickle.loads(channel.encode_batch(sent)[4:])[0] == "xw"
+        assert all(client.queue(ex) for ex in sent)
+        await asyncio.sleep(0)
+        assert client.queue(sent[0]) and client.queue("not an exchange")   # mixed: as is
+        await client.close()
+        await server.wait_closed(2.0)
+        assert frames == [("xs", sent), ("xs", [sent[0], "not an exchange"])]
+    finally:
         await server.close()
