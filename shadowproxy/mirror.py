@@ -58,6 +58,7 @@ class MirrorJob:
     target: str                   # raw path and query as received (keeps an empty '?')
     primary: asyncio.Future[ResponseRecord]
     cost: int                     # bytes charged to the budget: body and the shadow captures
+    expires: float = 0.0          # loop time after which it is too late to send it
     finished: bool = False
     primary_given: bool = False   # primary's captured bytes given back to the budget
     fetched: bool = False         # candidate (and secondary) answers are in
@@ -229,11 +230,12 @@ class Mirror:
             self.breaker.cancel_probe()
             self.stats.add("dropped", "memory", endpoint)
             return None
-        fut: asyncio.Future[ResponseRecord] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[ResponseRecord] = loop.create_future()
         if target is None:
             target = request.path + ("?" + request.query if request.query else "")
         job = MirrorJob(id_, time.time(), endpoint, route.key if route else None, request,
-                        target, fut, cost)
+                        target, fut, cost, loop.time() + self.cfg.timeout)
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -275,8 +277,15 @@ class Mirror:
 
     async def _worker(self) -> None:
         queue = self._queue
+        loop = asyncio.get_running_loop()
         while True:
             job = await queue.get()
+            if loop.time() > job.expires:
+                # waited out its whole timeout behind a slow candidate: a shadow sent
+                # now would be stale, and skipping it lets the queue catch up
+                self._finish(job)
+                self.stats.add("dropped", "queue_timeout", job.endpoint)
+                continue
             self.in_flight += 1
             try:
                 await self._run(job)

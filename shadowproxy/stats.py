@@ -22,7 +22,8 @@ FINAL = ("not_eligible", "sampled_out", "dropped", "compared", "candidate_error"
          "candidate_timeout")
 # dropped reasons that happen after the request was mirrored
 AFTER_MIRROR_DROPS = frozenset({"primary_error", "primary_incomplete", "compare_full",
-                                "shutdown", "channel_error", "internal_error"})
+                                "shutdown", "channel_error", "internal_error",
+                                "queue_timeout"})
 
 Key = tuple[str, str, str]   # (outcome, reason, endpoint)
 

@@ -275,6 +275,42 @@ async def test_stop_completes_or_counts_queued_shadows(slow_app):
         await cand.stop()
 
 
+async def test_shadows_that_waited_out_their_timeout_are_dropped_not_sent(slow_app):
+    """Behind a slow candidate the queue drains at the candidate's pace; a shadow still
+    queued ``mirror.timeout`` after its request is dropped{queue_timeout}, never sent
+    late, and the equation holds."""
+    async def counting(reader, writer, log):
+        while True:
+            head, _ = await read_request(reader)
+            log.append(head)
+            await asyncio.sleep(0.4)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    cand = await RawServer(counting).start()
+    sink = Collector()
+    srv = await start_proxy(config(slow_app.url, cand.url,
+                                   mirror={"concurrency": 1, "queue": 100, "timeout": "1s"}),
+                            sink)
+    try:
+        await asyncio.gather(*(_fire(srv.port, 1) for _ in range(8)))
+        assert srv.stats.total("mirrored") == 8
+        for _ in range(300):
+            if len(sink.items) + srv.stats.total("dropped", "queue_timeout") == 8:
+                break
+            await asyncio.sleep(0.01)
+        sent = len(sink.items)
+        stale = srv.stats.total("dropped", "queue_timeout")
+        assert sent + stale == 8
+        assert 2 <= sent <= 4 and stale >= 4      # ~1 s of 0.4 s answers, one at a time
+        assert len(cand.log) == sent               # the stale ones never reached it
+        assert all(ex.candidate.error is None for ex in sink.items)
+        assert srv.mirror.budget.used == 0
+    finally:
+        await srv.stop()
+        await cand.stop()
+
+
 async def test_stop_with_full_queue_does_not_wait_for_deadline(slow_app):
     cand = await RawServer(slow_candidate(0.05)).start()
     sink = Collector()
