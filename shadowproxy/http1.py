@@ -140,6 +140,7 @@ class ResponseParser:
         "no_body",
         "on_body",
         "received",
+        "tail",
     )
 
     def __init__(self, on_body: BodySink, *, no_body: bool = False) -> None:
@@ -149,6 +150,7 @@ class ResponseParser:
         self.keep_alive = False
         self.extra = False
         self.received = 0               # bytes pushed so far
+        self.tail = b""                 # bytes pushed after the end of the message
         self._state = _HEAD_S
         self._buf = bytearray()         # an incomplete line or head
         self._scan = 0                  # where in _buf to resume looking for its end
@@ -215,8 +217,9 @@ class ResponseParser:
                     raise ProtocolError("chunk not followed by CRLF")
                 pos += 2
                 self._state = _CHUNK_SIZE
-            else:   # _DONE: anything more was not asked for
+            else:   # _DONE: anything more was not asked for (or is the next message)
                 self.extra = True
+                self.tail = bytes(buf[pos:])
                 return True
         if pos < n and self._state != _DONE:
             rest = buf if pos == 0 else buf[pos:]

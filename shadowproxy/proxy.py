@@ -10,12 +10,12 @@ never awaits it.
 from __future__ import annotations
 
 import asyncio
-from time import perf_counter
 import itertools
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
+from time import perf_counter
 
 import aiohttp
 from aiohttp import web
@@ -24,7 +24,8 @@ from yarl import URL
 from . import http1
 from .capture import Capture
 from .config import Config
-from .headers import end_to_end, end_to_end_text
+from .headers import end_to_end_text
+from .http1server import Request
 from .mirror import SKIP_AUTO_HEADERS, UPSTREAM_LIMITS, Mirror, classify_error
 from .models import RequestRecord, ResponseRecord
 from .routes import Router
@@ -36,43 +37,6 @@ log = logging.getLogger("shadowproxy.proxy")
 _CHUNK = 64 * 1024
 _DROP_REQUEST = frozenset({"host", "expect", "x-forwarded-for", "x-forwarded-proto",
                            "x-forwarded-host"})
-_ADDED_BY_AIOHTTP = ("Date", "Server", "Content-Type")
-_NO_BODY = frozenset({204, 304})
-
-
-class FaithfulResponse(web.StreamResponse):
-    """A StreamResponse that adds no headers primary did not send.
-
-    aiohttp adds Date, Server and a default Content-Type, and drops
-    Content-Length from a 304; a proxy must not.
-    """
-
-    def __init__(self, *, status: int, reason: str, names: frozenset[str],
-                 content_length: str | None) -> None:
-        super().__init__(status=status, reason=reason)
-        self._upstream_names = names
-        self._upstream_length = content_length
-
-    async def _prepare_headers(self) -> None:
-        # aiohttp deletes a 304's Content-Length; put it back where primary had it
-        keep = list(self._headers.items()) if self.status == 304 and \
-            self._upstream_length is not None else None
-        await super()._prepare_headers()
-        h = self._headers
-        for name in _ADDED_BY_AIOHTTP:
-            if name.lower() not in self._upstream_names:
-                h.popall(name, None)
-        if keep is not None:
-            names = {k.lower() for k, _ in keep}
-            added = [(k, v) for k, v in h.items() if k.lower() not in names]
-            h.clear()
-            h.extend(keep)
-            h.extend(added)
-
-
-def _text(status: int, message: str) -> web.Response:
-    return web.Response(status=status, text=message + "\n",
-                        headers={"Content-Type": "text/plain; charset=utf-8"})
 
 
 class Proxy:
@@ -120,35 +84,32 @@ class Proxy:
 
     # ------------------------------------------------------------------ handler
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    def _target(self, target: str) -> str | None:
+        """The origin-form target: path and query, never an absolute form's authority."""
+        if target.startswith("/"):
+            return target
+        try:
+            url = URL(target, encoded=True)
+        except ValueError:
+            return None
+        if not url.is_absolute() or url.scheme not in ("http", "https"):
+            return None
+        return url.raw_path_qs or "/"
+
+    async def handle(self, request: Request) -> None:
         method = request.method
         if method == "CONNECT":
             self.stats.add("not_eligible", "method")
-            return _text(405, "CONNECT is not supported")
-        target = request.raw_path
-        if not target.startswith("/"):
-            # absolute-form: keep path and query, never the authority
-            try:
-                url = URL(target, encoded=True)
-            except ValueError:
-                url = None
-            if url is None or not url.is_absolute() or url.scheme not in ("http", "https"):
-                self.stats.add("not_eligible", "bad_target")
-                return _text(400, "bad request target")
-            target = url.raw_path_qs or "/"
+            return request.reply(405, "CONNECT is not supported")
+        target = self._target(request.target)
+        if target is None:
+            self.stats.add("not_eligible", "bad_target")
+            return request.reply(400, "bad request target")
         path, _, query = target.partition("?")
         route = self.router.route(method, path)
         endpoint = self.router.endpoint(route, method, path)
-
-        raw = request.raw_headers
-        headers = end_to_end(raw, _DROP_REQUEST, same_case=True)
-        self._forwarded(request, raw, headers)
-
-        upgrade = request.headers.get("Upgrade", "")
-        if upgrade.lower() == "websocket":
-            self.stats.add("not_eligible", "websocket", endpoint)
-            assert self.session is not None
-            return await proxy_websocket(self, request, target, headers)
+        headers = end_to_end_text(request.headers, _DROP_REQUEST)
+        self._forwarded(request.remote, request.headers, headers)
 
         # ---- mirroring decision (never awaits the shadow). Sample before reading
         # the body: a request that is not shadowed streams to primary unbuffered.
@@ -178,30 +139,47 @@ class Proxy:
                                     rec, target)
 
         try:
-            return await self._forward(request, method, target, headers, body, prefix, fut)
+            await self._forward(request, method, target, headers, body, prefix, fut)
         finally:
             if fut is not None and not fut.done():
                 fut.set_result(ResponseRecord(status=0, error="incomplete"))
 
-    def _forwarded(self, request: web.BaseRequest, raw: tuple[tuple[bytes, bytes], ...],
+    async def handle_upgrade(self, request: web.BaseRequest) -> web.StreamResponse:
+        """A WebSocket upgrade, which the server hands to aiohttp: passed through to
+        primary, never mirrored."""
+        target = self._target(request.raw_path)
+        if target is None:
+            self.stats.add("not_eligible", "bad_target")
+            return web.Response(status=400, text="bad request target\n")
+        path = target.partition("?")[0]
+        endpoint = self.router.endpoint(self.router.route(request.method, path),
+                                        request.method, path)
+        raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
+        # aiohttp's client keeps one spelling of a repeated name: give it one
+        headers = end_to_end_text(raw, _DROP_REQUEST, same_case=True)
+        self._forwarded(request.remote or "", raw, headers)
+        self.stats.add("not_eligible", "websocket", endpoint)
+        return await proxy_websocket(self, request, target, headers)
+
+    def _forwarded(self, peer: str, raw: list[tuple[str, str]],
                    headers: list[tuple[str, str]]) -> None:
         """Append X-Forwarded-For/-Proto/-Host; put the client's Host first when
         ``preserve_host`` (``end_to_end`` dropped it; otherwise the upstream's is used)."""
         xff = xfp = xfh = ""
         host = ""
         for k, v in raw:
+            if len(k) < 4 or (k[0] not in "xXhH"):
+                continue
             lk = k.lower()
-            if lk == b"x-forwarded-for":
-                xff = f"{xff}, {v.decode('latin-1')}" if xff else v.decode("latin-1")
-            elif lk == b"x-forwarded-proto":
-                xfp = f"{xfp}, {v.decode('latin-1')}" if xfp else v.decode("latin-1")
-            elif lk == b"x-forwarded-host":
-                xfh = f"{xfh}, {v.decode('latin-1')}" if xfh else v.decode("latin-1")
-            elif lk == b"host" and not host:
-                host = v.decode("latin-1")
-        peer = request.remote or ""
-        scheme = "https" if request.transport is not None and \
-            request.transport.get_extra_info("sslcontext") else "http"
+            if lk == "x-forwarded-for":
+                xff = f"{xff}, {v}" if xff else v
+            elif lk == "x-forwarded-proto":
+                xfp = f"{xfp}, {v}" if xfp else v
+            elif lk == "x-forwarded-host":
+                xfh = f"{xfh}, {v}" if xfh else v
+            elif lk == "host" and not host:
+                host = v
+        scheme = "http"     # the listener speaks plain HTTP (TLS ends in front of it)
         headers.append(("X-Forwarded-For", f"{xff}, {peer}" if xff else peer))
         headers.append(("X-Forwarded-Proto", f"{xfp}, {scheme}" if xfp else scheme))
         if host:
@@ -211,40 +189,30 @@ class Proxy:
         elif xfh:
             headers.append(("X-Forwarded-Host", xfh))
 
-    async def _continue(self, request: web.BaseRequest) -> None:
-        if request.version >= aiohttp.HttpVersion11 and \
-                request.headers.get("Expect", "").lower() == "100-continue":
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-    async def _read_body(self, request: web.BaseRequest) -> tuple[bytes | None, bytes | None]:
+    async def _read_body(self, request: Request) -> tuple[bytes | None, bytes | None]:
         """The whole body when it is at most ``max_body``; else (None, prefix read so far)."""
         if not request.body_exists:
             return b"", None
-        await self._continue(request)
         parts: list[bytes] = []
         n = 0
-        content = request.content
-        while chunk := await content.readany():
+        while chunk := await request.read():
             parts.append(chunk)
             n += len(chunk)
             if n > self.max_body:
                 return None, b"".join(parts)
         return b"".join(parts), None
 
-    async def _body_stream(self, request: web.BaseRequest, prefix: bytes | None
+    async def _body_stream(self, request: Request, prefix: bytes | None
                            ) -> AsyncIterator[bytes]:
         if prefix:
             yield prefix
-        else:
-            await self._continue(request)
-        content = request.content
-        while chunk := await content.readany():
+        while chunk := await request.read():
             yield chunk
 
-    async def _forward(self, request: web.BaseRequest, method: str, target: str,
+    async def _forward(self, request: Request, method: str, target: str,
                        headers: list[tuple[str, str]], body: bytes | None,
                        prefix: bytes | None,
-                       fut: asyncio.Future[ResponseRecord] | None) -> web.StreamResponse:
+                       fut: asyncio.Future[ResponseRecord] | None) -> None:
         pool = self.pool
         assert pool is not None
         t0 = perf_counter()   # uvloop's loop.time() has 1 ms resolution
@@ -256,7 +224,7 @@ class Proxy:
             else:
                 # streamed as it comes: framed by the client's Content-Length, else chunked
                 block = http1.encode_headers(method, headers, None)
-                chunked = not any(k.lower() == "content-length" for k, _ in headers)
+                chunked = request.content_length is None
                 stream = self._body_stream(request, prefix)
             up = await pool.open(
                 method, target, block, body or b"",
@@ -271,60 +239,55 @@ class Proxy:
             if fut is not None and not fut.done():
                 fut.set_result(ResponseRecord(status=0, error=kind))
             if kind == "timeout":
-                return _text(504, "primary timed out")
-            return _text(502, "primary unavailable")
+                return request.reply(504, "primary timed out")
+            return request.reply(502, "primary unavailable")
         capture: Capture | None = None
         try:
             head = up.head
             assert head is not None
             out_headers = end_to_end_text(head.headers)
-            names = frozenset(k.lower() for k, _ in out_headers)
-            length = next((v for k, v in head.headers if k.lower() == "content-length"),
-                          None) if "content-length" in names else None
-            resp = FaithfulResponse(status=head.status, reason=head.reason, names=names,
-                                    content_length=length)
-            add = resp.headers.add
+            length = None
             for k, v in out_headers:
-                add(k, v)
-            if length is None and request.version < aiohttp.HttpVersion11:
-                resp.force_close()   # close-delimited body for an HTTP/1.0 client
+                if len(k) == 14 and k.lower() == "content-length":
+                    length = v
+                    break
             capture = Capture(self.mirror.cfg.capture_max, self.mirror.budget) \
                 if fut is not None and self.mirror is not None else None
             try:
-                await resp.prepare(request)
-                write = resp.write
-                while True:
-                    try:
-                        chunk = await up.read()
-                    except (TimeoutError, http1.UpstreamError) as exc:
-                        # the status is already sent: abort so the client sees a broken
-                        # body, never a clean end
-                        self.stats.add("primary_error", "mid_body_" + classify_error(exc))
-                        if request.transport is not None:
-                            request.transport.abort()
-                        if fut is not None and not fut.done():
-                            fut.set_result(ResponseRecord(status=0, error="incomplete"))
-                        return resp
-                    if not chunk:
-                        await resp.write_eof()
-                        break
-                    if capture is not None:
+                chunk = await up.read()
+                if capture is not None:
+                    capture.feed(chunk)
+                # a body that came with its head goes out with it, ending it when complete
+                done = up.complete
+                request.respond(head.status, head.reason, out_headers, chunk, end=done,
+                                length=length)
+                while not done:
+                    chunk = await up.read()          # b"" at a close-delimited end
+                    if capture is not None and chunk:
                         capture.feed(chunk)
-                    if up.complete:
-                        await resp.write_eof(chunk)   # the last bytes and the end at once
-                        break
-                    await write(chunk)
+                    done = up.complete or not chunk
+                    if done:
+                        request.finish(chunk)
+                    else:
+                        await request.write(chunk)   # waits while the client's socket is full
+            except (TimeoutError, http1.UpstreamError) as exc:
+                # the status is already sent: abort so the client sees a broken
+                # body, never a clean end
+                self.stats.add("primary_error", "mid_body_" + classify_error(exc))
+                request.abort()
+                if fut is not None and not fut.done():
+                    fut.set_result(ResponseRecord(status=0, error="incomplete"))
+                return
             except ConnectionError:
                 # the client went away (not primary's failure); the finally in handle()
                 # marks a shadow's primary answer incomplete
-                return resp
+                return
             if capture is not None and not fut.done():  # type: ignore[union-attr]
                 fut.set_result(ResponseRecord(  # type: ignore[union-attr]
                     status=head.status, reason=head.reason, headers=head.headers,
                     body=capture.body, size=capture.size, sha256=capture.sha256,
                     truncated=capture.truncated, latency=perf_counter() - t0))
                 capture = None      # its bytes now belong to the shadow job
-            return resp
         finally:
             if capture is not None:
                 capture.release()

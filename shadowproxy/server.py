@@ -1,7 +1,8 @@
 """Lifecycle of one proxy process: listen, proxy, mirror, hand exchanges on, stop.
 
-:class:`ProxyServer` is the proxy stage of one process: the aiohttp low-level
-server, the :class:`~shadowproxy.proxy.Proxy` handler and the
+:class:`ProxyServer` is the proxy stage of one process: the HTTP/1.1 server
+(:mod:`~shadowproxy.http1server`; WebSocket upgrades go on to aiohttp's), the
+:class:`~shadowproxy.proxy.Proxy` handler and the
 :class:`~shadowproxy.mirror.Mirror`. What happens to finished exchanges is the
 ``sink``'s business: in a single process it is the comparator stage's bounded
 queue, in multi-process mode the channel to the control process.
@@ -16,7 +17,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from . import http1server
 from .config import Config, split_address
+from .http1server import Server
 from .mirror import Mirror
 from .models import Exchange
 from .proxy import Proxy
@@ -25,9 +28,8 @@ from .stats import Stats
 
 log = logging.getLogger("shadowproxy.server")
 
-# aiohttp's parser limits; a request beyond them gets a 4xx and the proxy goes on.
-MAX_LINE = 16 * 1024
-MAX_FIELD = 16 * 1024
+# request head limits; a request beyond them gets a 4xx and the proxy goes on
+MAX_LINE = MAX_FIELD = http1server.MAX_LINE
 
 
 def bind(address: str, *, reuse_port: bool = False, listen: bool = True) -> socket.socket:
@@ -53,7 +55,8 @@ class ProxyServer:
         self.router = Router(cfg.routes, cfg.endpoints.max)
         self.mirror = Mirror(cfg, stats, sink)
         self.proxy = Proxy(cfg, stats, self.router, self.mirror)
-        self._runner: web.ServerRunner | None = None
+        self._server: Server | None = None
+        self._upgrades: web.Server | None = None
         self.sock: socket.socket | None = None
 
     @property
@@ -65,14 +68,12 @@ class ProxyServer:
         self.sock = sock if sock is not None else bind(self.cfg.listen)
         await self.proxy.start()
         await self.mirror.start()
-        server = web.Server(self.proxy.handle, handler_cancellation=True, auto_decompress=False,
-                            max_line_size=MAX_LINE, max_field_size=MAX_FIELD,
-                            access_log=None)
-        self._runner = web.ServerRunner(server, handle_signals=False,
-                                        shutdown_timeout=self.cfg.timeouts.shutdown)
-        await self._runner.setup()
-        site = web.SockSite(self._runner, self.sock, shutdown_timeout=self.cfg.timeouts.shutdown)
-        await site.start()
+        # WebSocket upgrades are handed, connection and all, to aiohttp's server
+        self._upgrades = web.Server(self.proxy.handle_upgrade, handler_cancellation=True,
+                                    auto_decompress=False, max_line_size=MAX_LINE,
+                                    max_field_size=MAX_FIELD, access_log=None)
+        self._server = Server(self.proxy.handle, on_upgrade=self._upgrades)
+        await self._server.start(self.sock)
         log.info("proxying %s → %s (candidate %s)", self.cfg.listen, self.cfg.upstreams.primary,
                  self.cfg.upstreams.candidate or "none")
 
@@ -87,7 +88,10 @@ class ProxyServer:
         """Stop accepting, finish in-flight requests, drain the mirror up to the deadline."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.timeouts.shutdown
-        if self._runner is not None:
-            await self._runner.cleanup()   # closes the listener, waits for in-flight handlers
+        if self._server is not None:
+            # closes the listener, waits for in-flight requests
+            await self._server.shutdown(self.cfg.timeouts.shutdown)
+        if self._upgrades is not None:
+            await self._upgrades.shutdown(max(0.0, deadline - loop.time()))
         await self.mirror.drain(deadline)
         await self.proxy.close()

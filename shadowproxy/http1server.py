@@ -1,0 +1,645 @@
+"""The client-facing HTTP/1.1 server of the primary path: asyncio Protocols, no framework.
+
+Each client connection is a :class:`Connection`. It parses one request head at a time
+(:class:`RequestParser`: the framing rules of :class:`~shadowproxy.http1.ResponseParser`
+with a request's head), hands a :class:`Request` to the handler in a task of its own,
+and parses the next (pipelined) request only once the answer to this one is complete.
+The request body reaches the handler as it arrives (:meth:`Request.read`); above
+``BODY_HIGH`` queued bytes the connection stops reading, so a slow upstream slows the
+client. The handler answers with :meth:`Request.reply` or :meth:`Request.respond`
+(head and body written as given: nothing is added but the framing and ``Connection``
+headers the client needs).
+
+What the handler never sees:
+
+* a malformed head (a bad request line or header name, control characters, a size
+  beyond the limits, conflicting or unparsable Content-Length, Transfer-Encoding with
+  Content-Length or without ``chunked`` last): answered 400 (414, 431, 505 where they
+  fit) and the connection closed; counted, and logged at most once a minute;
+* a WebSocket upgrade: the connection is handed, bytes and all, to ``on_upgrade`` (an
+  aiohttp server protocol) which takes it from there.
+
+A client that goes away cancels its handler. :meth:`Server.shutdown` stops accepting,
+closes idle connections, lets the requests in flight finish (their connections then
+close) and aborts what is left at the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+
+from .http1 import (
+    _CHUNK_SIZE,
+    _DONE,
+    _LENGTH,
+    MAX_HEADERS,
+    ProtocolError,
+    ResponseParser,
+)
+
+log = logging.getLogger("shadowproxy.server")
+
+MAX_LINE = 16 * 1024          # the request line (the target), and each header line
+MAX_HEAD = 256 * 1024         # a whole request head
+BODY_HIGH = 256 * 1024        # queued request body bytes before the connection pauses
+PENDING_HIGH = 256 * 1024     # bytes of pipelined requests held while one is answered
+KEEPALIVE_TIMEOUT = 75.0      # seconds an idle client connection is kept (aiohttp's)
+
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_METHOD = re.compile(_TOKEN)
+_NAMES = re.compile(rf"{_TOKEN}(?:\n{_TOKEN})*")   # header names, one a line
+# control characters never allowed in a request line or header value (HTAB is)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_FRAMING_LENGTHS = frozenset({len("connection"), len("content-length"),
+                              len("transfer-encoding"), len("expect"), len("upgrade")})
+
+
+class BadRequest(ProtocolError):
+    """A request the server answers itself (``status``) and then closes."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RequestParser(ResponseParser):
+    """One request: head (``head`` becomes a :class:`Request`), then its body framed by
+    Content-Length or chunked coding (none when neither is given)."""
+
+    __slots__ = ()
+
+    def _check_partial_head(self, buf: bytes | bytearray, pos: int) -> None:
+        size = len(buf) - pos
+        if size > MAX_HEAD:
+            raise BadRequest("request head too large", 431)
+        first = buf.find(b"\r\n", pos)
+        if first < 0 and size > MAX_LINE:
+            raise BadRequest("request line too long", 414)
+        last = buf.rfind(b"\n", pos)
+        if size - (last + 1 - pos if last >= 0 else 0) > MAX_LINE:
+            raise BadRequest("request header too long", 431)
+
+    def _on_head(self, raw: bytes) -> None:
+        text = raw.decode("latin-1")
+        lines = text.split("\r\n")
+        while lines and not lines[0]:
+            lines.pop(0)        # empty lines before a request line are ignored (RFC 9112)
+        if not lines:
+            raise BadRequest("empty request")
+        n = len(lines)
+        if text.count("\n") != text.count("\r\n") or text.count("\r") != text.count("\r\n"):
+            raise BadRequest("bare CR or LF in the request head")
+        if n - 1 > MAX_HEADERS:
+            raise BadRequest("too many request headers", 431)
+        line = lines[0]
+        if len(line) > MAX_LINE:
+            raise BadRequest("request line too long", 414)
+        method, sp1, rest = line.partition(" ")
+        target, sp2, version = rest.partition(" ")
+        if not sp1 or not sp2 or _METHOD.fullmatch(method) is None or not target or \
+                _CONTROL.search(target) is not None or " " in target:
+            raise BadRequest("bad request line")
+        if version == "HTTP/1.1":
+            ver = (1, 1)
+        elif version == "HTTP/1.0":
+            ver = (1, 0)
+        elif version.startswith("HTTP/") and len(version) == 8 and version[5] in "23":
+            raise BadRequest("HTTP version not supported", 505)
+        else:
+            raise BadRequest("bad request line")
+        headers = []
+        for hl in lines[1:]:
+            name, sep, value = hl.partition(":")
+            if not sep:
+                raise BadRequest("bad request header")
+            headers.append((name, value.strip(" \t")))
+        if headers:
+            if _NAMES.fullmatch("\n".join([h[0] for h in headers])) is None:
+                raise BadRequest("bad request header name")
+            if _CONTROL.search("".join([h[1] for h in headers])) is not None:
+                raise BadRequest("control character in a request header")
+            if len(raw) > MAX_LINE and max(map(len, lines)) > MAX_LINE:
+                raise BadRequest("request header too long", 431)
+        length: str | None = None
+        te: str | None = None
+        close = ver == (1, 0)
+        expect = upgrade = False
+        for name, value in headers:
+            if len(name) not in _FRAMING_LENGTHS:
+                continue
+            lname = name.lower()
+            if lname == "content-length":
+                if length is not None and length != value:
+                    raise BadRequest("conflicting Content-Length")
+                length = value
+            elif lname == "transfer-encoding":
+                te = value.lower() if te is None else te + "," + value.lower()
+            elif lname == "connection":
+                tokens = {t.strip().lower() for t in value.split(",")}
+                if "close" in tokens:
+                    close = True
+                elif "keep-alive" in tokens and ver == (1, 0):
+                    close = False
+            elif lname == "expect":
+                expect = value.lower() == "100-continue"
+            elif lname == "upgrade":
+                upgrade = value.lower() == "websocket"
+        size: int | None = None
+        if te is not None:
+            if length is not None:
+                raise BadRequest("both Transfer-Encoding and Content-Length")
+            if te.rsplit(",", 1)[-1].strip() != "chunked":
+                raise BadRequest("Transfer-Encoding without chunked last")
+            self._state = _CHUNK_SIZE
+        elif length is not None:
+            if not (length.isdigit() and length.isascii()) or len(length) > 18:
+                raise BadRequest("bad Content-Length")
+            size = self._remaining = int(length)
+            self._state = _LENGTH if size else _DONE
+        else:
+            self._state = _DONE
+        self.keep_alive = not close
+        req = Request(method, target, ver, headers, size, te is not None,
+                      expect and ver == (1, 1), upgrade)
+        self.head = req  # type: ignore[assignment]
+        self.on_body = req._feed     # body bytes in the same piece as the head go there
+
+
+class Request:
+    """One request as received, and the way to answer it."""
+
+    __slots__ = ("_body", "_chunked_out", "_conn", "_continued", "_error", "_no_body",
+                 "_paused", "_queued", "_waiter", "body_done", "chunked", "content_length",
+                 "expect_continue", "headers", "method", "responded", "target", "upgrade",
+                 "version")
+
+    def __init__(self, method: str, target: str, version: tuple[int, int],
+                 headers: list[tuple[str, str]], content_length: int | None, chunked: bool,
+                 expect_continue: bool, upgrade: bool) -> None:
+        self.method = method
+        self.target = target                    # raw, exactly as received
+        self.version = version
+        self.headers = headers                  # (name, value) as received, in order
+        self.content_length = content_length
+        self.chunked = chunked
+        self.expect_continue = expect_continue
+        self.upgrade = upgrade                  # Upgrade: websocket
+        self.responded = False
+        self.body_done = not chunked and not content_length
+        self._conn: Connection | None = None
+        self._body: list[bytes] = []
+        self._queued = 0
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self._continued = False
+        self._chunked_out = False               # the answer's body goes chunked
+        self._no_body = False                   # the answer has no body (HEAD, 204, 304)
+
+    # ------------------------------------------------------------ about it
+
+    @property
+    def body_exists(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    @property
+    def remote(self) -> str:
+        return self._conn.peer if self._conn is not None else ""
+
+    # ------------------------------------------------------------ body
+
+    def _feed(self, data: bytes | bytearray) -> None:
+        self._body.append(data)
+        self._queued += len(data)
+        if self._queued > BODY_HIGH and not self._paused and self._conn is not None:
+            self._paused = True
+            self._conn.pause()
+        self._wake()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _end(self, exc: BaseException | None) -> None:
+        if exc is None:
+            self.body_done = True
+        elif not self.body_done and self._error is None:
+            self._error = exc
+        self._wake()
+
+    def send_continue(self) -> None:
+        """``100 Continue`` once, when the client asked for it and nothing was sent."""
+        if self.expect_continue and not self._continued and not self.responded and \
+                self._conn is not None:
+            self._continued = True
+            self._conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    async def read(self) -> bytes:
+        """The body bytes received since the last call (waiting for some); b"" at the
+        end. Raises ConnectionResetError when the client went away mid-body."""
+        while True:
+            if self._body:
+                chunks, self._body, self._queued = self._body, [], 0
+                if self._paused:
+                    self._paused = False
+                    if self._conn is not None:
+                        self._conn.resume()
+                return chunks[0] if len(chunks) == 1 and type(chunks[0]) is bytes \
+                    else b"".join(chunks)
+            if self._error is not None:
+                raise ConnectionResetError(str(self._error))
+            if self.body_done:
+                return b""
+            self.send_continue()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    # ------------------------------------------------------------ answer
+
+    def reply(self, status: int, message: str) -> None:
+        """A short text answer of the proxy's own."""
+        body = (message + "\n").encode("utf-8")
+        self.respond(status, HTTPStatus(status).phrase,
+                     [("Content-Type", "text/plain; charset=utf-8"),
+                      ("Content-Length", str(len(body)))], body, end=True,
+                     length=str(len(body)))
+
+    def respond(self, status: int, reason: str, headers: list[tuple[str, str]],
+                body: bytes = b"", *, end: bool = False, length: str | None = None) -> None:
+        """Send the head (and ``body``; ``end``: that is all). ``length``: the value of
+        the Content-Length among ``headers``, if any; without one the body is chunked
+        for an HTTP/1.1 client, close-delimited for HTTP/1.0. Bodies of HEAD answers and
+        of 1xx/204/304 are never sent, whatever the headers say."""
+        conn = self._conn
+        assert conn is not None and not self.responded
+        self.responded = True
+        if not conn.keep_alive or not self.body_done:
+            conn.keep_alive = False
+        no_body = self.method == "HEAD" or status in (204, 304) or status < 200
+        if length is None and not no_body:
+            if self.version == (1, 1):
+                self._chunked_out = True
+            else:
+                conn.keep_alive = False      # the end of the body is the end of the connection
+        version = "HTTP/1.1" if self.version == (1, 1) else "HTTP/1.0"
+        parts = [f"{version} {status} {reason}\r\n"]
+        parts += [f"{k}: {v}\r\n" for k, v in headers]
+        if self._chunked_out:
+            parts.append("Transfer-Encoding: chunked\r\n")
+        if not conn.keep_alive:
+            if self.version == (1, 1):
+                parts.append("Connection: close\r\n")
+        elif self.version == (1, 0):
+            parts.append("Connection: keep-alive\r\n")
+        parts.append("\r\n")
+        head = "".join(parts).encode("latin-1")
+        self._no_body = no_body
+        if no_body:
+            body = b""
+        if end:
+            conn.write(head + self._frame(body, True))
+            conn.finish()
+        else:
+            conn.write(head + self._frame(body, False) if body else head)
+
+    def _frame(self, data: bytes, last: bool) -> bytes:
+        if self._chunked_out:
+            out = b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+            return out + b"0\r\n\r\n" if last else out
+        return data
+
+    async def write(self, data: bytes) -> None:
+        """More of the body; waits while the client's socket is full. Raises
+        ConnectionResetError when the client went away."""
+        conn = self._conn
+        assert conn is not None
+        if conn.closing:
+            raise ConnectionResetError("the client went away")
+        if data and not self._no_body:
+            conn.write(self._frame(data, False))
+        await conn.drain()
+
+    def finish(self, data: bytes = b"") -> None:
+        """The last bytes of the body, and its end."""
+        conn = self._conn
+        assert conn is not None
+        if conn.closing:
+            raise ConnectionResetError("the client went away")
+        if self._no_body:
+            data = b""
+        framed = self._frame(data, True)
+        if framed:
+            conn.write(framed)
+        conn.finish()
+
+    def abort(self) -> None:
+        """Cut the connection: the client sees a broken body, never a clean end."""
+        if self._conn is not None:
+            self._conn.abort()
+
+
+Handler = Callable[[Request], Awaitable[None]]
+UpgradeFactory = Callable[[], asyncio.Protocol]
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: requests in order, one at a time."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.keep_alive = True
+        self.closing = False
+        self._parser: RequestParser | None = None
+        self._request: Request | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._pending = bytearray()        # bytes after the request being answered
+        self._head_bytes = bytearray()     # the current head's bytes, for an upgrade
+        self._read_paused = False
+        self._write_paused: asyncio.Future[None] | None = None
+        self._idle: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------ transport events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else ""
+        self.server.connections.add(self)
+        self._idle_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self._parser is None and self._request is not None:
+            self._hold(data)     # the next request: parsed once this one is answered
+            return
+        self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        parser = self._parser
+        if parser is None:
+            if self.closing:
+                return
+            parser = self._parser = RequestParser(_ignore)
+            self._head_bytes.clear()
+        try:
+            if parser.head is None:
+                self._head_bytes += data
+                done = parser.feed(data)
+                req = parser.head
+                if req is None:
+                    return
+                assert isinstance(req, Request)
+                if req.upgrade and self.server.on_upgrade is not None:
+                    self._hand_over(bytes(self._head_bytes))
+                    return
+                self._start(req)
+            else:
+                done = parser.feed(data)
+        except ProtocolError as exc:
+            self._bad(exc)
+            return
+        if done:
+            self._body_done(parser)
+
+    def _body_done(self, parser: RequestParser) -> None:
+        req = self._request
+        self._parser = None
+        if req is not None:
+            req._end(None)
+        if not parser.keep_alive:
+            self.keep_alive = False
+        if parser.tail:
+            self._hold(parser.tail)
+
+    def _hold(self, data: bytes) -> None:
+        """Bytes of the next request(s), kept until this one is answered."""
+        self._pending += data
+        if len(self._pending) > PENDING_HIGH:
+            self.pause()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.server.connections.discard(self)
+        if self._idle is not None:
+            self._idle.cancel()
+        if self._write_paused is not None and not self._write_paused.done():
+            self._write_paused.set_result(None)
+        req = self._request
+        if req is not None:
+            req._end(exc or ConnectionResetError("the client closed the connection"))
+        if self._task is not None and not self._task.done():
+            self._task.cancel()      # nobody is listening for the answer any more
+
+    def pause_writing(self) -> None:
+        self._write_paused = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        w, self._write_paused = self._write_paused, None
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # ------------------------------------------------------------ for the request
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        w = self._write_paused
+        if w is not None:
+            await w
+            if self.closing:
+                raise ConnectionResetError("the client went away")
+
+    def pause(self) -> None:
+        if not self._read_paused and self.transport is not None and not self.closing:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self._read_paused and self.transport is not None and not self.closing:
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def finish(self) -> None:
+        """The answer is complete: the next request, or close."""
+        req, self._request = self._request, None
+        if req is not None and not req.body_done:
+            self.keep_alive = False        # the rest of its body was never read
+        if not self.keep_alive or self.server.stopping:
+            self.closing = True
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self.resume()
+        if self._pending:
+            data, self._pending = bytes(self._pending), bytearray()
+            self._parse(data)
+        else:
+            self._idle_timer()
+
+    # ------------------------------------------------------------ internals
+
+    def _start(self, req: Request) -> None:
+        req._conn = self
+        self._request = req
+        self.server.requests += 1
+        self._task = asyncio.get_running_loop().create_task(self._run(req))
+
+    async def _run(self, req: Request) -> None:
+        try:
+            await self.server.handler(req)
+        except asyncio.CancelledError:
+            self.abort()
+            raise
+        except ConnectionError:
+            self.abort()
+        except Exception:
+            log.exception("request handler failed")
+            if not req.responded and not self.closing:
+                self.keep_alive = False
+                req.reply(500, "internal error")
+            else:
+                self.abort()
+        else:
+            if not req.responded:
+                self.keep_alive = False
+                req.reply(500, "internal error")
+            elif self._request is req and not self.closing:
+                self.abort()     # the handler left its answer unfinished
+        finally:
+            self._task = None
+            if self.server.stopping and self._request is None and not self.closing:
+                self.closing = True
+                if self.transport is not None:
+                    self.transport.close()
+            self.server._task_done()
+
+    def _bad(self, exc: ProtocolError) -> None:
+        """Answer a malformed request ourselves and close."""
+        status = exc.status if isinstance(exc, BadRequest) else 400
+        self.server.malformed(exc)
+        self._parser = None
+        req = self._request
+        if req is not None:
+            # its body was malformed (chunk framing): the answer may be under way
+            req._end(exc)
+            self.keep_alive = False
+            return
+        self.keep_alive = False
+        self.closing = True
+        if self.transport is not None:
+            body = f"{exc}\n".encode()
+            self.transport.write(
+                f"HTTP/1.1 {status} \r\nContent-Type: text/plain; charset=utf-8\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+            self.transport.close()
+
+    def _hand_over(self, data: bytes) -> None:
+        """An upgrade: the connection becomes the upgrade server's, from this head on."""
+        assert self.transport is not None and self.server.on_upgrade is not None
+        self.server.connections.discard(self)
+        self._parser = None
+        proto = self.server.on_upgrade()
+        self.transport.set_protocol(proto)
+        proto.connection_made(self.transport)
+        proto.data_received(data)
+
+    def _idle_timer(self) -> None:
+        if self._idle is None:
+            self._idle = asyncio.get_running_loop().call_later(
+                self.server.keepalive_timeout, self._idle_close)
+
+    def _idle_close(self) -> None:
+        self._idle = None
+        if self._request is None and self._parser is None and self.transport is not None:
+            self.closing = True
+            self.transport.close()
+
+
+def _ignore(_data: bytes) -> None:
+    pass
+
+
+class Server:
+    """The protocol factory and what its connections share."""
+
+    def __init__(self, handler: Handler, *, on_upgrade: UpgradeFactory | None = None,
+                 keepalive_timeout: float = KEEPALIVE_TIMEOUT) -> None:
+        self.handler = handler
+        self.on_upgrade = on_upgrade
+        self.keepalive_timeout = keepalive_timeout
+        self.connections: set[Connection] = set()
+        self.stopping = False
+        self.requests = 0
+        self.bad_requests = 0
+        self._last_warned: float | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._idle_wait: asyncio.Event = asyncio.Event()
+
+    def __call__(self) -> Connection:
+        return Connection(self)
+
+    async def start(self, sock: Any) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self, sock=sock, backlog=1024)
+
+    def malformed(self, exc: BaseException) -> None:
+        """Count a malformed request; log at most one line a minute about them."""
+        self.bad_requests += 1
+        now = time.monotonic()
+        if self._last_warned is None or now - self._last_warned >= 60.0:
+            self._last_warned = now
+            log.warning("malformed requests answered with 4xx: %d so far (latest: %s)",
+                        self.bad_requests, str(exc)[:200])
+
+    def _busy(self) -> int:
+        return sum(1 for c in self.connections if c._request is not None)
+
+    def _task_done(self) -> None:
+        if self.stopping:
+            self._idle_wait.set()
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop accepting; close idle connections; wait up to ``timeout`` for requests
+        in flight (their connections close after the answer); abort the rest."""
+        self.stopping = True
+        if self._server is not None:
+            self._server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for c in list(self.connections):
+            if c._request is None and c._parser is None and c.transport is not None:
+                c.closing = True
+                c.transport.close()
+        while self._busy() and loop.time() < deadline:
+            self._idle_wait.clear()
+            try:
+                await asyncio.wait_for(self._idle_wait.wait(), deadline - loop.time())
+            except TimeoutError:
+                break
+        for c in list(self.connections):
+            if c._request is not None:
+                c.abort()        # still answering at the deadline
+        # the others are closing after their last answer: let them flush
+        while self.connections and loop.time() < deadline + 1.0:
+            await asyncio.sleep(0.01)
