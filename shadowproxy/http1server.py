@@ -56,6 +56,8 @@ _METHOD = re.compile(_TOKEN)
 _NAMES = re.compile(rf"{_TOKEN}(?:\n{_TOKEN})*")   # header names, one a line
 # control characters never allowed in a request line or header value (HTAB is)
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# nor any whitespace in a request target (an upstream may split the line on a tab)
+_TARGET_BAD = re.compile(r"[\x00-\x20\x7f]")
 _FRAMING_LENGTHS = frozenset({len("connection"), len("content-length"),
                               len("transfer-encoding"), len("expect"), len("upgrade")})
 
@@ -95,15 +97,15 @@ class RequestParser(ResponseParser):
         n = len(lines)
         if text.count("\n") != text.count("\r\n") or text.count("\r") != text.count("\r\n"):
             raise BadRequest("bare CR or LF in the request head")
-        if n - 1 > MAX_HEADERS:
-            raise BadRequest("too many request headers", 431)
+        if n - 1 > MAX_HEADERS or len(raw) > MAX_HEAD:
+            raise BadRequest("request head too large", 431)
         line = lines[0]
         if len(line) > MAX_LINE:
             raise BadRequest("request line too long", 414)
         method, sp1, rest = line.partition(" ")
         target, sp2, version = rest.partition(" ")
         if not sp1 or not sp2 or _METHOD.fullmatch(method) is None or not target or \
-                _CONTROL.search(target) is not None or " " in target:
+                _TARGET_BAD.search(target) is not None:
             raise BadRequest("bad request line")
         if version == "HTTP/1.1":
             ver = (1, 1)
@@ -283,8 +285,8 @@ class Request:
         conn = self._conn
         assert conn is not None and not self.responded
         self.responded = True
-        if not conn.keep_alive or not self.body_done:
-            conn.keep_alive = False
+        if not self.body_done or conn.server.stopping:
+            conn.keep_alive = False      # the connection closes after this answer
         no_body = self.method == "HEAD" or status in (204, 304) or status < 200
         if length is None and not no_body:
             if self.version == (1, 1):
@@ -386,9 +388,6 @@ class Connection(asyncio.Protocol):
         self._parse(data)
 
     def _parse(self, data: bytes) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
         parser = self._parser
         if parser is None:
             if self.closing:
@@ -500,34 +499,46 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------ internals
 
     def _start(self, req: Request) -> None:
+        if self._idle is not None:
+            # the timer ran from the end of the last answer: a whole head had to come
+            # within it (a client sending a head byte by byte cannot hold the connection)
+            self._idle.cancel()
+            self._idle = None
         req._conn = self
         self._request = req
         self.server.requests += 1
         self._task = asyncio.get_running_loop().create_task(self._run(req))
 
     async def _run(self, req: Request) -> None:
+        # once its answer is finished the connection may be serving the next request:
+        # what happens here after that concerns that request no more
         try:
             await self.server.handler(req)
         except asyncio.CancelledError:
-            self.abort()
+            if self._request is req:
+                self.abort()
             raise
         except ConnectionError:
-            self.abort()
-        except Exception:
-            log.exception("request handler failed")
-            if not req.responded and not self.closing:
-                self.keep_alive = False
-                req.reply(500, "internal error")
-            else:
+            if self._request is req:
                 self.abort()
+        except Exception:  # noqa: BLE001 - one failed request must not stop the server
+            log.exception("request handler failed")
+            if self._request is req:
+                if not req.responded and not self.closing:
+                    self.keep_alive = False
+                    req.reply(500, "internal error")
+                else:
+                    self.abort()
         else:
-            if not req.responded:
-                self.keep_alive = False
-                req.reply(500, "internal error")
-            elif self._request is req and not self.closing:
-                self.abort()     # the handler left its answer unfinished
+            if self._request is req:
+                if not req.responded:
+                    self.keep_alive = False
+                    req.reply(500, "internal error")
+                elif not self.closing:
+                    self.abort()     # the handler left its answer unfinished
         finally:
-            self._task = None
+            if self._task is asyncio.current_task():
+                self._task = None
             if self.server.stopping and self._request is None and not self.closing:
                 self.closing = True
                 if self.transport is not None:
@@ -571,7 +582,7 @@ class Connection(asyncio.Protocol):
 
     def _idle_close(self) -> None:
         self._idle = None
-        if self._request is None and self._parser is None and self.transport is not None:
+        if self._request is None and self.transport is not None:
             self.closing = True
             self.transport.close()
 
@@ -628,7 +639,7 @@ class Server:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         for c in list(self.connections):
-            if c._request is None and c._parser is None and c.transport is not None:
+            if c._request is None and c.transport is not None:   # idle, or a partial head
                 c.closing = True
                 c.transport.close()
         while self._busy() and loop.time() < deadline:
