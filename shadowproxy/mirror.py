@@ -278,6 +278,7 @@ class Mirror:
     async def _worker(self) -> None:
         queue = self._queue
         loop = asyncio.get_running_loop()
+        skipped = 0
         while True:
             job = await queue.get()
             if loop.time() > job.expires:
@@ -285,7 +286,11 @@ class Mirror:
                 # now would be stale, and skipping it lets the queue catch up
                 self._finish(job)
                 self.stats.add("dropped", "queue_timeout", job.endpoint)
+                skipped += 1
+                if skipped % 32 == 0:
+                    await asyncio.sleep(0)   # thousands may expire at once: let requests in
                 continue
+            skipped = 0
             self.in_flight += 1
             try:
                 await self._run(job)
