@@ -50,7 +50,7 @@ _NO_LENGTH_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
 _TOKEN_CHARS = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _NAMES = re.compile(rf"{_TOKEN_CHARS}(?:\n{_TOKEN_CHARS})*")   # header names, one a line
 _FRAMING_LENGTHS = frozenset({len("connection"), len("content-length"),
-                              len("transfer-encoding")})
+                              len("transfer-encoding"), len("expect"), len("upgrade")})
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
 
 BodySink = Callable[[bytes], None]
@@ -112,6 +112,42 @@ def encode_headers(method: str, headers: Sequence[tuple[str, str]],
     if text.count("\n") != len(parts) or text.count("\r") != len(parts):
         raise ValueError("CR or LF in a request header")
     return text.encode("latin-1")
+
+
+# ---------------------------------------------------------------- message framing
+
+
+def framing(headers: Sequence[tuple[str, str]], http10: bool
+            ) -> tuple[str | None, str | None, bool, str | None, str | None]:
+    """What a message's headers say about its framing and connection: Content-Length
+    (ProtocolError when two differ), Transfer-Encoding (lower-cased, repeats joined with
+    commas), whether the connection closes after it (``Connection: close``, or HTTP/1.0
+    without ``keep-alive``), and the Expect and Upgrade values."""
+    length: str | None = None
+    te: str | None = None
+    expect = upgrade = None
+    close = http10
+    for name, value in headers:
+        if len(name) not in _FRAMING_LENGTHS:
+            continue
+        lname = name.lower()
+        if lname == "content-length":
+            if length is not None and length != value:
+                raise ProtocolError("conflicting Content-Length")
+            length = value
+        elif lname == "transfer-encoding":
+            te = value.lower() if te is None else te + "," + value.lower()
+        elif lname == "connection":
+            tokens = {t.strip().lower() for t in value.split(",")}
+            if "close" in tokens:
+                close = True
+            elif "keep-alive" in tokens and http10:
+                close = False
+        elif lname == "expect":
+            expect = value
+        elif lname == "upgrade":
+            upgrade = value
+    return length, te, close, expect, upgrade
 
 
 # ---------------------------------------------------------------- response parser
@@ -288,25 +324,7 @@ class ResponseParser:
             raise ProtocolError("bad response header")   # all names checked at once
         if len(raw) > MAX_LINE and max(map(len, lines)) > MAX_LINE:
             raise ProtocolError("response header too long")
-        length: str | None = None
-        te: str | None = None
-        close = version != "HTTP/1.1"
-        for name, value in headers:
-            if len(name) not in _FRAMING_LENGTHS:
-                continue
-            lname = name.lower()
-            if lname == "content-length":
-                if length is not None and length != value:
-                    raise ProtocolError("conflicting Content-Length")
-                length = value
-            elif lname == "transfer-encoding":
-                te = value.lower() if te is None else te + "," + value.lower()
-            elif lname == "connection":
-                tokens = {t.strip().lower() for t in value.split(",")}
-                if "close" in tokens:
-                    close = True
-                elif "keep-alive" in tokens and version == "HTTP/1.0":
-                    close = False
+        length, te, close, _expect, _upgrade = framing(headers, version == "HTTP/1.0")
         self.head = Head(status, line[13:], tuple(headers))
         self.keep_alive = not close
         if self.no_body or status == 204 or status == 304:

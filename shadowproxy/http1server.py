@@ -41,6 +41,7 @@ from .http1 import (
     MAX_HEADERS,
     ProtocolError,
     ResponseParser,
+    framing,
 )
 
 log = logging.getLogger("shadowproxy.server")
@@ -58,8 +59,6 @@ _NAMES = re.compile(rf"{_TOKEN}(?:\n{_TOKEN})*")   # header names, one a line
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # nor any whitespace in a request target (an upstream may split the line on a tab)
 _TARGET_BAD = re.compile(r"[\x00-\x20\x7f]")
-_FRAMING_LENGTHS = frozenset({len("connection"), len("content-length"),
-                              len("transfer-encoding"), len("expect"), len("upgrade")})
 
 
 class BadRequest(ProtocolError):
@@ -128,30 +127,9 @@ class RequestParser(ResponseParser):
                 raise BadRequest("control character in a request header")
             if len(raw) > MAX_LINE and max(map(len, lines)) > MAX_LINE:
                 raise BadRequest("request header too long", 431)
-        length: str | None = None
-        te: str | None = None
-        close = ver == (1, 0)
-        expect = upgrade = False
-        for name, value in headers:
-            if len(name) not in _FRAMING_LENGTHS:
-                continue
-            lname = name.lower()
-            if lname == "content-length":
-                if length is not None and length != value:
-                    raise BadRequest("conflicting Content-Length")
-                length = value
-            elif lname == "transfer-encoding":
-                te = value.lower() if te is None else te + "," + value.lower()
-            elif lname == "connection":
-                tokens = {t.strip().lower() for t in value.split(",")}
-                if "close" in tokens:
-                    close = True
-                elif "keep-alive" in tokens and ver == (1, 0):
-                    close = False
-            elif lname == "expect":
-                expect = value.lower() == "100-continue"
-            elif lname == "upgrade":
-                upgrade = value.lower() == "websocket"
+        length, te, close, expect_v, upgrade_v = framing(headers, ver == (1, 0))
+        expect = expect_v is not None and expect_v.lower() == "100-continue"
+        upgrade = upgrade_v is not None and upgrade_v.lower() == "websocket"
         size: int | None = None
         if te is not None:
             if length is not None:
