@@ -42,6 +42,7 @@ MAX_INTERIM = 32              # 1xx answers before the final one
 IDLE_EXPIRY = 15.0            # seconds an idle connection is kept (aiohttp's default)
 IDLE_LIMIT = 1024            # idle connections kept by a pool without a limit
 STREAM_HIGH = 256 * 1024      # queued body bytes of a Stream before reading pauses
+PIECE_OVERHEAD = 64           # bytes counted for each queued piece besides its data
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # aiohttp sends "Content-Length: 0" for a bodiless request of any other method
@@ -51,7 +52,10 @@ _TOKEN_CHARS = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _NAMES = re.compile(rf"{_TOKEN_CHARS}(?:\n{_TOKEN_CHARS})*")   # header names, one a line
 _FRAMING_LENGTHS = frozenset({len("connection"), len("content-length"),
                               len("transfer-encoding"), len("expect"), len("upgrade")})
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
+# a chunk-size line: hex digits, then optional whitespace and extensions without
+# control characters (a bare LF or a NUL in it is an attempt to desynchronise)
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
+_TRAILER_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*")
 
 BodySink = Callable[[bytes], None]
 
@@ -94,18 +98,15 @@ class Head(NamedTuple):
 def encode_headers(method: str, headers: Sequence[tuple[str, str]],
                    body_len: int | None) -> bytes:
     """The header lines of a request, ending with the blank line; no Host (each pool
-    adds its own unless ``headers`` has one). Any Content-Length in ``headers`` is
-    replaced by the body's length, sent when there is a body or the method expects one
-    (as aiohttp does). ``body_len`` None: the body is streamed, framed by the
-    Content-Length in ``headers`` when there is one, else chunked."""
+    adds its own unless ``headers`` has one). The framing is ``body_len``'s alone, never
+    what ``headers`` say: any Content-Length there is replaced by ``body_len``, sent when
+    there is a body or the method expects one (as aiohttp does); ``body_len`` None: the
+    body is streamed chunked."""
+    parts = [f"{k}: {v}\r\n" for k, v in headers if k.lower() != "content-length"]
     if body_len is None:
-        parts = [f"{k}: {v}\r\n" for k, v in headers]
-        if not any(k.lower() == "content-length" for k, _ in headers):
-            parts.append("Transfer-Encoding: chunked\r\n")
-    else:
-        parts = [f"{k}: {v}\r\n" for k, v in headers if k.lower() != "content-length"]
-        if body_len or method not in _NO_LENGTH_METHODS:
-            parts.append(f"Content-Length: {body_len}\r\n")
+        parts.append("Transfer-Encoding: chunked\r\n")
+    elif body_len or method not in _NO_LENGTH_METHODS:
+        parts.append(f"Content-Length: {body_len}\r\n")
     parts.append("\r\n")
     text = "".join(parts)
     # a CR or LF inside a name or value would split the head: refuse it
@@ -246,6 +247,8 @@ class ResponseParser:
                     self._trailers += 1
                     if self._trailers > MAX_HEADERS or len(line) > MAX_LINE:
                         raise ProtocolError("trailers exceed the limits")
+                    if _TRAILER_LINE.fullmatch(line) is None:
+                        raise ProtocolError("bad trailer line")
             elif st == _CHUNK_END:
                 if n - pos < 2:
                     break
@@ -349,10 +352,10 @@ class ResponseParser:
             self._state, self.keep_alive = _UNTIL_EOF, False
 
     def _on_chunk_size(self, line: bytes) -> None:
-        size = line.split(b";", 1)[0].strip(b" \t")
-        if _HEX.match(size) is None:
-            raise ProtocolError("bad chunk size")
-        self._remaining = int(size, 16)
+        m = _CHUNK_LINE.fullmatch(line)
+        if m is None:
+            raise ProtocolError("bad chunk size line")
+        self._remaining = int(m.group(1), 16)
         self._state = _CHUNK_DATA if self._remaining else _TRAILER
 
 
@@ -370,6 +373,7 @@ class _Conn(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.lost = False
+        self.aborted = False
         self.idle_since = 0.0
         self._parser: ResponseParser | None = None
         self._fut: asyncio.Future[Head] | None = None
@@ -402,7 +406,8 @@ class _Conn(asyncio.Protocol):
         p = self._parser
         return p is not None and p.done and p.keep_alive and not p.extra and \
             not self.lost and self.transport is not None and \
-            not self.transport.is_closing() and self.transport.get_write_buffer_size() == 0
+            not self.transport.is_closing() and self.transport.is_reading() and \
+            self.transport.get_write_buffer_size() == 0
 
     def data_received(self, data: bytes) -> None:
         p, fut, stream = self._parser, self._fut, self._stream
@@ -425,7 +430,7 @@ class _Conn(asyncio.Protocol):
                 stream._end(None)
             elif stream._waiter is not None:
                 stream._wake()
-        elif done:
+        elif done and not fut.done():
             assert p.head is not None
             fut.set_result(p.head)
 
@@ -437,6 +442,8 @@ class _Conn(asyncio.Protocol):
             self._stream._end(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is None and self.aborted:
+            exc = ConnectionAbortedError("aborted")   # our doing: never a clean end
         self.lost = True
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
@@ -450,7 +457,7 @@ class _Conn(asyncio.Protocol):
             return
         if self._stream is not None:
             self._stream._end(None)
-        else:
+        elif not fut.done():
             assert p.head is not None
             fut.set_result(p.head)
 
@@ -462,17 +469,17 @@ class _Conn(asyncio.Protocol):
             self._drained.set_result(None)
         self._drained = None
 
-    async def write(self, data: bytes) -> None:
-        """Write part of a streamed request body, waiting while the transport's buffer
-        is above its high-water mark."""
+    async def write(self, data: bytes, timeout: float | None = None) -> None:
+        """Write part of a streamed request body, waiting (at most ``timeout``) while
+        the transport's buffer is above its high-water mark."""
         if self.lost or self.transport is None or self.transport.is_closing():
             raise ResetError("connection closed while sending the request body")
         self.transport.write(data)
         if self._drained is not None:
-            await self._drained
+            await _within(self._drained, timeout)
 
     def abort(self) -> None:
-        self.lost = True
+        self.lost = self.aborted = True
         if self.transport is not None:
             self.transport.abort()
 
@@ -510,7 +517,7 @@ class Stream:
 
     def _feed(self, data: bytes | bytearray) -> None:
         self._chunks.append(data)
-        self._queued += len(data)
+        self._queued += len(data) + PIECE_OVERHEAD
         if self._queued > STREAM_HIGH and not self._paused and self._conn.transport:
             self._paused = True
             self._conn.transport.pause_reading()
@@ -553,12 +560,19 @@ class Stream:
     def complete(self) -> bool:
         return self._done and not self._chunks
 
+    @property
+    def ready(self) -> bool:
+        """:meth:`read` would not wait."""
+        return bool(self._chunks) or self._done or self._error is not None
+
     def release(self) -> None:
         sender, self._sender = self._sender, None
         if sender is not None and not sender.done():
             sender.cancel()
             self._conn.abort()
         elif self._done and self._error is None:
+            if self._paused and self._conn.transport is not None:
+                self._conn.transport.resume_reading()   # the answer is all here
             self._pool._give(self._conn)
         else:
             self._conn.abort()
@@ -654,12 +668,20 @@ class Pool:
             stream = Stream(conn, self, read_timeout)
             try:
                 fut = conn.send(data, body, no_body, stream._feed, stream)
-                if body_stream is not None:
-                    stream._sender = asyncio.create_task(_send_body(conn, body_stream,
-                                                                    chunked))
-                stream.head = await _within(fut, read_timeout)
+                if body_stream is None:
+                    stream.head = await _within(fut, read_timeout)
+                else:
+                    sender = stream._sender = asyncio.create_task(
+                        _send_body(conn, body_stream, chunked, read_timeout))
+                    # the wait for the answer starts when the upload has ended
+                    stream.head = await _after(sender, fut, read_timeout)
                 return stream
             except ResetError as exc:
+                sender = stream._sender
+                if sender is not None and sender.done() and not sender.cancelled() and \
+                        sender.result() is not None:
+                    stream.release()
+                    raise ClientBodyError(sender.result()) from exc
                 stream.release()
                 if attempt == 2 or not (reused and exc.before_response and
                                         method in IDEMPOTENT and body_stream is None):
@@ -703,27 +725,68 @@ class Pool:
     def idle(self) -> int:
         return len(self._idle)
 
-    async def close(self) -> None:
+    def close_idle(self) -> None:
         """Close the idle connections; those in use close when their request ends."""
         self._closed = True
         while self._idle:
             self._idle.pop().close()
 
+    async def close(self) -> None:
+        self.close_idle()
 
-async def _send_body(conn: _Conn, chunks: AsyncIterator[bytes], chunked: bool) -> None:
-    """Write a streamed request body; any failure (the client went away mid-upload)
-    aborts the connection so the upstream never sees a complete, truncated request."""
+
+async def _send_body(conn: _Conn, chunks: AsyncIterator[bytes], chunked: bool,
+                     timeout: float | None) -> BaseException | None:
+    """Write a streamed request body (waiting at most ``timeout`` for the upstream to
+    take each part). Any failure aborts the connection, so the upstream never sees a
+    complete, truncated request; the failure of the body's source (the client) is
+    returned, not raised: :meth:`Pool.open` tells it from the upstream's."""
     try:
         async for chunk in chunks:
             if chunk:
-                await conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                await conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk,
+                                 timeout)
         if chunked:
-            await conn.write(b"0\r\n\r\n")
+            await conn.write(b"0\r\n\r\n", timeout)
     except asyncio.CancelledError:
         conn.abort()
         raise
-    except BaseException:  # noqa: BLE001 - the client's side failed: cut the request
+    except (UpstreamError, TimeoutError):   # the upstream's side: open() reports it
         conn.abort()
+    except Exception as exc:  # noqa: BLE001 - the client's side failed: cut the request
+        conn.abort()
+        return exc
+    return None
+
+
+class ClientBodyError(Exception):
+    """The client's request body failed while it was being sent upstream."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+async def _after(sender: asyncio.Task[BaseException | None], fut: asyncio.Future[Any],
+                 timeout: float | None) -> Any:
+    """``await fut``, failed with TimeoutError ``timeout`` seconds after ``sender`` ends."""
+    if timeout is None:
+        return await fut
+    loop = asyncio.get_running_loop()
+    timer: asyncio.TimerHandle | None = None
+
+    def arm(_task: object) -> None:
+        nonlocal timer
+        if not fut.done():
+            timer = loop.call_later(timeout, _expire, fut)
+
+    sender.add_done_callback(arm)
+    try:
+        return await fut
+    finally:
+        sender.remove_done_callback(arm)
+        if timer is not None:
+            timer.cancel()
 
 
 def _expire(fut: asyncio.Future[object]) -> None:

@@ -29,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -41,6 +43,7 @@ from .http1 import (
     MAX_HEADERS,
     ProtocolError,
     ResponseParser,
+    _within,
     framing,
 )
 
@@ -51,6 +54,8 @@ MAX_HEAD = 256 * 1024         # a whole request head
 BODY_HIGH = 256 * 1024        # queued request body bytes before the connection pauses
 PENDING_HIGH = 256 * 1024     # bytes of pipelined requests held while one is answered
 KEEPALIVE_TIMEOUT = 75.0      # seconds an idle client connection is kept (aiohttp's)
+BODY_TIMEOUT = 60.0           # seconds a handler waits for more of a request body
+PIECE_OVERHEAD = 64           # bytes counted for each queued body piece besides its data
 
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _METHOD = re.compile(_TOKEN)
@@ -59,12 +64,22 @@ _NAMES = re.compile(rf"{_TOKEN}(?:\n{_TOKEN})*")   # header names, one a line
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # nor any whitespace in a request target (an upstream may split the line on a tab)
 _TARGET_BAD = re.compile(r"[\x00-\x20\x7f]")
+_LINGER_0 = struct.pack("ii", 1, 0)
 
 
 class BadRequest(ProtocolError):
     """A request the server answers itself (``status``) and then closes."""
 
     def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class BodyError(Exception):
+    """The request body could not be read: ``status`` 400 (malformed chunked coding),
+    408 (the client stopped sending), or None (the client went away)."""
+
+    def __init__(self, message: str, status: int | None) -> None:
         super().__init__(message)
         self.status = status
 
@@ -131,11 +146,19 @@ class RequestParser(ResponseParser):
         expect = expect_v is not None and expect_v.lower() == "100-continue"
         upgrade = upgrade_v is not None and upgrade_v.lower() == "websocket"
         size: int | None = None
+        host_count = sum(1 for name, _ in headers if len(name) == 4 and name.lower() == "host")
+        if host_count > 1 or (host_count == 0 and ver == (1, 1)):
+            raise BadRequest("a request needs exactly one Host header")
         if te is not None:
             if length is not None:
                 raise BadRequest("both Transfer-Encoding and Content-Length")
+            if ver == (1, 0):
+                raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
             if te.rsplit(",", 1)[-1].strip() != "chunked":
                 raise BadRequest("Transfer-Encoding without chunked last")
+            if te.strip() != "chunked":
+                # other codings would be lost when the body is chunked anew upstream
+                raise BadRequest("transfer codings other than chunked", 501)
             self._state = _CHUNK_SIZE
         elif length is not None:
             if not (length.isdigit() and length.isascii()) or len(length) > 18:
@@ -196,7 +219,7 @@ class Request:
 
     def _feed(self, data: bytes | bytearray) -> None:
         self._body.append(data)
-        self._queued += len(data)
+        self._queued += len(data) + PIECE_OVERHEAD
         if self._queued > BODY_HIGH and not self._paused and self._conn is not None:
             self._paused = True
             self._conn.pause()
@@ -223,7 +246,8 @@ class Request:
 
     async def read(self) -> bytes:
         """The body bytes received since the last call (waiting for some); b"" at the
-        end. Raises ConnectionResetError when the client went away mid-body."""
+        end. Raises :class:`BodyError` when the body is malformed, stops coming for
+        ``BODY_TIMEOUT`` seconds, or the client went away mid-body."""
         while True:
             if self._body:
                 chunks, self._body, self._queued = self._body, [], 0
@@ -234,13 +258,16 @@ class Request:
                 return chunks[0] if len(chunks) == 1 and type(chunks[0]) is bytes \
                     else b"".join(chunks)
             if self._error is not None:
-                raise ConnectionResetError(str(self._error))
+                err = self._error
+                raise BodyError(str(err), 400 if isinstance(err, ProtocolError) else None)
             if self.body_done:
                 return b""
             self.send_continue()
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = waiter = asyncio.get_running_loop().create_future()
             try:
-                await self._waiter
+                await _within(waiter, BODY_TIMEOUT)
+            except TimeoutError:
+                raise BodyError("the request body stopped coming", 408) from None
             finally:
                 self._waiter = None
 
@@ -453,8 +480,16 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def abort(self) -> None:
+        """Close with RST: a client reading a close-delimited body must see it broken,
+        never cleanly ended."""
         self.closing = True
         if self.transport is not None:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_0)
+                except OSError:
+                    pass
             self.transport.abort()
 
     def finish(self) -> None:
@@ -471,8 +506,8 @@ class Connection(asyncio.Protocol):
         if self._pending:
             data, self._pending = bytes(self._pending), bytearray()
             self._parse(data)
-        else:
-            self._idle_timer()
+        if self._request is None and not self.closing:
+            self._idle_timer()   # idle, or part of a head: it must be whole in time
 
     # ------------------------------------------------------------ internals
 
@@ -548,6 +583,10 @@ class Connection(asyncio.Protocol):
         assert self.transport is not None and self.server.on_upgrade is not None
         self.server.connections.discard(self)
         self._parser = None
+        self.closing = True          # no longer ours: no timer of ours may close it
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         proto = self.server.on_upgrade()
         self.transport.set_protocol(proto)
         proto.connection_made(self.transport)

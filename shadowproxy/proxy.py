@@ -25,7 +25,7 @@ from . import http1
 from .capture import Capture
 from .config import Config
 from .headers import end_to_end_text
-from .http1server import Request
+from .http1server import BodyError, Request
 from .mirror import SKIP_AUTO_HEADERS, UPSTREAM_LIMITS, Mirror, classify_error
 from .models import RequestRecord, ResponseRecord
 from .routes import Router
@@ -56,7 +56,7 @@ class Proxy:
         if self.pool is not None and cfg.upstreams.primary != self.primary:
             # a reload moved primary: new requests get new connections; the old pool's
             # idle ones close, those in use when their request ends
-            asyncio.get_running_loop().create_task(self.pool.close())
+            self.pool.close_idle()
             self.pool = None
         self.primary = cfg.upstreams.primary
         if self.pool is None:
@@ -130,7 +130,14 @@ class Proxy:
         elif not mirror.sampled(route, headers, query):  # type: ignore[union-attr]
             self.stats.add("sampled_out", "", endpoint)
         else:
-            body, prefix = await self._read_body(request)
+            try:
+                body, prefix = await self._read_body(request)
+            except BodyError as exc:
+                # malformed, stalled or abandoned by the client: it reaches no upstream
+                self.stats.add("not_eligible", "bad_body", endpoint)
+                if exc.status is not None:
+                    request.reply(exc.status, "bad request body")
+                return
             if body is None:
                 self.stats.add("not_eligible", "body_too_large", endpoint)
             else:
@@ -159,7 +166,10 @@ class Proxy:
         headers = end_to_end_text(raw, _DROP_REQUEST, same_case=True)
         self._forwarded(request.remote or "", raw, headers)
         self.stats.add("not_eligible", "websocket", endpoint)
-        return await proxy_websocket(self, request, target, headers)
+        resp = await proxy_websocket(self, request, target, headers)
+        if not isinstance(resp, web.WebSocketResponse):
+            resp.force_close()   # refused: the connection must not carry other requests
+        return resp
 
     def _forwarded(self, peer: str, raw: list[tuple[str, str]],
                    headers: list[tuple[str, str]]) -> None:
@@ -222,8 +232,9 @@ class Proxy:
             if body is not None or not request.body_exists:
                 block = http1.encode_headers(method, headers, len(body) if body else 0)
             else:
-                # streamed as it comes: framed by the client's Content-Length, else chunked
-                block = http1.encode_headers(method, headers, None)
+                # streamed as it comes, framed as the request was parsed (its
+                # Content-Length, else chunked), whatever the forwarded headers say
+                block = http1.encode_headers(method, headers, request.content_length)
                 chunked = request.content_length is None
                 stream = self._body_stream(request, prefix)
             up = await pool.open(
@@ -233,6 +244,12 @@ class Proxy:
                 read_timeout=self.read_timeout)
         except asyncio.CancelledError:
             raise
+        except http1.ClientBodyError as exc:
+            # the client's body failed on the way (not primary's failure)
+            status = exc.cause.status if isinstance(exc.cause, BodyError) else 400
+            if status is not None:
+                request.reply(status, "bad request body")
+            return
         except Exception as exc:  # noqa: BLE001 - every failure is a 502 or 504
             kind = classify_error(exc)
             self.stats.add("primary_error", kind)
@@ -251,13 +268,21 @@ class Proxy:
                 if len(k) == 14 and k.lower() == "content-length":
                     length = v
                     break
+            if length is not None and any(len(k) == 17 and k.lower() == "transfer-encoding"
+                                          for k, _ in head.headers):
+                # framed by Transfer-Encoding (RFC 9112 §6.3): a Content-Length beside
+                # it is a lie that would split the client's stream
+                out_headers = [(k, v) for k, v in out_headers
+                               if not (len(k) == 14 and k.lower() == "content-length")]
+                length = None
             capture = Capture(self.mirror.cfg.capture_max, self.mirror.budget) \
                 if fut is not None and self.mirror is not None else None
             try:
-                chunk = await up.read()
-                if capture is not None:
+                # body bytes that came with the head go out with it (ending it when
+                # complete); otherwise the head goes at once (a long poll, a stream)
+                chunk = await up.read() if up.ready else b""
+                if capture is not None and chunk:
                     capture.feed(chunk)
-                # a body that came with its head goes out with it, ending it when complete
                 done = up.complete
                 request.respond(head.status, head.reason, out_headers, chunk, end=done,
                                 length=length)

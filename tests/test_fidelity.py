@@ -987,3 +987,163 @@ async def test_request_headers_order_case_and_duplicates_kept(env):
                                  "x-forwarded-host")]
     # every header arrives, in order, spelled as sent
     assert seen == sent
+
+
+# ------------------------------------------------------------------ desync and timing
+# (found in review of the hand-written server and client; each failed before its fix)
+
+
+async def test_connection_header_cannot_change_upstream_framing():
+    """``Connection: content-length`` strips Content-Length from what is forwarded; the
+    body must still be framed as parsed, so primary sees one request, never a second
+    one smuggled inside the body."""
+    up = await RawServer(canned(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                                keep_open=True)).start()
+    srv = await start_proxy(config(up.url))
+    try:
+        smuggled = b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+        data = (b"POST /x HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(smuggled)) + smuggled
+        via = await exchange(srv.port, data)
+        assert via.status == 200
+        await asyncio.sleep(0.2)
+        assert len(up.log) == 1
+        head, _, body = up.log[0].partition(b"\r\n\r\n")
+        assert head.startswith(b"POST /x ") and body == smuggled
+        assert b"/smuggled" not in b"".join(x.split(b"\r\n", 1)[0] for x in up.log)
+    finally:
+        await srv.stop()
+        await up.stop()
+
+
+async def test_primary_length_beside_chunked_never_reaches_the_client():
+    answer = (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"2c\r\nHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON\r\n0\r\n\r\n")
+    up = await RawServer(canned(answer)).start()
+    srv = await start_proxy(config(up.url))
+    try:
+        async with await RawConn.open(srv.port) as c:
+            await c.send(request("GET", "/"))
+            via = await c.read_response()
+            assert via.get("Content-Length") is None
+            assert via.body == b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON"
+            await c.send(request("GET", "/again"))          # nothing stray in between
+            again = await c.read_response()
+            assert again.status == 200 and again.body == via.body
+    finally:
+        await srv.stop()
+        await up.stop()
+
+
+async def test_connection_left_paused_is_never_reused():
+    """A client that stops reading a big answer and resets: the upstream connection was
+    paused; the next client must not get it (it would wait for a timeout)."""
+    size = 8 * 1024 * 1024
+    up = await RawServer(canned(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size
+                                + b"z" * size, keep_open=True)).start()
+    srv = await start_proxy(config(up.url, timeouts={"primary": "3s"}))
+    try:
+        c = await RawConn.open(srv.port)
+        await c.send(request("GET", "/big"))
+        await c.read_head()
+        await asyncio.sleep(0.5)            # the proxy pauses primary; all of it arrives
+        c.abort()
+        await asyncio.sleep(0.2)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        async with await RawConn.open(srv.port) as c2:
+            await c2.send(request("GET", "/next"))
+            status, _, _ = await c2.read_head(timeout=2.5)
+        assert status.startswith(b"HTTP/1.1 200") and loop.time() - t0 < 2.0
+    finally:
+        await srv.stop()
+        await up.stop()
+
+
+async def test_head_reaches_the_client_before_the_first_body_byte():
+    async def late_body(reader, writer, _log):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(1.5)
+        writer.write(b"5\r\nevent\r\n0\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.5)
+
+    up = await RawServer(late_body).start()
+    srv = await start_proxy(config(up.url, timeouts={"primary": "1s"}))
+    try:
+        async with await RawConn.open(srv.port) as c:
+            await c.send(request("GET", "/events"))
+            status, _, _ = await c.read_head(timeout=0.7)   # long before the body
+            assert status.startswith(b"HTTP/1.1 200")
+    finally:
+        await srv.stop()
+        await up.stop()
+
+
+async def test_primary_timeout_does_not_count_a_slow_upload():
+    """``timeouts.primary`` waits for primary's answer; a steady upload that takes longer
+    than it is not a primary timeout."""
+    async def echo_len(reader, writer, _log):
+        _head, body = await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%d"
+                     % (len(str(len(body))), len(body)))
+        await writer.drain()
+
+    up = await RawServer(echo_len).start()
+    srv = await start_proxy(config(up.url, timeouts={"primary": "500ms"}))
+    try:
+        async with await RawConn.open(srv.port) as c:
+            await c.send(request("POST", "/up", [("Content-Length", "30")]))
+            for _ in range(10):                   # 30 bytes over ~1.5 s
+                await c.send(b"abc")
+                await asyncio.sleep(0.15)
+            via = await c.read_response(timeout=3)
+        assert via.status == 200 and via.body == b"30"
+        assert srv.stats.total("primary_error") == 0
+    finally:
+        await srv.stop()
+        await up.stop()
+
+
+async def test_malformed_mirrored_body_is_a_400_and_counted(env):
+    cand = await env.with_candidate()
+    srv = await env.proxy(candidate=cand.url,
+                          routes=[{"match": "/echo-body", "mirror_unsafe": True}])
+    async with await RawConn.open(srv.port) as c:
+        await c.send(request("POST", "/echo-body", [("Transfer-Encoding", "chunked")]))
+        await asyncio.sleep(0.1)
+        await c.send(b"3\r\nabc\r\nzz\r\n")          # not a chunk size
+        via = await c.read_response()
+    assert via.status == 400
+    assert srv.stats.total("not_eligible", "bad_body") == 1
+    assert env.st.seen == [] and env.cand.seen == []
+
+
+async def test_refused_websocket_closes_the_connection(env):
+    srv = await env.proxy()
+    async with await RawConn.open(srv.port) as c:
+        await c.send(request("GET", "/not-ws", [
+            ("Connection", "Upgrade"), ("Upgrade", "websocket"),
+            ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")]))
+        refused = await c.read_response()
+        assert refused.status >= 400
+        assert await c.at_eof()     # later requests never reach the WebSocket path
+
+
+async def test_primary_reset_mid_body_is_a_reset_for_an_http10_client():
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    up = await RawServer(lambda r, w, _log: _reset_after(r, w, head, b"5\r\nhello\r\n")).start()
+    srv = await start_proxy(config(up.url))
+    try:
+        async with await RawConn.open(srv.port) as c:
+            await c.send(request("GET", "/", version="HTTP/1.0"))
+            await c.read_head()
+            with pytest.raises(ConnectionResetError):   # never a clean, short end
+                while await asyncio.wait_for(c.reader.read(65536), 3):
+                    pass
+    finally:
+        await srv.stop()
+        await up.stop()
