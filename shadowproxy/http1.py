@@ -427,9 +427,7 @@ class _Conn(asyncio.Protocol):
             if not fut.done() and p.head is not None:
                 fut.set_result(p.head)
             if done:
-                stream._end(None)
-            elif stream._waiter is not None:
-                stream._wake()
+                stream.end()
         elif done and not fut.done():
             assert p.head is not None
             fut.set_result(p.head)
@@ -439,7 +437,7 @@ class _Conn(asyncio.Protocol):
         if fut is not None and not fut.done():
             fut.set_exception(exc)
         elif self._stream is not None:
-            self._stream._end(exc)
+            self._stream.end(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is None and self.aborted:
@@ -456,7 +454,7 @@ class _Conn(asyncio.Protocol):
             self._fail(err)
             return
         if self._stream is not None:
-            self._stream._end(None)
+            self._stream.end()
         elif not fut.done():
             assert p.head is not None
             fut.set_result(p.head)
@@ -489,90 +487,123 @@ class _Conn(asyncio.Protocol):
             self.transport.close()
 
 
-class Stream:
-    """A response being read: its head, and its body pulled with :meth:`read`.
+class Pulled:
+    """A message body that arrives on its own and is pulled with :meth:`read`.
 
-    Body bytes are queued as they arrive; above ``STREAM_HIGH`` queued bytes the
-    connection stops reading until the caller has taken them (so a slow client slows
-    the upstream, and memory stays bounded). :meth:`release` must be called once:
-    it gives the connection back to its pool when the response was read to its end,
-    else closes it.
+    Pieces are queued as they arrive (:meth:`feed`, each counted with
+    ``PIECE_OVERHEAD``); above ``STREAM_HIGH`` queued bytes :meth:`_pause` is called,
+    and :meth:`_resume` once :meth:`read` has taken them, so the sender is held back
+    and memory stays bounded. :meth:`end` marks the end, or a failure that
+    :meth:`read` raises once the bytes before it are taken. The base of the upstream
+    :class:`Stream` and the server's request (:class:`shadowproxy.http1server.Request`).
     """
 
-    __slots__ = ("_chunks", "_conn", "_done", "_error", "_paused", "_pool", "_queued",
-                 "_sender", "_waiter", "head", "timeout")
+    __slots__ = ("_chunks", "_queued", "_waiter", "done", "error", "paused")
 
-    def __init__(self, conn: _Conn, pool: Pool, timeout: float | None) -> None:
-        self._conn = conn
-        self._pool = pool
-        self.timeout = timeout          # seconds without a byte before read() times out
-        self.head: Head | None = None
+    def __init__(self) -> None:
         self._chunks: list[bytes | bytearray] = []
         self._queued = 0
-        self._paused = False
-        self._done = False
-        self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._sender: asyncio.Task[None] | None = None   # a streamed request body
+        self.paused = False
+        self.done = False                       # every byte has arrived
+        self.error: BaseException | None = None
 
-    def _feed(self, data: bytes | bytearray) -> None:
+    def _pause(self) -> None:
+        raise NotImplementedError
+
+    def _resume(self) -> None:
+        raise NotImplementedError
+
+    def feed(self, data: bytes | bytearray) -> None:
         self._chunks.append(data)
         self._queued += len(data) + PIECE_OVERHEAD
-        if self._queued > STREAM_HIGH and not self._paused and self._conn.transport:
-            self._paused = True
-            self._conn.transport.pause_reading()
+        if self._queued > STREAM_HIGH and not self.paused:
+            self.paused = True
+            self._pause()
+        self._wake()
 
     def _wake(self) -> None:
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
 
-    def _end(self, exc: BaseException | None) -> None:
+    def end(self, exc: BaseException | None = None) -> None:
         if exc is None:
-            self._done = True
-        elif self._error is None:
-            self._error = exc
+            self.done = True
+        elif not self.done and self.error is None:
+            self.error = exc
         self._wake()
 
-    async def read(self) -> bytes:
-        """The body bytes that arrived since the last call (waiting for some); b"" at
-        the end. Raises an :class:`UpstreamError` or ``TimeoutError``."""
-        while True:
-            if self._chunks:
-                chunks, self._chunks, self._queued = self._chunks, [], 0
-                if self._paused:
-                    self._paused = False
-                    if self._conn.transport is not None:
-                        self._conn.transport.resume_reading()
-                return chunks[0] if len(chunks) == 1 and type(chunks[0]) is bytes \
-                    else b"".join(chunks)
-            if self._error is not None:
-                raise self._error
-            if self._done:
-                return b""
-            self._waiter = waiter = asyncio.get_running_loop().create_future()
-            try:
-                await _within(waiter, self.timeout)
-            finally:
-                self._waiter = None
+    def unpause(self) -> None:
+        if self.paused:
+            self.paused = False
+            self._resume()
 
     @property
     def complete(self) -> bool:
-        return self._done and not self._chunks
+        """Every byte has arrived and been read."""
+        return self.done and not self._chunks
 
     @property
     def ready(self) -> bool:
         """:meth:`read` would not wait."""
-        return bool(self._chunks) or self._done or self._error is not None
+        return bool(self._chunks) or self.done or self.error is not None
+
+    async def read(self, timeout: float | None = None) -> bytes:
+        """The bytes that arrived since the last call (waiting at most ``timeout`` for
+        some: TimeoutError); b"" at the end; the failure given to :meth:`end`."""
+        while True:
+            if self._chunks:
+                chunks, self._chunks, self._queued = self._chunks, [], 0
+                self.unpause()
+                return chunks[0] if len(chunks) == 1 and type(chunks[0]) is bytes \
+                    else b"".join(chunks)
+            if self.error is not None:
+                raise self.error
+            if self.done:
+                return b""
+            self._waiter = waiter = asyncio.get_running_loop().create_future()
+            try:
+                await _within(waiter, timeout)
+            finally:
+                self._waiter = None
+
+
+class Stream(Pulled):
+    """A response being read: its head, and its body pulled with :meth:`read` (an
+    :class:`UpstreamError`, or ``TimeoutError`` after ``timeout`` seconds without a
+    byte). :meth:`release` must be called once: it gives the connection back to its
+    pool when the response was read to its end, else closes it.
+    """
+
+    __slots__ = ("_conn", "_pool", "_sender", "head", "timeout")
+
+    def __init__(self, conn: _Conn, pool: Pool, timeout: float | None) -> None:
+        super().__init__()
+        self._conn = conn
+        self._pool = pool
+        self.timeout = timeout          # seconds without a byte before read() times out
+        self.head: Head | None = None
+        self._sender: asyncio.Task[BaseException | None] | None = None   # a streamed body
+
+    def _pause(self) -> None:
+        if self._conn.transport is not None:
+            self._conn.transport.pause_reading()
+
+    def _resume(self) -> None:
+        if self._conn.transport is not None:
+            self._conn.transport.resume_reading()
+
+    async def read(self, timeout: float | None = None) -> bytes:
+        return await super().read(self.timeout if timeout is None else timeout)
 
     def release(self) -> None:
         sender, self._sender = self._sender, None
         if sender is not None and not sender.done():
             sender.cancel()
             self._conn.abort()
-        elif self._done and self._error is None:
-            if self._paused and self._conn.transport is not None:
-                self._conn.transport.resume_reading()   # the answer is all here
+        elif self.done and self.error is None:
+            self.unpause()                   # the answer is all here
             self._pool._give(self._conn)
         else:
             self._conn.abort()
@@ -667,7 +698,7 @@ class Pool:
                     conn = await self._connect()
             stream = Stream(conn, self, read_timeout)
             try:
-                fut = conn.send(data, body, no_body, stream._feed, stream)
+                fut = conn.send(data, body, no_body, stream.feed, stream)
                 if body_stream is None:
                     stream.head = await _within(fut, read_timeout)
                 else:

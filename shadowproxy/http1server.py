@@ -5,7 +5,7 @@ Each client connection is a :class:`Connection`. It parses one request head at a
 with a request's head), hands a :class:`Request` to the handler in a task of its own,
 and parses the next (pipelined) request only once the answer to this one is complete.
 The request body reaches the handler as it arrives (:meth:`Request.read`); above
-``BODY_HIGH`` queued bytes the connection stops reading, so a slow upstream slows the
+``STREAM_HIGH`` queued bytes the connection stops reading, so a slow upstream slows the
 client. The handler answers with :meth:`Request.reply` or :meth:`Request.respond`
 (head and body written as given: nothing is added but the framing and ``Connection``
 headers the client needs).
@@ -42,8 +42,8 @@ from .http1 import (
     _LENGTH,
     MAX_HEADERS,
     ProtocolError,
+    Pulled,
     ResponseParser,
-    _within,
     framing,
 )
 
@@ -51,11 +51,9 @@ log = logging.getLogger("shadowproxy.server")
 
 MAX_LINE = 16 * 1024          # the request line (the target), and each header line
 MAX_HEAD = 256 * 1024         # a whole request head
-BODY_HIGH = 256 * 1024        # queued request body bytes before the connection pauses
 PENDING_HIGH = 256 * 1024     # bytes of pipelined requests held while one is answered
 KEEPALIVE_TIMEOUT = 75.0      # seconds an idle client connection is kept (aiohttp's)
 BODY_TIMEOUT = 60.0           # seconds a handler waits for more of a request body
-PIECE_OVERHEAD = 64           # bytes counted for each queued body piece besides its data
 
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _METHOD = re.compile(_TOKEN)
@@ -171,20 +169,21 @@ class RequestParser(ResponseParser):
         req = Request(method, target, ver, headers, size, te is not None,
                       expect and ver == (1, 1), upgrade)
         self.head = req  # type: ignore[assignment]
-        self.on_body = req._feed     # body bytes in the same piece as the head go there
+        self.on_body = req.feed      # body bytes in the same piece as the head go there
 
 
-class Request:
-    """One request as received, and the way to answer it."""
+class Request(Pulled):
+    """One request as received, its body pulled with :meth:`read`, and the way to
+    answer it."""
 
-    __slots__ = ("_body", "_chunked_out", "_conn", "_continued", "_error", "_no_body",
-                 "_paused", "_queued", "_waiter", "body_done", "chunked", "content_length",
-                 "expect_continue", "headers", "method", "responded", "target", "upgrade",
-                 "version")
+    __slots__ = ("_chunked_out", "_conn", "_continued", "_no_body", "chunked",
+                 "content_length", "expect_continue", "headers", "method", "responded",
+                 "target", "upgrade", "version")
 
     def __init__(self, method: str, target: str, version: tuple[int, int],
                  headers: list[tuple[str, str]], content_length: int | None, chunked: bool,
                  expect_continue: bool, upgrade: bool) -> None:
+        super().__init__()
         self.method = method
         self.target = target                    # raw, exactly as received
         self.version = version
@@ -194,13 +193,8 @@ class Request:
         self.expect_continue = expect_continue
         self.upgrade = upgrade                  # Upgrade: websocket
         self.responded = False
-        self.body_done = not chunked and not content_length
+        self.done = not chunked and not content_length      # no body: all of it is here
         self._conn: Connection | None = None
-        self._body: list[bytes] = []
-        self._queued = 0
-        self._paused = False
-        self._waiter: asyncio.Future[None] | None = None
-        self._error: BaseException | None = None
         self._continued = False
         self._chunked_out = False               # the answer's body goes chunked
         self._no_body = False                   # the answer has no body (HEAD, 204, 304)
@@ -217,25 +211,13 @@ class Request:
 
     # ------------------------------------------------------------ body
 
-    def _feed(self, data: bytes | bytearray) -> None:
-        self._body.append(data)
-        self._queued += len(data) + PIECE_OVERHEAD
-        if self._queued > BODY_HIGH and not self._paused and self._conn is not None:
-            self._paused = True
+    def _pause(self) -> None:
+        if self._conn is not None:
             self._conn.pause()
-        self._wake()
 
-    def _wake(self) -> None:
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    def _end(self, exc: BaseException | None) -> None:
-        if exc is None:
-            self.body_done = True
-        elif not self.body_done and self._error is None:
-            self._error = exc
-        self._wake()
+    def _resume(self) -> None:
+        if self._conn is not None:
+            self._conn.resume()
 
     def send_continue(self) -> None:
         """``100 Continue`` once, when the client asked for it and nothing was sent."""
@@ -244,32 +226,21 @@ class Request:
             self._continued = True
             self._conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
-    async def read(self) -> bytes:
-        """The body bytes received since the last call (waiting for some); b"" at the
-        end. Raises :class:`BodyError` when the body is malformed, stops coming for
-        ``BODY_TIMEOUT`` seconds, or the client went away mid-body."""
-        while True:
-            if self._body:
-                chunks, self._body, self._queued = self._body, [], 0
-                if self._paused:
-                    self._paused = False
-                    if self._conn is not None:
-                        self._conn.resume()
-                return chunks[0] if len(chunks) == 1 and type(chunks[0]) is bytes \
-                    else b"".join(chunks)
-            if self._error is not None:
-                err = self._error
-                raise BodyError(str(err), 400 if isinstance(err, ProtocolError) else None)
-            if self.body_done:
-                return b""
+    async def read(self, timeout: float | None = BODY_TIMEOUT) -> bytes:
+        """The body bytes received since the last call (waiting for some, which sends
+        a ``100 Continue`` the client asked for); b"" at the end. Raises
+        :class:`BodyError` when the body is malformed, stops coming for ``timeout``
+        seconds, or the client went away mid-body."""
+        if not self.ready:
             self.send_continue()
-            self._waiter = waiter = asyncio.get_running_loop().create_future()
-            try:
-                await _within(waiter, BODY_TIMEOUT)
-            except TimeoutError:
-                raise BodyError("the request body stopped coming", 408) from None
-            finally:
-                self._waiter = None
+        try:
+            return await super().read(timeout)
+        except TimeoutError:      # (an OSError: first) nothing came for ``timeout`` seconds
+            raise BodyError("the request body stopped coming", 408) from None
+        except ProtocolError as exc:
+            raise BodyError(str(exc), 400) from None
+        except Exception as exc:  # noqa: BLE001 - the connection was lost
+            raise BodyError(str(exc) or "the client went away", None) from None
 
     # ------------------------------------------------------------ answer
 
@@ -290,7 +261,7 @@ class Request:
         conn = self._conn
         assert conn is not None and not self.responded
         self.responded = True
-        if not self.body_done or conn.server.stopping:
+        if not self.done or conn.server.stopping:
             conn.keep_alive = False      # the connection closes after this answer
         no_body = self.method == "HEAD" or status in (204, 304) or status < 200
         if length is None and not no_body:
@@ -372,7 +343,7 @@ class Connection(asyncio.Protocol):
         self._request: Request | None = None
         self._task: asyncio.Task[None] | None = None
         self._pending = bytearray()        # bytes after the request being answered
-        self._head_bytes = bytearray()     # the current head's bytes, for an upgrade
+        self._head_pieces: list[bytes] = []   # the current head's bytes, for an upgrade
         self._read_paused = False
         self._write_paused: asyncio.Future[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
@@ -398,17 +369,17 @@ class Connection(asyncio.Protocol):
             if self.closing:
                 return
             parser = self._parser = RequestParser(_ignore)
-            self._head_bytes.clear()
+            self._head_pieces = []
         try:
             if parser.head is None:
-                self._head_bytes += data
+                self._head_pieces.append(data)   # no copy: kept for an upgrade
                 done = parser.feed(data)
                 req = parser.head
                 if req is None:
                     return
                 assert isinstance(req, Request)
                 if req.upgrade and self.server.on_upgrade is not None:
-                    self._hand_over(bytes(self._head_bytes))
+                    self._hand_over(b"".join(self._head_pieces))
                     return
                 self._start(req)
             else:
@@ -423,7 +394,7 @@ class Connection(asyncio.Protocol):
         req = self._request
         self._parser = None
         if req is not None:
-            req._end(None)
+            req.end()
         if not parser.keep_alive:
             self.keep_alive = False
         if parser.tail:
@@ -444,7 +415,7 @@ class Connection(asyncio.Protocol):
             self._write_paused.set_result(None)
         req = self._request
         if req is not None:
-            req._end(exc or ConnectionResetError("the client closed the connection"))
+            req.end(exc or ConnectionResetError("the client closed the connection"))
         if self._task is not None and not self._task.done():
             self._task.cancel()      # nobody is listening for the answer any more
 
@@ -495,7 +466,7 @@ class Connection(asyncio.Protocol):
     def finish(self) -> None:
         """The answer is complete: the next request, or close."""
         req, self._request = self._request, None
-        if req is not None and not req.body_done:
+        if req is not None and not req.done:
             self.keep_alive = False        # the rest of its body was never read
         if not self.keep_alive or self.server.stopping:
             self.closing = True
@@ -566,7 +537,7 @@ class Connection(asyncio.Protocol):
         req = self._request
         if req is not None:
             # its body was malformed (chunk framing): the answer may be under way
-            req._end(exc)
+            req.end(exc)
             self.keep_alive = False
             return
         self.keep_alive = False
