@@ -379,16 +379,18 @@ class _Conn(asyncio.Protocol):
         self._fut: asyncio.Future[Head] | None = None
         self._stream: Stream | None = None
         self._drained: asyncio.Future[None] | None = None   # set while writes are paused
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._loop = asyncio.get_running_loop()
 
     def send(self, data: bytes, body: bytes, no_body: bool, on_body: BodySink,
              stream: Stream | None = None) -> asyncio.Future[Head]:
         assert self.transport is not None
         self._parser = ResponseParser(on_body, no_body=no_body)
         self._stream = stream
-        self._fut = fut = asyncio.get_running_loop().create_future()
+        self._fut = fut = self._loop.create_future()
         if self.lost or self.transport.is_closing():
             fut.set_exception(ResetError("connection closed", before_response=True))
             return fut
@@ -460,7 +462,7 @@ class _Conn(asyncio.Protocol):
             fut.set_result(p.head)
 
     def pause_writing(self) -> None:
-        self._drained = asyncio.get_running_loop().create_future()
+        self._drained = self._loop.create_future()
 
     def resume_writing(self) -> None:
         if self._drained is not None and not self._drained.done():
@@ -609,6 +611,103 @@ class Stream(Pulled):
             self._conn.abort()
 
 
+class Call:
+    """One request sent by :meth:`Pool.start`: callbacks only, no task (unless it has to
+    connect)."""
+
+    __slots__ = ("pool", "method", "data", "body", "on_body", "done", "timer", "conn",
+                 "reused", "retried", "task", "finished")
+
+    def __init__(self, pool: Pool, method: str, data: bytes, body: bytes, on_body: BodySink,
+                 done: Callable[[Head | BaseException], None]) -> None:
+        self.pool = pool
+        self.method = method
+        self.data = data
+        self.body = body
+        self.on_body = on_body
+        self.done = done
+        self.timer: asyncio.TimerHandle | None = None
+        self.conn: _Conn | None = None
+        self.reused = False
+        self.retried = False
+        self.task: asyncio.Task[None] | None = None
+        self.finished = False
+
+    def send(self, conn: _Conn, reused: bool) -> None:
+        self.conn = conn
+        self.reused = reused
+        fut = conn.send(self.data, self.body, self.method == "HEAD", self.on_body)
+        fut.add_done_callback(self._answered)
+
+    def connect(self) -> None:
+        self.task = self.pool._loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        try:
+            conn = await self.pool._connect()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the caller gets every failure
+            self._end(exc)
+            return
+        self.task = None
+        if self.finished:        # timed out or cancelled while connecting
+            conn.close()
+            return
+        self.send(conn, False)
+
+    def _answered(self, fut: asyncio.Future[Head]) -> None:
+        exc = None if fut.cancelled() else fut.exception()
+        conn = self.conn
+        assert conn is not None
+        if self.finished:
+            if exc is None:
+                self.pool._give(conn)
+            return
+        if exc is None:
+            self.pool._give(conn)
+            self._end(fut.result())
+            return
+        conn.abort()
+        if isinstance(exc, ResetError) and exc.before_response and self.reused and \
+                not self.retried and self.method in IDEMPOTENT:
+            self.retried = True          # stale keep-alive: once more on a new connection
+            self.connect()
+            return
+        self._end(exc if exc is not None else ResetError("cancelled"))
+
+    def expire(self) -> None:
+        self.timer = None
+        if not self.finished:
+            self._abandon()
+            self._end(TimeoutError())
+
+    def cancel(self) -> None:
+        """Abandon the request (its connection is aborted); ``done`` is not called."""
+        if not self.finished:
+            self._abandon()
+            self.finished = True
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+
+    def _abandon(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        if self.conn is not None:
+            self.conn.abort()
+
+    def _end(self, result: Head | BaseException) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.done(result)
+
+
 class Pool:
     """Keep-alive connections to one upstream (``http://host[:port][/prefix]``).
 
@@ -633,45 +732,54 @@ class Pool:
         self._sem = asyncio.Semaphore(self.limit)
         self._idle: list[_Conn] = []
         self._closed = False
+        self._loop_: asyncio.AbstractEventLoop | None = None
+
+    def start(self, method: str, target: str, header_block: bytes, body: bytes,
+              on_body: BodySink, timeout: float | None,
+              done: Callable[[Head | BaseException], None]) -> Call:
+        """Send one request from a callback, with no task of its own (the mirror's
+        shadows): ``done`` gets the :class:`Head` once the answer is read to its end
+        (body bytes to ``on_body``), or the failure (an :class:`UpstreamError`,
+        ``TimeoutError`` after ``timeout`` seconds, connecting included). Not limited
+        to ``limit`` requests in flight: the caller bounds them. :meth:`Call.cancel`
+        abandons it without calling ``done``."""
+        data = f"{method} {self.prefix}{target} HTTP/1.1\r\nHost: {self.host_header}\r\n" \
+            .encode("latin-1") + header_block
+        call = Call(self, method, data, body, on_body, done)
+        if timeout is not None:
+            call.timer = self._loop().call_later(timeout, call.expire)
+        conn = self._take()
+        if conn is None:
+            call.connect()
+        else:
+            call.send(conn, True)
+        return call
 
     async def request(self, method: str, target: str, header_block: bytes, body: bytes,
                       on_body: BodySink, timeout: float | None = None) -> Head:
-        """Send one request (``target``: raw path and query; ``header_block`` from
-        :func:`encode_headers`) and read its answer, body bytes to ``on_body``.
-        ``timeout``: seconds for all of it (TimeoutError), connecting included."""
-        data = f"{method} {self.prefix}{target} HTTP/1.1\r\nHost: {self.host_header}\r\n" \
-            .encode("latin-1") + header_block
-        no_body = method == "HEAD"
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
+        """:meth:`start` as a coroutine, at most ``limit`` at a time."""
         async with self._sem:
-            conn = self._take()
-            reused = conn is not None
-            for attempt in (1, 2):
-                if conn is None:
-                    conn = await self._connect_by(deadline)
-                try:
-                    head = await _within(conn.send(data, body, no_body, on_body),
-                                         None if deadline is None else deadline - loop.time())
-                except ResetError as exc:
-                    conn.abort()
-                    if attempt == 2 or not (reused and exc.before_response and
-                                            method in IDEMPOTENT):
-                        raise
-                    conn = None   # stale keep-alive: once more on a new connection
-                    continue
-                except BaseException:
-                    conn.abort()
-                    raise
-                self._give(conn)
-                return head
-        raise AssertionError("unreachable")
+            fut: asyncio.Future[Head] = self._loop().create_future()
 
-    async def _connect_by(self, deadline: float | None) -> _Conn:
-        if deadline is None:
-            return await self._connect()
-        async with asyncio.timeout_at(deadline):
-            return await self._connect()
+            def done(result: Head | BaseException) -> None:
+                if not fut.done():
+                    if isinstance(result, BaseException):
+                        fut.set_exception(result)
+                    else:
+                        fut.set_result(result)
+
+            call = self.start(method, target, header_block, body, on_body, timeout, done)
+            try:
+                return await fut
+            except asyncio.CancelledError:
+                call.cancel()
+                raise
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop_
+        if loop is None:
+            loop = self._loop_ = asyncio.get_running_loop()
+        return loop
 
     async def open(self, method: str, target: str, header_block: bytes, body: bytes, *,
                    host: bool = True, body_stream: AsyncIterator[bytes] | None = None,
@@ -700,7 +808,14 @@ class Pool:
             try:
                 fut = conn.send(data, body, no_body, stream.feed, stream)
                 if body_stream is None:
-                    stream.head = await _within(fut, read_timeout)
+                    # the timer inline, not _within(): one coroutine less per request
+                    timer = None if read_timeout is None or fut.done() else \
+                        self._loop().call_later(read_timeout, _expire, fut)
+                    try:
+                        stream.head = await fut
+                    finally:
+                        if timer is not None:
+                            timer.cancel()
                 else:
                     sender = stream._sender = asyncio.create_task(
                         _send_body(conn, body_stream, chunked, read_timeout))
@@ -727,7 +842,7 @@ class Pool:
         idle = self._idle
         if not idle:
             return None
-        now = asyncio.get_running_loop().time()
+        now = self._loop().time()
         while idle:
             conn = idle.pop()
             if not conn.lost and now - conn.idle_since < IDLE_EXPIRY:
@@ -739,7 +854,7 @@ class Pool:
         if self._closed or not conn.reusable or len(self._idle) >= self.limit:
             conn.close()
             return
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = self._loop().time()
         self._idle.append(conn)
 
     async def _connect(self) -> _Conn:

@@ -19,11 +19,12 @@ does not fit stops keeping bytes and is compared by size and digest.
 from __future__ import annotations
 
 import asyncio
-from time import perf_counter
+import collections
 import hashlib
 import logging
 import random
 import time
+from time import perf_counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
@@ -48,7 +49,7 @@ UPSTREAM_LIMITS = {"max_line_size": 64 * 1024, "max_field_size": 64 * 1024,
                    "max_headers": 1024}
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)   # hashed by identity: a member of Mirror._running
 class MirrorJob:
     id: str
     started: float
@@ -64,6 +65,8 @@ class MirrorJob:
     fetched: bool = False         # candidate (and secondary) answers are in
     candidate: ResponseRecord | None = None
     secondary: ResponseRecord | None = None
+    calls: list[tuple[http1.Call, Capture]] | None = None   # the shadow requests in flight
+    awaited: int = 0              # answers (candidate, secondary) not yet in
 
 
 class Sampler:
@@ -129,29 +132,17 @@ def classify_error(exc: BaseException) -> str:
     return "other"
 
 
-async def fetch(pool: http1.Pool, target: str, req: RequestRecord, header_block: bytes | None,
-                cap: int, timeout: float, budget: Budget | None = None) -> ResponseRecord:
-    """Send ``req`` (its raw ``target``, the headers of ``header_block`` from
-    :func:`http1.encode_headers`, None when they could not be encoded) through ``pool``
-    and capture the answer; never raises. The bytes of the returned body stay charged
-    to ``budget`` until the caller gives them back."""
-    t0 = perf_counter()   # uvloop's loop.time() has 1 ms resolution
-    if header_block is None:
-        return ResponseRecord(status=0, error="other")
-    cap_ = Capture(cap, budget)
-    try:
-        head = await pool.request(req.method, target, header_block, req.body, cap_.feed,
-                                  timeout)
-    except asyncio.CancelledError:
-        cap_.release()
-        raise
-    except BaseException as exc:  # noqa: BLE001 - every failure becomes a counted kind
-        cap_.release()
-        return ResponseRecord(status=0, latency=perf_counter() - t0, error=classify_error(exc))
+def answer_record(result: http1.Head | BaseException, cap: Capture, t0: float
+                  ) -> ResponseRecord:
+    """The :class:`ResponseRecord` of a shadow's answer (or failure) captured in ``cap``,
+    whose kept bytes stay charged to its budget until the caller gives them back."""
+    if isinstance(result, BaseException):
+        cap.release()
+        return ResponseRecord(status=0, latency=perf_counter() - t0, error=classify_error(result))
     return ResponseRecord(
-        status=head.status, reason=head.reason, headers=head.headers,
-        body=cap_.body, size=cap_.size, sha256=cap_.sha256,
-        truncated=cap_.truncated, latency=perf_counter() - t0,
+        status=result.status, reason=result.reason, headers=result.headers,
+        body=cap.body, size=cap.size, sha256=cap.sha256,
+        truncated=cap.truncated, latency=perf_counter() - t0,
     )
 
 
@@ -161,11 +152,12 @@ class Mirror:
     def __init__(self, cfg: Config, stats: Stats, sink: Callable[[Exchange], bool]) -> None:
         self.stats = stats
         self.sink = sink
-        self._queue: asyncio.Queue[MirrorJob] = asyncio.Queue(cfg.mirror.queue)
-        self._idle = asyncio.Event()     # set by the last busy worker once draining
-        self._workers: list[asyncio.Task[None]] = []
+        self._waiting: collections.deque[MirrorJob] = collections.deque()
+        self._running: set[MirrorJob] = set()     # sent, answers not all in
         self._pending: dict[asyncio.Future[ResponseRecord], MirrorJob] = {}
-        self.in_flight = 0
+        self._idle = asyncio.Event()     # set once draining and nothing is left to send
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pump_at: asyncio.Handle | None = None
         self.budget = Budget(cfg.mirror.buffer_limit)
         self.accepting = True
         self.configure(cfg)
@@ -230,36 +222,44 @@ class Mirror:
             self.breaker.cancel_probe()
             self.stats.add("dropped", "memory", endpoint)
             return None
-        loop = asyncio.get_running_loop()
+        waiting = self._waiting
+        if len(waiting) >= self.cfg.queue:
+            self.breaker.cancel_probe()
+            self.budget.give(cost)
+            self.stats.add("dropped", "queue_full", endpoint)
+            return None
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         fut: asyncio.Future[ResponseRecord] = loop.create_future()
         if target is None:
             target = request.path + ("?" + request.query if request.query else "")
         job = MirrorJob(id_, time.time(), endpoint, route.key if route else None, request,
                         target, fut, cost, loop.time() + self.cfg.timeout)
-        try:
-            self._queue.put_nowait(job)
-        except asyncio.QueueFull:
-            self.breaker.cancel_probe()
-            self.budget.give(cost)
-            self.stats.add("dropped", "queue_full", endpoint)
-            return None
+        waiting.append(job)
+        if self._pump_at is None:
+            # sent once the caller's step ends: primary's request goes out first
+            self._pump_at = loop.call_soon(self._pump)
         fut.add_done_callback(lambda _f: self._primary_done(job))
         self.stats.add("mirrored", "", endpoint)
         return fut
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize()
+        """Shadows waiting for a free slot (``mirror.concurrency`` are in flight)."""
+        return len(self._waiting)
 
-    # ------------------------------------------------------------ workers
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    # ------------------------------------------------------------ sending
 
     async def start(self) -> None:
-        conc = self.cfg.concurrency
+        self._loop = asyncio.get_running_loop()
         for base in (self.candidate, self.secondary):
             if base:
                 self._pool(base)
-        self._workers = [asyncio.create_task(self._worker(), name=f"mirror-{i}")
-                         for i in range(conc)]
 
     def _pool(self, base: str) -> http1.Pool:
         """The connection pool to ``base`` (a reload may name a new upstream)."""
@@ -275,39 +275,35 @@ class Mirror:
         out.extend(self.add)
         return out
 
-    async def _worker(self) -> None:
-        queue = self._queue
-        loop = asyncio.get_running_loop()
+    def _pump(self) -> None:
+        """Send waiting shadows while fewer than ``mirror.concurrency`` are in flight."""
+        self._pump_at = None
+        waiting, running = self._waiting, self._running
+        if not waiting:
+            return
+        now = self._loop.time()  # type: ignore[union-attr]
+        limit = self.cfg.concurrency
         skipped = 0
-        while True:
-            job = await queue.get()
-            if loop.time() > job.expires:
+        while waiting and len(running) < limit:
+            job = waiting.popleft()
+            if now > job.expires:
                 # waited out its whole timeout behind a slow candidate: a shadow sent
                 # now would be stale, and skipping it lets the queue catch up
                 self._finish(job)
                 self.stats.add("dropped", "queue_timeout", job.endpoint)
                 skipped += 1
-                if skipped % 32 == 0:
-                    await asyncio.sleep(0)   # thousands may expire at once: let requests in
+                if skipped == 32 and waiting:   # thousands may expire at once: let requests in
+                    self._pump_at = self._loop.call_soon(self._pump)  # type: ignore[union-attr]
+                    return
                 continue
-            skipped = 0
-            self.in_flight += 1
             try:
-                await self._run(job)
-            except asyncio.CancelledError:
-                self._finish(job)
-                self.stats.add("dropped", "shutdown", job.endpoint)
-                raise
+                self._send(job)
             except Exception:
-                log.exception("mirror worker failed on %s", job.id)
-                self._finish(job)
-                self.stats.add("dropped", "internal_error", job.endpoint)
-            finally:
-                self.in_flight -= 1
-                if not self.accepting and not self.in_flight and queue.empty():
-                    self._idle.set()
+                log.exception("mirror failed on %s", job.id)
+                self._abandon(job, "internal_error")
+        self._check_idle()
 
-    async def _run(self, job: MirrorJob) -> None:
+    def _send(self, job: MirrorJob) -> None:
         cfg = self.cfg
         req = job.request
         try:   # the head is built once, for the candidate and the secondary alike
@@ -316,25 +312,74 @@ class Mirror:
         except ValueError:   # CR/LF or a character outside latin-1 in a header
             block = None
         assert self.candidate is not None
-        if self.secondary:
-            cand, sec = await asyncio.gather(
-                fetch(self._pool(self.candidate), job.target, req, block,
-                      cfg.capture_max, cfg.timeout, self.budget),
-                fetch(self._pool(self.secondary), job.target, req, block,
-                      cfg.capture_max, cfg.timeout, self.budget))
+        self._running.add(job)
+        bases = (self.candidate,) if not self.secondary else (self.candidate, self.secondary)
+        job.awaited = len(bases)
+        if block is None:
+            for i in range(len(bases)):
+                self._answered(job, i, ResponseRecord(status=0, error="other"))
+            return
+        job.calls = []
+        for i, base in enumerate(bases):
+            cap = Capture(cfg.capture_max, self.budget)
+            t0 = perf_counter()   # uvloop's loop.time() has 1 ms resolution
+
+            def done(result: http1.Head | BaseException, i: int = i, cap: Capture = cap,
+                     t0: float = t0) -> None:
+                try:
+                    self._answered(job, i, answer_record(result, cap, t0))
+                except Exception:
+                    log.exception("mirror failed on %s", job.id)
+                    self._abandon(job, "internal_error")
+
+            call = self._pool(base).start(req.method, job.target, block, req.body, cap.feed,
+                                          cfg.timeout, done)
+            job.calls.append((call, cap))
+
+    def _answered(self, job: MirrorJob, which: int, rec: ResponseRecord) -> None:
+        if job.finished:             # abandoned meanwhile (shutdown): give its bytes back
+            self.budget.give(len(rec.body))
+            return
+        if which == 0:
+            job.candidate = rec
         else:
-            cand = await fetch(self._pool(self.candidate), job.target, req, block,
-                               cfg.capture_max, cfg.timeout, self.budget)
-            sec = None
+            job.secondary = rec
+        job.cost += len(rec.body)
+        job.awaited -= 1
+        if job.awaited:
+            return
+        cand = job.candidate
+        assert cand is not None
         self.breaker.record(cand.error)
-        job.cost += len(cand.body) + (len(sec.body) if sec is not None else 0)
-        job.candidate, job.secondary, job.fetched = cand, sec, True
+        job.calls = None
+        job.fetched = True
+        self._running.discard(job)
         if job.primary.done():
             self._complete(job)
         else:
-            # free the worker: _primary_done completes the exchange when primary's
-            # answer is known
+            # _primary_done completes the exchange when primary's answer is known
             self._pending[job.primary] = job
+        if self._waiting:
+            self._pump()
+        else:
+            self._check_idle()
+
+    def _abandon(self, job: MirrorJob, reason: str) -> None:
+        """Stop a shadow, sent or not, and count it ``dropped{reason}``."""
+        if job.finished:
+            return
+        for call, cap in job.calls or ():
+            if not call.finished:    # an answer already in is charged to job.cost
+                call.cancel()
+                cap.release()
+        job.calls = None
+        self._running.discard(job)
+        self._finish(job)
+        self.stats.add("dropped", reason, job.endpoint)
+
+    def _check_idle(self) -> None:
+        if not self.accepting and not self._running and not self._waiting:
+            self._idle.set()
 
     def _primary_done(self, job: MirrorJob) -> None:
         if job.finished:
@@ -388,21 +433,17 @@ class Mirror:
         drop what is left (counted as ``dropped{shutdown}``)."""
         self.accepting = False
         loop = asyncio.get_running_loop()
-        if self._workers and (self.in_flight or not self._queue.empty()):
+        self._check_idle()
+        if not self._idle.is_set():
             try:
                 await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - loop.time()))
             except TimeoutError:
                 pass
-        # workers are idle (or past the deadline): stop them; a job still running
-        # is counted dropped{shutdown} by its worker
-        for w in self._workers:
-            w.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-        # jobs never started
-        while not self._queue.empty():
-            job = self._queue.get_nowait()
-            self._finish(job)
-            self.stats.add("dropped", "shutdown", job.endpoint)
+        # past the deadline: shadows in flight, then those never sent
+        for job in list(self._running):
+            self._abandon(job, "shutdown")
+        while self._waiting:
+            self._abandon(self._waiting.popleft(), "shutdown")
         # jobs waiting for a primary answer that never came
         remaining = max(0.0, deadline - loop.time())
         if self._pending:
