@@ -1,4 +1,4 @@
-"""A bounded copy of a response body: the first ``cap`` bytes, the size and a running sha256.
+"""A bounded copy of a response body: the first ``cap`` bytes, its size, its sha256 once cut.
 
 Captures of one worker draw on a shared :class:`Budget`: when it is spent a capture
 keeps no more bytes (the body is then compared by size and digest, marked
@@ -8,6 +8,7 @@ truncated) instead of the shadow being dropped. Memory stays bounded either way.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 
 class Budget:
@@ -45,12 +46,14 @@ class Capture:
         self._parts: list[bytes] = []
         self._kept = 0
         self.size = 0
-        self._hash = hashlib.sha256()
+        self._hash: Any = None     # started only once bytes go unkept (see sha256)
         self._budget = budget
 
     def feed(self, chunk: bytes) -> None:
         self.size += len(chunk)
-        self._hash.update(chunk)
+        h = self._hash
+        if h is not None:
+            h.update(chunk)
         room = self.cap - self._kept
         if room > 0:
             want = len(chunk) if len(chunk) <= room else room
@@ -62,6 +65,13 @@ class Capture:
             if want:
                 self._parts.append(chunk if want == len(chunk) else chunk[:want])
                 self._kept += want
+        if h is None and self.size > self._kept:
+            # the first bytes not kept: from here on the digest is all that stays of
+            # the whole body, so it is computed over everything seen
+            h = self._hash = hashlib.sha256()
+            for part in self._parts:
+                h.update(part)
+            h.update(chunk[want:] if room > 0 else chunk)
 
     @property
     def kept(self) -> int:
@@ -84,4 +94,6 @@ class Capture:
 
     @property
     def sha256(self) -> str:
-        return self._hash.hexdigest()
+        """Hex digest of the whole body when it was truncated; "" when :attr:`body` is
+        the whole body (whoever needs its digest hashes it: most never do)."""
+        return self._hash.hexdigest() if self._hash is not None else ""

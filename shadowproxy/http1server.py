@@ -342,6 +342,7 @@ class Connection(asyncio.Protocol):
         self._parser: RequestParser | None = None
         self._request: Request | None = None
         self._task: asyncio.Task[None] | None = None
+        self._task_for: Request | None = None    # the request self._task serves
         self._pending = bytearray()        # bytes after the request being answered
         self._head_pieces: list[bytes] = []   # the current head's bytes, for an upgrade
         self._read_paused = False
@@ -420,7 +421,7 @@ class Connection(asyncio.Protocol):
             self._task.cancel()      # nobody is listening for the answer any more
 
     def pause_writing(self) -> None:
-        self._write_paused = asyncio.get_running_loop().create_future()
+        self._write_paused = self.server.loop.create_future()
 
     def resume_writing(self) -> None:
         w, self._write_paused = self._write_paused, None
@@ -491,7 +492,8 @@ class Connection(asyncio.Protocol):
         req._conn = self
         self._request = req
         self.server.requests += 1
-        self._task = asyncio.get_running_loop().create_task(self._run(req))
+        self._task = self.server.loop.create_task(self._run(req))
+        self._task_for = req
 
     async def _run(self, req: Request) -> None:
         # once its answer is finished the connection may be serving the next request:
@@ -521,8 +523,8 @@ class Connection(asyncio.Protocol):
                 elif not self.closing:
                     self.abort()     # the handler left its answer unfinished
         finally:
-            if self._task is asyncio.current_task():
-                self._task = None
+            if self._task_for is req:    # no later request has a task yet
+                self._task = self._task_for = None
             if self.server.stopping and self._request is None and not self.closing:
                 self.closing = True
                 if self.transport is not None:
@@ -565,7 +567,7 @@ class Connection(asyncio.Protocol):
 
     def _idle_timer(self) -> None:
         if self._idle is None:
-            self._idle = asyncio.get_running_loop().call_later(
+            self._idle = self.server.loop.call_later(
                 self.server.keepalive_timeout, self._idle_close)
 
     def _idle_close(self) -> None:
@@ -594,12 +596,13 @@ class Server:
         self._last_warned: float | None = None
         self._server: asyncio.base_events.Server | None = None
         self._idle_wait: asyncio.Event = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None     # set by start()
 
     def __call__(self) -> Connection:
         return Connection(self)
 
     async def start(self, sock: Any) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self, sock=sock, backlog=1024)
 
     def malformed(self, exc: BaseException) -> None:

@@ -60,6 +60,7 @@ class MirrorJob:
     primary: asyncio.Future[ResponseRecord]
     cost: int                     # bytes charged to the budget: body and the shadow captures
     expires: float = 0.0          # loop time after which it is too late to send it
+    block: bytes | None = None    # primary's header block (see Mirror.submit)
     finished: bool = False
     primary_given: bool = False   # primary's captured bytes given back to the budget
     fetched: bool = False         # candidate (and secondary) answers are in
@@ -181,6 +182,14 @@ class Mirror:
         # Host is the candidate's own; added headers replace the client's
         self.remove = frozenset(h.lower() for h in (*m.remove_headers, *m.add_headers, "host"))
         self.add = list(m.add_headers.items())
+        # with no header to remove, a shadow's block is primary's and the added lines
+        self._remove_lens = frozenset(len(h) for h in self.remove)
+        self._add_block: bytes | None = None
+        text = "".join(f"{k}: {v}\r\n" for k, v in self.add)
+        n = len(self.add)
+        if not m.remove_headers and text.count("\n") == n and text.count("\r") == n \
+                and text.isascii():
+            self._add_block = (text + "\r\n").encode("ascii")  # else encode_headers refuses it
         self.breaker = Breaker(m.breaker_failures, m.breaker_cooldown)
 
     # ------------------------------------------------------------ decisions
@@ -204,10 +213,14 @@ class Mirror:
     # ------------------------------------------------------------ submission
 
     def submit(self, id_: str, endpoint: str, route: Route | None, request: RequestRecord,
-               target: str | None = None) -> asyncio.Future[ResponseRecord] | None:
+               target: str | None = None, block: bytes | None = None
+               ) -> asyncio.Future[ResponseRecord] | None:
         """Queue a shadow of ``request``; returns the future the proxy resolves with
         primary's captured answer, or None when dropped (already counted). ``target``:
-        the raw path and query as received (default: rebuilt from the record)."""
+        the raw path and query as received (default: rebuilt from the record).
+        ``block``: the header block (:func:`http1.encode_headers`) of ``request``'s
+        headers as primary gets them, the base of the shadows' when none of those
+        headers is to be removed."""
         if not self.accepting:
             # counted as accepted-then-abandoned so that mirrored == handed on +
             # dropped after mirror (shutdown is one of those reasons) still holds
@@ -235,7 +248,8 @@ class Mirror:
         if target is None:
             target = request.path + ("?" + request.query if request.query else "")
         job = MirrorJob(id_, time.time(), endpoint, route.key if route else None, request,
-                        target, fut, cost, loop.time() + self.cfg.timeout)
+                        target, fut, cost, loop.time() + self.cfg.timeout,
+                        block if self._add_block is not None else None)
         waiting.append(job)
         if self._pump_at is None:
             # sent once the caller's step ends: primary's request goes out first
@@ -306,11 +320,19 @@ class Mirror:
     def _send(self, job: MirrorJob) -> None:
         cfg = self.cfg
         req = job.request
-        try:   # the head is built once, for the candidate and the secondary alike
-            block: bytes | None = http1.encode_headers(req.method, self._headers(req),
-                                                       len(req.body))
-        except ValueError:   # CR/LF or a character outside latin-1 in a header
-            block = None
+        block = job.block
+        if block is not None:
+            remove, lens = self.remove, self._remove_lens
+            if any(len(k) in lens and k.lower() in remove for k, _ in req.headers):
+                block = None     # a Host (preserve_host) or a client's copy of an added one
+            else:
+                # primary's lines, the added ones, the blank line
+                block = block[:-2] + self._add_block  # type: ignore[operator]
+        if block is None:
+            try:   # the head is built once, for the candidate and the secondary alike
+                block = http1.encode_headers(req.method, self._headers(req), len(req.body))
+            except ValueError:   # CR/LF or a character outside latin-1 in a header
+                block = None
         assert self.candidate is not None
         self._running.add(job)
         bases = (self.candidate,) if not self.secondary else (self.candidate, self.secondary)

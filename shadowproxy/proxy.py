@@ -117,6 +117,7 @@ class Proxy:
         body: bytes | None = None
         fut: asyncio.Future[ResponseRecord] | None = None
         prefix: bytes | None = None
+        block: bytes | None = None
         if mirror is None:
             reason: str | None = "no_candidate"
         else:
@@ -142,11 +143,15 @@ class Proxy:
                 self.stats.add("not_eligible", "body_too_large", endpoint)
             else:
                 rec = RequestRecord(method, path, query, tuple(headers), body)
+                try:   # primary's header block; the shadows reuse it when theirs are alike
+                    block = http1.encode_headers(method, headers, len(body))
+                except ValueError:
+                    block = None
                 fut = mirror.submit(next(self._ids), endpoint, route,  # type: ignore[union-attr]
-                                    rec, target)
+                                    rec, target, block)
 
         try:
-            await self._forward(request, method, target, headers, body, prefix, fut)
+            await self._forward(request, method, target, headers, body, prefix, fut, block)
         finally:
             if fut is not None and not fut.done():
                 fut.set_result(ResponseRecord(status=0, error="incomplete"))
@@ -222,14 +227,17 @@ class Proxy:
     async def _forward(self, request: Request, method: str, target: str,
                        headers: list[tuple[str, str]], body: bytes | None,
                        prefix: bytes | None,
-                       fut: asyncio.Future[ResponseRecord] | None) -> None:
+                       fut: asyncio.Future[ResponseRecord] | None,
+                       block: bytes | None = None) -> None:
         pool = self.pool
         assert pool is not None
         t0 = perf_counter()   # uvloop's loop.time() has 1 ms resolution
         stream: AsyncIterator[bytes] | None = None
         chunked = False
         try:
-            if body is not None or not request.body_exists:
+            if block is not None:
+                pass            # encoded by handle() for primary and the shadows
+            elif body is not None or not request.body_exists:
                 block = http1.encode_headers(method, headers, len(body) if body else 0)
             else:
                 # streamed as it comes, framed as the request was parsed (its

@@ -262,3 +262,51 @@ async def test_candidate_faults_do_not_touch_primary_connection_pool(primary):
     # stopping does not wait for the hanging candidate; the shadows are accounted for
     assert sink.items == []
     assert st.total("dropped", "shutdown") == 5
+
+
+@pytest.mark.parametrize("client_headers,preserve_host", [
+    ([("X-Keep", "1")], False),                         # primary's head reused
+    ([("X-Keep", "1"), ("X-Shadow-Request", "0")], False),   # the client's copy goes
+    ([("X-Keep", "1")], True),                          # primary gets the client's Host
+])
+async def test_shadow_head_is_primary_head_with_own_host_and_added_header(
+        client_headers, preserve_host):
+    """Byte for byte, a shadow's head is primary's with the candidate's Host and the
+    added ``X-Shadow-Request: 1`` (never a client's copy of it), and ends where
+    primary's does: the body follows the blank line."""
+    got: dict[str, list[tuple[bytes, bytes]]] = {"primary": [], "candidate": []}
+
+    def answering(who: str):
+        async def handler(reader, writer, log):
+            while True:
+                try:
+                    got[who].append(await read_request(reader))
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        return handler
+
+    prim = await RawServer(answering("primary")).start()
+    cand = await RawServer(answering("candidate")).start()
+    sink = Collector()
+    srv = await start_proxy(config(prim.url, cand.url, preserve_host=preserve_host,
+                                   mirror={"methods": ["GET", "POST"]}), sink)
+    try:
+        for method, body in (("GET", b""), ("POST", b"a=1&b=2")):
+            r = await exchange(srv.port, request(method, "/p?q=1", client_headers, body=body))
+            assert r.status == 200
+        await sink.wait_for(2)
+        for (ph, pb), (ch, cb) in zip(got["primary"], got["candidate"], strict=True):
+            assert ph.endswith(b"\r\n\r\n") and ch.endswith(b"\r\n\r\n") and pb == cb
+            plines, clines = ph.split(b"\r\n")[:-2], ch.split(b"\r\n")[:-2]
+            assert plines[0] == clines[0]                    # the request line
+            want = [ln for ln in plines[1:] if not ln.lower().startswith(b"host:")
+                    and not ln.lower().startswith(b"x-shadow-request:")]
+            assert sorted(clines[1:]) == sorted(
+                want + [b"Host: " + cand.url.split("//")[1].encode(), b"X-Shadow-Request: 1"])
+            assert (b"Host: example.test" in plines) == preserve_host
+    finally:
+        await srv.stop()
+        await prim.stop()
+        await cand.stop()
