@@ -7,8 +7,10 @@ more per request (URL and header objects, cookie and redirect machinery, a strea
 reader per response); this module does only that:
 
 * :func:`encode_headers` builds the header block once per shadow (the candidate and
-  the secondary share it); :meth:`Pool.request` prepends the request line with the
-  raw path and query exactly as received and the upstream's ``Host``.
+  the secondary share it); :meth:`Pool.start` (from callbacks, no task: the mirror)
+  and :meth:`Pool.request` (its coroutine form) prepend the request line with the raw
+  path and query exactly as received and the upstream's ``Host``. :meth:`Pool.open`
+  is the primary path's: the answer streams.
 * :class:`ResponseParser` is a push parser: status line, headers (at most
   ``MAX_LINE`` bytes a line, ``MAX_HEADERS`` headers, ``MAX_HEAD`` bytes a head, like
   the primary path's limits), interim 1xx answers skipped, bodies framed by
@@ -22,8 +24,8 @@ reader per response); this module does only that:
   sent once more on a new connection.
 
 Failures raise an :class:`UpstreamError` whose ``kind`` is the label the mirror
-counts: ``connect``, ``reset`` or ``protocol``; timeouts are the caller's
-(``asyncio.timeout``), and a cancelled request aborts its connection.
+counts: ``connect``, ``reset`` or ``protocol``; a request's timeout raises
+``TimeoutError``, and a cancelled request aborts its connection.
 """
 
 from __future__ import annotations

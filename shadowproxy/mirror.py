@@ -1,14 +1,15 @@
 """Mirroring: which requests are shadowed, and the bounded machinery that sends them.
 
-The proxy asks :meth:`Mirror.decide` for every request, then :meth:`Mirror.submit`
-for the ones that should be shadowed. A job enters a bounded queue served by
-``mirror.concurrency`` workers with their own keep-alive connection pool (the lean
-HTTP/1.1 client of :mod:`shadowproxy.http1`, not aiohttp's); the client path never
-awaits any of it. A worker sends the request to the candidate (and the
-secondary) at once — concurrently with primary — reads each answer up to
-``capture_max`` while hashing the rest, and when the primary's captured answer
-is also known hands an :class:`~shadowproxy.models.Exchange` to the sink (the
-channel to the comparator).
+The proxy asks :meth:`Mirror.eligible` and :meth:`Mirror.sampled` for every request,
+then :meth:`Mirror.submit` for the ones that should be shadowed. A job waits in a
+bounded queue until fewer than ``mirror.concurrency`` shadows are in flight; it is
+sent from callbacks, with no task of its own (:meth:`http1.Pool.start` on the mirror's
+keep-alive pools, the lean HTTP/1.1 client of :mod:`shadowproxy.http1`), right after
+the step that submitted it, so primary's request goes out first and the client path
+never awaits any of it. The candidate (and the secondary) get the request at once —
+concurrently with primary; each answer is read up to ``capture_max`` (the size and a
+digest are kept of the rest), and when the primary's captured answer is also known an
+:class:`~shadowproxy.models.Exchange` goes to the sink (the channel to the comparator).
 
 Memory is bounded: the queue by count (``mirror.queue``) and all bytes the worker's
 shadows hold (request bodies and the three captures) by ``mirror.buffer_limit``. A
