@@ -661,6 +661,14 @@ class Redactor:
 
     # -- records
 
+    def _scan_headers(self, headers: Headers, secrets: _Secrets) -> None:
+        """What :meth:`_headers` finds in ``headers`` (into ``secrets``), without the copy
+        (a summary stores no headers)."""
+        redacted, plain = self.headers, self._plain
+        for k, v in headers:
+            if k.lower() in redacted or (v not in plain and ("=" in v or ":" in v)):
+                self.redact_header_value(k, v, secrets)
+
     def _headers(self, headers: Headers, secrets: _Secrets, drop: frozenset[str] = frozenset()
                  ) -> Headers:
         out = []
@@ -695,9 +703,10 @@ class Redactor:
                  ) -> RequestRecord:
         body, decoded, _cut = self._body(r.body, r.headers, False, secrets, done)
         query = self.redact_query(r.query, secrets)
-        headers = self._headers(r.headers, secrets, _CONTENT_ENCODING if decoded else frozenset())
         if not whole:
+            self._scan_headers(r.headers, secrets)
             return RequestRecord(method=r.method, path=r.path, query=query, headers=(), body=b"")
+        headers = self._headers(r.headers, secrets, _CONTENT_ENCODING if decoded else frozenset())
         return RequestRecord(method=r.method, path=r.path, query=query, headers=headers,
                              body=body)
 
@@ -706,11 +715,13 @@ class Redactor:
         if r is None:
             return None
         body, decoded, cut = self._body(r.body, r.headers, r.truncated, secrets, done)
-        headers = self._headers(r.headers, secrets, _CONTENT_ENCODING if decoded else frozenset())
-        error = self.redact_text(r.error, secrets) if r.error else r.error
         if not whole:
+            self._scan_headers(r.headers, secrets)
+            error = self.redact_text(r.error, secrets) if r.error else r.error
             return ResponseRecord(status=r.status, size=r.size, sha256=r.sha256,
                                   truncated=r.truncated, latency=r.latency, error=error)
+        headers = self._headers(r.headers, secrets, _CONTENT_ENCODING if decoded else frozenset())
+        error = self.redact_text(r.error, secrets) if r.error else r.error
         return ResponseRecord(status=r.status, reason=r.reason, headers=headers, body=body,
                               size=r.size, sha256=r.sha256, truncated=r.truncated or cut,
                               latency=r.latency, error=error)

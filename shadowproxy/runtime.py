@@ -108,10 +108,12 @@ class Control:
         return None
 
     async def _put_all(self, exchanges: list[Exchange]) -> None:
-        """A worker's batch: each exchange waits for room, as one a frame did."""
-        put = self.stage.put
+        """A worker's batch: each exchange waits for room, as one a frame did (handed
+        on at once while there is room)."""
+        offer, put = self.stage.offer, self.stage.put
         for ex in exchanges:
-            await put(ex)
+            if not offer(ex):
+                await put(ex)
 
     def reload(self, cfg: Config) -> None:
         self.cfg = cfg

@@ -121,8 +121,9 @@ class CompareStage:
 
     async def run(self) -> None:
         done = 0
+        queue = self.queue
         while True:
-            ex = await self.queue.get()
+            ex = queue.get_nowait() if queue.qsize() else await queue.get()
             if ex is None:
                 return
             try:
