@@ -176,16 +176,20 @@ class ResponseParser:
         "extra",
         "head",
         "keep_alive",
+        "length",
         "no_body",
         "on_body",
         "received",
         "tail",
+        "te",
     )
 
     def __init__(self, on_body: BodySink, *, no_body: bool = False) -> None:
         self.on_body = on_body
         self.no_body = no_body          # a HEAD request: no body whatever the head says
         self.head: Head | None = None
+        self.length: str | None = None  # the head's Content-Length, as sent
+        self.te: str | None = None      # its Transfer-Encoding (lower-cased, joined)
         self.keep_alive = False
         self.extra = False
         self.received = 0               # bytes pushed so far
@@ -331,6 +335,7 @@ class ResponseParser:
             raise ProtocolError("response header too long")
         length, te, close, _expect, _upgrade = framing(headers, version == "HTTP/1.0")
         self.head = Head(status, line[13:], tuple(headers))
+        self.length, self.te = length, te
         self.keep_alive = not close
         if self.no_body or status == 204 or status == 304:
             self._state = _DONE
@@ -600,6 +605,12 @@ class Stream(Pulled):
 
     async def read(self, timeout: float | None = None) -> bytes:
         return await super().read(self.timeout if timeout is None else timeout)
+
+    @property
+    def framing(self) -> tuple[str | None, str | None]:
+        """The head's Content-Length and Transfer-Encoding (see :class:`ResponseParser`)."""
+        p = self._conn._parser
+        return (p.length, p.te) if p is not None else (None, None)
 
     def release(self) -> None:
         sender, self._sender = self._sender, None

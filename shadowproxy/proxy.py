@@ -271,13 +271,8 @@ class Proxy:
             head = up.head
             assert head is not None
             out_headers = end_to_end_text(head.headers)
-            length = None
-            for k, v in out_headers:
-                if len(k) == 14 and k.lower() == "content-length":
-                    length = v
-                    break
-            if length is not None and any(len(k) == 17 and k.lower() == "transfer-encoding"
-                                          for k, _ in head.headers):
+            length, te = up.framing
+            if te is not None and length is not None:
                 # framed by Transfer-Encoding (RFC 9112 §6.3): a Content-Length beside
                 # it is a lie that would split the client's stream
                 out_headers = [(k, v) for k, v in out_headers
