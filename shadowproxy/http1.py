@@ -670,9 +670,9 @@ class Call:
         self.send(conn, False)
 
     def _answered(self, fut: asyncio.Future[Head]) -> None:
-        exc = None if fut.cancelled() else fut.exception()
         conn = self.conn
         assert conn is not None
+        exc = ResetError("cancelled") if fut.cancelled() else fut.exception()
         if self.finished:
             if exc is None:
                 self.pool._give(conn)
@@ -687,7 +687,7 @@ class Call:
             self.retried = True          # stale keep-alive: once more on a new connection
             self.connect()
             return
-        self._end(exc if exc is not None else ResetError("cancelled"))
+        self._end(exc)
 
     def expire(self) -> None:
         self.timer = None

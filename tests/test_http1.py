@@ -288,3 +288,60 @@ async def test_cancelled_request_drops_its_connection():
     finally:
         await pool.close()
         await srv.stop()
+
+
+async def test_start_times_out_or_is_cancelled_without_a_task():
+    """Pool.start (the mirror's): ``done`` gets TimeoutError once ``timeout`` has passed
+    and the connection is dropped; a cancelled call never calls ``done``; an answer
+    comes to ``done`` with the body fed on the way."""
+    async def hang(reader, writer, log):
+        await read_request(reader)
+        log.append(b"request")
+        try:
+            await reader.read()          # b"" once the client has dropped it
+        except ConnectionError:
+            pass
+        log.append(b"dropped")
+    srv = await RawServer(hang).start()
+    pool = Pool(srv.url, 2)
+    loop = asyncio.get_running_loop()
+    try:
+        got: list[object] = []
+        t0 = loop.time()
+        call = pool.start("GET", "/h", encode_headers("GET", [], 0), b"", got.append, 0.2,
+                          got.append)
+        while not got:
+            await asyncio.sleep(0.01)
+        assert isinstance(got[0], TimeoutError) and 0.15 < loop.time() - t0 < 2
+        assert call.finished and pool.idle == 0
+        for _ in range(100):
+            if srv.log[-1:] == [b"dropped"]:
+                break
+            await asyncio.sleep(0.01)
+        assert srv.log == [b"request", b"dropped"]
+
+        got.clear()
+        call = pool.start("GET", "/h", encode_headers("GET", [], 0), b"", got.append, 0.2,
+                          got.append)
+        await asyncio.sleep(0.05)
+        call.cancel()
+        await asyncio.sleep(0.4)
+        assert got == [] and call.finished and pool.idle == 0
+    finally:
+        await pool.close()
+        await srv.stop()
+
+    ok = await RawServer(canned(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                                keep_open=True)).start()
+    pool = Pool(ok.url, 2)
+    try:
+        body: list[bytes] = []
+        done: asyncio.Future[object] = loop.create_future()
+        pool.start("GET", "/", encode_headers("GET", [], 0), b"", body.append, 5,
+                   done.set_result)
+        head = await done
+        assert isinstance(head, http1.Head) and head.status == 200 and body == [b"ok"]
+        assert pool.idle == 1          # kept for the next request
+    finally:
+        await pool.close()
+        await ok.stop()
