@@ -371,6 +371,14 @@ class Config:
 
 # ---------------------------------------------------------------- validation beyond types
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# headers a shadow's framing, destination or connection depend on: never added
+_NOT_ADDABLE = frozenset({
+    "content-length", "transfer-encoding", "host", "connection", "keep-alive",
+    "proxy-connection", "te", "trailer", "upgrade", "expect",
+})
+
 
 def _check_semantics(cfg: Config, pos: "_Positions", env: typing.Mapping[str, str]) -> None:
     def fail(key: str, msg: str) -> typing.NoReturn:
@@ -385,6 +393,16 @@ def _check_semantics(cfg: Config, pos: "_Positions", env: typing.Mapping[str, st
         fail("mirror.timeout", "must be greater than 0")
     if m.breaker_failures < 0:
         fail("mirror.breaker_failures", "must be 0 (off) or more")
+    for name, value in m.add_headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            fail("mirror.add_headers", f"{name!r} is not a header name")
+        if name.lower() in _NOT_ADDABLE:
+            fail("mirror.add_headers", f"{name!r} is the proxy's to set (framing, Host or "
+                 "hop-by-hop), not a header to add")
+        if not isinstance(value, str) or _HEADER_VALUE_BAD.search(value) or \
+                not value.isascii():
+            fail("mirror.add_headers", f"the value of {name!r} must be printable ASCII "
+                 "(no control characters)")
     if cfg.workers is not None and cfg.workers < 1:
         fail("workers", "must be at least 1")
     if cfg.comparator.queue < 1:

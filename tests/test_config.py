@@ -96,6 +96,16 @@ def test_env_substitution_retypes_plain_scalars() -> None:
      "distinct name"),
     ("upstreams:\n  primary: http://a:1\n  primary: http://b:1\n", 3, "upstreams.primary",
      "twice"),
+    ("upstreams: {primary: http://a:1}\nmirror:\n  add_headers: {Content-Length: '0'}\n", 3,
+     "mirror.add_headers", "the proxy's to set"),
+    ("upstreams: {primary: http://a:1}\nmirror:\n  add_headers: {Host: shadow}\n", 3,
+     "mirror.add_headers", "the proxy's to set"),
+    ("upstreams: {primary: http://a:1}\nmirror:\n  add_headers: {'X A': '1'}\n", 3,
+     "mirror.add_headers", "not a header name"),
+    ("upstreams: {primary: http://a:1}\nmirror:\n  add_headers: {X-Env: \"a\\r\\nX-Evil: 1\"}\n",
+     3, "mirror.add_headers", "printable ASCII"),
+    ("upstreams: {primary: http://a:1}\nmirror:\n  add_headers: {X-Env: \"caf\\u00e9\"}\n", 3,
+     "mirror.add_headers", "printable ASCII"),
 ])
 def test_errors_name_file_line_and_key(text: str, line: int, key: str, words: str) -> None:
     with pytest.raises(ConfigError) as info:
