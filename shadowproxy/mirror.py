@@ -160,6 +160,7 @@ class Mirror:
         self._idle = asyncio.Event()     # set once draining and nothing is left to send
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pump_at: asyncio.Handle | None = None
+        self._pumping = False
         self.budget = Budget(cfg.mirror.buffer_limit)
         self.accepting = True
         self.configure(cfg)
@@ -293,9 +294,17 @@ class Mirror:
     def _pump(self) -> None:
         """Send waiting shadows while fewer than ``mirror.concurrency`` are in flight."""
         self._pump_at = None
-        waiting, running = self._waiting, self._running
-        if not waiting:
+        if not self._waiting or self._pumping:
             return
+        self._pumping = True     # a shadow that ends at once must not pump in a pump
+        try:
+            self._pump_some()
+        finally:
+            self._pumping = False
+        self._check_idle()
+
+    def _pump_some(self) -> None:
+        waiting, running = self._waiting, self._running
         now = self._loop.time()  # type: ignore[union-attr]
         limit = self.cfg.concurrency
         skipped = 0
@@ -316,19 +325,18 @@ class Mirror:
             except Exception:
                 log.exception("mirror failed on %s", job.id)
                 self._abandon(job, "internal_error")
-        self._check_idle()
 
     def _send(self, job: MirrorJob) -> None:
         cfg = self.cfg
         req = job.request
-        block = job.block
+        block, add = job.block, self._add_block   # (a reload may have changed the latter)
         if block is not None:
             remove, lens = self.remove, self._remove_lens
-            if any(len(k) in lens and k.lower() in remove for k, _ in req.headers):
+            if add is None or any(len(k) in lens and k.lower() in remove
+                                  for k, _ in req.headers):
                 block = None     # a Host (preserve_host) or a client's copy of an added one
             else:
-                # primary's lines, the added ones, the blank line
-                block = block[:-2] + self._add_block  # type: ignore[operator]
+                block = block[:-2] + add   # primary's lines, the added ones, the blank line
         if block is None:
             try:   # the head is built once, for the candidate and the secondary alike
                 block = http1.encode_headers(req.method, self._headers(req), len(req.body))
@@ -354,6 +362,7 @@ class Mirror:
                 except Exception:
                     log.exception("mirror failed on %s", job.id)
                     self._abandon(job, "internal_error")
+                    self._slot_freed()
 
             call = self._pool(base).start(req.method, job.target, block, req.body, cap.feed,
                                           cfg.timeout, done)
@@ -382,8 +391,12 @@ class Mirror:
         else:
             # _primary_done completes the exchange when primary's answer is known
             self._pending[job.primary] = job
+        self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        """A shadow left the in-flight set: send the next one, or tell a drain it is idle."""
         if self._waiting:
-            self._pump()
+            self._pump()          # a no-op inside a pump, whose loop goes on
         else:
             self._check_idle()
 
