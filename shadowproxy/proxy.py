@@ -272,6 +272,11 @@ class Proxy:
             assert head is not None
             out_headers = end_to_end_text(head.headers)
             length, te = up.framing
+            if length is not None:
+                # the value forwarded, if any: a Content-Length that primary's
+                # Connection header names is hop-by-hop, gone from out_headers
+                length = next((v for k, v in out_headers
+                               if len(k) == 14 and k.lower() == "content-length"), None)
             if te is not None and length is not None:
                 # framed by Transfer-Encoding (RFC 9112 §6.3): a Content-Length beside
                 # it is a lie that would split the client's stream

@@ -1001,6 +1001,21 @@ async def test_primary_length_beside_chunked_never_reaches_the_client():
             assert again.status == 200 and again.body == via.body
 
 
+async def test_content_length_named_in_connection_still_frames_the_answer():
+    """Primary names its Content-Length in Connection (so it is hop-by-hop and not
+    forwarded): the client's answer is still framed (chunked), and the connection
+    carries the next answer cleanly."""
+    answer = b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nhello"
+    async with raw_primary(canned(answer, keep_open=True)) as (up, srv):
+        async with await RawConn.open(srv.port) as c:
+            for path in ("/", "/again"):
+                await c.send(request("GET", path))
+                via = await c.read_response()
+                assert via.status == 200 and via.body == b"hello"
+                assert via.get("Content-Length") is None
+                assert via.get("Transfer-Encoding") == b"chunked"
+
+
 async def test_connection_left_paused_is_never_reused():
     """A client that stops reading a big answer and resets: the upstream connection was
     paused; the next client must not get it (it would wait for a timeout)."""
