@@ -32,7 +32,7 @@ class ResponseRecord:
     headers: Headers = ()
     body: bytes = b""           # the first capture_max bytes
     size: int = 0               # body bytes seen in total
-    sha256: str = ""            # hex digest of the whole body when truncated, else ""
+    sha256: str = ""            # hex digest of the whole body: when truncated (or stored as a sample)
     truncated: bool = False     # size > len(body)
     latency: float = 0.0        # seconds from dispatch to the last body byte (or failure)
     error: str | None = None    # connect, timeout, reset, protocol, ... when it failed

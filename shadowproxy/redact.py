@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import hmac
 import logging
 import os
@@ -722,8 +723,11 @@ class Redactor:
                                   truncated=r.truncated, latency=r.latency, error=error)
         headers = self._headers(r.headers, secrets, _CONTENT_ENCODING if decoded else frozenset())
         error = self.redact_text(r.error, secrets) if r.error else r.error
+        # a sample identifies the body it may not store (binary, cut): the digest of the
+        # whole body as received, which a capture computes only for a body it cut
+        digest = r.sha256 or ("" if r.truncated else hashlib.sha256(r.body).hexdigest())
         return ResponseRecord(status=r.status, reason=r.reason, headers=headers, body=body,
-                              size=r.size, sha256=r.sha256, truncated=r.truncated or cut,
+                              size=r.size, sha256=digest, truncated=r.truncated or cut,
                               latency=r.latency, error=error)
 
     @staticmethod

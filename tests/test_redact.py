@@ -415,3 +415,17 @@ def test_header_values_left_alone_are_remembered_secrets_never(red):
         assert out.request.path == "/cb/" + red.mask("loc-secret-77")   # found: echoed
         assert h["content-type"] == "text/html; charset=utf-8"
     assert "text/html; charset=utf-8" in red._plain and loc not in red._plain
+
+
+def test_a_sample_keeps_the_digest_of_a_body_it_does_not_store(red):
+    """A capture hashes only a body it cut; a whole body arrives with no digest. In a
+    sample (whole redaction) the digest of the body as received is filled in, so a
+    binary body stored empty is still identified; a summary carries none."""
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+    raw = dataclasses.replace(response(200, raw=png, headers=(("Content-Type", "image/png"),)),
+                              sha256="")
+    res = Result(exchange(primary=raw, candidate=raw), "match")
+    stored = red.redact_result(res).exchange.primary
+    assert stored.body == b"" and stored.size == len(png)
+    assert stored.sha256 == hashlib.sha256(png).hexdigest()
+    assert red.redact_result(res, whole=False).exchange.primary.sha256 == ""
