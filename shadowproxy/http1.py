@@ -120,6 +120,22 @@ def encode_headers(method: str, headers: Sequence[tuple[str, str]],
 # ---------------------------------------------------------------- message framing
 
 
+def split_headers(lines: Sequence[str]) -> list[tuple[str, str]]:
+    """The ``name: value`` lines of a head (``lines[0]``, the start line, skipped) as
+    (name, value) pairs in order, values stripped of spaces and tabs. ValueError for a
+    line without a colon or a name that is not a token (all names checked at once)."""
+    headers = []
+    for hl in lines[1:]:
+        name, sep, value = hl.partition(":")
+        if not sep:
+            raise ValueError("a header line without a colon")
+        headers.append((name, value.strip(" \t")))
+    if headers and _NAMES.fullmatch("\n".join([h[0] for h in headers])) is None:
+        raise ValueError("a header name that is not a token")
+    return headers
+
+
+
 def framing(headers: Sequence[tuple[str, str]], http10: bool
             ) -> tuple[str | None, str | None, bool, str | None, str | None]:
     """What a message's headers say about its framing and connection: Content-Length
@@ -323,14 +339,10 @@ class ResponseParser:
             return   # the final answer follows
         if status < 100:
             raise ProtocolError("bad status code")
-        headers = []
-        for hl in lines[1:]:
-            name, sep, value = hl.partition(":")
-            if not sep:
-                raise ProtocolError("bad response header")
-            headers.append((name, value.strip(" \t")))
-        if headers and _NAMES.fullmatch("\n".join([h[0] for h in headers])) is None:
-            raise ProtocolError("bad response header")   # all names checked at once
+        try:
+            headers = split_headers(lines)
+        except ValueError as exc:
+            raise ProtocolError(f"bad response header: {exc}") from None
         if len(raw) > MAX_LINE and max(map(len, lines)) > MAX_LINE:
             raise ProtocolError("response header too long")
         length, te, close, _expect, _upgrade = framing(headers, version == "HTTP/1.0")

@@ -40,11 +40,13 @@ from .http1 import (
     _CHUNK_SIZE,
     _DONE,
     _LENGTH,
+    _TOKEN_CHARS,
     MAX_HEADERS,
     ProtocolError,
     Pulled,
     ResponseParser,
     framing,
+    split_headers,
 )
 
 log = logging.getLogger("shadowproxy.server")
@@ -55,9 +57,7 @@ PENDING_HIGH = 256 * 1024     # bytes of pipelined requests held while one is an
 KEEPALIVE_TIMEOUT = 75.0      # seconds an idle client connection is kept (aiohttp's)
 BODY_TIMEOUT = 60.0           # seconds a handler waits for more of a request body
 
-_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_METHOD = re.compile(_TOKEN)
-_NAMES = re.compile(rf"{_TOKEN}(?:\n{_TOKEN})*")   # header names, one a line
+_METHOD = re.compile(_TOKEN_CHARS)
 # control characters never allowed in a request line or header value (HTAB is)
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # nor any whitespace in a request target (an upstream may split the line on a tab)
@@ -127,15 +127,11 @@ class RequestParser(ResponseParser):
             raise BadRequest("HTTP version not supported", 505)
         else:
             raise BadRequest("bad request line")
-        headers = []
-        for hl in lines[1:]:
-            name, sep, value = hl.partition(":")
-            if not sep:
-                raise BadRequest("bad request header")
-            headers.append((name, value.strip(" \t")))
+        try:
+            headers = split_headers(lines)
+        except ValueError as exc:
+            raise BadRequest(f"bad request header: {exc}") from None
         if headers:
-            if _NAMES.fullmatch("\n".join([h[0] for h in headers])) is None:
-                raise BadRequest("bad request header name")
             if _CONTROL.search("".join([h[1] for h in headers])) is not None:
                 raise BadRequest("control character in a request header")
             if len(raw) > MAX_LINE and max(map(len, lines)) > MAX_LINE:
