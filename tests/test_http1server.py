@@ -289,27 +289,20 @@ async def framed(req: Request) -> None:
         req.reply(404, "no such thing")
 
 
-async def test_response_with_content_length_is_identity(serve):
+@pytest.mark.parametrize("path,framing,ending", [
+    ("/length", (b"Content-Length", b"6"), b"\r\n\r\nhello!"),           # identity
+    ("/stream", (b"Transfer-Encoding", b"chunked"), b"\r\n0\r\n\r\n"),  # no length: chunked
+])
+async def test_http11_response_framing(serve, path, framing, ending):
     live = await serve(framed)
     async with await live.conn() as conn:
-        await conn.send(request("GET", "/length"))
+        await conn.send(request("GET", path))
         resp = await conn.read_response()
         assert resp.status_line == b"HTTP/1.1 200 OK"
-        assert resp.headers == [(b"X-A", b"1"), (b"Content-Length", b"6")]
-        assert resp.raw.endswith(b"\r\n\r\nhello!")
-        await conn.send(request("GET", "/length"))     # reusable
-        assert (await conn.read_response()).body == b"hello!"
-
-
-async def test_response_without_length_is_chunked_for_http11(serve):
-    live = await serve(framed)
-    async with await live.conn() as conn:
-        await conn.send(request("GET", "/stream"))
-        resp = await conn.read_response()
-        assert resp.headers == [(b"X-A", b"1"), (b"Transfer-Encoding", b"chunked")]
+        assert resp.headers == [(b"X-A", b"1"), framing]
         assert resp.body == b"hello!"
-        assert resp.raw.endswith(b"\r\n0\r\n\r\n")
-        await conn.send(request("GET", "/stream"))     # reusable
+        assert resp.raw.endswith(ending)
+        await conn.send(request("GET", path))     # reusable
         assert (await conn.read_response()).body == b"hello!"
 
 
