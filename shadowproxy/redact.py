@@ -662,16 +662,10 @@ class Redactor:
 
     # -- records
 
-    def _scan_headers(self, headers: Headers, secrets: _Secrets) -> None:
-        """What :meth:`_headers` finds in ``headers`` (into ``secrets``), without the copy
-        (a summary stores no headers)."""
-        redacted, plain = self.headers, self._plain
-        for k, v in headers:
-            if k.lower() in redacted or (v not in plain and ("=" in v or ":" in v)):
-                self.redact_header_value(k, v, secrets)
-
-    def _headers(self, headers: Headers, secrets: _Secrets, drop: frozenset[str] = frozenset()
-                 ) -> Headers:
+    def _headers(self, headers: Headers, secrets: _Secrets, drop: frozenset[str] = frozenset(),
+                 keep: bool = True) -> Headers:
+        """The stored headers (without ``drop``), their secrets added to ``secrets``.
+        ``keep=False``: only the secrets (a summary stores no headers)."""
         out = []
         redacted, plain = self.headers, self._plain
         for k, v in headers:
@@ -679,9 +673,12 @@ class Redactor:
             if lname in drop:
                 continue
             if lname not in redacted and (v in plain or ("=" not in v and ":" not in v)):
-                out.append((k, v))       # what redact_header_value returns, sooner
+                if keep:
+                    out.append((k, v))   # what redact_header_value returns, sooner
             else:
-                out.append((k, self.redact_header_value(k, v, secrets)))
+                red = self.redact_header_value(k, v, secrets)
+                if keep:
+                    out.append((k, red))
         return tuple(out)
 
     def _body(self, body: bytes, headers: Headers, truncated: bool, secrets: _Secrets,
@@ -704,10 +701,10 @@ class Redactor:
                  ) -> RequestRecord:
         body, decoded, _cut = self._body(r.body, r.headers, False, secrets, done)
         query = self.redact_query(r.query, secrets)
+        headers = self._headers(r.headers, secrets, _CONTENT_ENCODING if decoded else frozenset(),
+                                keep=whole)
         if not whole:
-            self._scan_headers(r.headers, secrets)
             return RequestRecord(method=r.method, path=r.path, query=query, headers=(), body=b"")
-        headers = self._headers(r.headers, secrets, _CONTENT_ENCODING if decoded else frozenset())
         return RequestRecord(method=r.method, path=r.path, query=query, headers=headers,
                              body=body)
 
@@ -716,13 +713,12 @@ class Redactor:
         if r is None:
             return None
         body, decoded, cut = self._body(r.body, r.headers, r.truncated, secrets, done)
+        headers = self._headers(r.headers, secrets, _CONTENT_ENCODING if decoded else frozenset(),
+                                keep=whole)
+        error = self.redact_text(r.error, secrets) if r.error else r.error
         if not whole:
-            self._scan_headers(r.headers, secrets)
-            error = self.redact_text(r.error, secrets) if r.error else r.error
             return ResponseRecord(status=r.status, size=r.size, sha256=r.sha256,
                                   truncated=r.truncated, latency=r.latency, error=error)
-        headers = self._headers(r.headers, secrets, _CONTENT_ENCODING if decoded else frozenset())
-        error = self.redact_text(r.error, secrets) if r.error else r.error
         # a sample identifies the body it may not store (binary, cut): the digest of the
         # whole body as received, which a capture computes only for a body it cut
         digest = r.sha256 or ("" if r.truncated else hashlib.sha256(r.body).hexdigest())
