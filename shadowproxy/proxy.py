@@ -235,11 +235,10 @@ class Proxy:
         stream: AsyncIterator[bytes] | None = None
         chunked = False
         try:
-            if block is not None:
-                pass            # encoded by handle() for primary and the shadows
-            elif body is not None or not request.body_exists:
+            # a mirrored request's block comes from handle(): the shadows share it
+            if block is None and (body is not None or not request.body_exists):
                 block = http1.encode_headers(method, headers, len(body) if body else 0)
-            else:
+            elif block is None:
                 # streamed as it comes, framed as the request was parsed (its
                 # Content-Length, else chunked), whatever the forwarded headers say
                 block = http1.encode_headers(method, headers, request.content_length)
