@@ -6,6 +6,10 @@ consecutive connect errors the breaker opens: shadows are dropped at once and
 counted ``dropped{candidate_down}``. After ``cooldown`` one probe is let through;
 its success closes the breaker, its failure doubles the cooldown (up to 30 s).
 Slow answers and timeouts never open it: they are what the shadow measures.
+
+A probe that never reports (dropped on some path that does not call
+:meth:`Breaker.cancel_probe`) is given up after ``probe_limit`` seconds and the next
+shadow probes instead, so the breaker can never stay half-open for good.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ MAX_COOLDOWN = 30.0
 
 class Breaker:
     __slots__ = ("failures", "base_cooldown", "cooldown", "_clock", "_streak", "_open_until",
-                 "_probing")
+                 "_probing", "probe_limit", "_probe_until")
 
     def __init__(self, failures: int, cooldown: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, probe_limit: float = 60.0
+                 ) -> None:
         self.failures = failures            # 0 disables the breaker
         self.base_cooldown = cooldown
         self.cooldown = cooldown
@@ -29,6 +34,8 @@ class Breaker:
         self._streak = 0
         self._open_until: float | None = None
         self._probing = False
+        self.probe_limit = probe_limit      # a probe not heard of by then is lost
+        self._probe_until = 0.0
 
     @property
     def open(self) -> bool:
@@ -38,9 +45,11 @@ class Breaker:
         """May a shadow be sent now?"""
         if self._open_until is None:
             return True
-        if self._probing or self._clock() < self._open_until:
+        now = self._clock()
+        if now < self._open_until or (self._probing and now < self._probe_until):
             return False
         self._probing = True                # half-open: this one is the probe
+        self._probe_until = now + self.probe_limit
         return True
 
     def cancel_probe(self) -> None:

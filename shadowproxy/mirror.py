@@ -192,7 +192,9 @@ class Mirror:
         if not m.remove_headers and text.count("\n") == n and text.count("\r") == n \
                 and text.isascii():
             self._add_block = (text + "\r\n").encode("ascii")  # else encode_headers refuses it
-        self.breaker = Breaker(m.breaker_failures, m.breaker_cooldown)
+        # a probe waits at most `timeout` in the queue and `timeout` for its answer
+        self.breaker = Breaker(m.breaker_failures, m.breaker_cooldown,
+                               probe_limit=2 * m.timeout + 1.0)
 
     # ------------------------------------------------------------ decisions
 

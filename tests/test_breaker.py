@@ -63,3 +63,18 @@ def test_a_dropped_probe_does_not_wedge_it_and_zero_disables() -> None:
     for _ in range(50):
         off.record("connect")
     assert off.allow()
+
+
+def test_a_probe_never_heard_of_is_given_up_after_probe_limit() -> None:
+    clock = Clock()
+    b = Breaker(1, 1.0, clock, probe_limit=5.0)
+    b.record("connect")
+    clock.t = 1.5
+    assert b.allow()                     # the probe, then lost: no record, no cancel
+    clock.t = 6.4
+    assert not b.allow()                 # still within its limit
+    clock.t = 6.6
+    assert b.allow()                     # given up: the next shadow probes
+    assert not b.allow()
+    b.record(None)
+    assert not b.open and b.allow()
