@@ -2,8 +2,9 @@
 
 Local default: a Unix socket in a private directory, frames of a 4-byte length
 and a pickled tuple. Worker → control: ``("xs", [Exchange, ...])`` exchanges to
-compare, collected by :meth:`ChannelClient.queue` into one frame per event-loop
-iteration (``("x", Exchange)``, one a frame, is still understood), ``("s", delta)``
+compare, collected by :meth:`ChannelClient.queue` into one frame for those queued
+within ``linger`` (5 ms) of the first or up to ``MAX_BATCH`` (``("x", Exchange)``,
+one a frame, is still understood), ``("s", delta)``
 outcome counter increments, ``("g", worker, gauges)``. A batch of exchanges travels
 as ``("xw", [tuple, ...])`` (:func:`~shadowproxy.models.to_wire`: plain tuples are
 cheaper to pickle and unpickle than dataclasses); :func:`read_frame` hands it on as
@@ -34,6 +35,7 @@ from typing import Any
 from .models import Exchange, from_wire, to_wire
 
 MAX_BATCH = 64          # exchanges in one ("xs", [...]) frame
+LINGER = 0.005          # seconds a frame waits for more exchanges before it is written
 
 log = logging.getLogger("shadowproxy.channel")
 
@@ -70,9 +72,16 @@ class ChannelClient:
     def __init__(self, path: str, limit: int = 32 * 1024 * 1024,
                  on_message: Callable[[Any], None] | None = None,
                  on_close: Callable[[], None] | None = None,
-                 on_dropped: Callable[[list[Any]], None] | None = None) -> None:
+                 on_dropped: Callable[[list[Any]], None] | None = None,
+                 linger: float = LINGER) -> None:
         self.path = path
         self.limit = limit
+        # a queued frame is written ``linger`` s after its first item or at MAX_BATCH
+        # items: at a moderate rate that is one write (and one wake-up of the control
+        # process) for several exchanges instead of one for each
+        self.linger = linger
+        self._flush_at: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.on_message = on_message
         self.on_close = on_close   # the control process went away
         # queued items the channel lost between queue() and the frame's write
@@ -83,6 +92,7 @@ class ChannelClient:
         self.broken = False
 
     async def connect(self) -> None:
+        self._loop = asyncio.get_running_loop()
         reader, self._writer = await asyncio.open_unix_connection(self.path)
         self._reader_task = asyncio.create_task(self._read(reader), name="channel-reader")
 
@@ -122,21 +132,27 @@ class ChannelClient:
         return force or w.transport.get_write_buffer_size() <= self.limit
 
     def queue(self, item: Any) -> bool:
-        """Add ``item`` to the ``("xs", [...])`` frame written at the end of this loop
-        iteration (one pickle and one write for every exchange finished in it); False
-        (dropped) when the channel is down or over its limit, as for :meth:`send`."""
+        """Add ``item`` to the ``("xs", [...])`` frame written ``linger`` seconds later
+        or once it holds MAX_BATCH items (one pickle and one write for all of them);
+        False (dropped) when the channel is down or over its limit, as for :meth:`send`."""
         if not self._writable():
             return False
         batch = self._batch
         batch.append(item)
         if len(batch) == 1:
-            asyncio.get_running_loop().call_soon(self.flush_queued)
+            loop = self._loop
+            assert loop is not None
+            self._flush_at = loop.call_later(self.linger, self.flush_queued) if self.linger \
+                else loop.call_soon(self.flush_queued)
         elif len(batch) >= MAX_BATCH:
             self.flush_queued()
         return True
 
     def flush_queued(self) -> None:
         """Write the queued items now (as one frame, or several if it would be too big)."""
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
         items = self._batch
         if not items:
             return

@@ -200,7 +200,7 @@ async def _worker(cfg: Config, sock: socket.socket | str, channel_path: str, ind
     client = ChannelClient(channel_path, on_message=on_message, on_close=stop.set,
                            on_dropped=dropped)
     await client.connect()
-    # exchanges finished in one loop iteration travel in one frame
+    # exchanges finished within the channel's linger (5 ms) travel in one frame
     server = ProxyServer(cfg, stats, client.queue)
     if isinstance(sock, str):
         sock = bind(sock, reuse_port=True)

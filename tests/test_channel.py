@@ -1,5 +1,5 @@
-"""The worker → control channel: exchanges finished in one loop iteration travel in one
-frame, the limit still drops (counted by the caller), nothing queued is lost on close."""
+"""The worker → control channel: exchanges queued within ``linger`` of the first travel in
+one frame (with ``linger=0``, those of one loop iteration), the limit still drops (counted by the caller), nothing queued is lost on close."""
 
 from __future__ import annotations
 
@@ -40,14 +40,35 @@ async def _pair(handle, **kw) -> tuple[ChannelServer, ChannelClient, str]:
     return server, client, path
 
 
-async def test_one_frame_per_loop_iteration_and_flush_on_close():
+async def test_one_frame_per_linger_and_flush_on_close():
     frames: list[tuple] = []
-    server, client, _ = await _pair(frames.append)
+    server, client, _ = await _pair(frames.append, linger=0.05)
+    try:
+        assert client.queue(0)
+        await asyncio.sleep(0.01)       # within the linger: the frame waits for more
+        assert all(client.queue(i) for i in range(1, 5))
+        await asyncio.sleep(0.01)
+        assert frames == []
+        for _ in range(100):            # 50 ms after the first item it is written
+            if frames:
+                break
+            await asyncio.sleep(0.01)
+        assert client.queue(5)
+        await client.close()            # queued but not yet written: flushed by close
+        await server.wait_closed(2.0)
+        assert frames == [("xs", [0, 1, 2, 3, 4]), ("xs", [5])]
+    finally:
+        await server.close()
+
+
+async def test_without_linger_one_frame_per_loop_iteration():
+    frames: list[tuple] = []
+    server, client, _ = await _pair(frames.append, linger=0)
     try:
         assert all(client.queue(i) for i in range(5))
         await asyncio.sleep(0)          # the end of this iteration writes the frame
         assert client.queue(5)
-        await client.close()            # queued but not yet written: flushed by close
+        await client.close()
         await server.wait_closed(2.0)
         assert frames == [("xs", [0, 1, 2, 3, 4]), ("xs", [5])]
     finally:
@@ -106,7 +127,7 @@ def test_exchanges_travel_as_plain_tuples_and_arrive_whole():
 
 async def test_a_batch_of_exchanges_crosses_the_channel_unchanged():
     frames: list[tuple] = []
-    server, client, _ = await _pair(frames.append)
+    server, client, _ = await _pair(frames.append, linger=0)
     try:
         sent = [_exchange(i, secondary=i % 2 == 1) for i in range(5)]
         assert pickle.loads(channel.encode_batch(sent)[4:])[0] == "xw"
