@@ -40,7 +40,7 @@ async def _pair(handle, **kw) -> tuple[ChannelServer, ChannelClient, str]:
     return server, client, path
 
 
-async def test_one_frame_per_linger_and_flush_on_close():
+async def test_one_frame_per_linger_or_loop_iteration_and_flush_on_close():
     frames: list[tuple] = []
     server, client, _ = await _pair(frames.append, linger=0.05)
     try:
@@ -53,24 +53,14 @@ async def test_one_frame_per_linger_and_flush_on_close():
             if frames:
                 break
             await asyncio.sleep(0.01)
-        assert client.queue(5)
+        assert frames == [("xs", [0, 1, 2, 3, 4])]
+        client.linger = 0               # without: written at the end of the iteration
+        assert client.queue(5) and client.queue(6)
+        await asyncio.sleep(0)
+        assert client.queue(7)
         await client.close()            # queued but not yet written: flushed by close
         await server.wait_closed(2.0)
-        assert frames == [("xs", [0, 1, 2, 3, 4]), ("xs", [5])]
-    finally:
-        await server.close()
-
-
-async def test_without_linger_one_frame_per_loop_iteration():
-    frames: list[tuple] = []
-    server, client, _ = await _pair(frames.append, linger=0)
-    try:
-        assert all(client.queue(i) for i in range(5))
-        await asyncio.sleep(0)          # the end of this iteration writes the frame
-        assert client.queue(5)
-        await client.close()
-        await server.wait_closed(2.0)
-        assert frames == [("xs", [0, 1, 2, 3, 4]), ("xs", [5])]
+        assert frames[1:] == [("xs", [5, 6]), ("xs", [7])]
     finally:
         await server.close()
 
