@@ -37,7 +37,6 @@ import asyncio
 import base64
 import dataclasses
 import hmac
-import ipaddress
 import logging
 import math
 import os
@@ -54,7 +53,13 @@ import orjson
 from aiohttp import web
 
 from . import __version__
-from .config import DEFAULT_REDACTED_HEADERS, Config, parse_duration, split_address
+from .config import (
+    DEFAULT_REDACTED_HEADERS,
+    Config,
+    is_loopback,
+    parse_duration,
+    split_address,
+)
 from .errors import ConfigError, StoreError
 from .metrics import Metrics, mirror_queue_depth
 from .store.base import glob_escape
@@ -75,15 +80,6 @@ UI_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'sel
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _host_name(host: str) -> str:
@@ -300,7 +296,7 @@ class AdminServer:
         self.control = control
         host, _port = split_address(cfg.admin.listen)
         self.token = admin_token(cfg)
-        if not _is_loopback(host) and not self.token:
+        if not is_loopback(host) and not self.token:
             raise ConfigError("admin listens beyond loopback without a token; set admin.token "
                               "or admin.token_env", key="admin.listen", file=cfg.source)
         self.metrics = Metrics(control)
@@ -336,7 +332,7 @@ class AdminServer:
         """A new config (SIGHUP): the token may change; the listener stays as started."""
         token = admin_token(cfg)
         host, _port = split_address(self.cfg.admin.listen)
-        if not token and not _is_loopback(host):
+        if not token and not is_loopback(host):
             log.error("reload: the new config has no admin token but admin listens on %s; "
                       "keeping the current token", self.cfg.admin.listen)
             token = self.token
@@ -392,7 +388,7 @@ class AdminServer:
                                  status=401, headers={"WWW-Authenticate": "Bearer"})
         elif request.path != "/healthz":
             host = _host_name(request.headers.get("Host", ""))
-            if not _is_loopback(host):
+            if not is_loopback(host):
                 return _json({"error": "forbidden: without admin.token the admin server only "
                               "answers requests addressed to a loopback host (localhost, "
                               "127.0.0.1, [::1])"}, status=403)

@@ -9,6 +9,7 @@ a :class:`~shadowproxy.errors.ConfigError` naming file, line and key path.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import types
@@ -364,9 +365,17 @@ class Config:
     report: ReportConfig = field(default_factory=ReportConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str | None = field(default=None, compare=False)   # file it came from
+    # key path → line in ``source``, so that errors found later still point at the line
+    lines: typing.Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
+
+    def where(self, key: str) -> str:
+        """``file:line: key`` for messages about a value found wrong at run time."""
+        place = self.source or "<config>"
+        line = self.lines.get(key)
+        return f"{place}:{line}: {key}" if line else f"{place}: {key}"
 
 
 # ---------------------------------------------------------------- validation beyond types
@@ -463,6 +472,16 @@ def _check_semantics(cfg: Config, pos: "_Positions", env: typing.Mapping[str, st
                  "never written in the file)")
     if cfg.admin.token_env and cfg.admin.token is None and cfg.admin.token_env not in env:
         fail("admin.token_env", f"environment variable {cfg.admin.token_env} is not set")
+    token = cfg.admin.token or (env.get(cfg.admin.token_env) if cfg.admin.token_env else None)
+    if not token and not is_loopback(split_address(cfg.admin.listen)[0]):
+        fail("admin.listen", "listens beyond loopback without a token: set admin.token or "
+             "admin.token_env (to a variable that is set and not empty)")
+    t = cfg.timeouts
+    for name in ("connect", "primary"):
+        if getattr(t, name) <= 0:
+            fail(f"timeouts.{name}", "must be greater than 0")
+    if t.shutdown < 0:
+        fail("timeouts.shutdown", "must be 0 or more")
 
 
 # ---------------------------------------------------------------- the loader
@@ -542,6 +561,9 @@ class _Loader:
             if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null") and \
                     type(None) in args:
                 return None
+            arms = [a for a in args if a is not type(None)]
+            if len(arms) == 1:      # X | None: X's own error, naming its key and line
+                return self.build(arms[0], node, key)
             errors = []
             for arg in args:
                 if arg is type(None):
@@ -605,7 +627,8 @@ class _Loader:
         if not isinstance(node, yaml.MappingNode):
             raise self.err(node, key, f"expected a mapping for {key or 'the configuration'}")
         hints = typing.get_type_hints(cls, include_extras=True)
-        fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name != "source"}
+        fields = {f.name: f for f in dataclasses.fields(cls)
+                  if f.init and not (cls is Config and f.name in ("source", "lines"))}
         kwargs: dict[str, Any] = {}
         for k_node, v_node in node.value:
             name = self.scalar(k_node, key)
@@ -640,7 +663,7 @@ def loads(text: str, *, file: str = "<config>", env: typing.Mapping[str, str] | 
     if node is None:
         raise ConfigError("the file is empty", file=file)
     cfg = loader.dataclass(Config, node, "")
-    cfg = dataclasses.replace(cfg, source=file)
+    cfg = dataclasses.replace(cfg, source=file, lines=dict(loader.pos.lines))
     _check_semantics(cfg, loader.pos, loader.env)
     return cfg
 
@@ -654,6 +677,16 @@ def load(path: str | os.PathLike[str], *, env: typing.Mapping[str, str] | None =
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", file=path) from None
     return loads(text, file=path, env=env)
+
+
+def is_loopback(host: str) -> bool:
+    """Is ``host`` (a name or an address, IPv6 with or without brackets) loopback?"""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def split_address(addr: str) -> tuple[str, int]:

@@ -8,6 +8,7 @@ shadowproxy and its admin server.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import time
@@ -222,7 +223,13 @@ def _admin(cfg: Any) -> AdminServer:
 
 async def test_refuses_non_loopback_without_token(monkeypatch: pytest.MonkeyPatch) -> None:
     for listen in ("0.0.0.0:0", "10.1.2.3:8081", "[::]:8081"):
-        cfg = config("http://127.0.0.1:9", admin={"listen": listen})
+        # refused when the config is loaded (`shadowproxy validate` says so too) ...
+        with pytest.raises(ConfigError) as info:
+            config("http://127.0.0.1:9", admin={"listen": listen})
+        assert info.value.key == "admin.listen" and "token" in str(info.value)
+        # ... and by the admin server, whatever config it is given
+        cfg = config("http://127.0.0.1:9")
+        cfg = cfg.replace(admin=dataclasses.replace(cfg.admin, listen=listen))
         with pytest.raises(ConfigError) as info:
             _admin(cfg)
         assert info.value.key == "admin.listen"
@@ -232,7 +239,7 @@ async def test_refuses_non_loopback_without_token(monkeypatch: pytest.MonkeyPatc
     server = _admin(cfg)
     assert server.token == "x" * 16
     # a reload cannot take the token away from a non-loopback listener
-    server.reload(config("http://127.0.0.1:9", admin={"listen": "0.0.0.0:0"}))
+    server.reload(cfg.replace(admin=dataclasses.replace(cfg.admin, token=None)))
     assert server.token == "x" * 16
     server.reload(config("http://127.0.0.1:9", admin={"listen": "0.0.0.0:0", "token": "y" * 16}))
     assert server.token == "y" * 16

@@ -106,16 +106,33 @@ def test_env_substitution_retypes_plain_scalars() -> None:
      3, "mirror.add_headers", "printable ASCII"),
     ("upstreams: {primary: http://a:1}\nmirror:\n  add_headers: {X-Env: \"caf\\u00e9\"}\n", 3,
      "mirror.add_headers", "printable ASCII"),
+    ("upstreams: {primary: http://a:1}\nroutes:\n  - match: /x\n    compare:\n"
+     "      ignor: [$.a]\n", 5, "routes[0].compare.ignor", "unknown key"),
+    ("upstreams: {primary: http://a:1}\nadmin:\n  listen: 0.0.0.0:9\n", 3, "admin.listen",
+     "beyond loopback without a token"),
+    ("upstreams: {primary: http://a:1}\nadmin:\n  listen: 0.0.0.0:9\n  token_env: EMPTY\n", 3,
+     "admin.listen", "beyond loopback without a token"),
+    ("upstreams: {primary: http://a:1}\ntimeouts:\n  primary: 0s\n", 3, "timeouts.primary",
+     "greater than 0"),
+    ("upstreams: {primary: http://a:1}\ntimeouts:\n  connect: 0ms\n", 3, "timeouts.connect",
+     "greater than 0"),
 ])
 def test_errors_name_file_line_and_key(text: str, line: int, key: str, words: str) -> None:
     with pytest.raises(ConfigError) as info:
-        loads(text, file="bad.yaml", env={})
+        loads(text, file="bad.yaml", env={"EMPTY": ""})
     err = info.value
     assert err.file == "bad.yaml"
     assert err.line == line, str(err)
     assert err.key == key, str(err)
     assert words in str(err)
     assert str(err).startswith(f"bad.yaml:{line}: {key}: ")
+
+
+def test_the_config_names_the_line_of_a_key_for_later_errors() -> None:
+    cfg = loads("upstreams: {primary: http://a:1}\n\nlisten: 127.0.0.1:8080\n", file="c.yaml")
+    assert cfg.where("listen") == "c.yaml:3: listen"
+    assert cfg.where("admin.listen") == "c.yaml: admin.listen"     # a default: no line
+    assert loads("upstreams: {primary: http://a:1}\nadmin: {listen: '[::1]:9'}\n")  # loopback
 
 
 def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
@@ -150,7 +167,7 @@ def _keys(cls: type, prefix: str = "") -> list[str]:
     out = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name == "source":
+        if cls.__name__ == "Config" and f.name in ("source", "lines"):
             continue
         out.append(prefix + f.name)
         tp = hints[f.name]
