@@ -18,6 +18,7 @@ processes that share the listening socket::
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import multiprocessing
@@ -32,7 +33,7 @@ from . import config as config_mod
 from .channel import ChannelClient, ChannelServer
 from .compare.stage import CompareStage
 from .config import Config
-from .errors import ConfigError, StoreError
+from .errors import ConfigError, ShadowProxyError, StoreError
 from .models import Exchange, Result
 from .server import ProxyServer, bind
 from .stats import Stats
@@ -263,12 +264,35 @@ def run(cfg: Config, workers: int | None = None) -> int:
         return 1
 
 
+def _cannot_listen(cfg: Config, key: str, exc: OSError) -> str:
+    address = cfg.listen if key == "listen" else cfg.admin.listen
+    why = exc.strerror or str(exc)
+    if exc.errno == errno.EADDRINUSE:
+        why += " (another process, or another shadowproxy, listens there)"
+    return f"{cfg.where(key)}: cannot listen on {address}: {why}"
+
+
+def claim_listen(cfg: Config) -> socket.socket:
+    """The supervisor's socket on ``listen``: with SO_REUSEPORT bound but never
+    listening (it holds the port while the workers bind their own), else the one
+    listening socket the workers share. Raises :class:`ShadowProxyError` naming the
+    config's file, line and key when the port cannot be had. With SO_REUSEPORT a
+    second instance could otherwise join the port and take part of the traffic:
+    a bind without it first fails while anything listens on the port."""
+    try:
+        if REUSE_PORT and config_mod.split_address(cfg.listen)[1]:
+            bind(cfg.listen, listen=False).close()
+        return bind(cfg.listen, reuse_port=REUSE_PORT, listen=not REUSE_PORT)
+    except OSError as exc:
+        raise ShadowProxyError(_cannot_listen(cfg, "listen", exc)) from None
+
+
 async def _supervise(cfg: Config, n: int) -> int:
     loop = asyncio.get_running_loop()
     # With SO_REUSEPORT every worker binds its own socket and the kernel balances
     # connections among them; this one only holds the port (it never listens).
     # Without it, the workers share one listening socket.
-    sock = bind(cfg.listen, reuse_port=REUSE_PORT, listen=not REUSE_PORT)
+    sock = claim_listen(cfg)
     host, port = sock.getsockname()[:2]
     target: socket.socket | str = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if not REUSE_PORT:
@@ -280,7 +304,13 @@ async def _supervise(cfg: Config, n: int) -> int:
     await control.start(path)
     from .admin import AdminServer
     admin = AdminServer(cfg, control)
-    await admin.start()
+    try:
+        await admin.start()
+    except OSError as exc:
+        await admin.stop()
+        await control.stop(cfg.timeouts.shutdown)
+        sock.close()
+        raise ShadowProxyError(_cannot_listen(cfg, "admin.listen", exc)) from None
     ctx = multiprocessing.get_context("spawn")
     procs: dict[int, multiprocessing.process.BaseProcess] = {}
     stopping = asyncio.Event()

@@ -137,6 +137,42 @@ async def test_workers_serve_mirror_compare_store_and_totals_add_up(upstreams, t
         con.close()
 
 
+async def test_a_port_in_use_is_refused_by_name_and_never_shared(upstreams, tmp_path: Path
+                                                                 ) -> None:
+    """A second instance on the same `listen` must not join the first's SO_REUSEPORT
+    group (it would take part of the traffic); a port held by anything else, or an
+    admin port in use, is refused the same way: file, line and key, exit 1."""
+    listen, admin, db = free_port(), free_port(), tmp_path / "r.db"
+    cfg = tmp_path / "c.yaml"
+    _write_config(cfg, upstreams, db, listen, admin)
+    run = Running(cfg, listen, admin, tmp_path / "log")
+    try:
+        await run.ready()
+        second = tmp_path / "second.yaml"
+        _write_config(second, upstreams, tmp_path / "2.db", listen, free_port())
+        out = subprocess.run([sys.executable, "-m", "shadowproxy", "run", "-c", str(second)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert f"{second}:1: listen: cannot listen on 127.0.0.1:{listen}" in out.stderr
+        assert "in use" in out.stderr and "Traceback" not in out.stderr
+        # the admin port of the running instance: named as admin.listen (line 3)
+        third = tmp_path / "third.yaml"
+        _write_config(third, upstreams, tmp_path / "3.db", free_port(), admin)
+        out = subprocess.run([sys.executable, "-m", "shadowproxy", "run", "-c", str(third)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert f"{third}:3: admin.listen: cannot listen on 127.0.0.1:{admin}" in out.stderr
+        assert "Traceback" not in out.stderr
+        # every request still reaches the first instance's store
+        assert await _load(listen, 40) == 40
+        live = await run.wait_total(40)
+        assert live["requests"] == 40, live
+    finally:
+        assert run.stop() == 0, run.log.read_text()
+    assert not (tmp_path / "2.db").exists() or sqlite3.connect(tmp_path / "2.db").execute(
+        "select count(*) from exchanges").fetchone()[0] == 0
+
+
 async def test_sigterm_drains_every_worker(upstreams, tmp_path: Path) -> None:
     """In-flight requests finish and queued shadows are compared before exit 0."""
     listen, admin, db = free_port(), free_port(), tmp_path / "r.db"
