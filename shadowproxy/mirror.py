@@ -384,7 +384,11 @@ class Mirror:
             return
         cand = job.candidate
         assert cand is not None
-        self.breaker.record(cand.error)
+        breaker = self.breaker
+        was_open = breaker.open
+        breaker.record(cand.error)
+        if breaker.open is not was_open:
+            self._breaker_turned(breaker.open)
         job.calls = None
         job.fetched = True
         self._running.discard(job)
@@ -394,6 +398,15 @@ class Mirror:
             # _primary_done completes the exchange when primary's answer is known
             self._pending[job.primary] = job
         self._slot_freed()
+
+    def _breaker_turned(self, opened: bool) -> None:
+        b = self.breaker
+        if opened:
+            log.warning("candidate %s refuses connections (%d connect errors in a row): "
+                        "shadows are dropped as dropped{candidate_down}, one probe every "
+                        "%gs or more", self.candidate, b.failures, b.cooldown)
+        else:
+            log.warning("candidate %s answers again: mirroring resumed", self.candidate)
 
     def _slot_freed(self) -> None:
         """A shadow left the in-flight set: send the next one, or tell a drain it is idle."""

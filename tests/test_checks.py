@@ -459,6 +459,35 @@ def test_cli_inconclusive_only_exit_3(tmp_path, store_url, capsys):
     assert code == 3 and json.loads(out)["verdict"] == "inconclusive"
 
 
+def test_cli_says_where_the_shadow_traffic_went(tmp_path, capsys):
+    """A candidate that refused every connection: nothing was compared, and the check's
+    output says why (its outcome accounting), in text, JSON and JUnit alike."""
+    import time as _time
+
+    from shadowproxy.store import open_store
+    url = f"sqlite:///{tmp_path / 'down.db'}"
+    store = open_store(url)
+    now = _time.time() - 60
+    store.add_outcomes([(now, USERS, "mirrored", "", 30),
+                        (now, USERS, "candidate_error", "connect", 10),
+                        (now, USERS, "dropped", "candidate_down", 20),
+                        (now, USERS, "sampled_out", "", 5)])
+    store.close()
+    check = {"name": "diffs", "max_diff_rate": 0.01}
+    code, out, _err = cli(tmp_path, url, [check], capsys=capsys)
+    assert code == 3, out
+    assert out.splitlines()[1] == ("shadow traffic: mirrored 30: candidate_error{connect} 10, "
+                                   "dropped{candidate_down} 20"), out
+    assert "no compared exchanges" in out
+    code, out, _err = cli(tmp_path, url, [check], "--format", "json", capsys=capsys)
+    assert json.loads(out)["shadow"] == {"mirrored": 30, "candidate_error{connect}": 10,
+                                         "dropped{candidate_down}": 20}
+    code, out, _err = cli(tmp_path, url, [check], "--format", "junit", capsys=capsys)
+    props = {p.get("name"): p.get("value")
+             for p in ET.fromstring(out).findall("testsuite/properties/property")}
+    assert "dropped{candidate_down} 20" in props["shadow_traffic"]
+
+
 def test_cli_endpoint_filter_and_window(tmp_path, store_url, capsys):
     # only the users endpoint: the failing items endpoint is filtered out
     code, out, _ = cli(tmp_path, store_url, [FAILING | {"endpoints": "*"}],

@@ -136,3 +136,52 @@ async def test_a_failing_callback_frees_its_slot(caplog: pytest.LogCaptureFixtur
         await m.drain(asyncio.get_running_loop().time() + 1)
         await cand.stop()
     assert m.budget.used == 0 and stats.total("mirrored") == 3
+
+
+async def test_the_breaker_says_when_the_candidate_goes_and_comes_back(caplog):
+    """A candidate that refuses connections is a warning in the log (once, when the
+    breaker opens), and so is its return (when a probe gets an answer)."""
+    from tests.support import free_port
+
+    port = free_port()
+    got: list[Exchange] = []
+    stats = Stats()
+    m = Mirror(config("http://127.0.0.1:9", f"http://127.0.0.1:{port}",
+                      mirror={"breaker_failures": 3, "breaker_cooldown": "50ms"}), stats,
+               lambda ex: got.append(ex) or True)
+    await m.start()
+    server = None
+
+    async def shadow(i: int) -> None:
+        req = RequestRecord("GET", "/p", "", (), b"")
+        fut = m.submit(str(i), "GET /p", None, req, "/p")
+        if fut is not None:
+            fut.set_result(ResponseRecord(status=200))
+
+    try:
+        with caplog.at_level(logging.WARNING, "shadowproxy.mirror"):
+            for i in range(20):
+                await shadow(i)
+                await asyncio.sleep(0.005)
+            for _ in range(100):
+                if m.in_flight == 0 and m.depth == 0:
+                    break
+                await asyncio.sleep(0.01)
+            gone = [r for r in caplog.records if "refuses connections" in r.getMessage()]
+            assert len(gone) == 1 and f"127.0.0.1:{port}" in gone[0].getMessage()
+            assert stats.total("dropped", "candidate_down") > 0
+            # the candidate comes back on its port: the next probe closes the breaker
+            handler = answering([])
+            server = await asyncio.start_server(lambda r, w: handler(r, w, []), "127.0.0.1",
+                                                port)
+            for i in range(20, 200):
+                await shadow(i)
+                await asyncio.sleep(0.01)
+                if any("answers again" in r.getMessage() for r in caplog.records):
+                    break
+            assert any("answers again" in r.getMessage() for r in caplog.records)
+            assert not m.breaker.open
+    finally:
+        await m.drain(asyncio.get_running_loop().time() + 1)
+        if server is not None:
+            server.close()

@@ -124,10 +124,27 @@ def run(cfg: Config, *, since: float | None, until: float | None, endpoint: str 
     try:
         report = evaluate(cfg.checks, StoreSource(store, since, until), endpoint,
                           since=since, until=until, store=cfg.store.url,
-                          generated_at=time.time() if now is None else now)
+                          generated_at=time.time() if now is None else now,
+                          shadow=shadow_counts(store.outcome_counts(since, until, endpoint)))
     finally:
         store.close()
     return report
+
+
+SHADOW_OUTCOMES = ("mirrored", "compared", "candidate_error", "candidate_timeout", "dropped")
+
+
+def shadow_counts(outcomes: dict[str, dict[str, int]]) -> dict[str, int]:
+    """The shadow's part of the outcome accounting, flat: ``mirrored``, ``compared``,
+    ``candidate_error{connect}``, ``dropped{candidate_down}``, … (largest first within
+    each outcome)."""
+    out: dict[str, int] = {}
+    for outcome in SHADOW_OUTCOMES:
+        reasons = outcomes.get(outcome, {})
+        for reason, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])):
+            if n:
+                out[f"{outcome}{{{reason}}}" if reason else outcome] = n
+    return out
 
 
 def _err(msg: str) -> None:

@@ -233,6 +233,10 @@ class Report:
     endpoint_filter: str = "*"
     store: str | None = None
     generated_at: float | None = None
+    # the window's shadow accounting: "mirrored", "compared", "candidate_error{connect}",
+    # "dropped{candidate_down}", ... → count (None when the source has none): what
+    # explains a check with too few compared exchanges
+    shadow: dict[str, int] | None = None
 
     @property
     def exit_code(self) -> int:

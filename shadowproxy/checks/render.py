@@ -67,8 +67,21 @@ def _unit_line(u: UnitResult) -> str:
     return f"{u.verdict.upper():<12} {u.label}: {u.reason}"
 
 
+def shadow_line(report: Report) -> str | None:
+    """``shadow traffic: mirrored 30: compared 0, dropped{candidate_down} 20, …``"""
+    if report.shadow is None:
+        return None
+    sh = dict(report.shadow)
+    mirrored = sh.pop("mirrored", 0)
+    rest = ", ".join(f"{k} {v:,}" for k, v in sh.items())
+    return f"shadow traffic: mirrored {mirrored:,}" + (f": {rest}" if rest else "")
+
+
 def render_text(report: Report) -> str:
     lines = [f"shadowproxy check: {_window(report)}"]
+    shadow = shadow_line(report)
+    if shadow:
+        lines.append(shadow)
     for c in report.checks:
         crit = " (critical)" if c.critical else ""
         lines.append(f"{c.verdict.upper():<12} {c.name}{crit}  [endpoints {c.endpoints_glob}, "
@@ -130,6 +143,7 @@ def report_doc(report: Report) -> dict[str, Any]:
         "window": {"since": report.since, "until": report.until,
                    "since_iso": iso(report.since), "until_iso": iso(report.until)},
         "endpoint_filter": report.endpoint_filter, "store": report.store,
+        "shadow": report.shadow,
         "generated_at": report.generated_at, "generated_at_iso": iso(report.generated_at),
         "checks": [_check_doc(c) for c in report.checks],
     })
@@ -155,7 +169,8 @@ def render_junit(report: Report) -> str:
                      ("endpoints", c.endpoints_glob), ("min_samples", str(c.min_samples)),
                      ("confidence", f"{c.confidence:g}"),
                      ("window_since", iso(report.since) or ""),
-                     ("window_until", iso(report.until) or "")):
+                     ("window_until", iso(report.until) or ""),
+                     ("shadow_traffic", shadow_line(report) or "")):
             ET.SubElement(props, "property", name=k, value=_x(v))
         counts = {"tests": 0, "failures": 0, "skipped": 0}
         for s in c.subchecks:
