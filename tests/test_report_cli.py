@@ -89,6 +89,10 @@ def test_cli_writes_to_stdout_without_o(built: Built, tmp_path: Path,
     assert cli_main(["report", "-c", str(cfg), "--format", "md"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("### ❌ shadowproxy:") and "| endpoint |" in out
+    assert out.endswith("\n") and not out.endswith("\n\n\n")
+    assert cli_main(["report", "-c", str(cfg), "--format", "markdown"]) == 0   # the same
+    again = capsys.readouterr().out
+    assert again.startswith("### ❌ shadowproxy:") and again.count("\n") == out.count("\n")
 
 
 def test_cli_window_limits_the_data(built: Built, tmp_path: Path,

@@ -49,10 +49,11 @@ def _err(msg: str) -> None:
 def render(report: dict[str, Any], fmt: str) -> str:
     if fmt == "html":
         return render_html(report)
-    if fmt == "md":
-        return render_markdown(report)
+    if fmt in ("md", "markdown"):
+        text = render_markdown(report)
+        return text if text.endswith("\n") else text + "\n"
     if fmt == "json":
-        return dumps(report).decode("utf-8")
+        return dumps(report).decode("utf-8") + "\n"
     raise ValueError(f"unknown report format {fmt!r}")
 
 
