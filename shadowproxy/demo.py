@@ -108,7 +108,29 @@ def _ms(x: float | None) -> str:
     return "-" if x is None else f"{1000 * x:.1f}"
 
 
-def print_summary(db_url: str, outcomes: dict[str, int]) -> None:
+def print_outcomes(db_url: str) -> tuple[int, int, int]:
+    """The final outcome counts as stored after the drain. → (sum of final outcomes,
+    mirrored, the final outcomes a mirrored request can end in)."""
+    from .stats import AFTER_MIRROR_DROPS, FINAL
+    from .store import open_store
+
+    store = open_store(db_url, readonly=True)
+    try:
+        counts = store.outcome_counts()
+    finally:
+        store.close()
+    print("\nEvery request ends in exactly one counted outcome (the store, after the drain):")
+    final = after = 0
+    for outcome in FINAL:
+        for reason, n in sorted(counts.get(outcome, {}).items()):
+            print(f"  {outcome + (f'{{{reason}}}' if reason else ''):<32} {n}")
+            final += n
+            if outcome != "dropped" or reason in AFTER_MIRROR_DROPS:
+                after += n if outcome not in ("not_eligible", "sampled_out") else 0
+    return final, sum(counts.get("mirrored", {}).values()), after
+
+
+def print_summary(db_url: str) -> None:
     from .store import open_store
 
     store = open_store(db_url, readonly=True)
@@ -181,24 +203,23 @@ async def _main() -> int:
         for runner in runners:
             await runner.cleanup()
     print(f"shadowproxy stopped with exit code {code} after SIGTERM")
-    outcomes = live["outcomes"]
-    print("\nEvery request ends in exactly one counted outcome:")
-    for k, v in outcomes.items():
-        print(f"  {k:<32} {v}")
-    final = live["requests"]
+    db_url = f"sqlite:///{out}/shadowproxy.db"
+    final, mirrored, after = print_outcomes(db_url)
     sent = len(plan) + probes
     health = statuses.get(200, 0) + statuses.get(201, 0)
     print(f"  {'(sum of final outcomes)':<32} {final}  (requests sent: {sent}, with the "
           f"readiness probe; {'adds up' if final == sent else 'DOES NOT ADD UP'})")
     print(f"  successful client responses: {health} of {len(plan)}")
-    print_summary(f"sqlite:///{out}/shadowproxy.db", outcomes)
+    print(f"  mirrored {mirrored} on the way, each ended in one of the above: {after} "
+          f"({'adds up' if mirrored == after else 'DOES NOT ADD UP'})")
+    print_summary(db_url)
     verdict = _check_and_report(cfg_path, env, out)
     print(f"""
 store:  {out / 'shadowproxy.db'}
 report: {out / 'report.html'}   (one self-contained file: open it in any browser)
 UI:     make demo-ui   then open http://127.0.0.1:8081/  (serves the stored results of this run)""")
     # the demo succeeds when the pipeline worked; the check is expected to fail
-    return 0 if code == 0 and final == sent and verdict == 1 else 1
+    return 0 if code == 0 and final == sent and mirrored == after and verdict == 1 else 1
 
 
 def _check_and_report(cfg_path: Path, env: dict[str, str], out: Path) -> int:
