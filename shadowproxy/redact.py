@@ -25,7 +25,8 @@ What is masked
       in the request and every response. ``Authorization``-style values keep their
       scheme (``Bearer [redacted:…]``); ``Cookie`` keeps cookie names, ``Set-Cookie``
       keeps the name and the attributes (``Path``, ``HttpOnly``…); only values go.
-    * Query parameters named in ``redact.query`` (any case).
+    * Query parameters named in ``redact.query``, or ending with one of those names'
+      words (any case and spelling: ``token`` also masks ``refreshToken``).
     * Bodies, after undoing ``Content-Encoding`` (gzip, deflate, and br when the
       ``brotli`` module is installed). The stored copy is the *decoded* body and its
       ``Content-Encoding`` header is removed. Decoded bodies are capped at
@@ -33,7 +34,9 @@ What is masked
 
       - JSON: values at the JSONPaths in ``DEFAULT_REDACTED_FIELDS`` + ``redact.fields``
         are masked; an object or array found there is masked as a whole (its orjson
-        serialisation with sorted keys). Key names match case-insensitively. String
+        serialisation with sorted keys). Key names match case-insensitively, and a
+        ``$..name`` field also masks keys ending with its words (``accessToken``,
+        ``client_secret``, ``apiKey`` for ``$..token``, ``$..secret``, ``$..api_key``). String
         values anywhere also get the text pass below (``{"next": "/x?token=…"}``).
       - ``application/x-www-form-urlencoded``: values of the *sensitive names* (the
         last name of every field path, the ``redact.query`` names and the redacted
@@ -354,6 +357,52 @@ def _to_text(data: bytes, truncated: bool) -> str | None:
 
 # ------------------------------------------------------------------ the redactor
 
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_NOT_ALNUM = re.compile(r"[^a-z0-9]+")
+
+
+def name_words(name: str) -> tuple[str, ...]:
+    """A key's words: ``accessToken``, ``access_token``, ``Access-Token`` → ``('access',
+    'token')``."""
+    return tuple(w for w in _NOT_ALNUM.split(_CAMEL.sub("_", name).lower()) if w)
+
+
+class _Names:
+    """Sensitive names matched by their last words: ``token`` matches ``token``,
+    ``accessToken``, ``refresh_token`` and ``X-Auth-Token`` (not ``token_type`` or
+    ``tokens``); ``api_key`` matches ``apiKey`` and ``x-api-key``. A lower-case name of
+    one word matches when it ends with a name's words run together (``accesstoken``)."""
+
+    __slots__ = ("exact", "_words", "_cache")
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.exact = frozenset(n.lower() for n in names)
+        self._words = tuple({name_words(n) for n in self.exact if name_words(n)})
+        self._cache: dict[str, bool] = {}
+
+    def __contains__(self, name: str) -> bool:
+        hit = self._cache.get(name)
+        if hit is None:
+            words = name_words(name)
+            hit = name.lower() in self.exact or any(
+                words[-len(w):] == w for w in self._words if len(w) <= len(words))
+            if not hit and len(words) == 1 and name.islower():
+                # one word without case to split on (a path folded to lower case):
+                # ``accesstoken`` ends with ``token``, ``apikey`` with ``api_key``
+                hit = any(words[0].endswith("".join(w)) for w in self._words)
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[name] = hit
+        return hit
+
+    def spellings(self) -> set[str]:
+        """How the names may appear in lower-cased text (for a cheap substring test)."""
+        out = set(self.exact)
+        for w in self._words:
+            out.update(("".join(w), "_".join(w), "-".join(w)))
+        return out
+
+
 
 class Redactor:
     """Masks secrets in exchanges and differences. Thread-safe; cheap to share."""
@@ -366,9 +415,10 @@ class Redactor:
         self._hmac = hmac.new(self._key, digestmod="sha256")
         self.headers = frozenset(h.lower() for h in (*DEFAULT_REDACTED_HEADERS, *cfg.headers))
         self._plain: set[str] = set()   # values of other headers the text pass left alone
-        self.query_names = frozenset(q.lower() for q in cfg.query)
+        self.query_names = _Names(cfg.query)
         patterns = []
         field_names = set()
+        anywhere = set()            # $..name: also matched by its last words (accessToken)
         self._all_named = True     # every field pattern ends in a literal name
         for i, path in enumerate((*DEFAULT_REDACTED_FIELDS, *cfg.fields)):
             try:
@@ -379,16 +429,21 @@ class Redactor:
             patterns.append(toks)
             if toks and toks[-1][0] in ("key", "desc") and toks[-1][1] is not None:
                 field_names.add(toks[-1][1])
+                if len(toks) == 1 and toks[0][0] == "desc":
+                    anywhere.add(toks[0][1])
             else:
                 self._all_named = False
         self.field_names = frozenset(field_names)
         self.matcher = _Matcher(patterns)
         # names looked for in form bodies and free text
-        self.sensitive = frozenset(self.field_names | self.query_names | self.headers)
+        self.field_words = _Names(anywhere)
+        self.sensitive = _Names(self.field_names | self.query_names.exact | self.headers)
         # the same test with fewer searches: a text holding ``x-auth-token`` holds ``token``
-        self._sensitive_cores = tuple(n for n in self.sensitive
-                                      if not any(m != n and m in n for m in self.sensitive))
-        alts = "|".join(re.escape(n) for n in sorted(self.sensitive, key=len, reverse=True))
+        spell = self.sensitive.spellings()
+        self._sensitive_cores = tuple(n for n in spell
+                                      if not any(m != n and m in n for m in spell))
+        alts = "|".join(re.escape(n) for n in sorted(self.sensitive.exact, key=len,
+                                                     reverse=True))
         halts = "|".join(re.escape(n) for n in sorted(self.headers, key=len, reverse=True))
         # "Authorization: Bearer x" as a line of text: the whole rest of the line goes
         self._hline = re.compile(
@@ -529,7 +584,7 @@ class Redactor:
         return mk
 
     def redact_query(self, query: str, secrets: _Secrets | None = None,
-                     names: frozenset[str] | None = None) -> str:
+                     names: "_Names | None" = None) -> str:
         """Mask the values of sensitive parameters in a query string (or form body)."""
         if not query:
             return query
@@ -538,7 +593,7 @@ class Redactor:
         out = []
         for part in query.split("&"):
             name, eq, val = part.partition("=")
-            if eq and unquote_plus(name).strip().lower() in names:
+            if eq and unquote_plus(name).strip() in names:
                 raw = unquote_plus(val)
                 m = self.mask(raw)
                 secrets.add(raw, m)
@@ -585,7 +640,7 @@ class Redactor:
         concrete path of ``doc`` inside its document (for values found in differences)."""
         secrets = secrets if secrets is not None else _Secrets()
         states, hit = self.matcher.walk(start)
-        if hit:
+        if hit or any(type(k) is str and k in self.field_words for k in start):
             return self._mask_tree(doc, secrets)
         return self._walk(doc, states, secrets)
 
@@ -606,6 +661,8 @@ class Redactor:
                     st, hit = self.matcher.step(states, sk.lower())
                 else:
                     st, hit = states, False
+                if not hit and sk in self.field_words:     # accessToken, client_secret
+                    hit = True
                 out[k] = self._mask_tree(v, secrets) if hit else self._walk(v, st, secrets)
             return out
         if isinstance(node, list):
@@ -780,7 +837,7 @@ class Redactor:
                     return [self.redact_header_value(name, str(v), secrets) for v in value]
                 return self.redact_header_value(name, str(value), secrets)
         elif d.path.startswith("body.form."):
-            key = unquote_plus(d.path[len("body.form."):]).lower()
+            key = unquote_plus(d.path[len("body.form."):])
             if key in self.sensitive:
                 return self._mask_tree(value, secrets)
         elif d.path.startswith("$"):

@@ -155,6 +155,34 @@ def test_configured_headers_fields_and_query():
     assert pb["other"] == {"ssn": "kept"}       # $.profile.ssn is not $..ssn
 
 
+def test_names_match_by_their_last_words_in_json_query_and_forms(red):
+    """``$..token`` masks ``accessToken`` and ``refresh_token`` too, ``$..secret``
+    ``client_secret``, ``$..api_key`` ``apiKey``: the same names in JSON keys, query
+    parameters and form bodies; ``token_type`` and ``tokens`` are not secrets."""
+    body = {"accessToken": "CAMEL171", "client_secret": "CS191", "token_type": "Bearer",
+            "tokens": 3, "nested": [{"apiKey": "AK-1", "Refresh-Token": "RT-2"}],
+            "passwordHash": "kept-by-name"}
+    ex = exchange(query="client_secret=QS-1&refreshToken=QS-2&page=2",
+                  primary=response(200, body))
+    out = red.redact_exchange(ex)
+    pb = orjson.loads(out.primary.body)
+    assert pb["accessToken"] == red.mask("CAMEL171")
+    assert pb["client_secret"] == red.mask("CS191")
+    assert pb["nested"] == [{"apiKey": red.mask("AK-1"), "Refresh-Token": red.mask("RT-2")}]
+    assert pb["token_type"] == "Bearer" and pb["tokens"] == 3
+    assert pb["passwordHash"] == "kept-by-name"
+    assert out.request.query == (f"client_secret={red.mask('QS-1')}&"
+                                 f"refreshToken={red.mask('QS-2')}&page=2")
+    diffs = red.redact_differences([
+        Difference("body", "$.nested[0].apiKey", "changed", "AK-1", "AK-2"),
+        Difference("body", "$.user", "changed", {"accessToken": "T-1"}, None)])
+    assert [(d.a, d.b) for d in diffs] == [(red.mask("AK-1"), red.mask("AK-2")),
+                                           ({"accessToken": red.mask("T-1")}, None)]
+    form = exchange(method="POST", req_body=b"user=ann&accessToken=F-1",
+                    req_headers=(("Content-Type", "application/x-www-form-urlencoded"),))
+    assert red.redact_exchange(form).request.body == f"user=ann&accessToken={red.mask('F-1')}".encode()
+
+
 def test_bad_field_path_is_a_config_error():
     with pytest.raises(ConfigError, match=r"redact\.fields\[0\]"):
         Redactor(RedactConfig(fields=("$.a[",)), KEY)
