@@ -174,7 +174,7 @@ class Request(Pulled):
 
     __slots__ = ("_chunked_out", "_conn", "_continued", "_no_body", "chunked",
                  "content_length", "expect_continue", "headers", "method", "responded",
-                 "target", "upgrade", "version")
+                 "status", "target", "upgrade", "version")
 
     def __init__(self, method: str, target: str, version: tuple[int, int],
                  headers: list[tuple[str, str]], content_length: int | None, chunked: bool,
@@ -189,6 +189,7 @@ class Request(Pulled):
         self.expect_continue = expect_continue
         self.upgrade = upgrade                  # Upgrade: websocket
         self.responded = False
+        self.status = 0                         # of the answer, once sent
         self.done = not chunked and not content_length      # no body: all of it is here
         self._conn: Connection | None = None
         self._continued = False
@@ -257,6 +258,7 @@ class Request(Pulled):
         conn = self._conn
         assert conn is not None and not self.responded
         self.responded = True
+        self.status = status
         if not self.done or conn.server.stopping:
             conn.keep_alive = False      # the connection closes after this answer
         no_body = self.method == "HEAD" or status in (204, 304) or status < 200

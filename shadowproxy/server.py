@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from . import http1server
 from .config import Config, split_address
-from .http1server import Server
+from .http1server import Request, Server
 from .mirror import Mirror
 from .models import Exchange
 from .proxy import Proxy
@@ -72,10 +72,18 @@ class ProxyServer:
         self._upgrades = web.Server(self.proxy.handle_upgrade, handler_cancellation=True,
                                     auto_decompress=False, max_line_size=MAX_LINE,
                                     max_field_size=MAX_FIELD, access_log=None)
-        self._server = Server(self.proxy.handle, on_upgrade=self._upgrades)
+        self._server = Server(self._handler(self.cfg), on_upgrade=self._upgrades)
         await self._server.start(self.sock)
         log.info("proxying %s → %s (candidate %s)", self.cfg.listen, self.cfg.upstreams.primary,
                  self.cfg.upstreams.candidate or "none")
+
+    def _handler(self, cfg: Config) -> Callable[[Request], Awaitable[None]]:
+        """The proxy's handler, wrapped by the access log when ``log.access`` is on."""
+        if not cfg.log.access:
+            return self.proxy.handle
+        from .access import AccessLog
+        from .redact import Redactor
+        return AccessLog(self.proxy.handle, Redactor.from_config(cfg.redact))
 
     def reload(self, cfg: Config) -> None:
         """Apply a new config to routes, sampling and mirroring without dropping connections."""
@@ -83,6 +91,8 @@ class ProxyServer:
         self.router = Router(cfg.routes, cfg.endpoints.max)
         self.proxy.configure(cfg, self.router)
         self.mirror.configure(cfg)
+        if self._server is not None:
+            self._server.handler = self._handler(cfg)
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight requests, drain the mirror up to the deadline."""

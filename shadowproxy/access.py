@@ -1,0 +1,44 @@
+"""The access log (``log.access: true``).
+
+One INFO line per request on the ``shadowproxy.access`` logger once its answer is
+done: client address, method, target (the values of sensitive query parameters
+masked as in the store: ``redact.query`` and the names that end with their words),
+HTTP version, status (``-`` when none was sent: the client went away first) and the
+time from the head's arrival to the answer's end. Headers and bodies are never
+logged. Off by default, and then the server's handler is not wrapped at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from time import perf_counter
+
+from .http1server import Request
+from .redact import Redactor
+
+log = logging.getLogger("shadowproxy.access")
+
+
+class AccessLog:
+    """Wraps the request handler with a line per request."""
+
+    __slots__ = ("handler", "redactor")
+
+    def __init__(self, handler: Callable[[Request], Awaitable[None]], redactor: Redactor
+                 ) -> None:
+        self.handler = handler
+        self.redactor = redactor
+
+    async def __call__(self, request: Request) -> None:
+        t0 = perf_counter()
+        try:
+            await self.handler(request)
+        finally:
+            target = request.target
+            path, sep, query = target.partition("?")
+            if sep:
+                target = f"{path}?{self.redactor.redact_query(query)}"
+            major, minor = request.version
+            log.info('%s "%s %s HTTP/%d.%d" %s %.1fms', request.remote, request.method, target,
+                     major, minor, request.status or "-", 1000 * (perf_counter() - t0))

@@ -1,0 +1,67 @@
+"""The access log: one line per request when ``log.access`` is on, with sensitive query
+values masked and no headers; nothing when it is off; a reload turns it on or off."""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+from aiohttp import web
+
+from tests.support import config, start_proxy
+
+
+async def _primary(aiohttp_server):
+    async def ok(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(text="fine")
+
+    async def gone(request: web.Request) -> web.Response:
+        return web.Response(status=404, text="no")
+
+    app = web.Application()
+    app.router.add_route("*", "/ok", ok)
+    app.router.add_route("*", "/gone", gone)
+    return await aiohttp_server(app)
+
+
+async def test_one_line_per_request_with_secrets_masked(aiohttp_server, caplog):
+    primary = await _primary(aiohttp_server)
+    url = str(primary.make_url("")).rstrip("/")
+    server = await start_proxy(config(url, log={"access": True}))
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        with caplog.at_level(logging.INFO, "shadowproxy.access"):
+            async with aiohttp.ClientSession() as s:
+                async with s.get(f"{base}/ok?page=2&token=S3CRET-QUERY&refreshToken=RT-9",
+                                 headers={"Authorization": "Bearer S3CRET-HEADER"}) as r:
+                    assert r.status == 200
+                async with s.post(f"{base}/gone", data=b'{"password": "S3CRET-BODY"}') as r:
+                    assert r.status == 404
+        lines = [r.getMessage() for r in caplog.records if r.name == "shadowproxy.access"]
+        assert len(lines) == 2, lines
+        assert lines[0].startswith('127.0.0.1 "GET /ok?page=2&token=[redacted:')
+        assert "&refreshToken=[redacted:" in lines[0]
+        assert '" 200 ' in lines[0] and lines[0].endswith("ms")
+        assert lines[1].startswith('127.0.0.1 "POST /gone HTTP/1.1" 404 ')
+        assert "S3CRET" not in caplog.text
+        # a reload turns it off (and the requests go on)
+        caplog.clear()
+        server.reload(config(url))
+        with caplog.at_level(logging.INFO, "shadowproxy.access"):
+            async with aiohttp.ClientSession() as s:
+                async with s.get(f"{base}/ok") as r:
+                    assert r.status == 200
+        assert not [r for r in caplog.records if r.name == "shadowproxy.access"]
+    finally:
+        await server.stop()
+
+
+async def test_off_by_default_the_handler_is_not_wrapped(aiohttp_server):
+    primary = await _primary(aiohttp_server)
+    server = await start_proxy(config(str(primary.make_url("")).rstrip("/")))
+    try:
+        assert server._server is not None
+        assert server._server.handler == server.proxy.handle
+    finally:
+        await server.stop()
