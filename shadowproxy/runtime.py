@@ -82,6 +82,7 @@ class Control:
         self.channel: ChannelServer | None = None
         self._tick: asyncio.Task[None] | None = None
         self.mirror_state: tuple[bool, float] = (cfg.mirror.enabled, cfg.mirror.sample)
+        self.mirror_overridden = False   # mirror_state was set through the admin API
         # in-process proxies (InProcess) register here; workers get it over the channel
         self.local_mirrors: list[Any] = []
         self.ready_workers: set[int] = set()   # workers listening now
@@ -118,14 +119,28 @@ class Control:
                 await put(ex)
 
     def reload(self, cfg: Config) -> None:
+        """A new config for every stage. Mirroring switched at run time (the admin API)
+        stays as switched unless the new file changes ``mirror.enabled`` or
+        ``mirror.sample`` itself: the latest decision wins, and a kept switch is logged."""
+        before = (self.cfg.mirror.enabled, self.cfg.mirror.sample)
+        after = (cfg.mirror.enabled, cfg.mirror.sample)
         self.cfg = cfg
         self.stage.configure(cfg)
-        self.mirror_state = (cfg.mirror.enabled, cfg.mirror.sample)
+        keep = self.mirror_overridden and after == before
         if self.channel is not None:
             self.channel.broadcast(("cfg", cfg))
+        if keep:
+            log.warning("reload keeps mirroring enabled=%s sample=%s as switched through the "
+                        "admin API (the file's mirror.enabled and mirror.sample did not "
+                        "change); PUT /api/v1/mirror to change it", *self.mirror_state)
+            self.set_mirror(*self.mirror_state)   # over the config the workers just got
+        else:
+            self.mirror_state = after
+            self.mirror_overridden = False
 
     def set_mirror(self, enabled: bool | None = None, sample: float | None = None) -> None:
         """Run-time switch: mirroring on/off and the sample rate, in every worker."""
+        self.mirror_overridden = True
         en, rate = self.mirror_state
         en = en if enabled is None else enabled
         rate = rate if sample is None else sample

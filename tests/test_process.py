@@ -235,6 +235,41 @@ async def test_sighup_reloads_and_keeps_old_config_when_invalid(upstreams, tmp_p
     assert "reload refused" in log and "mirror.sample" in log
 
 
+async def test_a_reload_keeps_mirroring_switched_off_through_the_admin_api(upstreams,
+                                                                            tmp_path: Path
+                                                                            ) -> None:
+    """Mirroring switched off at run time stays off across a SIGHUP that does not touch
+    the file's mirror settings (and says so in the log); a file that changes them wins."""
+    listen, admin, db = free_port(), free_port(), tmp_path / "r.db"
+    cfg = tmp_path / "c.yaml"
+    _write_config(cfg, upstreams, db, listen, admin, sample="1.0")
+    run = Running(cfg, listen, admin, tmp_path / "log")
+    try:
+        await run.ready()
+        async with aiohttp.ClientSession() as s:
+            async with s.put(f"http://127.0.0.1:{admin}/api/v1/mirror",
+                             json={"enabled": False}) as r:
+                assert r.status == 200 and (await r.json())["enabled"] is False
+        cfg.write_text(cfg.read_text().replace("timeout: 2s", "timeout: 3s"))  # not mirroring
+        run.proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(1.0)
+        assert await _load(listen, 30) == 30
+        live = await run.wait_total(30)
+        assert live["outcomes"].get("not_eligible{disabled}") == 30, live
+        assert live["mirrored"] == 0, live
+        # the file now changes the sample rate: its settings apply, mirroring is back
+        cfg.write_text(cfg.read_text().replace("sample: 1.0", "sample: 0.999"))
+        run.proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(1.0)
+        assert await _load(listen, 30) == 30
+        live = await run.wait_total(60)
+        assert live["mirrored"] >= 25, live
+    finally:
+        code = run.stop()
+    assert code == 0
+    assert "reload keeps mirroring enabled=False" in run.log.read_text()
+
+
 async def test_kill_9_under_load_loses_nothing_acknowledged(upstreams, tmp_path: Path) -> None:
     listen, admin, db = free_port(), free_port(), tmp_path / "r.db"
     cfg = tmp_path / "c.yaml"
