@@ -202,6 +202,7 @@ class MirrorConfig:
     concurrency: int = 64
     timeout: Duration = 5.0
     capture_max: Size = 1024 * 1024   # bytes of each response kept for comparison
+    max_response: Size = 16 * 1024 * 1024   # a shadow answer beyond this: candidate_error
     buffer_limit: Size = 256 * 1024 * 1024   # bytes all queued/in-flight shadows may hold
     breaker_failures: int = 5         # consecutive connect errors that open the breaker; 0: off
     breaker_cooldown: Duration = 1.0  # first pause before a probe (doubles up to 30 s)
@@ -400,6 +401,8 @@ def _check_semantics(cfg: Config, pos: "_Positions", env: typing.Mapping[str, st
         fail("mirror.concurrency", "must be at least 1")
     if m.timeout <= 0:
         fail("mirror.timeout", "must be greater than 0")
+    if m.max_response < m.capture_max:
+        fail("mirror.max_response", f"must be at least mirror.capture_max ({m.capture_max})")
     if m.breaker_failures < 0:
         fail("mirror.breaker_failures", "must be 0 (off) or more")
     for name, value in m.add_headers.items():

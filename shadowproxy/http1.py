@@ -57,9 +57,14 @@ _FRAMING_LENGTHS = frozenset({len("connection"), len("content-length"),
 # a chunk-size line: hex digits, then optional whitespace and extensions without
 # control characters (a bare LF or a NUL in it is an attempt to desynchronise)
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
+# a chunk's size line with its CRLF, matched in place (the fast path of many chunks)
+_CHUNK_AT = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?\r\n")
 _TRAILER_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*")
 
 BodySink = Callable[[bytes], None]
+
+SHADOW_CHUNKS = 4096       # chunks a shadow's read may hold (~6 ms of parsing)
+YIELD_READ = 64 * 1024     # a shadow's read this big waits a loop turn before the next
 
 
 class UpstreamError(Exception):
@@ -80,6 +85,12 @@ class ResetError(UpstreamError):
     def __init__(self, message: str, before_response: bool = False) -> None:
         super().__init__(message)
         self.before_response = before_response   # not one byte of the answer arrived
+
+
+class TooLargeError(UpstreamError):
+    """A shadow's answer went beyond the bytes a shadow may read (``mirror.max_response``)."""
+
+    kind = "too_large"
 
 
 class ProtocolError(UpstreamError):
@@ -189,6 +200,7 @@ class ResponseParser:
         "_scan",
         "_state",
         "_trailers",
+        "chunk_limit",
         "extra",
         "head",
         "keep_alive",
@@ -200,9 +212,12 @@ class ResponseParser:
         "te",
     )
 
-    def __init__(self, on_body: BodySink, *, no_body: bool = False) -> None:
+    def __init__(self, on_body: BodySink, *, no_body: bool = False,
+                 chunk_limit: int | None = None) -> None:
         self.on_body = on_body
         self.no_body = no_body          # a HEAD request: no body whatever the head says
+        # chunks one feed may hold (None: any): a shadow's bound on the work of a read
+        self.chunk_limit = chunk_limit
         self.head: Head | None = None
         self.length: str | None = None  # the head's Content-Length, as sent
         self.te: str | None = None      # its Transfer-Encoding (lower-cased, joined)
@@ -232,15 +247,32 @@ class ResponseParser:
             buf = self._buf
             self._buf = bytearray()
         pos, n = 0, len(buf)
+        chunks: list[bytes | bytearray] = []    # chunk data of this feed: one on_body call
+        try:
+            return self._feed(buf, pos, n, chunks)
+        finally:
+            if chunks:
+                self.on_body(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def _feed(self, buf: bytes | bytearray, pos: int, n: int,
+              chunks: list[bytes | bytearray]) -> bool:
+        limit = self.chunk_limit
         while pos < n:
             st = self._state
-            if st == _LENGTH or st == _CHUNK_DATA:
+            if st == _LENGTH:
                 take = min(self._remaining, n - pos)
                 self.on_body(buf if take == n else buf[pos:pos + take])
                 pos += take
                 self._remaining -= take
                 if not self._remaining:
-                    self._state = _DONE if st == _LENGTH else _CHUNK_END
+                    self._state = _DONE
+            elif st == _CHUNK_DATA:
+                take = min(self._remaining, n - pos)
+                chunks.append(buf if take == n else buf[pos:pos + take])
+                pos += take
+                self._remaining -= take
+                if not self._remaining:
+                    self._state = _CHUNK_END
             elif st == _UNTIL_EOF:
                 self.on_body(buf if pos == 0 else buf[pos:])
                 pos = n
@@ -252,6 +284,24 @@ class ResponseParser:
                 self._scan = 0
                 self._on_head(bytes(buf[pos:end]))
                 pos = end + 4
+            elif st == _CHUNK_SIZE and (m := _CHUNK_AT.match(buf, pos)) is not None:
+                # a whole size line: take the chunk at once when all of it is here
+                self._scan = 0
+                if limit is not None and len(chunks) >= limit:
+                    raise ProtocolError(f"more than {limit} chunks in one read")
+                size = int(m.group(1), 16)
+                pos = m.end()
+                end = pos + size
+                if not size:
+                    self._state = _TRAILER
+                elif end + 2 <= n:
+                    if buf[end] != 13 or buf[end + 1] != 10:
+                        raise ProtocolError("chunk not followed by CRLF")
+                    chunks.append(buf[pos:end])
+                    pos = end + 2
+                else:
+                    self._remaining = size
+                    self._state = _CHUNK_DATA
             elif st == _CHUNK_SIZE or st == _TRAILER:
                 eol = buf.find(b"\r\n", pos + self._scan)
                 if eol < 0:
@@ -399,15 +449,22 @@ class _Conn(asyncio.Protocol):
         self._stream: Stream | None = None
         self._drained: asyncio.Future[None] | None = None   # set while writes are paused
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._max_bytes: int | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self._loop = asyncio.get_running_loop()
 
     def send(self, data: bytes, body: bytes, no_body: bool, on_body: BodySink,
-             stream: Stream | None = None) -> asyncio.Future[Head]:
+             stream: Stream | None = None, max_bytes: int | None = None
+             ) -> asyncio.Future[Head]:
+        """``max_bytes`` (shadows): the answer may be this long, head included, else it
+        fails with :class:`TooLargeError`; its reads are then also bounded in work
+        (:data:`SHADOW_CHUNKS` chunks each) and take turns with the other connections."""
         assert self.transport is not None
-        self._parser = ResponseParser(on_body, no_body=no_body)
+        self._max_bytes = max_bytes
+        self._parser = ResponseParser(on_body, no_body=no_body,
+                                      chunk_limit=SHADOW_CHUNKS if max_bytes else None)
         self._stream = stream
         self._fut = fut = self._loop.create_future()
         if self.lost or self.transport.is_closing():
@@ -449,9 +506,24 @@ class _Conn(asyncio.Protocol):
                 fut.set_result(p.head)
             if done:
                 stream.end()
-        elif done and not fut.done():
-            assert p.head is not None
-            fut.set_result(p.head)
+        elif done:
+            if not fut.done():
+                assert p.head is not None
+                fut.set_result(p.head)
+        elif self._max_bytes is not None:
+            if p.received > self._max_bytes:
+                self._fail(TooLargeError(f"the answer exceeds {self._max_bytes} bytes"))
+                self.abort()
+            elif len(data) >= YIELD_READ:
+                # a big read of a shadow: the next waits for the loop's next turn, so a
+                # flood from the candidate takes turns with clients and primary
+                self.transport.pause_reading()  # type: ignore[union-attr]
+                self._loop.call_soon(self._resume)  # type: ignore[union-attr]
+
+    def _resume(self) -> None:
+        t = self.transport
+        if t is not None and not self.lost and not t.is_closing():
+            t.resume_reading()
 
     def _fail(self, exc: BaseException) -> None:
         fut = self._fut
@@ -661,7 +733,8 @@ class Call:
     def send(self, conn: _Conn, reused: bool) -> None:
         self.conn = conn
         self.reused = reused
-        fut = conn.send(self.data, self.body, self.method == "HEAD", self.on_body)
+        fut = conn.send(self.data, self.body, self.method == "HEAD", self.on_body,
+                        max_bytes=self.pool.max_answer)
         fut.add_done_callback(self._answered)
 
     def connect(self) -> None:
@@ -741,8 +814,10 @@ class Pool:
     ``IDLE_LIMIT``).
     """
 
-    def __init__(self, base: str, limit: int | None) -> None:
+    def __init__(self, base: str, limit: int | None, max_answer: int | None = None) -> None:
+        """``max_answer``: the bytes an answer to :meth:`start` may have (shadows)."""
         parts = urlsplit(base)
+        self.max_answer = max_answer
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"expected an http(s):// URL, got {base!r}")
         tls = parts.scheme == "https"

@@ -175,6 +175,8 @@ class Mirror:
         self.cfg = m
         if hasattr(self, "budget"):
             self.budget.limit = m.buffer_limit
+        for pool in getattr(self, "_pools", ()):
+            pool.max_answer = m.max_response
         self.enabled = m.enabled and cfg.upstreams.candidate is not None
         self.candidate = cfg.upstreams.candidate
         self.secondary = cfg.upstreams.secondary
@@ -283,7 +285,8 @@ class Mirror:
         """The connection pool to ``base`` (a reload may name a new upstream)."""
         pool = self._pool_by_base.get(base)
         if pool is None:
-            pool = self._pool_by_base[base] = http1.Pool(base, self.cfg.concurrency)
+            pool = self._pool_by_base[base] = http1.Pool(base, self.cfg.concurrency,
+                                                         self.cfg.max_response)
             self._pools.append(pool)
         return pool
 
