@@ -139,6 +139,11 @@ class Proxy:
                 if exc.status is not None:
                     request.reply(exc.status, "bad request body")
                 return
+            except asyncio.CancelledError:
+                # the client's connection was lost (or the drain's deadline came) before
+                # the body was all here: no upstream saw it, and it is counted as such
+                self.stats.add("not_eligible", "bad_body", endpoint)
+                raise
             if body is None:
                 self.stats.add("not_eligible", "body_too_large", endpoint)
             else:

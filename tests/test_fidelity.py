@@ -1089,6 +1089,24 @@ async def test_malformed_mirrored_body_is_a_400_and_counted(env):
     assert env.st.seen == [] and env.cand.seen == []
 
 
+async def test_a_client_that_leaves_in_a_mirrored_body_is_counted(env):
+    """The client sends part of a mirrored request's body and goes: the request reaches
+    no upstream and still ends in one counted outcome."""
+    cand = await env.with_candidate()
+    srv = await env.proxy(candidate=cand.url,
+                          routes=[{"match": "/echo-body", "mirror_unsafe": True}])
+    async with await RawConn.open(srv.port) as c:
+        await c.send(request("POST", "/echo-body", [("Content-Length", "100")]) + b"0123456789")
+        await asyncio.sleep(0.1)
+    for _ in range(100):
+        if srv.stats.total("not_eligible", "bad_body"):
+            break
+        await asyncio.sleep(0.01)
+    assert srv.stats.total("not_eligible", "bad_body") == 1
+    assert srv.stats.total("mirrored") == 0 and srv.stats.total("sampled_out") == 0
+    assert env.st.seen == [] and env.cand.seen == []
+
+
 async def test_refused_websocket_closes_the_connection(env):
     """After a refused upgrade the connection belongs to aiohttp's WebSocket path: a
     request pipelined behind it must not be answered there (as another handshake)."""
