@@ -98,6 +98,10 @@ class RequestParser(ResponseParser):
         last = buf.rfind(b"\n", pos)
         if size - (last + 1 - pos if last >= 0 else 0) > MAX_LINE:
             raise BadRequest("request header too long", 431)
+        if last >= 0 and buf.count(b"\n", pos) != buf.count(b"\r\n", pos):
+            # a head with bare LF line ends never finds its CRLF CRLF end: say so now
+            # rather than wait for the keep-alive timer
+            raise BadRequest("bare LF in the request head")
 
     def _on_head(self, raw: bytes) -> None:
         text = raw.decode("latin-1")
@@ -535,6 +539,8 @@ class Connection(asyncio.Protocol):
         self.server.malformed(exc)
         self._parser = None
         req = self._request
+        if req is None and self.server.on_malformed is not None:
+            self.server.on_malformed()
         if req is not None:
             # its body was malformed (chunk framing): the answer may be under way
             req.end(exc)
@@ -583,9 +589,13 @@ class Server:
     """The protocol factory and what its connections share."""
 
     def __init__(self, handler: Handler, *, on_upgrade: UpgradeFactory | None = None,
-                 keepalive_timeout: float = KEEPALIVE_TIMEOUT) -> None:
+                 keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+                 on_malformed: Callable[[], None] | None = None) -> None:
         self.handler = handler
         self.on_upgrade = on_upgrade
+        # told of each request answered here because its head was malformed (one the
+        # handler never saw; a bad body is the handler's to count)
+        self.on_malformed = on_malformed
         self.keepalive_timeout = keepalive_timeout
         self.connections: set[Connection] = set()
         self.stopping = False

@@ -72,7 +72,8 @@ class ProxyServer:
         self._upgrades = web.Server(self.proxy.handle_upgrade, handler_cancellation=True,
                                     auto_decompress=False, max_line_size=MAX_LINE,
                                     max_field_size=MAX_FIELD, access_log=None)
-        self._server = Server(self._handler(self.cfg), on_upgrade=self._upgrades)
+        self._server = Server(self._handler(self.cfg), on_upgrade=self._upgrades,
+                              on_malformed=lambda: self.stats.add("not_eligible", "malformed"))
         await self._server.start(self.sock)
         log.info("proxying %s → %s (candidate %s)", self.cfg.listen, self.cfg.upstreams.primary,
                  self.cfg.upstreams.candidate or "none")

@@ -910,12 +910,16 @@ async def test_pipelined_requests_answered_in_order(env):
     b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n",
     b"GET /" + b"p" * 40000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    b"GET /s HTTP/1.1\nHost: x\n\n",                      # bare LF line ends
+    b"GET /s HTTP/1.1\r\nHost: x\n\r\n",
 ])
 async def test_malformed_requests_get_4xx(env, bad):
     srv = await env.proxy()
-    resp = await exchange(srv.port, bad)
+    resp = await exchange(srv.port, bad, timeout=3)
     assert 400 <= resp.status < 500
     assert env.st.seen == []
+    # counted like every request, as one the proxy answered itself
+    assert srv.stats.total("not_eligible", "malformed") == 1
     ok = await exchange(srv.port, request("GET", "/after"))
     assert ok.status == 200
     assert [s.raw_path for s in env.st.seen] == ["/after"]
