@@ -462,8 +462,8 @@ class Connection(asyncio.Protocol):
             if sock is not None:
                 try:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_0)
-                except OSError:
-                    pass
+                except (OSError, ValueError):
+                    pass   # already closed (uvloop says ValueError: negative fd)
             self.transport.abort()
 
     def finish(self) -> None:

@@ -769,3 +769,38 @@ async def test_partial_pipelined_head_is_closed_by_the_idle_timer(serve):
         await conn.send(_head("GET / HTTP/1.1", "Host: x") + b"G")
         await conn.read_response()
         assert await closed(conn, 2.0)
+
+
+def test_abort_twice_is_quiet():
+    """A shutdown's deadline aborts connections that a handler may abort again: the
+    second abort finds the socket closed and must not raise (uvloop, the loop a worker
+    runs, says ValueError: negative file descriptor)."""
+    import uvloop
+
+    async def main() -> None:
+        started = asyncio.Event()
+
+        async def hold(req: Request) -> None:
+            started.set()
+            await asyncio.sleep(30)
+
+        sock = bind("127.0.0.1:0")
+        server = Server(hold)
+        await server.start(sock)
+        reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.wait_for(started.wait(), 5)
+        (conn,) = server.connections
+        conn.abort()
+        await asyncio.sleep(0.05)
+        conn.abort()                         # no exception
+        with pytest.raises(ConnectionResetError):
+            await reader.read()              # RST: cut, never a clean end
+        writer.close()
+        await server.shutdown(0.1)
+
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
