@@ -38,12 +38,17 @@ class Budget:
         self.used -= n
 
 
+MAX_PARTS = 16   # pieces kept as they came; beyond, one buffer (a trickle of tiny reads
+                 # would otherwise hold ~40 bytes of object per byte of body)
+
+
 class Capture:
-    __slots__ = ("cap", "_parts", "_kept", "size", "_hash", "_budget")
+    __slots__ = ("cap", "_parts", "_joined", "_kept", "size", "_hash", "_budget")
 
     def __init__(self, cap: int, budget: Budget | None = None) -> None:
         self.cap = cap
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | bytearray] = []
+        self._joined: bytearray | None = None   # _parts[0] once they were joined
         self._kept = 0
         self.size = 0
         self._hash: Any = None     # started only once bytes go unkept (see sha256)
@@ -63,7 +68,16 @@ class Capture:
                     self.cap = self._kept + got   # the prefix must stay contiguous: stop here
                 want = got
             if want:
-                self._parts.append(chunk if want == len(chunk) else chunk[:want])
+                piece = chunk if want == len(chunk) else chunk[:want]
+                joined = self._joined
+                if joined is not None:
+                    joined += piece
+                elif len(self._parts) < MAX_PARTS:
+                    self._parts.append(piece)
+                else:
+                    joined = self._joined = bytearray(b"".join(self._parts))
+                    joined += piece
+                    self._parts = [joined]
                 self._kept += want
         if h is None and self.size > self._kept:
             # the first bytes not kept: from here on the digest is all that stays of
@@ -83,6 +97,7 @@ class Capture:
             self._budget.give(self._kept)
         self._kept = 0
         self._parts = []
+        self._joined = None
 
     @property
     def body(self) -> bytes:
