@@ -30,7 +30,7 @@ from .mirror import SKIP_AUTO_HEADERS, UPSTREAM_LIMITS, Mirror, classify_error
 from .models import RequestRecord, ResponseRecord
 from .routes import Router
 from .stats import Stats
-from .websocket import proxy_websocket
+from .websocket import keep_refusal, proxy_websocket
 
 log = logging.getLogger("shadowproxy.proxy")
 
@@ -74,6 +74,7 @@ class Proxy:
             auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
             timeout=self._timeout,
             skip_auto_headers=SKIP_AUTO_HEADERS, read_bufsize=_CHUNK, **UPSTREAM_LIMITS,
+            middlewares=(keep_refusal,),
         )
 
     async def close(self) -> None:

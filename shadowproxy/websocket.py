@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+import contextvars
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -18,6 +19,39 @@ if TYPE_CHECKING:
 # The handshake headers aiohttp negotiates itself on each side.
 _HANDSHAKE = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
                         "sec-websocket-protocol", "sec-websocket-accept", "content-length"})
+
+
+REFUSAL_BODY = 64 * 1024      # bytes of primary's refusal relayed to the client
+# set while proxy_websocket's handshake is under way (the session serves nothing else
+# today; the flag keeps keep_refusal from touching any other request)
+_HANDSHAKING: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "shadowproxy_ws_handshaking", default=False)
+
+
+class Refused(Exception):
+    """Primary answered a WebSocket handshake with something else than 101."""
+
+    def __init__(self, status: int, reason: str, raw_headers: list[tuple[bytes, bytes]],
+                 body: bytes) -> None:
+        super().__init__(f"primary answered the handshake with {status}")
+        self.status, self.reason, self.raw_headers, self.body = status, reason, raw_headers, body
+
+
+async def keep_refusal(req: aiohttp.ClientRequest, handler: Any) -> aiohttp.ClientResponse:
+    """A client middleware of the proxy's session: when primary answers a WebSocket
+    handshake (one :func:`proxy_websocket` sends) with anything but 101, that answer
+    (its body up to :data:`REFUSAL_BODY`) is raised as :class:`Refused`, to be relayed
+    as it is: aiohttp's ``ws_connect`` would drop the body and follow a redirect."""
+    resp = await handler(req)
+    if resp.status == 101 or not _HANDSHAKING.get():
+        return resp
+    try:
+        body = await resp.content.read(REFUSAL_BODY)
+    except (aiohttp.ClientError, TimeoutError):
+        body = b""
+    finally:
+        resp.release()
+    raise Refused(resp.status, resp.reason or "", list(resp.raw_headers), body)
 
 
 # Close codes that must never be sent on the wire (RFC 6455 §7.4.1), mapped to
@@ -74,20 +108,30 @@ async def proxy_websocket(proxy: Proxy, request: web.BaseRequest, target: str,
                  if p.strip()]
     # Host is in ``headers`` only with preserve_host (see Proxy._forwarded)
     fwd = CIMultiDict((k, v) for k, v in headers if k.lower() not in _HANDSHAKE)
+    token = _HANDSHAKING.set(True)
     try:
         upstream = await proxy.session.ws_connect(
             URL(proxy.primary + target, encoded=True), headers=fwd, protocols=protocols,
             autoping=False, autoclose=False, max_msg_size=0,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
         )
+    except Refused as ref:
+        # primary declined the upgrade (401, a redirect, a plain page): its answer is
+        # the client's, as it would be without the proxy
+        out = web.Response(status=ref.status, reason=ref.reason or None, body=ref.body)
+        for k, v in end_to_end(ref.raw_headers, frozenset({"content-length"})):
+            out.headers.add(k, v)
+        return out
     except aiohttp.WSServerHandshakeError as exc:
-        if exc.status < 400:
-            proxy.stats.add("primary_error", "websocket")
-        return web.Response(status=exc.status if exc.status >= 400 else 502,
-                            text="websocket handshake refused by primary\n")
+        # a 101 without a valid handshake: primary's failure
+        proxy.stats.add("primary_error", "websocket")
+        return web.Response(status=502, text=f"bad websocket handshake from primary: "
+                                             f"{exc.message}\n")
     except (TimeoutError, aiohttp.ClientError):
         proxy.stats.add("primary_error", "websocket")
         return web.Response(status=502, text="primary unavailable\n")
+    finally:
+        _HANDSHAKING.reset(token)
     ws = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else (),
                                autoping=False, autoclose=False, max_msg_size=0)
     # primary's end-to-end handshake headers (Set-Cookie, ...) reach the client

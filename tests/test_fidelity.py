@@ -1121,9 +1121,44 @@ async def test_refused_websocket_closes_the_connection(env):
             ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")])
             + request("GET", "/after"))
         refused = await c.read_response()
-        assert refused.status >= 400
+        # primary answered the handshake with a plain page: that page is the answer
+        assert refused.status == 200 and refused.body == b"echo /not-ws"
         assert await c.at_eof()     # closed: /after is never taken for a handshake
     assert srv.stats.total("not_eligible", "websocket") == 1
+    assert srv.stats.total("primary_error") == 0
+
+
+WS_HANDSHAKE = [("Connection", "Upgrade"), ("Upgrade", "websocket"),
+                ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")]
+
+
+@pytest.mark.parametrize("answer,status", [
+    (b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"x\"\r\n"
+     b"Content-Type: application/json\r\nContent-Length: 17\r\n\r\n{\"error\":\"login\"}", 401),
+    (b"HTTP/1.1 302 Found\r\nLocation: /login\r\nContent-Length: 0\r\n\r\n", 302),
+])
+async def test_a_refused_websocket_handshake_gets_primarys_answer(answer, status):
+    """Primary declines the upgrade: the client gets primary's status, headers and body,
+    not a refusal of the proxy's own."""
+    async def refuse(reader, writer, _log):
+        await read_request(reader)
+        writer.write(answer)
+        await writer.drain()
+        await asyncio.sleep(0.2)
+
+    async with raw_primary(refuse) as (up, srv):
+        async with await RawConn.open(srv.port) as c:
+            await c.send(request("GET", "/ws", WS_HANDSHAKE))
+            got = await c.read_response()
+    want_body = answer.split(b"\r\n\r\n", 1)[1]
+    assert got.status == status and got.body == want_body
+    if status == 401:
+        assert got.get("WWW-Authenticate") == b'Bearer realm="x"'
+        assert got.get("Content-Type") == b"application/json"
+        assert [k for k, _ in got.headers if k.lower() == b"content-type"] == [b"Content-Type"]
+    else:
+        assert got.get("Location") == b"/login"
+    assert srv.stats.total("primary_error") == 0
 
 
 async def test_primary_reset_mid_body_is_a_reset_for_an_http10_client():
