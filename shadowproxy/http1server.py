@@ -254,11 +254,13 @@ class Request(Pulled):
                      length=str(len(body)))
 
     def respond(self, status: int, reason: str, headers: list[tuple[str, str]],
-                body: bytes = b"", *, end: bool = False, length: str | None = None) -> None:
+                body: bytes = b"", *, end: bool = False, length: str | None = None,
+                codings: str | None = None) -> None:
         """Send the head (and ``body``; ``end``: that is all). ``length``: the value of
         the Content-Length among ``headers``, if any; without one the body is chunked
-        for an HTTP/1.1 client, close-delimited for HTTP/1.0. Bodies of HEAD answers and
-        of 1xx/204/304 are never sent, whatever the headers say."""
+        for an HTTP/1.1 client, close-delimited for HTTP/1.0. ``codings``: transfer
+        codings the body already has (``gzip``), declared before ours. Bodies of HEAD
+        answers and of 1xx/204/304 are never sent, whatever the headers say."""
         conn = self._conn
         assert conn is not None and not self.responded
         self.responded = True
@@ -275,7 +277,10 @@ class Request(Pulled):
         parts = [f"{version} {status} {reason}\r\n"]
         parts += [f"{k}: {v}\r\n" for k, v in headers]
         if self._chunked_out:
-            parts.append("Transfer-Encoding: chunked\r\n")
+            parts.append(f"Transfer-Encoding: {codings}, chunked\r\n" if codings
+                         else "Transfer-Encoding: chunked\r\n")
+        elif codings and not no_body:
+            parts.append(f"Transfer-Encoding: {codings}\r\n")
         if not conn.keep_alive:
             if self.version == (1, 1):
                 parts.append("Connection: close\r\n")

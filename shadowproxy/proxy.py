@@ -277,17 +277,27 @@ class Proxy:
             assert head is not None
             out_headers = end_to_end_text(head.headers)
             length, te = up.framing
+            coded: str | None = None
             if length is not None:
                 # the value forwarded, if any: a Content-Length that primary's
                 # Connection header names is hop-by-hop, gone from out_headers
                 length = next((v for k, v in out_headers
                                if len(k) == 14 and k.lower() == "content-length"), None)
-            if te is not None and length is not None:
-                # framed by Transfer-Encoding (RFC 9112 §6.3): a Content-Length beside
-                # it is a lie that would split the client's stream
-                out_headers = [(k, v) for k, v in out_headers
-                               if not (len(k) == 14 and k.lower() == "content-length")]
-                length = None
+            if te is not None:
+                if length is not None:
+                    # framed by Transfer-Encoding (RFC 9112 §6.3): a Content-Length
+                    # beside it is a lie that would split the client's stream
+                    out_headers = [(k, v) for k, v in out_headers
+                                   if not (len(k) == 14 and k.lower() == "content-length")]
+                    length = None
+                if te != "chunked":
+                    # codings besides chunked (gzip, chunked): the body stays coded once
+                    # de-chunked, and the client must be told so
+                    codings = [c.strip() for c in te.split(",") if c.strip()]
+                    if codings and codings[-1] == "chunked":
+                        codings.pop()
+                    if codings:
+                        coded = ", ".join(codings)
             capture = Capture(self.mirror.cfg.capture_max, self.mirror.budget) \
                 if fut is not None and self.mirror is not None else None
             try:
@@ -298,7 +308,7 @@ class Proxy:
                     capture.feed(chunk)
                 done = up.complete
                 request.respond(head.status, head.reason, out_headers, chunk, end=done,
-                                length=length)
+                                length=length, codings=coded)
                 while not done:
                     chunk = await up.read()          # b"" at a close-delimited end
                     if capture is not None and chunk:

@@ -126,7 +126,7 @@ class RawConn:
                 continue
             break
         resp = RawResponse(status_line, headers, b"", b"", interim=interim)
-        te = (resp.get("Transfer-Encoding") or b"").lower()
+        te = b", ".join(resp.getall("Transfer-Encoding")).lower()
         cl = resp.get("Content-Length")
         body = b""
         try:

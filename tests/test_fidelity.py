@@ -1128,6 +1128,27 @@ async def test_refused_websocket_closes_the_connection(env):
     assert srv.stats.total("primary_error") == 0
 
 
+async def test_transfer_codings_besides_chunked_reach_the_client():
+    """``Transfer-Encoding: gzip, chunked``: once de-chunked the body is still gzip; the
+    client is told so, and its bytes unzip to primary's."""
+    import gzip as _gzip
+
+    coded = _gzip.compress(b"hello, coded world")
+
+    async def gz(reader, writer, _log):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                     + b"%x\r\n" % len(coded) + coded + b"\r\n0\r\n\r\n")
+        await writer.drain()
+
+    async with raw_primary(gz) as (up, srv):
+        got = await exchange(srv.port, request("GET", "/gz"))
+    codings = [c.strip() for k, v in got.headers if k.lower() == b"transfer-encoding"
+               for c in v.split(b",")]
+    assert codings == [b"gzip", b"chunked"]
+    assert _gzip.decompress(got.body) == b"hello, coded world"
+
+
 WS_HANDSHAKE = [("Connection", "Upgrade"), ("Upgrade", "websocket"),
                 ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")]
 
