@@ -104,8 +104,11 @@ class Proxy:
             return request.reply(405, "CONNECT is not supported")
         target = self._target(request.target)
         if target is None:
-            self.stats.add("not_eligible", "bad_target")
-            return request.reply(400, "bad request target")
+            prefixed = self.pool is not None and self.pool.prefix   # no "/prefix*"
+            if method != "OPTIONS" or request.target != "*" or prefixed:
+                self.stats.add("not_eligible", "bad_target")
+                return request.reply(400, "bad request target")
+            target = "*"     # OPTIONS * (the server as a whole): passed on as it is
         path, _, query = target.partition("?")
         route = self.router.route(method, path)
         endpoint = self.router.endpoint(route, method, path)

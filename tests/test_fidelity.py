@@ -1128,6 +1128,32 @@ async def test_refused_websocket_closes_the_connection(env):
     assert srv.stats.total("primary_error") == 0
 
 
+async def test_options_asterisk_reaches_primary_and_candidate():
+    """``OPTIONS *`` (the server as a whole) goes to primary as it is, and is mirrored."""
+    lines: list[bytes] = []
+
+    async def answer(reader, writer, _log):
+        head, _body = await read_request(reader)
+        lines.append(head.split(b"\r\n", 1)[0])
+        writer.write(b"HTTP/1.1 204 No Content\r\nAllow: GET, HEAD, OPTIONS\r\n\r\n")
+        await writer.drain()
+
+    cand = await RawServer(answer).start()
+    try:
+        async with raw_primary(answer, upstreams={"candidate": cand.url}) as (up, srv):
+            got = await exchange(srv.port, request("OPTIONS", "*"))
+            for _ in range(100):
+                if len(lines) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert srv.stats.total("not_eligible", "bad_target") == 0
+            assert srv.stats.total("mirrored") == 1
+    finally:
+        await cand.stop()
+    assert got.status == 204 and got.get("Allow") == b"GET, HEAD, OPTIONS"
+    assert lines == [b"OPTIONS * HTTP/1.1"] * 2
+
+
 async def test_transfer_codings_besides_chunked_reach_the_client():
     """``Transfer-Encoding: gzip, chunked``: once de-chunked the body is still gzip; the
     client is told so, and its bytes unzip to primary's."""
