@@ -13,7 +13,8 @@ reader per response); this module does only that:
   is the primary path's: the answer streams.
 * :class:`ResponseParser` is a push parser: status line, headers (at most
   ``MAX_LINE`` bytes a line, ``MAX_HEADERS`` headers, ``MAX_HEAD`` bytes a head, like
-  the primary path's limits), interim 1xx answers skipped, bodies framed by
+  the primary path's limits), interim 1xx answers skipped (but for the primary path's
+  ``on_interim``: 103 Early Hints reaches the client), bodies framed by
   Content-Length, chunked (trailers read and discarded) or the end of the connection,
   no body for HEAD, 204 and 304. Body bytes go to a callback as they arrive: nothing
   is buffered, so memory does not grow with the body.
@@ -62,6 +63,7 @@ _CHUNK_AT = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]
 _TRAILER_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*")
 
 BodySink = Callable[[bytes], None]
+InterimSink = Callable[[int, str, list[tuple[str, str]]], None]   # status, reason, headers
 
 SHADOW_CHUNKS = 4096       # chunks a shadow's read may hold (~6 ms of parsing)
 YIELD_READ = 64 * 1024     # a shadow's read this big waits a loop turn before the next
@@ -202,6 +204,7 @@ class ResponseParser:
         "_trailers",
         "chunk_limit",
         "extra",
+        "on_interim",
         "head",
         "keep_alive",
         "length",
@@ -213,8 +216,11 @@ class ResponseParser:
     )
 
     def __init__(self, on_body: BodySink, *, no_body: bool = False,
-                 chunk_limit: int | None = None) -> None:
+                 chunk_limit: int | None = None,
+                 on_interim: InterimSink | None = None) -> None:
         self.on_body = on_body
+        # told of each interim answer but 100 Continue (103 Early Hints...)
+        self.on_interim = on_interim
         self.no_body = no_body          # a HEAD request: no body whatever the head says
         # chunks one feed may hold (None: any): a shadow's bound on the work of a read
         self.chunk_limit = chunk_limit
@@ -386,6 +392,12 @@ class ResponseParser:
             self._interim += 1
             if self._interim > MAX_INTERIM:
                 raise ProtocolError("too many interim responses")
+            if self.on_interim is not None and status != 100:
+                try:
+                    interim = split_headers(lines)
+                except ValueError as exc:
+                    raise ProtocolError(f"bad interim response header: {exc}") from None
+                self.on_interim(status, line[13:], interim)
             return   # the final answer follows
         if status < 100:
             raise ProtocolError("bad status code")
@@ -456,15 +468,16 @@ class _Conn(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
 
     def send(self, data: bytes, body: bytes, no_body: bool, on_body: BodySink,
-             stream: Stream | None = None, max_bytes: int | None = None
-             ) -> asyncio.Future[Head]:
+             stream: Stream | None = None, max_bytes: int | None = None,
+             on_interim: InterimSink | None = None) -> asyncio.Future[Head]:
         """``max_bytes`` (shadows): the answer may be this long, head included, else it
         fails with :class:`TooLargeError`; its reads are then also bounded in work
         (:data:`SHADOW_CHUNKS` chunks each) and take turns with the other connections."""
         assert self.transport is not None
         self._max_bytes = max_bytes
         self._parser = ResponseParser(on_body, no_body=no_body,
-                                      chunk_limit=SHADOW_CHUNKS if max_bytes else None)
+                                      chunk_limit=SHADOW_CHUNKS if max_bytes else None,
+                                      on_interim=on_interim)
         self._stream = stream
         self._fut = fut = self._loop.create_future()
         if self.lost or self.transport.is_closing():
@@ -884,7 +897,8 @@ class Pool:
     async def open(self, method: str, target: str, header_block: bytes, body: bytes, *,
                    host: bool = True, body_stream: AsyncIterator[bytes] | None = None,
                    chunked: bool = False, connect_timeout: float | None = None,
-                   read_timeout: float | None = None) -> Stream:
+                   read_timeout: float | None = None,
+                   on_interim: InterimSink | None = None) -> Stream:
         """Send one request and return its answer as a :class:`Stream` once the head
         has arrived. ``host``: add the upstream's ``Host`` (else ``header_block`` has
         one). ``body_stream``: the body, sent as it comes (chunked when ``chunked``,
@@ -892,7 +906,8 @@ class Pool:
         own so an early answer is read while it is still being sent. Raises an
         :class:`UpstreamError` or ``TimeoutError`` (connecting, or waiting
         ``read_timeout`` for a byte of the head); the caller must
-        :meth:`Stream.release` what it gets."""
+        :meth:`Stream.release` what it gets. ``on_interim``: told of interim answers
+        before the head (not 100 Continue)."""
         line = f"{method} {self.prefix}{target} HTTP/1.1\r\n"
         if host:
             line += f"Host: {self.host_header}\r\n"
@@ -906,7 +921,8 @@ class Pool:
                     conn = await self._connect()
             stream = Stream(conn, self, read_timeout)
             try:
-                fut = conn.send(data, body, no_body, stream.feed, stream)
+                fut = conn.send(data, body, no_body, stream.feed, stream,
+                                on_interim=on_interim)
                 if body_stream is None:
                     # the timer inline, not _within(): one coroutine less per request
                     timer = None if read_timeout is None or fut.done() else \

@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
+from .headers import end_to_end_text
 from .http1 import (
     _CHUNK_SIZE,
     _DONE,
@@ -296,6 +297,18 @@ class Request(Pulled):
             conn.finish()
         else:
             conn.write(head + self._frame(body, False) if body else head)
+
+    def interim(self, status: int, reason: str, headers: list[tuple[str, str]]) -> None:
+        """An upstream's interim answer (103 Early Hints) before the final one, its
+        hop-by-hop headers left out, for an HTTP/1.1 client (an HTTP/1.0 one takes
+        none: RFC 9110 §15.2)."""
+        conn = self._conn
+        if conn is None or conn.closing or self.responded or self.version != (1, 1):
+            return
+        parts = [f"HTTP/1.1 {status} {reason}\r\n"]
+        parts += [f"{k}: {v}\r\n" for k, v in end_to_end_text(headers)]
+        parts.append("\r\n")
+        conn.write("".join(parts).encode("latin-1"))
 
     def _frame(self, data: bytes, last: bool) -> bytes:
         if self._chunked_out:

@@ -257,7 +257,7 @@ class Proxy:
                 method, target, block, body or b"",
                 host=not (headers and headers[0][0] == "Host"), body_stream=stream,
                 chunked=chunked, connect_timeout=self.connect_timeout,
-                read_timeout=self.read_timeout)
+                read_timeout=self.read_timeout, on_interim=request.interim)
         except asyncio.CancelledError:
             raise
         except http1.ClientBodyError as exc:

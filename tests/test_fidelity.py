@@ -1128,6 +1128,35 @@ async def test_refused_websocket_closes_the_connection(env):
     assert srv.stats.total("primary_error") == 0
 
 
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
+async def test_early_hints_reach_an_http11_client(version):
+    """Primary's 103 Early Hints goes to the client before the final answer (hop-by-hop
+    headers left out); primary's own 100 Continue does not, and an HTTP/1.0 client
+    gets no interim answer at all."""
+    async def hints(reader, writer, _log):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n"
+                     b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n"
+                     b"Connection: x-hop\r\nX-Hop: 1\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async with raw_primary(hints) as (up, srv):
+        async with await RawConn.open(srv.port) as c:
+            await c.send(request("GET", "/page", version=version))
+            first = await c.read_head()
+            if version == "HTTP/1.1":
+                status, headers, _ = first
+                assert status == b"HTTP/1.1 103 Early Hints"
+                assert headers == [(b"Link", b"</app.css>; rel=preload")]
+                first = await c.read_head()
+            status, _headers, _ = first
+            assert status.endswith(b"200 OK")
+            assert await c.reader.readexactly(2) == b"ok"
+
+
 async def test_options_asterisk_reaches_primary_and_candidate():
     """``OPTIONS *`` (the server as a whole) goes to primary as it is, and is mirrored."""
     lines: list[bytes] = []
