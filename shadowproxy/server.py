@@ -71,7 +71,8 @@ class ProxyServer:
         # WebSocket upgrades are handed, connection and all, to aiohttp's server
         self._upgrades = web.Server(self.proxy.handle_upgrade, handler_cancellation=True,
                                     auto_decompress=False, max_line_size=MAX_LINE,
-                                    max_field_size=MAX_FIELD, access_log=None)
+                                    max_field_size=MAX_FIELD, access_log=None,
+                                    max_headers=http1server.MAX_HEADERS)
         self._server = Server(self._handler(self.cfg), on_upgrade=self._upgrades,
                               on_malformed=lambda: self.stats.add("not_eligible", "malformed"))
         await self._server.start(self.sock)

@@ -210,7 +210,7 @@ class Env:
 
     async def start(self) -> Env:
         self.primary = await Upstream(primary_app(self.st), handler_cancellation=True,
-                                auto_decompress=False).start()
+                                auto_decompress=False, max_headers=1024).start()
         self._stop.append(self.primary)
         return self
 
@@ -639,6 +639,19 @@ async def test_websocket_passthrough_never_mirrored(env):
     seen = env.st.last()
     assert seen.get("X-Forwarded-For") == "127.0.0.1"
     assert seen.get("Sec-WebSocket-Protocol") == "chat"
+
+
+async def test_websocket_upgrade_takes_the_same_header_limits(env):
+    """200 headers are within the proxy's limits (1,024) for an upgrade as for any
+    request (aiohttp's own default would refuse more than 128)."""
+    srv = await env.proxy()
+    extra = {f"X-H{i}": str(i) for i in range(200)}
+    async with aiohttp.ClientSession() as s:
+        async with s.ws_connect(f"http://127.0.0.1:{srv.port}/ws", headers=extra,
+                                autoping=False) as ws:
+            first = await ws.receive(timeout=2)
+            assert first.data == "hello from primary"
+    assert srv.stats.total("not_eligible", "websocket") == 1
 
 
 async def test_websocket_close_from_primary_relayed(env):
