@@ -265,20 +265,19 @@ class ResponseParser:
         limit = self.chunk_limit
         while pos < n:
             st = self._state
-            if st == _LENGTH:
+            if st == _LENGTH or st == _CHUNK_DATA:
                 take = min(self._remaining, n - pos)
-                self.on_body(buf if take == n else buf[pos:pos + take])
+                piece = buf if take == n else buf[pos:pos + take]
                 pos += take
                 self._remaining -= take
-                if not self._remaining:
-                    self._state = _DONE
-            elif st == _CHUNK_DATA:
-                take = min(self._remaining, n - pos)
-                chunks.append(buf if take == n else buf[pos:pos + take])
-                pos += take
-                self._remaining -= take
-                if not self._remaining:
-                    self._state = _CHUNK_END
+                if st == _LENGTH:
+                    self.on_body(piece)
+                    if not self._remaining:
+                        self._state = _DONE
+                else:
+                    chunks.append(piece)
+                    if not self._remaining:
+                        self._state = _CHUNK_END
             elif st == _UNTIL_EOF:
                 self.on_body(buf if pos == 0 else buf[pos:])
                 pos = n

@@ -42,6 +42,7 @@ routes:
 
 class Running:
     def __init__(self, cfg: Path, listen: int, admin: int, log: Path) -> None:
+        self.cfg = cfg
         self.listen, self.admin = listen, admin
         self.log = log
         self.proc = subprocess.Popen(
@@ -87,6 +88,14 @@ class Running:
         return self.proc.wait(timeout)
 
 
+def _start(upstreams, tmp_path: Path) -> Running:
+    """A `shadowproxy run` at 100% mirroring on free ports, its store ``r.db``."""
+    listen, admin = free_port(), free_port()
+    cfg = tmp_path / "c.yaml"
+    _write_config(cfg, upstreams, tmp_path / "r.db", listen, admin)
+    return Running(cfg, listen, admin, tmp_path / "log")
+
+
 async def _load(port: int, n: int, conc: int = 16, refused_ok: bool = False) -> int:
     """Send ``n`` requests; → how many got a 200. With ``refused_ok`` a refused
     connection (the proxy stopped accepting) is not an error."""
@@ -111,10 +120,8 @@ async def _load(port: int, n: int, conc: int = 16, refused_ok: bool = False) -> 
 
 async def test_workers_serve_mirror_compare_store_and_totals_add_up(upstreams, tmp_path: Path
                                                                      ) -> None:
-    listen, admin, db = free_port(), free_port(), tmp_path / "r.db"
-    cfg = tmp_path / "c.yaml"
-    _write_config(cfg, upstreams, db, listen, admin)
-    run = Running(cfg, listen, admin, tmp_path / "log")
+    run = _start(upstreams, tmp_path)
+    listen, db = run.listen, tmp_path / "r.db"
     try:
         await run.ready()
         n = 600
@@ -142,10 +149,8 @@ async def test_a_port_in_use_is_refused_by_name_and_never_shared(upstreams, tmp_
     """A second instance on the same `listen` must not join the first's SO_REUSEPORT
     group (it would take part of the traffic); a port held by anything else, or an
     admin port in use, is refused the same way: file, line and key, exit 1."""
-    listen, admin, db = free_port(), free_port(), tmp_path / "r.db"
-    cfg = tmp_path / "c.yaml"
-    _write_config(cfg, upstreams, db, listen, admin)
-    run = Running(cfg, listen, admin, tmp_path / "log")
+    run = _start(upstreams, tmp_path)
+    listen, admin = run.listen, run.admin
     try:
         await run.ready()
         second = tmp_path / "second.yaml"
@@ -203,10 +208,8 @@ async def test_sigterm_drains_every_worker(upstreams, tmp_path: Path) -> None:
 
 async def test_sighup_reloads_and_keeps_old_config_when_invalid(upstreams, tmp_path: Path
                                                                  ) -> None:
-    listen, admin, db = free_port(), free_port(), tmp_path / "r.db"
-    cfg = tmp_path / "c.yaml"
-    _write_config(cfg, upstreams, db, listen, admin, sample="1.0")
-    run = Running(cfg, listen, admin, tmp_path / "log")
+    run = _start(upstreams, tmp_path)
+    listen, cfg = run.listen, run.cfg
     try:
         await run.ready()
         # a keep-alive connection opened before the reload must survive it
@@ -240,10 +243,8 @@ async def test_a_reload_keeps_mirroring_switched_off_through_the_admin_api(upstr
                                                                             ) -> None:
     """Mirroring switched off at run time stays off across a SIGHUP that does not touch
     the file's mirror settings (and says so in the log); a file that changes them wins."""
-    listen, admin, db = free_port(), free_port(), tmp_path / "r.db"
-    cfg = tmp_path / "c.yaml"
-    _write_config(cfg, upstreams, db, listen, admin, sample="1.0")
-    run = Running(cfg, listen, admin, tmp_path / "log")
+    run = _start(upstreams, tmp_path)
+    listen, admin, cfg = run.listen, run.admin, run.cfg
     try:
         await run.ready()
         async with aiohttp.ClientSession() as s:
