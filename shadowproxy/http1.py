@@ -65,7 +65,7 @@ _TRAILER_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\
 BodySink = Callable[[bytes], None]
 InterimSink = Callable[[int, str, list[tuple[str, str]]], None]   # status, reason, headers
 
-SHADOW_CHUNKS = 4096       # chunks a shadow's read may hold (~6 ms of parsing)
+SHADOW_CHUNKS = 4096       # chunks of a shadow parsed in one turn of the loop (~6 ms)
 YIELD_READ = 64 * 1024     # a shadow's read this big waits a loop turn before the next
 
 
@@ -202,6 +202,7 @@ class ResponseParser:
         "_scan",
         "_state",
         "_trailers",
+        "backlog",
         "chunk_limit",
         "extra",
         "on_interim",
@@ -222,8 +223,10 @@ class ResponseParser:
         # told of each interim answer but 100 Continue (103 Early Hints...)
         self.on_interim = on_interim
         self.no_body = no_body          # a HEAD request: no body whatever the head says
-        # chunks one feed may hold (None: any): a shadow's bound on the work of a read
+        # chunks one feed parses (None: all): a shadow's bound on the work of a read;
+        # the rest waits in the buffer (``backlog``) for :meth:`feed_backlog`
         self.chunk_limit = chunk_limit
+        self.backlog = False
         self.head: Head | None = None
         self.length: str | None = None  # the head's Content-Length, as sent
         self.te: str | None = None      # its Transfer-Encoding (lower-cased, joined)
@@ -252,10 +255,18 @@ class ResponseParser:
             self._buf += data
             buf = self._buf
             self._buf = bytearray()
-        pos, n = 0, len(buf)
+        return self._run(buf)
+
+    def feed_backlog(self) -> bool:
+        """Go on with what a feed left for later (``backlog``); True once complete."""
+        buf, self._buf = self._buf, bytearray()
+        return self._run(buf)
+
+    def _run(self, buf: bytes | bytearray) -> bool:
+        self.backlog = False
         chunks: list[bytes | bytearray] = []    # chunk data of this feed: one on_body call
         try:
-            return self._feed(buf, pos, n, chunks)
+            return self._feed(buf, 0, len(buf), chunks)
         finally:
             if chunks:
                 self.on_body(chunks[0] if len(chunks) == 1 else b"".join(chunks))
@@ -293,7 +304,8 @@ class ResponseParser:
                 # a whole size line: take the chunk at once when all of it is here
                 self._scan = 0
                 if limit is not None and len(chunks) >= limit:
-                    raise ProtocolError(f"more than {limit} chunks in one read")
+                    self.backlog = True     # enough for one turn: the rest later
+                    break
                 size = int(m.group(1), 16)
                 pos = m.end()
                 end = pos + size
@@ -339,8 +351,10 @@ class ResponseParser:
                 return True
         if pos < n and self._state != _DONE:
             rest = buf if pos == 0 else buf[pos:]
-            # resume the search for a line or head end where this one stopped
-            self._scan = max(0, len(rest) - (3 if self._state == _HEAD_S else 1))
+            # resume the search for a line or head end where this one stopped (a
+            # backlog starts at a whole size line)
+            self._scan = 0 if self.backlog else \
+                max(0, len(rest) - (3 if self._state == _HEAD_S else 1))
             self._buf = rest if isinstance(rest, bytearray) else bytearray(rest)
         return self._state == _DONE
 
@@ -518,24 +532,51 @@ class _Conn(asyncio.Protocol):
                 fut.set_result(p.head)
             if done:
                 stream.end()
+        elif self._max_bytes is None:
+            if done and not fut.done():
+                assert p.head is not None
+                fut.set_result(p.head)
+        else:
+            self._shadow_read(p, fut, done, len(data) >= YIELD_READ)
+
+    def _shadow_read(self, p: ResponseParser, fut: asyncio.Future[Head], done: bool,
+                     big: bool) -> None:
+        """After a shadow's read: the answer, its size cap, and its turn. A big read
+        or a backlog of chunks waits for the loop's next turn before more is parsed
+        or read, so a flood from the candidate takes turns with clients and primary."""
+        t = self.transport
+        assert t is not None and self._max_bytes is not None
+        if p.received > self._max_bytes:
+            self._fail(TooLargeError(f"the answer exceeds {self._max_bytes} bytes"))
+            self.abort()
         elif done:
+            if not t.is_reading():
+                t.resume_reading()      # reusable again
             if not fut.done():
                 assert p.head is not None
                 fut.set_result(p.head)
-        elif self._max_bytes is not None:
-            if p.received > self._max_bytes:
-                self._fail(TooLargeError(f"the answer exceeds {self._max_bytes} bytes"))
-                self.abort()
-            elif len(data) >= YIELD_READ:
-                # a big read of a shadow: the next waits for the loop's next turn, so a
-                # flood from the candidate takes turns with clients and primary
-                self.transport.pause_reading()  # type: ignore[union-attr]
-                self._loop.call_soon(self._resume)  # type: ignore[union-attr]
-
-    def _resume(self) -> None:
-        t = self.transport
-        if t is not None and not self.lost and not t.is_closing():
+        elif p.backlog or big:
+            if t.is_reading():
+                t.pause_reading()
+            self._loop.call_soon(self._next_turn)  # type: ignore[union-attr]
+        elif not t.is_reading():
             t.resume_reading()
+
+    def _next_turn(self) -> None:
+        p, fut, t = self._parser, self._fut, self.transport
+        if p is None or fut is None or fut.done() or t is None or self.lost or \
+                t.is_closing():
+            return
+        if not p.backlog:
+            t.resume_reading()
+            return
+        try:
+            done = p.feed_backlog()
+        except ProtocolError as exc:
+            self._fail(exc)
+            self.abort()
+            return
+        self._shadow_read(p, fut, done, False)
 
     def _fail(self, exc: BaseException) -> None:
         fut = self._fut

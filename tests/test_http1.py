@@ -345,3 +345,35 @@ async def test_start_times_out_or_is_cancelled_without_a_task():
     finally:
         await pool.close()
         await ok.stop()
+
+
+@pytest.mark.parametrize("size,count", [(1, 20_000), (8, 5_000)])
+async def test_a_shadow_answer_of_many_small_chunks_is_whole(size, count):
+    """A shadow parses at most SHADOW_CHUNKS chunks a turn of the loop; the rest of a
+    read waits for the next turn, and the answer still arrives whole, on a connection
+    that can be reused."""
+    piece = b"z" * size
+    answer = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+              + (b"%x\r\n%b\r\n" % (size, piece)) * count + b"0\r\n\r\n")
+    srv = await RawServer(canned(answer, keep_open=True)).start()
+    pool = Pool(srv.url, 4, max_answer=16 * 1024 * 1024)
+    try:
+        for _ in range(2):
+            head, body = await _get(pool)
+            assert head.status == 200 and body == piece * count
+        assert srv.connections == 1          # the paused connection went back to the pool
+    finally:
+        await pool.close()
+        await srv.stop()
+
+
+async def test_a_shadow_answer_beyond_max_answer_is_too_large():
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n" + b"x" * 300_000
+    srv = await RawServer(canned(answer, keep_open=True)).start()
+    pool = Pool(srv.url, 4, max_answer=100_000)
+    try:
+        with pytest.raises(http1.TooLargeError):
+            await _get(pool)
+    finally:
+        await pool.close()
+        await srv.stop()
