@@ -295,12 +295,19 @@ class Proxy:
                     length = None
                 if te != "chunked":
                     # codings besides chunked (gzip, chunked): the body stays coded once
-                    # de-chunked, and the client must be told so
-                    codings = [c.strip() for c in te.split(",") if c.strip()]
-                    if codings and codings[-1] == "chunked":
-                        codings.pop()
+                    # de-chunked, and the client must be told so (chunked, ours or not,
+                    # and identity are framing, not codings of the body)
+                    codings = [c for c in (c.strip() for c in te.split(","))
+                               if c and c != "chunked" and c != "identity"]
                     if codings:
                         coded = ", ".join(codings)
+                        if request.version != (1, 1) and method != "HEAD" and \
+                                head.status not in (204, 304):
+                            # an HTTP/1.0 client takes no Transfer-Encoding (RFC 9112
+                            # §6.1): it could not undo the coding
+                            self.stats.add("primary_error", "transfer_coding")
+                            return request.reply(502, "primary's answer has a transfer "
+                                                 "coding an HTTP/1.0 client cannot take")
             capture = Capture(self.mirror.cfg.capture_max, self.mirror.budget) \
                 if fut is not None and self.mirror is not None else None
             try:

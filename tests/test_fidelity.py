@@ -1196,25 +1196,39 @@ async def test_options_asterisk_reaches_primary_and_candidate():
     assert lines == [b"OPTIONS * HTTP/1.1"] * 2
 
 
-async def test_transfer_codings_besides_chunked_reach_the_client():
+@pytest.mark.parametrize("te,want", [
+    (b"Transfer-Encoding: gzip, chunked", [b"gzip", b"chunked"]),
+    (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked", [b"chunked"]),
+    (b"Transfer-Encoding: identity, chunked", [b"chunked"]),
+])
+async def test_transfer_codings_besides_chunked_reach_the_client(te, want):
     """``Transfer-Encoding: gzip, chunked``: once de-chunked the body is still gzip; the
-    client is told so, and its bytes unzip to primary's."""
+    client is told so, and its bytes unzip to primary's. Chunked said twice, or
+    identity, are framing: the client gets one chunked. An HTTP/1.0 client, which takes
+    no transfer coding, gets a 502 (counted) for a coded body."""
     import gzip as _gzip
 
-    coded = _gzip.compress(b"hello, coded world")
+    plain = b"hello, coded world"
+    body = _gzip.compress(plain) if b"gzip" in te else plain
 
-    async def gz(reader, writer, _log):
+    async def answer(reader, writer, _log):
         await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
-                     + b"%x\r\n" % len(coded) + coded + b"\r\n0\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\n" + te + b"\r\n\r\n"
+                     + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
         await writer.drain()
 
-    async with raw_primary(gz) as (up, srv):
+    async with raw_primary(answer) as (up, srv):
         got = await exchange(srv.port, request("GET", "/gz"))
+        old = await exchange(srv.port, request("GET", "/gz", version="HTTP/1.0"))
+        errors = srv.stats.total("primary_error", "transfer_coding")
     codings = [c.strip() for k, v in got.headers if k.lower() == b"transfer-encoding"
                for c in v.split(b",")]
-    assert codings == [b"gzip", b"chunked"]
-    assert _gzip.decompress(got.body) == b"hello, coded world"
+    assert codings == want
+    assert (_gzip.decompress(got.body) if b"gzip" in te else got.body) == plain
+    if b"gzip" in te:
+        assert old.status == 502 and errors == 1
+    else:
+        assert old.status == 200 and old.body == plain and errors == 0
 
 
 WS_HANDSHAKE = [("Connection", "Upgrade"), ("Upgrade", "websocket"),
