@@ -1,11 +1,12 @@
 """The access log (``log.access: true``).
 
 One INFO line per request on the ``shadowproxy.access`` logger once its answer is
-done: client address, method, target (the values of sensitive query parameters
-masked as in the store: ``redact.query`` and the names that end with their words),
-HTTP version, status (``-`` when none was sent: the client went away first) and the
-time from the head's arrival to the answer's end. Headers and bodies are never
-logged. Off by default, and then the server's handler is not wrapped at all.
+done: client address, method, target (its path and query as the store keeps them:
+origin form, sensitive query values masked and the request headers' secrets masked
+where they are echoed, with the run's key so the masks match the store's), HTTP
+version, status (``-`` when none was sent: the client went away first) and the time
+from the head's arrival to the answer's end. Headers and bodies are never logged.
+Off by default, and then the server's handler is not wrapped at all.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from time import perf_counter
 
 from .http1server import Request
+from .proxy import origin_form
 from .redact import Redactor
 
 log = logging.getLogger("shadowproxy.access")
@@ -35,10 +37,11 @@ class AccessLog:
         try:
             await self.handler(request)
         finally:
-            target = request.target
-            path, sep, query = target.partition("?")
-            if sep:
-                target = f"{path}?{self.redactor.redact_query(query)}"
+            target = origin_form(request.target)
+            if target is None:
+                target = "*" if request.target == "*" else "(not a path)"
+            elif target != "*":
+                target = self.redactor.redact_target(target, request.headers)
             major, minor = request.version
             log.info('%s "%s %s HTTP/%d.%d" %s %.1fms', request.remote, request.method, target,
                      major, minor, request.status or "-", 1000 * (perf_counter() - t0))

@@ -85,24 +85,13 @@ class Proxy:
 
     # ------------------------------------------------------------------ handler
 
-    def _target(self, target: str) -> str | None:
-        """The origin-form target: path and query, never an absolute form's authority."""
-        if target.startswith("/"):
-            return target
-        try:
-            url = URL(target, encoded=True)
-        except ValueError:
-            return None
-        if not url.is_absolute() or url.scheme not in ("http", "https"):
-            return None
-        return url.raw_path_qs or "/"
 
     async def handle(self, request: Request) -> None:
         method = request.method
         if method == "CONNECT":
             self.stats.add("not_eligible", "method")
             return request.reply(405, "CONNECT is not supported")
-        target = self._target(request.target)
+        target = origin_form(request.target)
         if target is None:
             prefixed = self.pool is not None and self.pool.prefix   # no "/prefix*"
             if method != "OPTIONS" or request.target != "*" or prefixed:
@@ -168,7 +157,7 @@ class Proxy:
     async def handle_upgrade(self, request: web.BaseRequest) -> web.StreamResponse:
         """A WebSocket upgrade, which the server hands to aiohttp: passed through to
         primary, never mirrored."""
-        target = self._target(request.raw_path)
+        target = origin_form(request.raw_path)
         if target is None:
             self.stats.add("not_eligible", "bad_target")
             return web.Response(status=400, text="bad request target\n")
@@ -350,6 +339,20 @@ class Proxy:
             if capture is not None:
                 capture.release()
             up.release()
+
+
+def origin_form(target: str) -> str | None:
+    """The origin-form target: path and query, never an absolute form's authority (nor
+    its user information); None when it is neither."""
+    if target.startswith("/"):
+        return target
+    try:
+        url = URL(target, encoded=True)
+    except ValueError:
+        return None
+    if not url.is_absolute() or url.scheme not in ("http", "https"):
+        return None
+    return url.raw_path_qs or "/"
 
 
 def _ids() -> Iterator[str]:

@@ -821,6 +821,19 @@ class Redactor:
                        request=req, primary=pri, candidate=cand, secondary=sec)
         return out, secrets
 
+    def redact_target(self, target: str, headers: Headers) -> str:
+        """A request target (origin form) as the store would keep its path and query:
+        sensitive query values masked, and the secrets of the request's headers masked
+        wherever they are echoed in it."""
+        path, sep, query = target.partition("?")
+        secrets = _Secrets()
+        self._headers(headers, secrets, keep=False)
+        if sep:
+            query = self.redact_query(query, secrets)
+        out = f"{path}?{query}" if sep else path
+        echo = secrets.echo()
+        return echo(out) if echo is not None else out
+
     def redact_exchange(self, ex: Exchange) -> Exchange:
         """A redacted copy of ``ex`` (the original is not modified)."""
         return self._redact_exchange(ex)[0]

@@ -181,19 +181,21 @@ class Control:
 REUSE_PORT = hasattr(socket, "SO_REUSEPORT")
 
 
-def worker_entry(cfg: Config, sock: socket.socket | str, channel_path: str, index: int) -> None:
-    """A proxy worker process."""
+def worker_entry(cfg: Config, sock: socket.socket | str, channel_path: str, index: int,
+                 redact_key: bytes | None = None) -> None:
+    """A proxy worker process. ``redact_key``: the run's (the control process's), so
+    that what a worker masks (the access log) masks as the store does."""
     setup_logging(cfg)
     install_uvloop()
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the supervisor decides
     try:
-        asyncio.run(_worker(cfg, sock, channel_path, index))
+        asyncio.run(_worker(cfg, sock, channel_path, index, redact_key))
     except KeyboardInterrupt:  # pragma: no cover
         pass
 
 
-async def _worker(cfg: Config, sock: socket.socket | str, channel_path: str, index: int
-                  ) -> None:
+async def _worker(cfg: Config, sock: socket.socket | str, channel_path: str, index: int,
+                  redact_key: bytes | None = None) -> None:
     """``sock`` is the shared listening socket, or the address to bind with SO_REUSEPORT."""
     loop = asyncio.get_running_loop()
     stats = Stats()
@@ -217,7 +219,7 @@ async def _worker(cfg: Config, sock: socket.socket | str, channel_path: str, ind
                            on_dropped=dropped)
     await client.connect()
     # exchanges finished within the channel's linger (5 ms) travel in one frame
-    server = ProxyServer(cfg, stats, client.queue)
+    server = ProxyServer(cfg, stats, client.queue, redact_key=redact_key)
     if isinstance(sock, str):
         sock = bind(sock, reuse_port=True)
     sock.setblocking(False)
@@ -331,7 +333,8 @@ async def _supervise(cfg: Config, n: int) -> int:
     stopping = asyncio.Event()
 
     def spawn(i: int) -> None:
-        p = ctx.Process(target=worker_entry, args=(control.cfg, target, path, i),
+        p = ctx.Process(target=worker_entry,
+                        args=(control.cfg, target, path, i, control.redactor.key),
                         name=f"shadowproxy-worker-{i}", daemon=False)
         p.start()
         procs[i] = p
@@ -411,7 +414,8 @@ class InProcess:
         self.results: list[Result] = []
         self.control = Control(cfg, on_result=on_result or self.results.append)
         self.stats = self.control.stats
-        self.server = ProxyServer(cfg, self.stats, self.control.stage.offer)
+        self.server = ProxyServer(cfg, self.stats, self.control.stage.offer,
+                                  redact_key=self.control.redactor.key)
         self.control.local_mirrors.append(self.server.mirror)
 
     @property

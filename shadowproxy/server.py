@@ -49,8 +49,10 @@ def bind(address: str, *, reuse_port: bool = False, listen: bool = True) -> sock
 
 
 class ProxyServer:
-    def __init__(self, cfg: Config, stats: Stats, sink: Callable[[Exchange], bool]) -> None:
+    def __init__(self, cfg: Config, stats: Stats, sink: Callable[[Exchange], bool], *,
+                 redact_key: bytes | None = None) -> None:
         self.cfg = cfg
+        self.redact_key = redact_key    # the run's, for what this process masks itself
         self.stats = stats
         self.router = Router(cfg.routes, cfg.endpoints.max)
         self.mirror = Mirror(cfg, stats, sink)
@@ -85,7 +87,8 @@ class ProxyServer:
             return self.proxy.handle
         from .access import AccessLog
         from .redact import Redactor
-        return AccessLog(self.proxy.handle, Redactor.from_config(cfg.redact))
+        return AccessLog(self.proxy.handle,
+                         Redactor.from_config(cfg.redact, key=self.redact_key))
 
     def reload(self, cfg: Config) -> None:
         """Apply a new config to routes, sampling and mirroring without dropping connections."""

@@ -8,6 +8,7 @@ import logging
 import aiohttp
 from aiohttp import web
 
+from tests.rawhttp import exchange
 from tests.support import config, start_proxy
 
 
@@ -45,6 +46,17 @@ async def test_one_line_per_request_with_secrets_masked(aiohttp_server, caplog):
         assert '" 200 ' in lines[0] and lines[0].endswith("ms")
         assert lines[1].startswith('127.0.0.1 "POST /gone HTTP/1.1" 404 ')
         assert "S3CRET" not in caplog.text
+        # an absolute-form target (its user information never logged), and a header's
+        # secret echoed in the query (masked as the store masks it)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, "shadowproxy.access"):
+            raw = (b"GET http://admin:hunter2@example.com/ok?state=ECHOED-TOKEN-1 HTTP/1.1\r\n"
+                   b"Host: example.com\r\nAuthorization: Bearer ECHOED-TOKEN-1\r\n\r\n")
+            got = await exchange(server.port, raw)
+            assert got.status == 200
+        (line,) = [r.getMessage() for r in caplog.records if r.name == "shadowproxy.access"]
+        assert line.startswith('127.0.0.1 "GET /ok?state=[redacted:')
+        assert "hunter2" not in line and "ECHOED-TOKEN-1" not in line
         # a reload turns it off (and the requests go on)
         caplog.clear()
         server.reload(config(url))
@@ -65,3 +77,18 @@ async def test_off_by_default_the_handler_is_not_wrapped(aiohttp_server):
         assert server._server.handler == server.proxy.handle
     finally:
         await server.stop()
+
+
+async def test_the_access_log_masks_with_the_runs_key(aiohttp_server):
+    """Workers get the control process's key: the access log's masks are the store's."""
+    from shadowproxy.runtime import InProcess
+
+    primary = await _primary(aiohttp_server)
+    run = await InProcess(config(str(primary.make_url("")).rstrip("/"),
+                                 log={"access": True})).start()
+    try:
+        handler = run.server._server.handler
+        assert handler.redactor.key == run.control.redactor.key
+        assert handler.redactor.mask("x") == run.control.redactor.mask("x")
+    finally:
+        await run.stop()
