@@ -876,7 +876,7 @@ class Pool:
         tls = parts.scheme == "https"
         self.host = parts.hostname
         self.port = parts.port or (443 if tls else 80)
-        self.prefix = parts.path.rstrip("/")
+        self.prefix = parts.path.rstrip("/")   # before every target but * (OPTIONS *)
         name = f"[{self.host}]" if ":" in self.host else self.host
         default = 443 if tls else 80
         self.host_header = name if parts.port in (None, default) else f"{name}:{parts.port}"
@@ -896,7 +896,7 @@ class Pool:
         ``TimeoutError`` after ``timeout`` seconds, connecting included). Not limited
         to ``limit`` requests in flight: the caller bounds them. :meth:`Call.cancel`
         abandons it without calling ``done``."""
-        data = f"{method} {self.prefix}{target} HTTP/1.1\r\nHost: {self.host_header}\r\n" \
+        data = f"{method} {self.prefix if target != '*' else ''}{target} HTTP/1.1\r\nHost: {self.host_header}\r\n" \
             .encode("latin-1") + header_block
         call = Call(self, method, data, body, on_body, done)
         if timeout is not None:
@@ -948,7 +948,7 @@ class Pool:
         ``read_timeout`` for a byte of the head); the caller must
         :meth:`Stream.release` what it gets. ``on_interim``: told of interim answers
         before the head (not 100 Continue)."""
-        line = f"{method} {self.prefix}{target} HTTP/1.1\r\n"
+        line = f"{method} {self.prefix if target != '*' else ''}{target} HTTP/1.1\r\n"
         if host:
             line += f"Host: {self.host_header}\r\n"
         data = line.encode("latin-1") + header_block

@@ -93,8 +93,7 @@ class Proxy:
             return request.reply(405, "CONNECT is not supported")
         target = origin_form(request.target)
         if target is None:
-            prefixed = self.pool is not None and self.pool.prefix   # no "/prefix*"
-            if method != "OPTIONS" or request.target != "*" or prefixed:
+            if method != "OPTIONS" or request.target != "*":
                 self.stats.add("not_eligible", "bad_target")
                 return request.reply(400, "bad request target")
             target = "*"     # OPTIONS * (the server as a whole): passed on as it is

@@ -45,10 +45,15 @@ async def keep_refusal(req: aiohttp.ClientRequest, handler: Any) -> aiohttp.Clie
     resp = await handler(req)
     if resp.status == 101 or not _HANDSHAKING.get():
         return resp
+    body = b""
     try:
-        body = await resp.content.read(REFUSAL_BODY)
+        while len(body) < REFUSAL_BODY:     # read() gives what has arrived so far
+            more = await resp.content.read(REFUSAL_BODY - len(body))
+            if not more:
+                break
+            body += more
     except (aiohttp.ClientError, TimeoutError):
-        body = b""
+        pass
     finally:
         resp.release()
     raise Refused(resp.status, resp.reason or "", list(resp.raw_headers), body)

@@ -1181,8 +1181,8 @@ async def test_options_asterisk_reaches_primary_and_candidate():
         await writer.drain()
 
     cand = await RawServer(answer).start()
-    try:
-        async with raw_primary(answer, upstreams={"candidate": cand.url}) as (up, srv):
+    try:   # a path prefix on the candidate does not make it "OPTIONS /v2*"
+        async with raw_primary(answer, upstreams={"candidate": cand.url + "/v2"}) as (up, srv):
             got = await exchange(srv.port, request("OPTIONS", "*"))
             for _ in range(100):
                 if len(lines) == 2:
@@ -1238,6 +1238,8 @@ WS_HANDSHAKE = [("Connection", "Upgrade"), ("Upgrade", "websocket"),
 @pytest.mark.parametrize("answer,status", [
     (b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"x\"\r\n"
      b"Content-Type: application/json\r\nContent-Length: 17\r\n\r\n{\"error\":\"login\"}", 401),
+    (b"HTTP/1.1 403 Forbidden\r\nContent-Length: 3000\r\n\r\n" + b"x" * 100
+     + b"<pause>" + b"y" * 2900, 403),
     (b"HTTP/1.1 302 Found\r\nLocation: /login\r\nContent-Length: 0\r\n\r\n", 302),
 ])
 async def test_a_refused_websocket_handshake_gets_primarys_answer(answer, status):
@@ -1245,21 +1247,23 @@ async def test_a_refused_websocket_handshake_gets_primarys_answer(answer, status
     not a refusal of the proxy's own."""
     async def refuse(reader, writer, _log):
         await read_request(reader)
-        writer.write(answer)
-        await writer.drain()
+        for part in answer.split(b"<pause>"):       # a body in two segments
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(0.05)
         await asyncio.sleep(0.2)
 
     async with raw_primary(refuse) as (up, srv):
         async with await RawConn.open(srv.port) as c:
             await c.send(request("GET", "/ws", WS_HANDSHAKE))
             got = await c.read_response()
-    want_body = answer.split(b"\r\n\r\n", 1)[1]
+    want_body = answer.split(b"\r\n\r\n", 1)[1].replace(b"<pause>", b"")
     assert got.status == status and got.body == want_body
     if status == 401:
         assert got.get("WWW-Authenticate") == b'Bearer realm="x"'
         assert got.get("Content-Type") == b"application/json"
         assert [k for k, _ in got.headers if k.lower() == b"content-type"] == [b"Content-Type"]
-    else:
+    elif status == 302:
         assert got.get("Location") == b"/login"
     assert srv.stats.total("primary_error") == 0
 
