@@ -896,7 +896,8 @@ class Pool:
         ``TimeoutError`` after ``timeout`` seconds, connecting included). Not limited
         to ``limit`` requests in flight: the caller bounds them. :meth:`Call.cancel`
         abandons it without calling ``done``."""
-        data = f"{method} {self.prefix if target != '*' else ''}{target} HTTP/1.1\r\nHost: {self.host_header}\r\n" \
+        prefix = self.prefix if target != "*" else ""
+        data = f"{method} {prefix}{target} HTTP/1.1\r\nHost: {self.host_header}\r\n" \
             .encode("latin-1") + header_block
         call = Call(self, method, data, body, on_body, done)
         if timeout is not None:
