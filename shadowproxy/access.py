@@ -11,6 +11,7 @@ Off by default, and then the server's handler is not wrapped at all.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from time import perf_counter
@@ -34,8 +35,12 @@ class AccessLog:
 
     async def __call__(self, request: Request) -> None:
         t0 = perf_counter()
+        gone = False    # the client went away (or the drain ended it): no answer
         try:
             await self.handler(request)
+        except (asyncio.CancelledError, ConnectionError):
+            gone = True
+            raise
         finally:
             target = origin_form(request.target)
             if target is None:
@@ -44,4 +49,7 @@ class AccessLog:
                 target = self.redactor.redact_target(target, request.headers)
             major, minor = request.version
             log.info('%s "%s %s HTTP/%d.%d" %s %.1fms', request.remote, request.method, target,
-                     major, minor, request.status or "-", 1000 * (perf_counter() - t0))
+                     major, minor,
+                     # a handler that failed or left no answer: the server answers 500
+                     request.status or ("-" if gone else 500),
+                     1000 * (perf_counter() - t0))

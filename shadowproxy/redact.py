@@ -373,11 +373,12 @@ class _Names:
     ``tokens``); ``api_key`` matches ``apiKey`` and ``x-api-key``. A lower-case name of
     one word matches when it ends with a name's words run together (``accesstoken``)."""
 
-    __slots__ = ("exact", "_words", "_cache")
+    __slots__ = ("exact", "_words", "_joined", "_cache")
 
     def __init__(self, names: Iterable[str]) -> None:
         self.exact = frozenset(n.lower() for n in names)
         self._words = tuple({name_words(n) for n in self.exact if name_words(n)})
+        self._joined = tuple(j for j in ("".join(w) for w in self._words) if len(j) >= 5)
         self._cache: dict[str, bool] = {}
 
     def __contains__(self, name: str) -> bool:
@@ -388,8 +389,9 @@ class _Names:
                 words[-len(w):] == w for w in self._words if len(w) <= len(words))
             if not hit and len(words) == 1 and name.islower():
                 # one word without case to split on (a path folded to lower case):
-                # ``accesstoken`` ends with ``token``, ``apikey`` with ``api_key``
-                hit = any(words[0].endswith("".join(w)) for w in self._words)
+                # ``accesstoken`` ends with ``token``, ``apikey`` with ``api_key``;
+                # not for short names (``$..id`` would take ``paid`` and ``valid``)
+                hit = any(words[0].endswith(j) for j in self._joined)
             if len(self._cache) > 10_000:
                 self._cache.clear()
             self._cache[name] = hit

@@ -106,6 +106,9 @@ class Control:
             self.gauges[msg[1]] = msg[2]
         elif kind == "ready":
             self.ready_workers.add(msg[1])
+            if self.mirror_overridden and self.channel is not None:
+                # a worker (re)started with the file's config: the switch holds for it too
+                self.channel.broadcast(("mirror", *self.mirror_state))
         elif kind == "bye":
             self.ready_workers.discard(msg[1])
         return None

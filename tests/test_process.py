@@ -88,6 +88,25 @@ class Running:
         return self.proc.wait(timeout)
 
 
+def _worker_pids(supervisor: int) -> list[int]:
+    """The supervisor's worker processes (its children running the spawn entry)."""
+    out = []
+    for tid in os.listdir(f"/proc/{supervisor}/task"):
+        try:
+            with open(f"/proc/{supervisor}/task/{tid}/children") as fh:
+                kids = [int(x) for x in fh.read().split()]
+        except OSError:
+            continue
+        for pid in kids:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    if b"spawn_main" in fh.read():
+                        out.append(pid)
+            except OSError:
+                pass
+    return out
+
+
 def _start(upstreams, tmp_path: Path) -> Running:
     """A `shadowproxy run` at 100% mirroring on free ports, its store ``r.db``."""
     listen, admin = free_port(), free_port()
@@ -251,19 +270,34 @@ async def test_a_reload_keeps_mirroring_switched_off_through_the_admin_api(upstr
             async with s.put(f"http://127.0.0.1:{admin}/api/v1/mirror",
                              json={"enabled": False}) as r:
                 assert r.status == 200 and (await r.json())["enabled"] is False
-        cfg.write_text(cfg.read_text().replace("timeout: 2s", "timeout: 3s"))  # not mirroring
+        # a worker that dies is started again with the file's config: the switch holds
+        worker = _worker_pids(run.proc.pid)[0]
+        os.kill(worker, signal.SIGKILL)
+        for _ in range(200):
+            pids = _worker_pids(run.proc.pid)
+            if len(pids) == 2 and worker not in pids and \
+                    run.log.read_text().count("ready: 2 workers") >= 1:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)             # its "ready", and the switch sent to it
+        assert await _load(listen, 60) == 60   # over both workers
+        live = await run.wait_total(60)
+        assert live["outcomes"].get("not_eligible{disabled}") == 60, live
+        assert live["mirrored"] == 0, live
+        # a reload that leaves the file's mirror settings alone keeps the switch too
+        cfg.write_text(cfg.read_text().replace("timeout: 2s", "timeout: 3s"))
         run.proc.send_signal(signal.SIGHUP)
         await asyncio.sleep(1.0)
         assert await _load(listen, 30) == 30
-        live = await run.wait_total(30)
-        assert live["outcomes"].get("not_eligible{disabled}") == 30, live
+        live = await run.wait_total(90)
+        assert live["outcomes"].get("not_eligible{disabled}") == 90, live
         assert live["mirrored"] == 0, live
         # the file now changes the sample rate: its settings apply, mirroring is back
         cfg.write_text(cfg.read_text().replace("sample: 1.0", "sample: 0.999"))
         run.proc.send_signal(signal.SIGHUP)
         await asyncio.sleep(1.0)
         assert await _load(listen, 30) == 30
-        live = await run.wait_total(60)
+        live = await run.wait_total(120)
         assert live["mirrored"] >= 25, live
     finally:
         code = run.stop()
