@@ -65,7 +65,7 @@ _TRAILER_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\
 BodySink = Callable[[bytes], None]
 InterimSink = Callable[[int, str, list[tuple[str, str]]], None]   # status, reason, headers
 
-SHADOW_CHUNKS = 4096       # chunks of a shadow parsed in one turn of the loop (~6 ms)
+SHADOW_CHUNKS = 1024       # chunks of a shadow parsed in one turn of the loop (~2 ms)
 YIELD_READ = 64 * 1024     # a shadow's read this big waits a loop turn before the next
 
 
