@@ -294,6 +294,9 @@ class Proxy:
                             # an HTTP/1.0 client takes no Transfer-Encoding (RFC 9112
                             # §6.1): it could not undo the coding
                             self.stats.add("primary_error", "transfer_coding")
+                            if fut is not None and not fut.done():
+                                fut.set_result(ResponseRecord(status=0,
+                                                              error="transfer_coding"))
                             return request.reply(502, "primary's answer has a transfer "
                                                  "coding an HTTP/1.0 client cannot take")
             capture = Capture(self.mirror.cfg.capture_max, self.mirror.budget) \

@@ -67,7 +67,7 @@ import re
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import quote, quote_plus, unquote_plus
 
 import orjson
 
@@ -235,6 +235,9 @@ class _Matcher:
 # ------------------------------------------------------------------ helpers
 
 
+_PCT = re.compile(r"%[0-9A-F]{2}")     # a percent-escape, for its lower-case spelling
+
+
 class _Echo:
     """Masks every secret known when it was made (and its JSON-escaped form) wherever
     it appears in a text, in one regex pass (longest secret first at each position).
@@ -290,6 +293,11 @@ class _Secrets:
             esc = orjson.dumps(secret).decode()[1:-1]   # as it appears inside JSON text
             if esc != secret:
                 variants[esc] = mask
+            # as it appears percent-encoded in a path, query or form (both spellings)
+            for enc in (quote(secret, safe=""), quote_plus(secret, safe="")):
+                for spelling in (enc, _PCT.sub(lambda m: m.group(0).lower(), enc)):
+                    if spelling != secret:
+                        variants[spelling] = mask
         self._echo = _Echo(variants) if variants else None
         return self._echo
 
@@ -371,14 +379,15 @@ class _Names:
     """Sensitive names matched by their last words: ``token`` matches ``token``,
     ``accessToken``, ``refresh_token`` and ``X-Auth-Token`` (not ``token_type`` or
     ``tokens``); ``api_key`` matches ``apiKey`` and ``x-api-key``. A lower-case name of
-    one word matches when it ends with a name's words run together (``accesstoken``)."""
+    one word matches when it ends with a name's words run together (``accesstoken``,
+    ``passcode`` for ``code``)."""
 
     __slots__ = ("exact", "_words", "_joined", "_cache")
 
     def __init__(self, names: Iterable[str]) -> None:
         self.exact = frozenset(n.lower() for n in names)
         self._words = tuple({name_words(n) for n in self.exact if name_words(n)})
-        self._joined = tuple(j for j in ("".join(w) for w in self._words) if len(j) >= 5)
+        self._joined = tuple("".join(w) for w in self._words)
         self._cache: dict[str, bool] = {}
 
     def __contains__(self, name: str) -> bool:
@@ -389,8 +398,9 @@ class _Names:
                 words[-len(w):] == w for w in self._words if len(w) <= len(words))
             if not hit and len(words) == 1 and name.islower():
                 # one word without case to split on (a path folded to lower case):
-                # ``accesstoken`` ends with ``token``, ``apikey`` with ``api_key``;
-                # not for short names (``$..id`` would take ``paid`` and ``valid``)
+                # ``accesstoken`` ends with ``token``, ``apikey`` with ``api_key``,
+                # ``passcode`` with ``code`` (and ``paid`` with ``id``: masking too
+                # much is the safe side)
                 hit = any(words[0].endswith(j) for j in self._joined)
             if len(self._cache) > 10_000:
                 self._cache.clear()

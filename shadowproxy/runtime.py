@@ -128,6 +128,10 @@ class Control:
         before = (self.cfg.mirror.enabled, self.cfg.mirror.sample)
         after = (cfg.mirror.enabled, cfg.mirror.sample)
         self.cfg = cfg
+        # the reloaded redaction rules with the run's key (drawn once: masks compare
+        # across a reload, and the workers' access logs use the same)
+        from .redact import Redactor
+        self.redactor = self.stage.redactor = Redactor(cfg.redact, self.redactor.key)
         self.stage.configure(cfg)
         keep = self.mirror_overridden and after == before
         if self.channel is not None:

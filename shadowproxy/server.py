@@ -87,8 +87,10 @@ class ProxyServer:
             return self.proxy.handle
         from .access import AccessLog
         from .redact import Redactor
-        return AccessLog(self.proxy.handle,
-                         Redactor.from_config(cfg.redact, key=self.redact_key))
+        # the run's key as it is (a reloaded redact.key_env does not change a run's key)
+        redactor = Redactor(cfg.redact, self.redact_key) if self.redact_key \
+            else Redactor.from_config(cfg.redact)
+        return AccessLog(self.proxy.handle, redactor)
 
     def reload(self, cfg: Config) -> None:
         """Apply a new config to routes, sampling and mirroring without dropping connections."""

@@ -4,6 +4,7 @@ values masked and no headers; nothing when it is off; a reload turns it on or of
 from __future__ import annotations
 
 import logging
+import os
 
 import aiohttp
 from aiohttp import web
@@ -90,5 +91,20 @@ async def test_the_access_log_masks_with_the_runs_key(aiohttp_server):
         handler = run.server._server.handler
         assert handler.redactor.key == run.control.redactor.key
         assert handler.redactor.mask("x") == run.control.redactor.mask("x")
+        # a reload (new rules, even a key_env) keeps the run's key on both sides, and
+        # both follow the new rules
+        os.environ["SP_TEST_REDACT_KEY"] = "another key"
+        try:
+            new = config(str(primary.make_url("")).rstrip("/"), log={"access": True},
+                         redact={"key_env": "SP_TEST_REDACT_KEY", "query": ["sig"]})
+            run.server.reload(new)
+            run.control.reload(new)
+        finally:
+            del os.environ["SP_TEST_REDACT_KEY"]
+        handler = run.server._server.handler
+        assert handler.redactor.key == run.control.redactor.key
+        assert handler.redactor.redact_query("sig=1&token=2") == \
+            run.control.redactor.redact_query("sig=1&token=2") == \
+            f"sig={run.control.redactor.mask('1')}&token=2"
     finally:
         await run.stop()

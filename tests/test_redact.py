@@ -183,6 +183,22 @@ def test_names_match_by_their_last_words_in_json_query_and_forms(red):
     assert red.redact_exchange(form).request.body == f"user=ann&accessToken={red.mask('F-1')}".encode()
 
 
+def test_short_names_still_mask_run_together_names():
+    red = Redactor(RedactConfig(query=("code", "pin")), KEY)
+    assert red.redact_query("passcode=S1&userpin=1234&auth_code=S2&page=2") == (
+        f"passcode={red.mask('S1')}&userpin={red.mask('1234')}&auth_code={red.mask('S2')}"
+        "&page=2")
+
+
+def test_secrets_echoed_percent_encoded_are_masked(red):
+    """A header's secret echoed in the query percent-encoded (either case of the hex,
+    + for space) is masked like the plain echo."""
+    target = "/cb?state=abc%2Fdef%2Bghi%3D%3D&low=abc%2fdef%2bghi%3d%3d&plain=abc/def+ghi=="
+    out = red.redact_target(target, (("Authorization", "Bearer abc/def+ghi=="),))
+    m = red.mask("abc/def+ghi==")
+    assert out == f"/cb?state={m}&low={m}&plain={m}"
+
+
 def test_bad_field_path_is_a_config_error():
     with pytest.raises(ConfigError, match=r"redact\.fields\[0\]"):
         Redactor(RedactConfig(fields=("$.a[",)), KEY)
