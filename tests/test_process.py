@@ -280,24 +280,24 @@ async def test_a_reload_keeps_mirroring_switched_off_through_the_admin_api(upstr
                 break
             await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)             # its "ready", and the switch sent to it
-        assert await _load(listen, 60) == 60   # over both workers
-        live = await run.wait_total(60)
+
+        async def reload_and_load(old: str, new: str, n: int, total: int) -> dict:
+            if old:
+                cfg.write_text(cfg.read_text().replace(old, new))
+                run.proc.send_signal(signal.SIGHUP)
+                await asyncio.sleep(1.0)
+            assert await _load(listen, n) == n
+            return await run.wait_total(total)
+
+        live = await reload_and_load("", "", 60, 60)      # over both workers
         assert live["outcomes"].get("not_eligible{disabled}") == 60, live
         assert live["mirrored"] == 0, live
         # a reload that leaves the file's mirror settings alone keeps the switch too
-        cfg.write_text(cfg.read_text().replace("timeout: 2s", "timeout: 3s"))
-        run.proc.send_signal(signal.SIGHUP)
-        await asyncio.sleep(1.0)
-        assert await _load(listen, 30) == 30
-        live = await run.wait_total(90)
+        live = await reload_and_load("timeout: 2s", "timeout: 3s", 30, 90)
         assert live["outcomes"].get("not_eligible{disabled}") == 90, live
         assert live["mirrored"] == 0, live
         # the file now changes the sample rate: its settings apply, mirroring is back
-        cfg.write_text(cfg.read_text().replace("sample: 1.0", "sample: 0.999"))
-        run.proc.send_signal(signal.SIGHUP)
-        await asyncio.sleep(1.0)
-        assert await _load(listen, 30) == 30
-        live = await run.wait_total(120)
+        live = await reload_and_load("sample: 1.0", "sample: 0.999", 30, 120)
         assert live["mirrored"] >= 25, live
     finally:
         code = run.stop()
