@@ -55,12 +55,14 @@ _TOKEN_CHARS = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _NAMES = re.compile(rf"{_TOKEN_CHARS}(?:\n{_TOKEN_CHARS})*")   # header names, one a line
 _FRAMING_LENGTHS = frozenset({len("connection"), len("content-length"),
                               len("transfer-encoding"), len("expect"), len("upgrade")})
-# a chunk-size line: hex digits, then optional whitespace and extensions without
-# control characters (a bare LF or a NUL in it is an attempt to desynchronise)
-_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
-# a chunk's size line with its CRLF, matched in place (the fast path of many chunks)
-_CHUNK_AT = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?\r\n")
-_TRAILER_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*")
+# text without control characters but HTAB (a bare LF or a NUL in a chunk line or a
+# trailer is an attempt to desynchronise)
+_TEXT = rb"[^\x00-\x08\x0a-\x1f\x7f]*"
+# a chunk-size line: hex digits, then optional whitespace and extensions
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;" + _TEXT + rb")?")
+# the same with its CRLF, matched in place (the fast path of many chunks)
+_CHUNK_AT = re.compile(_CHUNK_LINE.pattern + rb"\r\n")
+_TRAILER_LINE = re.compile(_TOKEN_CHARS.encode() + rb":" + _TEXT)
 
 BodySink = Callable[[bytes], None]
 InterimSink = Callable[[int, str, list[tuple[str, str]]], None]   # status, reason, headers
@@ -146,7 +148,6 @@ def split_headers(lines: Sequence[str]) -> list[tuple[str, str]]:
     if headers and _NAMES.fullmatch("\n".join([h[0] for h in headers])) is None:
         raise ValueError("a header name that is not a token")
     return headers
-
 
 
 def framing(headers: Sequence[tuple[str, str]], http10: bool
@@ -870,13 +871,13 @@ class Pool:
     def __init__(self, base: str, limit: int | None, max_answer: int | None = None) -> None:
         """``max_answer``: the bytes an answer to :meth:`start` may have (shadows)."""
         parts = urlsplit(base)
-        self.max_answer = max_answer
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"expected an http(s):// URL, got {base!r}")
         tls = parts.scheme == "https"
         self.host = parts.hostname
         self.port = parts.port or (443 if tls else 80)
-        self.prefix = parts.path.rstrip("/")   # before every target but * (OPTIONS *)
+        self.prefix = parts.path.rstrip("/")   # see _line
+        self.max_answer = max_answer
         name = f"[{self.host}]" if ":" in self.host else self.host
         default = 443 if tls else 80
         self.host_header = name if parts.port in (None, default) else f"{name}:{parts.port}"
@@ -896,8 +897,7 @@ class Pool:
         ``TimeoutError`` after ``timeout`` seconds, connecting included). Not limited
         to ``limit`` requests in flight: the caller bounds them. :meth:`Call.cancel`
         abandons it without calling ``done``."""
-        prefix = self.prefix if target != "*" else ""
-        data = f"{method} {prefix}{target} HTTP/1.1\r\nHost: {self.host_header}\r\n" \
+        data = (self._line(method, target) + f"Host: {self.host_header}\r\n") \
             .encode("latin-1") + header_block
         call = Call(self, method, data, body, on_body, done)
         if timeout is not None:
@@ -929,6 +929,11 @@ class Pool:
                 call.cancel()
                 raise
 
+    def _line(self, method: str, target: str) -> str:
+        """The request line: the upstream's path prefix before every target but ``*``
+        (``OPTIONS *``, the server as a whole)."""
+        return f"{method} {self.prefix if target != '*' else ''}{target} HTTP/1.1\r\n"
+
     def _loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop_
         if loop is None:
@@ -949,7 +954,7 @@ class Pool:
         ``read_timeout`` for a byte of the head); the caller must
         :meth:`Stream.release` what it gets. ``on_interim``: told of interim answers
         before the head (not 100 Continue)."""
-        line = f"{method} {self.prefix if target != '*' else ''}{target} HTTP/1.1\r\n"
+        line = self._line(method, target)
         if host:
             line += f"Host: {self.host_header}\r\n"
         data = line.encode("latin-1") + header_block
