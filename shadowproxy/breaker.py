@@ -56,8 +56,9 @@ class Breaker:
         """The shadow let through as a probe was dropped before it was sent."""
         self._probing = False
 
-    def record(self, error: str | None) -> None:
-        """The outcome of a shadow request: its error kind, or None for an answer."""
+    def record(self, error: str | None) -> bool:
+        """The outcome of a shadow request: its error kind, or None for an answer.
+        → True when it opened or closed the breaker (worth telling the operator)."""
         if error == "connect":
             self._streak += 1
             if self._open_until is not None:          # the probe failed
@@ -66,13 +67,16 @@ class Breaker:
                 self._probing = False
             elif self.failures and self._streak >= self.failures:
                 self._open_until = self._clock() + self.cooldown
-            return
+                return True
+            return False
         self._streak = 0
         if self._open_until is not None and error is None:
             self._open_until = None
             self._probing = False
             self.cooldown = self.base_cooldown
-        elif self._probing:
+            return True
+        if self._probing:
             # the probe got through but failed otherwise (timeout, reset): try again later
             self._probing = False
             self._open_until = self._clock() + self.cooldown
+        return False

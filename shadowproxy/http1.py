@@ -150,6 +150,15 @@ def split_headers(lines: Sequence[str]) -> list[tuple[str, str]]:
     return headers
 
 
+def body_codings(te: str) -> str | None:
+    """The transfer codings a body still has once de-chunked (``gzip, chunked`` →
+    ``gzip``), None when there are none: chunked (said once or twice) and identity are
+    framing, not codings of the body."""
+    codings = [c for c in (c.strip() for c in te.split(","))
+               if c and c != "chunked" and c != "identity"]
+    return ", ".join(codings) if codings else None
+
+
 def framing(headers: Sequence[tuple[str, str]], http10: bool
             ) -> tuple[str | None, str | None, bool, str | None, str | None]:
     """What a message's headers say about its framing and connection: Content-Length

@@ -280,7 +280,6 @@ class Request(Pulled):
         if self._chunked_out:
             parts.append(f"Transfer-Encoding: {codings}, chunked\r\n" if codings
                          else "Transfer-Encoding: chunked\r\n")
-
         if not conn.keep_alive:
             if self.version == (1, 1):
                 parts.append("Connection: close\r\n")

@@ -387,11 +387,8 @@ class Mirror:
             return
         cand = job.candidate
         assert cand is not None
-        breaker = self.breaker
-        was_open = breaker.open
-        breaker.record(cand.error)
-        if breaker.open is not was_open:
-            self._breaker_turned(breaker.open)
+        if self.breaker.record(cand.error):
+            self._breaker_turned(self.breaker.open)
         job.calls = None
         job.fetched = True
         self._running.discard(job)

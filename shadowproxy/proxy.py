@@ -85,7 +85,6 @@ class Proxy:
 
     # ------------------------------------------------------------------ handler
 
-
     async def handle(self, request: Request) -> None:
         method = request.method
         if method == "CONNECT":
@@ -281,24 +280,18 @@ class Proxy:
                     out_headers = [(k, v) for k, v in out_headers
                                    if not (len(k) == 14 and k.lower() == "content-length")]
                     length = None
-                if te != "chunked":
-                    # codings besides chunked (gzip, chunked): the body stays coded once
-                    # de-chunked, and the client must be told so (chunked, ours or not,
-                    # and identity are framing, not codings of the body)
-                    codings = [c for c in (c.strip() for c in te.split(","))
-                               if c and c != "chunked" and c != "identity"]
-                    if codings:
-                        coded = ", ".join(codings)
-                        if request.version != (1, 1) and method != "HEAD" and \
-                                head.status not in (204, 304):
-                            # an HTTP/1.0 client takes no Transfer-Encoding (RFC 9112
-                            # §6.1): it could not undo the coding
-                            self.stats.add("primary_error", "transfer_coding")
-                            if fut is not None and not fut.done():
-                                fut.set_result(ResponseRecord(status=0,
-                                                              error="transfer_coding"))
-                            return request.reply(502, "primary's answer has a transfer "
-                                                 "coding an HTTP/1.0 client cannot take")
+                # a body still coded once de-chunked (gzip, chunked): the client is
+                # told so, before our chunked
+                coded = http1.body_codings(te) if te != "chunked" else None
+            if coded is not None and request.version != (1, 1) and method != "HEAD" and \
+                    head.status not in (204, 304):
+                # an HTTP/1.0 client takes no Transfer-Encoding (RFC 9112 §6.1): it
+                # could not undo the coding
+                self.stats.add("primary_error", "transfer_coding")
+                if fut is not None and not fut.done():
+                    fut.set_result(ResponseRecord(status=0, error="transfer_coding"))
+                return request.reply(502, "primary's answer has a transfer coding an "
+                                     "HTTP/1.0 client cannot take")
             capture = Capture(self.mirror.cfg.capture_max, self.mirror.budget) \
                 if fut is not None and self.mirror is not None else None
             try:

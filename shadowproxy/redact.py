@@ -415,7 +415,6 @@ class _Names:
         return out
 
 
-
 class Redactor:
     """Masks secrets in exchanges and differences. Thread-safe; cheap to share."""
 

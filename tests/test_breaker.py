@@ -18,20 +18,20 @@ def test_opens_after_consecutive_connect_errors_then_probes_and_closes() -> None
     b = Breaker(3, 1.0, clock)
     for _ in range(2):
         assert b.allow()
-        b.record("connect")
-    b.record(None)                       # an answer resets the streak
-    for _ in range(3):
+        assert b.record("connect") is False
+    assert b.record(None) is False       # an answer resets the streak
+    for i in range(3):
         assert b.allow()
-        b.record("connect")
+        assert b.record("connect") is (i == 2)   # the third opens it: a turn
     assert b.open and not b.allow()
     clock.t = 1.01
     assert b.allow()                     # the probe
     assert not b.allow()                 # only one probe at a time
-    b.record("connect")                  # probe failed: cooldown doubles
+    assert b.record("connect") is False  # probe failed: cooldown doubles, still open
     assert b.cooldown == 2.0 and not b.allow()
     clock.t = 3.1
     assert b.allow()
-    b.record(None)                       # probe answered: closed again
+    assert b.record(None) is True        # probe answered: closed again, a turn
     assert not b.open and b.allow() and b.cooldown == 1.0
 
 
