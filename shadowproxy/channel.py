@@ -131,11 +131,13 @@ class ChannelClient:
             return False
         return force or w.transport.get_write_buffer_size() <= self.limit
 
-    def queue(self, item: Any) -> bool:
+    def queue(self, item: Any, force: bool = False) -> bool:
         """Add ``item`` to the ``("xs", [...])`` frame written ``linger`` seconds later
-        or once it holds MAX_BATCH items (one pickle and one write for all of them);
-        False (dropped) when the channel is down or over its limit, as for :meth:`send`."""
-        if not self._writable():
+        (at the end of the loop's turn when ``linger`` is 0) or once it holds MAX_BATCH
+        items (one pickle and one write for all of them); False (dropped) when the
+        channel is down or over its limit (``force`` ignores the limit), as for
+        :meth:`send`."""
+        if not self._writable(force):
             return False
         batch = self._batch
         batch.append(item)

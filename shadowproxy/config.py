@@ -279,6 +279,13 @@ class NoiseConfig:
 
 
 @dataclass(frozen=True)
+class ShadowConfig:
+    processes: int = 1               # shadow processes: send to the candidate, read, hand on
+    nice: int = 10                   # CPU priority below the workers' (0: the same, 19: lowest)
+    buffer: Size = 64 * 1024 * 1024  # bytes a worker's link to a shadow process may hold
+
+
+@dataclass(frozen=True)
 class ComparatorConfig:
     queue: int = 10000              # exchanges waiting for comparison (per comparator)
     buffer_limit: Size = 256 * 1024 * 1024   # bytes of the exchanges waiting
@@ -355,6 +362,7 @@ class Config:
     timeouts: Timeouts = field(default_factory=Timeouts)
     admin: AdminConfig = field(default_factory=AdminConfig)
     mirror: MirrorConfig = field(default_factory=MirrorConfig)
+    shadow: ShadowConfig = field(default_factory=ShadowConfig)
     routes: tuple[Route, ...] = ()
     compare: CompareRules = field(default_factory=CompareRules)
     comparator: ComparatorConfig = field(default_factory=ComparatorConfig)
@@ -417,6 +425,10 @@ def _check_semantics(cfg: Config, pos: "_Positions", env: typing.Mapping[str, st
                  "(no control characters)")
     if cfg.workers is not None and cfg.workers < 1:
         fail("workers", "must be at least 1")
+    if cfg.shadow.processes < 1:
+        fail("shadow.processes", "must be at least 1")
+    if not 0 <= cfg.shadow.nice <= 19:
+        fail("shadow.nice", "must be between 0 (the workers' priority) and 19 (the lowest)")
     if cfg.comparator.queue < 1:
         fail("comparator.queue", "must be at least 1")
     if cfg.endpoints.max < 1:

@@ -190,7 +190,7 @@ class Metrics:
         yield lat
 
         yield _gauge("shadowproxy_mirror_queue_depth",
-                     "Shadows waiting in the mirror queues of all workers",
+                     "Shadows waiting in the mirror queues of all shadow processes",
                      mirror_queue_depth(control))
         yield _gauge("shadowproxy_compare_queue_depth",
                      "Exchanges waiting for the comparator", control.stage.queue.qsize())
@@ -225,5 +225,7 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 def mirror_queue_depth(control: Any) -> float:
     """Queued shadows: the workers' last reports plus in-process mirrors."""
     total = sum(g.get("mirror_queue_depth", 0) for g in control.gauges.values())
+    total += sum(g.get("mirror_queue_depth", 0)
+                 for g in getattr(control, "shadow_gauges", {}).values())
     total += sum(getattr(m, "depth", 0) for m in getattr(control, "local_mirrors", ()))
     return float(total)

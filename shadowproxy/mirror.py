@@ -21,22 +21,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import logging
-import random
 import time
 from time import perf_counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.cookies import SimpleCookie
-from urllib.parse import parse_qsl
 
 import aiohttp
 
 from . import http1
 from .breaker import Breaker
 from .capture import Budget, Capture
-from .config import Config, MirrorConfig, Route
+from .config import Config, MirrorConfig
+from .policy import Policy, Sampler  # noqa: F401 - Sampler: re-exported
 from .models import Exchange, RequestRecord, ResponseRecord
 from .stats import Stats
 
@@ -71,51 +68,6 @@ class MirrorJob:
     awaited: int = 0              # answers (candidate, secondary) not yet in
 
 
-class Sampler:
-    """Random sampling, or consistent by the hash of a header, cookie or query key.
-
-    With ``sample_by`` a given key value is always in or always out for a given
-    rate; requests without the key fall back to random sampling.
-    """
-
-    def __init__(self, sample_by: str | None) -> None:
-        self.where, self.name = (None, "") if not sample_by else sample_by.split(":", 1)
-        self.lname = self.name.lower()
-        self._rand = random.random
-
-    def key(self, headers: list[tuple[str, str]], query: str) -> str | None:
-        if self.where == "header":
-            for k, v in headers:
-                if k.lower() == self.lname:
-                    return v
-        elif self.where == "cookie":
-            for k, v in headers:
-                if k.lower() == "cookie":
-                    try:
-                        jar = SimpleCookie(v)
-                    except Exception:  # noqa: BLE001 - a malformed cookie is just no key
-                        continue
-                    if self.name in jar:
-                        return jar[self.name].value
-        elif self.where == "query" and query:
-            for k, v in parse_qsl(query, keep_blank_values=True):
-                if k == self.name:
-                    return v
-        return None
-
-    def sampled(self, rate: float, headers: list[tuple[str, str]], query: str) -> bool:
-        if rate >= 1.0:
-            return True
-        if rate <= 0.0:
-            return False
-        if self.where is not None:
-            key = self.key(headers, query)
-            if key is not None:
-                h = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8)
-                return int.from_bytes(h.digest(), "big") / 2.0**64 < rate
-        return self._rand() < rate
-
-
 def classify_error(exc: BaseException) -> str:
     """The ``kind`` label of a failed upstream exchange."""
     if isinstance(exc, http1.UpstreamError):
@@ -148,8 +100,9 @@ def answer_record(result: http1.Head | BaseException, cap: Capture, t0: float
     )
 
 
-class Mirror:
-    """Eligibility, sampling, the bounded queue and the workers that shadow requests."""
+class Mirror(Policy):
+    """The bounded queue and the machinery that sends shadows and reads their answers
+    (in the shadow stage; in one process for tests and embedding, with the decisions)."""
 
     def __init__(self, cfg: Config, stats: Stats, sink: Callable[[Exchange], bool]) -> None:
         self.stats = stats
@@ -163,6 +116,8 @@ class Mirror:
         self._pumping = False
         self.budget = Budget(cfg.mirror.buffer_limit)
         self.accepting = True
+        # seconds from a request's arrival to its shadow's send, the latest ones
+        self.skews: collections.deque[float] = collections.deque(maxlen=4096)
         self.configure(cfg)
         self._pools: list[http1.Pool] = []
         self._pool_by_base: dict[str, http1.Pool] = {}
@@ -177,12 +132,8 @@ class Mirror:
             self.budget.limit = m.buffer_limit
         for pool in getattr(self, "_pools", ()):
             pool.max_answer = m.max_response
-        self.enabled = m.enabled and cfg.upstreams.candidate is not None
-        self.candidate = cfg.upstreams.candidate
+        self.configure_policy(cfg)
         self.secondary = cfg.upstreams.secondary
-        self.sample = m.sample
-        self.methods = frozenset(m.methods)
-        self.sampler = Sampler(m.sample_by)
         # Host is the candidate's own; added headers replace the client's
         self.remove = frozenset(h.lower() for h in (*m.remove_headers, *m.add_headers, "host"))
         self.add = list(m.add_headers.items())
@@ -198,35 +149,18 @@ class Mirror:
         self.breaker = Breaker(m.breaker_failures, m.breaker_cooldown,
                                probe_limit=2 * m.timeout + 1.0)
 
-    # ------------------------------------------------------------ decisions
-
-    def eligible(self, method: str, route: Route | None) -> str | None:
-        """None when the request may be shadowed, else the ``not_eligible`` reason."""
-        if self.candidate is None:
-            return "no_candidate"
-        if not self.enabled:
-            return "disabled"
-        if route is not None and not route.mirror:
-            return "route"
-        if method not in self.methods and not (route is not None and route.mirror_unsafe):
-            return "method"
-        return None
-
-    def sampled(self, route: Route | None, headers: list[tuple[str, str]], query: str) -> bool:
-        rate = route.sample if route is not None and route.sample is not None else self.sample
-        return self.sampler.sampled(rate, headers, query)
-
     # ------------------------------------------------------------ submission
 
-    def submit(self, id_: str, endpoint: str, route: Route | None, request: RequestRecord,
-               target: str | None = None, block: bytes | None = None
-               ) -> asyncio.Future[ResponseRecord] | None:
+    def submit(self, id_: str, endpoint: str, route: str | None, request: RequestRecord,
+               target: str | None = None, block: bytes | None = None,
+               started: float | None = None) -> asyncio.Future[ResponseRecord] | None:
         """Queue a shadow of ``request``; returns the future the proxy resolves with
         primary's captured answer, or None when dropped (already counted). ``target``:
         the raw path and query as received (default: rebuilt from the record).
         ``block``: the header block (:func:`http1.encode_headers`) of ``request``'s
         headers as primary gets them, the base of the shadows' when none of those
-        headers is to be removed."""
+        headers is to be removed. ``started``: when the request arrived (unix time;
+        default now), the origin of the send skew."""
         if not self.accepting:
             # counted as accepted-then-abandoned so that mirrored == handed on +
             # dropped after mirror (shutdown is one of those reasons) still holds
@@ -253,7 +187,7 @@ class Mirror:
         fut: asyncio.Future[ResponseRecord] = loop.create_future()
         if target is None:
             target = request.path + ("?" + request.query if request.query else "")
-        job = MirrorJob(id_, time.time(), endpoint, route.key if route else None, request,
+        job = MirrorJob(id_, started or time.time(), endpoint, route, request,
                         target, fut, cost, loop.time() + self.cfg.timeout,
                         block if self._add_block is not None else None)
         waiting.append(job)
@@ -348,6 +282,7 @@ class Mirror:
             except ValueError:   # CR/LF or a character outside latin-1 in a header
                 block = None
         assert self.candidate is not None
+        self.skews.append(time.time() - job.started)
         self._running.add(job)
         bases = (self.candidate,) if not self.secondary else (self.candidate, self.secondary)
         job.awaited = len(bases)

@@ -27,6 +27,7 @@ from .config import Config
 from .headers import end_to_end_text
 from .http1server import BodyError, Request
 from .mirror import SKIP_AUTO_HEADERS, UPSTREAM_LIMITS, Mirror, classify_error
+from .tee import Tee
 from .models import RequestRecord, ResponseRecord
 from .routes import Router
 from .stats import Stats
@@ -42,7 +43,8 @@ _DROP_REQUEST = frozenset({"host", "expect", "x-forwarded-for", "x-forwarded-pro
 class Proxy:
     """The request handler and its upstream connection pool."""
 
-    def __init__(self, cfg: Config, stats: Stats, router: Router, mirror: Mirror | None) -> None:
+    def __init__(self, cfg: Config, stats: Stats, router: Router, mirror: Mirror | Tee | None
+                 ) -> None:
         self.stats = stats
         self.mirror = mirror
         self.session: aiohttp.ClientSession | None = None   # WebSocket upgrades only
@@ -143,8 +145,9 @@ class Proxy:
                     block = http1.encode_headers(method, headers, len(body))
                 except ValueError:
                     block = None
-                fut = mirror.submit(next(self._ids), endpoint, route,  # type: ignore[union-attr]
-                                    rec, target, block)
+                fut = mirror.submit(next(self._ids), endpoint,  # type: ignore[union-attr]
+                                    route.key if route is not None else None, rec, target,
+                                    block)
 
         try:
             await self._forward(request, method, target, headers, body, prefix, fut, block)

@@ -1,18 +1,21 @@
 """Processes: the supervisor, the control process's stages and the proxy workers.
 
-``shadowproxy run`` starts one control process (this one) and ``workers`` proxy
-processes that share the listening socket::
+``shadowproxy run`` starts one control process (this one), ``shadow.processes``
+shadow processes (at a lower CPU priority) and ``workers`` proxy processes that
+share the listening socket::
 
-    clients ──► worker 1..N (proxy + mirror) ──channel──► control: comparator ─► store writer
-                                                              └─ stats totals, admin
+    clients ──► worker 1..N (proxy + tee) ──► shadow 1..M (mirror) ──channel──► control:
+                                                  └─► candidate, secondary     comparator ─► store
+                                                                               stats, admin
 
-* SIGTERM/SIGINT: workers stop accepting, finish in-flight requests, drain their
-  mirror queue up to ``timeouts.shutdown`` and flush their counters; then the
-  control process compares what is queued, flushes the store and exits 0.
+* SIGTERM/SIGINT: workers stop accepting, finish in-flight requests, hand on
+  primary's last answers and flush their counters; then the shadow processes drain
+  their mirror queues up to ``timeouts.shutdown``; then the control process compares
+  what is queued, flushes the store and exits 0.
 * SIGHUP: the config file is read again; a valid one is applied to the control
   stages and sent to every worker (routes, sampling, rules); an invalid one is
   logged and the old one kept. Connections are not dropped.
-* A worker that dies is started again.
+* A worker or a shadow process that dies is started again.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ from .config import Config
 from .errors import ConfigError, ShadowProxyError, StoreError
 from .models import Exchange, Result
 from .server import ProxyServer, bind
+from .shadow import shadow_entry
 from .stats import Stats
+from .tee import Tee
 
 log = logging.getLogger("shadowproxy")
 
@@ -72,7 +77,8 @@ class Control:
 
         self.cfg = cfg
         self.stats = Stats()
-        self.gauges: dict[int, dict[str, float]] = {}
+        self.gauges: dict[int, dict[str, float]] = {}          # by worker
+        self.shadow_gauges: dict[int, dict[str, float]] = {}   # by shadow process
         self.store = open_store(cfg.store.url, samples_per_field=cfg.store.samples_per_field)
         self.writer = StoreWriter(self.store, cfg.store)
         self.redactor = Redactor(cfg.redact, redact_key) if redact_key is not None \
@@ -86,6 +92,7 @@ class Control:
         # in-process proxies (InProcess) register here; workers get it over the channel
         self.local_mirrors: list[Any] = []
         self.ready_workers: set[int] = set()   # workers listening now
+        self.ready_shadows: set[int] = set()   # shadow processes taking shadows
 
     async def start(self, channel_path: str | None = None) -> None:
         self.stage.start()
@@ -104,6 +111,10 @@ class Control:
             self.stats.merge(msg[1])
         elif kind == "g":
             self.gauges[msg[1]] = msg[2]
+        elif kind == "gs":
+            self.shadow_gauges[msg[1]] = msg[2]
+        elif kind == "shadow_ready":
+            self.ready_shadows.add(msg[1])
         elif kind == "ready":
             self.ready_workers.add(msg[1])
             if self.mirror_overridden and self.channel is not None:
@@ -189,21 +200,25 @@ REUSE_PORT = hasattr(socket, "SO_REUSEPORT")
 
 
 def worker_entry(cfg: Config, sock: socket.socket | str, channel_path: str, index: int,
-                 redact_key: bytes | None = None) -> None:
+                 redact_key: bytes | None = None, shadow_paths: list[str] | None = None
+                 ) -> None:
     """A proxy worker process. ``redact_key``: the run's (the control process's), so
-    that what a worker masks (the access log) masks as the store does."""
+    that what a worker masks (the access log) masks as the store does. ``shadow_paths``:
+    the shadow processes' sockets."""
     setup_logging(cfg)
     install_uvloop()
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the supervisor decides
     try:
-        asyncio.run(_worker(cfg, sock, channel_path, index, redact_key))
+        asyncio.run(_worker(cfg, sock, channel_path, index, redact_key, shadow_paths or []))
     except KeyboardInterrupt:  # pragma: no cover
         pass
 
 
 async def _worker(cfg: Config, sock: socket.socket | str, channel_path: str, index: int,
-                  redact_key: bytes | None = None) -> None:
-    """``sock`` is the shared listening socket, or the address to bind with SO_REUSEPORT."""
+                  redact_key: bytes | None, shadow_paths: list[str]) -> None:
+    """``sock`` is the shared listening socket, or the address to bind with SO_REUSEPORT.
+    The worker does the primary path and the tee: each mirrored request leaves it at
+    once for a shadow process (:mod:`shadowproxy.tee`)."""
     loop = asyncio.get_running_loop()
     stats = Stats()
     stop = asyncio.Event()
@@ -217,16 +232,11 @@ async def _worker(cfg: Config, sock: socket.socket | str, channel_path: str, ind
             if msg[2] is not None:
                 server.mirror.sample = float(msg[2])
 
-    def dropped(exchanges: list[Exchange]) -> None:
-        # queued for the channel, which broke before the frame was written
-        for ex in exchanges:
-            stats.add("dropped", "compare_full", ex.endpoint)
-
-    client = ChannelClient(channel_path, on_message=on_message, on_close=stop.set,
-                           on_dropped=dropped)
+    client = ChannelClient(channel_path, on_message=on_message, on_close=stop.set)
     await client.connect()
-    # exchanges finished within the channel's linger (5 ms) travel in one frame
-    server = ProxyServer(cfg, stats, client.queue, redact_key=redact_key)
+    tee = Tee(cfg, stats, shadow_paths)
+    await tee.start(wait=5.0)
+    server = ProxyServer(cfg, stats, None, redact_key=redact_key, tee=tee)
     if isinstance(sock, str):
         sock = bind(sock, reuse_port=True)
     sock.setblocking(False)
@@ -236,9 +246,8 @@ async def _worker(cfg: Config, sock: socket.socket | str, channel_path: str, ind
     settle_heap()
 
     def gauges() -> dict[str, float]:
-        m = server.mirror
-        return {"mirror_queue_depth": m.depth, "mirror_in_flight": m.in_flight,
-                "mirror_buffered_bytes": m.budget.used, "channel_buffered_bytes": client.buffered}
+        return {"tee_waiting_primary": tee.open, "tee_buffered_bytes": tee.budget.used,
+                "shadow_link_buffered_bytes": tee.buffered}
 
     async def report() -> None:
         while True:
@@ -337,15 +346,31 @@ async def _supervise(cfg: Config, n: int) -> int:
         raise ShadowProxyError(_cannot_listen(cfg, "admin.listen", exc)) from None
     ctx = multiprocessing.get_context("spawn")
     procs: dict[int, multiprocessing.process.BaseProcess] = {}
+    shadows: dict[int, multiprocessing.process.BaseProcess] = {}
+    shadow_paths = [os.path.join(tmp, f"shadow-{i}.sock") for i in range(cfg.shadow.processes)]
     stopping = asyncio.Event()
 
     def spawn(i: int) -> None:
         p = ctx.Process(target=worker_entry,
-                        args=(control.cfg, target, path, i, control.redactor.key),
+                        args=(control.cfg, target, path, i, control.redactor.key,
+                              shadow_paths),
                         name=f"shadowproxy-worker-{i}", daemon=False)
         p.start()
         procs[i] = p
 
+    def spawn_shadow(i: int) -> None:
+        control.ready_shadows.discard(i)
+        p = ctx.Process(target=shadow_entry, args=(control.cfg, shadow_paths[i], path, i),
+                        name=f"shadowproxy-shadow-{i}", daemon=False)
+        p.start()
+        shadows[i] = p
+
+    # the shadow stage first: a worker's first mirrored request finds it listening
+    for i in range(len(shadow_paths)):
+        spawn_shadow(i)
+    t0 = loop.time()
+    while len(control.ready_shadows) < len(shadow_paths) and loop.time() - t0 < 15.0:
+        await asyncio.sleep(0.02)
     for i in range(n):
         spawn(i)
     log.info("listening on %s:%d with %d worker(s); admin on %s", host, port, n,
@@ -384,9 +409,37 @@ async def _supervise(cfg: Config, n: int) -> int:
             if not p.is_alive() and not stopping.is_set():
                 log.error("worker %d exited with %s; starting it again", i, p.exitcode)
                 spawn(i)
+        for i, p in list(shadows.items()):
+            if not p.is_alive() and not stopping.is_set():
+                log.error("shadow process %d exited with %s; starting it again", i,
+                          p.exitcode)
+                spawn_shadow(i)
 
-    log.info("stopping: draining workers")
+    log.info("stopping: draining workers, then the shadow stage")
     deadline = cfg.timeouts.shutdown + 5.0
+    await _stop_processes(procs, deadline, "worker")
+    sock.close()
+    await _stop_processes(shadows, deadline, "shadow process")
+    await control.stop(cfg.timeouts.shutdown)
+    await admin.stop()
+    for leftover in (path, *shadow_paths):
+        try:
+            os.unlink(leftover)
+        except OSError:
+            pass
+    try:
+        os.rmdir(tmp)
+    except OSError:
+        pass
+    totals = control.stats.by_outcome()
+    log.info("stopped; outcomes: %s", totals)
+    return 0
+
+
+async def _stop_processes(procs: dict[int, multiprocessing.process.BaseProcess],
+                          deadline: float, what: str) -> None:
+    """SIGTERM each, wait until they exit (up to ``deadline`` s), kill the rest."""
+    loop = asyncio.get_running_loop()
     for p in procs.values():
         if p.pid is not None and p.is_alive():
             os.kill(p.pid, signal.SIGTERM)
@@ -395,19 +448,8 @@ async def _supervise(cfg: Config, n: int) -> int:
         await asyncio.sleep(0.05)
     for p in procs.values():
         if p.is_alive():
-            log.error("worker %s did not stop in time; killing it", p.pid)
+            log.error("%s %s did not stop in time; killing it", what, p.pid)
             p.kill()
-    sock.close()
-    await control.stop(cfg.timeouts.shutdown)
-    await admin.stop()
-    try:
-        os.unlink(path)
-        os.rmdir(tmp)
-    except OSError:
-        pass
-    totals = control.stats.by_outcome()
-    log.info("stopped; outcomes: %s", totals)
-    return 0
 
 
 # ---------------------------------------------------------------- in one process

@@ -2,10 +2,10 @@
 
 :class:`ProxyServer` is the proxy stage of one process: the HTTP/1.1 server
 (:mod:`~shadowproxy.http1server`; WebSocket upgrades go on to aiohttp's), the
-:class:`~shadowproxy.proxy.Proxy` handler and the
-:class:`~shadowproxy.mirror.Mirror`. What happens to finished exchanges is the
-``sink``'s business: in a single process it is the comparator stage's bounded
-queue, in multi-process mode the channel to the control process.
+:class:`~shadowproxy.proxy.Proxy` handler and its mirroring half: in a proxy worker
+the :class:`~shadowproxy.tee.Tee`, which hands each shadow to the shadow processes;
+in one process (tests, embedding) a :class:`~shadowproxy.mirror.Mirror`, whose
+finished exchanges go to the ``sink`` (the comparator stage's bounded queue).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from .models import Exchange
 from .proxy import Proxy
 from .routes import Router
 from .stats import Stats
+from .tee import Tee
 
 log = logging.getLogger("shadowproxy.server")
 
@@ -49,13 +50,19 @@ def bind(address: str, *, reuse_port: bool = False, listen: bool = True) -> sock
 
 
 class ProxyServer:
-    def __init__(self, cfg: Config, stats: Stats, sink: Callable[[Exchange], bool], *,
-                 redact_key: bytes | None = None) -> None:
+    def __init__(self, cfg: Config, stats: Stats, sink: Callable[[Exchange], bool] | None,
+                 *, redact_key: bytes | None = None, tee: Tee | None = None) -> None:
+        """``tee``: a worker's hand-off to the shadow stage; without it the mirror runs
+        in this process and finished exchanges go to ``sink``."""
         self.cfg = cfg
         self.redact_key = redact_key    # the run's, for what this process masks itself
         self.stats = stats
         self.router = Router(cfg.routes, cfg.endpoints.max)
-        self.mirror = Mirror(cfg, stats, sink)
+        if tee is not None:
+            self.mirror: Mirror | Tee = tee
+        else:
+            assert sink is not None
+            self.mirror = Mirror(cfg, stats, sink)
         self.proxy = Proxy(cfg, stats, self.router, self.mirror)
         self._server: Server | None = None
         self._upgrades: web.Server | None = None
