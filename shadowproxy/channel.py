@@ -73,7 +73,8 @@ class ChannelClient:
                  on_message: Callable[[Any], None] | None = None,
                  on_close: Callable[[], None] | None = None,
                  on_dropped: Callable[[list[Any]], None] | None = None,
-                 linger: float = LINGER) -> None:
+                 linger: float = LINGER,
+                 before_frame: Callable[[], Any] | None = None) -> None:
         self.path = path
         self.limit = limit
         # a queued frame is written ``linger`` s after its first item or at MAX_BATCH
@@ -86,6 +87,9 @@ class ChannelClient:
         self.on_close = on_close   # the control process went away
         # queued items the channel lost between queue() and the frame's write
         self.on_dropped = on_dropped
+        # a message to write just before each frame of queued items (None: nothing), so
+        # that what the receiver learns from it never lags behind those items
+        self.before_frame = before_frame
         self._batch: list[Any] = []
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -159,6 +163,10 @@ class ChannelClient:
         if not items:
             return
         self._batch = []
+        if self.before_frame is not None:
+            msg = self.before_frame()
+            if msg is not None:
+                self.send(msg, force=True)
         self._write_items(items)
 
     def _write_items(self, items: list[Any]) -> None:

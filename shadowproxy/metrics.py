@@ -192,6 +192,17 @@ class Metrics:
         yield _gauge("shadowproxy_mirror_queue_depth",
                      "Shadows waiting in the mirror queues of all shadow processes",
                      mirror_queue_depth(control))
+        skew = GaugeMetricFamily(
+            "shadowproxy_shadow_send_skew_seconds",
+            "From a mirrored request's arrival at a worker to its shadow's send by a shadow "
+            "process, over the shadows of the last half second (worst shadow process)",
+            labels=["quantile"])
+        for q, key in (("0.5", "shadow_skew_p50"), ("0.99", "shadow_skew_p99"),
+                       ("1", "shadow_skew_max")):
+            values = [g[key] for g in getattr(control, "shadow_gauges", {}).values() if key in g]
+            if values:
+                skew.add_metric([q], max(values))
+        yield skew
         yield _gauge("shadowproxy_compare_queue_depth",
                      "Exchanges waiting for the comparator", control.stage.queue.qsize())
         writer = control.writer

@@ -39,7 +39,7 @@ from .config import Config
 from .errors import ConfigError, ShadowProxyError, StoreError
 from .models import Exchange, Result
 from .server import ProxyServer, bind
-from .shadow import shadow_entry
+from .shadow import lower_priority, shadow_entry
 from .stats import Stats
 from .tee import Tee
 
@@ -199,12 +199,23 @@ class Control:
 REUSE_PORT = hasattr(socket, "SO_REUSEPORT")
 
 
+def name_process(name: str) -> None:
+    """The name ``ps``, ``top`` and /proc/PID/comm show for this process (Linux; at most
+    15 bytes), so that workers and shadow processes can be told apart."""
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write(name[:15])
+    except OSError:
+        pass
+
+
 def worker_entry(cfg: Config, sock: socket.socket | str, channel_path: str, index: int,
                  redact_key: bytes | None = None, shadow_paths: list[str] | None = None
                  ) -> None:
     """A proxy worker process. ``redact_key``: the run's (the control process's), so
     that what a worker masks (the access log) masks as the store does. ``shadow_paths``:
     the shadow processes' sockets."""
+    name_process(f"shadowproxy-w{index}")
     setup_logging(cfg)
     install_uvloop()
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the supervisor decides
@@ -344,7 +355,11 @@ async def _supervise(cfg: Config, n: int) -> int:
         await control.stop(cfg.timeouts.shutdown)
         sock.close()
         raise ShadowProxyError(_cannot_listen(cfg, "admin.listen", exc)) from None
-    ctx = multiprocessing.get_context("spawn")
+    # Workers and shadow processes are forked by a fork server started now, at this
+    # process's priority, before this process lowers its own (the comparator and the
+    # store writer run at the shadow stage's priority too): a worker started again
+    # later still gets the priority the workers started with.
+    ctx = _context()
     procs: dict[int, multiprocessing.process.BaseProcess] = {}
     shadows: dict[int, multiprocessing.process.BaseProcess] = {}
     shadow_paths = [os.path.join(tmp, f"shadow-{i}.sock") for i in range(cfg.shadow.processes)]
@@ -373,6 +388,8 @@ async def _supervise(cfg: Config, n: int) -> int:
         await asyncio.sleep(0.02)
     for i in range(n):
         spawn(i)
+    nice = lower_priority(cfg.shadow.nice) if ctx.get_start_method() == "forkserver" else 0
+    log.info("control process (comparator, store writer, admin) at nice %d", nice)
     log.info("listening on %s:%d with %d worker(s); admin on %s", host, port, n,
              admin.address)
     print(f"shadowproxy listening on {host}:{port} ({n} workers), admin {admin.address}",
@@ -434,6 +451,16 @@ async def _supervise(cfg: Config, n: int) -> int:
     totals = control.stats.by_outcome()
     log.info("stopped; outcomes: %s", totals)
     return 0
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    """A fork server where there is one (Linux), with the package loaded once; else spawn."""
+    try:
+        ctx = multiprocessing.get_context("forkserver")
+    except ValueError:  # pragma: no cover - no fork server on this platform
+        return multiprocessing.get_context("spawn")
+    ctx.set_forkserver_preload(["shadowproxy.runtime"])
+    return ctx
 
 
 async def _stop_processes(procs: dict[int, multiprocessing.process.BaseProcess],

@@ -125,8 +125,9 @@ def skew_gauges(skews: Any) -> dict[str, float]:
 
 def shadow_entry(cfg: Config, path: str, control_path: str, index: int) -> None:
     """A shadow process (started by the supervisor with the spawn method)."""
-    from .runtime import install_uvloop, setup_logging
+    from .runtime import install_uvloop, name_process, setup_logging
 
+    name_process(f"shadowproxy-s{index}")
     setup_logging(cfg)
     install_uvloop()
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the supervisor decides
@@ -155,8 +156,14 @@ async def _shadow(cfg: Config, path: str, control_path: str, index: int, nice: i
         for ex in exchanges:   # queued for the channel, which broke before the write
             stats.add("dropped", "compare_full", ex.endpoint)
 
+    def counts() -> tuple[Any, ...] | None:
+        delta = stats.take_delta()
+        return ("s", delta) if delta else None
+
+    # the counts go ahead of each frame of exchanges: the control process never sees an
+    # exchange compared whose `mirrored` it has not counted
     control = ChannelClient(control_path, on_message=on_message, on_close=stop.set,
-                            on_dropped=dropped)
+                            on_dropped=dropped, before_frame=counts)
     await control.connect()
     mirror = Mirror(cfg, stats, control.queue)
     await mirror.start()

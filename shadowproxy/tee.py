@@ -149,6 +149,8 @@ class Tee(Policy):
         """Hand a shadow of ``request`` to its shadow process; the future the proxy
         resolves with primary's captured answer, or None when dropped (counted)."""
         if not self.accepting:
+            # as the mirror counts it: accepted, then abandoned
+            self.stats.add("mirrored", "", endpoint)
             self.stats.add("dropped", "shutdown", endpoint)
             return None
         if target is None:

@@ -88,23 +88,39 @@ class Running:
         return self.proc.wait(timeout)
 
 
-def _worker_pids(supervisor: int) -> list[int]:
-    """The supervisor's worker processes (its children running the spawn entry)."""
-    out = []
-    for tid in os.listdir(f"/proc/{supervisor}/task"):
+def _descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
         try:
-            with open(f"/proc/{supervisor}/task/{tid}/children") as fh:
+            with open(f"/proc/{pid}/task/{tid}/children") as fh:
                 kids = [int(x) for x in fh.read().split()]
         except OSError:
             continue
-        for pid in kids:
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                    if b"spawn_main" in fh.read():
-                        out.append(pid)
-            except OSError:
-                pass
+        for kid in kids:
+            out += [kid, *_descendants(kid)]
     return out
+
+
+def _named(supervisor: int, prefix: str) -> list[int]:
+    """The supervisor's processes whose name starts with ``prefix`` (workers are
+    ``shadowproxy-wN``, shadow processes ``shadowproxy-sN``; a fork server starts both)."""
+    out = []
+    for pid in _descendants(supervisor):
+        try:
+            with open(f"/proc/{pid}/comm") as fh:
+                if fh.read().startswith(prefix):
+                    out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
+def _worker_pids(supervisor: int) -> list[int]:
+    return _named(supervisor, "shadowproxy-w")
 
 
 def _start(upstreams, tmp_path: Path) -> Running:
