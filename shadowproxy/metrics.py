@@ -202,7 +202,8 @@ class Metrics:
             values = [g[key] for g in getattr(control, "shadow_gauges", {}).values() if key in g]
             if values:
                 skew.add_metric([q], max(values))
-        yield skew
+        if skew.samples:
+            yield skew
         yield _gauge("shadowproxy_compare_queue_depth",
                      "Exchanges waiting for the comparator", control.stage.queue.qsize())
         writer = control.writer
