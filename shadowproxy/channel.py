@@ -194,8 +194,13 @@ class ChannelClient:
         await self.flush()
         if self._writer is not None:
             self._writer.close()
-        if self._reader_task is not None:
-            self._reader_task.cancel()
+        task = self._reader_task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - it is gone
+                pass
 
 
 class ChannelServer:

@@ -204,6 +204,11 @@ class Mirror(Policy):
         return len(self._waiting)
 
     @property
+    def pending(self) -> int:
+        """Shadows answered, waiting for primary's answer."""
+        return len(self._pending)
+
+    @property
     def in_flight(self) -> int:
         return len(self._running)
 

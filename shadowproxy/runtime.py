@@ -132,6 +132,17 @@ class Control:
             if not offer(ex):
                 await put(ex)
 
+    def shadow_lost(self, index: int) -> int:
+        """A shadow process died: what it held at its last report (at most
+        ``STATS_INTERVAL`` old) is counted ``dropped{shadow_crash}``, so that the shadows
+        it had counted ``mirrored`` end counted, not hidden."""
+        g = self.shadow_gauges.pop(index, {})
+        n = int(g.get("mirror_queue_depth", 0) + g.get("mirror_in_flight", 0)
+                + g.get("mirror_pending", 0))
+        if n:
+            self.stats.add("dropped", "shadow_crash", "", n)
+        return n
+
     def reload(self, cfg: Config) -> None:
         """A new config for every stage. Mirroring switched at run time (the admin API)
         stays as switched unless the new file changes ``mirror.enabled`` or
@@ -428,8 +439,10 @@ async def _supervise(cfg: Config, n: int) -> int:
                 spawn(i)
         for i, p in list(shadows.items()):
             if not p.is_alive() and not stopping.is_set():
-                log.error("shadow process %d exited with %s; starting it again", i,
-                          p.exitcode)
+                lost = control.shadow_lost(i)
+                log.error("shadow process %d exited with %s; starting it again (about %d "
+                          "shadows it held are counted dropped{shadow_crash}, from its last "
+                          "report)", i, p.exitcode, lost)
                 spawn_shadow(i)
 
     log.info("stopping: draining workers, then the shadow stage")

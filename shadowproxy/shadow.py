@@ -178,6 +178,7 @@ async def _shadow(cfg: Config, path: str, control_path: str, index: int, nice: i
         m = mirror
         assert m is not None
         return {"mirror_queue_depth": m.depth, "mirror_in_flight": m.in_flight,
+                "mirror_pending": m.pending,
                 "mirror_buffered_bytes": m.budget.used,
                 "channel_buffered_bytes": control.buffered, "nice": nice,
                 **skew_gauges(m.skews)}

@@ -23,7 +23,7 @@ FINAL = ("not_eligible", "sampled_out", "dropped", "compared", "candidate_error"
 # dropped reasons that happen after the request was mirrored
 AFTER_MIRROR_DROPS = frozenset({"primary_error", "primary_incomplete", "compare_full",
                                 "shutdown", "channel_error", "internal_error",
-                                "queue_timeout"})
+                                "queue_timeout", "shadow_crash"})
 
 Key = tuple[str, str, str]   # (outcome, reason, endpoint)
 
