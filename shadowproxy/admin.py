@@ -13,8 +13,11 @@ Access
 
 Routes
     ``GET /healthz``      liveness: 200 while the process serves.
-    ``GET /readyz``       200 when the primary accepts a TCP connection and the store
-                          writer is not failing, else 503 with the reasons.
+    ``GET /readyz``       200 when the primary accepts a TCP connection, else 503 with
+                          the reasons; a failing store (writes failing, or a store
+                          that cannot be opened yet) is ``"status": "degraded"``
+                          with its reason under ``degraded``, still 200: the shadow's
+                          store never takes the proxy out of service.
     ``GET /metrics``      Prometheus metrics (see :mod:`shadowproxy.metrics`).
     ``GET /``             the web UI (``/ui/app.js``, ``/ui/app.css``).
     ``/api/v1/...``       JSON (see :class:`AdminServer` handlers): ``status``,
@@ -63,6 +66,7 @@ from .config import (
 from .errors import ConfigError, StoreError
 from .metrics import Metrics, mirror_queue_depth
 from .store.base import glob_escape
+from .store.retry import RetryingStore
 
 if TYPE_CHECKING:
     from .runtime import Control
@@ -278,6 +282,10 @@ class StoreHealth:
         }
         if getattr(w, "alive", True) is False:
             return False, {**info, "error": "the store writer thread is not running"}
+        store = getattr(w, "store", None)
+        if isinstance(store, RetryingStore) and store.unavailable:
+            return False, {**info, "error": f"the store cannot be opened (retried every "
+                           f"{store.interval:g}s): {store.unavailable}"}
         err_at, ok_at = w.last_error_at, w.last_ok_at
         if err_at is not None and (ok_at is None or err_at > ok_at):
             return False, {**info, "error": f"store writes are failing: {w.last_error}"}
@@ -468,12 +476,15 @@ class AdminServer:
         checks["primary"] = info
         if not ok:
             reasons.append(info["error"])
+        # the store is the shadow's: when it fails the proxy still serves primary, so it
+        # is degraded, never "not ready" (which would take the proxy out of service)
+        degraded: list[str] = []
         ok, info = self.health.check()
-        checks["store"] = info
+        checks["store"] = {"ok": ok, **info}
         if not ok:
-            reasons.append(info["error"])
-        body = {"status": "ready" if not reasons else "not ready", "checks": checks,
-                "reasons": reasons}
+            degraded.append(info["error"])
+        status = "not ready" if reasons else "degraded" if degraded else "ready"
+        body = {"status": status, "checks": checks, "reasons": reasons, "degraded": degraded}
         return _json(body, status=200 if not reasons else 503)
 
     async def _check_primary(self) -> tuple[bool, dict[str, Any]]:

@@ -72,14 +72,15 @@ class Control:
     def __init__(self, cfg: Config, *, on_result: Any = None, redact_key: bytes | None = None
                  ) -> None:
         from .redact import Redactor
-        from .store import open_store
+        from .store.retry import open_or_retry
         from .store.writer import StoreWriter
 
         self.cfg = cfg
         self.stats = Stats()
         self.gauges: dict[int, dict[str, float]] = {}          # by worker
         self.shadow_gauges: dict[int, dict[str, float]] = {}   # by shadow process
-        self.store = open_store(cfg.store.url, samples_per_field=cfg.store.samples_per_field)
+        # a store that cannot be opened now never keeps primary from serving: retried
+        self.store = open_or_retry(cfg.store.url, samples_per_field=cfg.store.samples_per_field)
         self.writer = StoreWriter(self.store, cfg.store)
         self.redactor = Redactor(cfg.redact, redact_key) if redact_key is not None \
             else Redactor.from_config(cfg.redact)

@@ -67,11 +67,15 @@ def test_disk_full_drops_batches_logs_once_and_recovers(tmp_path, caplog):
         w.submit(big_result(1000 + i))
     assert w.flush(10)
     assert w.acknowledged == before + 20
-    # outcome counters and noise evidence that fail are dropped the same way
+    # outcome counters the store refuses are kept, and written once it takes them
     store.limit_pages(store._read("PRAGMA page_count")[0][0])
     w.add_outcomes([(time.time(), "GET /x", "mirrored", f"r{i}" * 200, 1) for i in range(200)])
     assert w.flush(10)
     assert w.alive
+    assert store._read("SELECT count(*) FROM outcomes")[0][0] == 0
+    store.limit_pages(1_000_000)
+    assert w.flush(10)
+    assert store._read("SELECT sum(count) FROM outcomes")[0][0] == 200
     w.close()
     store.close()
 

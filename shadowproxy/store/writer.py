@@ -9,7 +9,8 @@ store and never see its errors:
   for every result (each wake-up is a thread switch and a hand-over of the GIL);
 * :meth:`StoreWriter.add_outcomes` and :meth:`StoreWriter.save_noise` merge into small
   pending tables (counts are added, evidence replaced per field) that the thread
-  writes after each batch, so counters are never lost to a full queue;
+  writes after each batch, so counters are never lost to a full queue, nor to a
+  store that fails for a while (what it refuses is kept for the next try);
 * the thread writes up to ``store.batch`` results per transaction, or what arrived
   within ``store.flush_interval`` of the oldest one; after each commit it adds the
   batch to :attr:`acknowledged` and calls ``on_commit(n)``;
@@ -90,6 +91,7 @@ class StoreWriter:
         self._pending_outcomes: dict[tuple[int, str, str, str], int] = {}
         self._pending_noise: dict[tuple[str, str], Any] = {}
         self._inflight_since: float | None = None
+        self._side_failed_at = 0.0     # monotonic time the store last refused side data
         self._logged: dict[str, list[float]] = {}   # cause → [last logged, suppressed]
         self._closed = False
         self._stop = threading.Event()
@@ -165,15 +167,17 @@ class StoreWriter:
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything submitted so far is committed or failed, and pending
         outcomes/noise are written. → False on timeout."""
-        deadline = time.monotonic() + timeout
+        t0 = time.monotonic()
+        deadline = t0 + timeout
         with self._lock:
             target = self.submitted
             self._flush.set()
             self._ready.notify()
         with self._cv:
             while True:
-                done = (self.acknowledged + self.failed >= target
-                        and not self._pending_outcomes and not self._pending_noise
+                side = not self._pending_outcomes and not self._pending_noise or \
+                    self._side_failed_at > t0     # kept for later: the store refused them
+                done = (self.acknowledged + self.failed >= target and side
                         and self._inflight_since is None)
                 if done:
                     return True
@@ -207,10 +211,12 @@ class StoreWriter:
                 batch = self._take()
                 if batch:
                     self._write_batch(batch)
-                self._write_side()
+                side_ok = self._write_side()
                 if cleanup_more or time.monotonic() >= self._next_cleanup:
                     cleanup_more = self._cleanup()
-                if self._stop.is_set() and not self._queue and not self._has_side():
+                # stopping: done once everything is written, or the store refuses the rest
+                if self._stop.is_set() and not self._queue and \
+                        (not side_ok or not self._has_side()):
                     break
                 if self._flush.is_set() and not self._queue:
                     self._flush.clear()
@@ -278,7 +284,9 @@ class StoreWriter:
             except Exception:  # noqa: BLE001
                 log.exception("store: the on_commit callback failed")
 
-    def _write_side(self) -> None:
+    def _write_side(self) -> bool:
+        """Write the pending outcome counts and noise evidence; False when the store
+        failed (they are kept for the next try)."""
         with self._lock:
             outcomes, self._pending_outcomes = self._pending_outcomes, {}
             noise, self._pending_noise = self._pending_noise, {}
@@ -289,17 +297,26 @@ class StoreWriter:
             except Exception as exc:  # noqa: BLE001
                 failed = True
                 self._failure(exc, 0, what="outcome counts")
+                with self._lock:    # kept for the next try: counts are small and add up
+                    for k, v in outcomes.items():
+                        self._pending_outcomes[k] = self._pending_outcomes.get(k, 0) + v
         if noise:
             try:
                 self.store.save_noise(list(noise.values()))
             except Exception as exc:  # noqa: BLE001
                 failed = True
                 self._failure(exc, 0, what="noise evidence")
+                with self._lock:    # kept unless newer evidence came meanwhile
+                    for k, v in noise.items():
+                        self._pending_noise.setdefault(k, v)
         if outcomes or noise:
             with self._cv:
-                if not failed:
+                if failed:
+                    self._side_failed_at = time.monotonic()
+                else:
                     self.last_ok_at = time.time()
                 self._cv.notify_all()
+        return not failed
 
     def _cleanup(self) -> bool:
         """One slice of retention. → True when more is left to delete."""
