@@ -46,6 +46,7 @@ from .tee import Tee
 log = logging.getLogger("shadowproxy")
 
 STATS_INTERVAL = 0.5
+COUNTS_INTERVAL = 0.5    # the control process hands its counts to the store writer
 
 
 def install_uvloop() -> bool:
@@ -94,6 +95,7 @@ class Control:
         self.local_mirrors: list[Any] = []
         self.ready_workers: set[int] = set()   # workers listening now
         self.ready_shadows: set[int] = set()   # shadow processes taking shadows
+        self._run_open = False                 # open_run() recorded a start
 
     async def start(self, channel_path: str | None = None) -> None:
         self.stage.start()
@@ -188,10 +190,41 @@ class Control:
             self.writer.add_outcomes(rows)
 
     async def _persist_counts(self) -> None:
+        """Counts every ``COUNTS_INTERVAL`` (the writer commits them with the next batch
+        of results: what a crash leaves of one and the other differs by at most that
+        and a batch), noise evidence every 5 s."""
+        ticks = 0
         while True:
-            await asyncio.sleep(5.0)
+            await asyncio.sleep(COUNTS_INTERVAL)
             self._flush_counts()
-            self.writer.save_noise(self.stage.learner.evidence())
+            ticks += 1
+            if ticks % 10 == 0:
+                self.writer.save_noise(self.stage.learner.evidence())
+
+    async def open_run(self) -> None:
+        """Record this run's start in the store, and an ``incident{unclean_stop}`` when
+        the run before it ended without a clean stop (killed, or the machine went
+        down): its last second of results and counts may be missing, and readers
+        (reports, ``check``) show that it happened instead of hiding it."""
+        def previous() -> int:
+            """Runs started, less those stopped and those already recorded unclean."""
+            try:
+                counts = self.store.outcome_counts()
+            except StoreError:
+                return 0
+            runs = counts.get("run", {})
+            return runs.get("started", 0) - runs.get("stopped", 0) - \
+                counts.get("incident", {}).get("unclean_stop", 0)
+        unclean = await asyncio.get_running_loop().run_in_executor(None, previous)
+        now = float(int(time.time() // 60 * 60))
+        rows = [(now, "", "run", "started", 1)]
+        if unclean > 0:
+            log.warning("the store says %d run(s) before this one ended without a clean "
+                        "stop: up to %gs of results and counts before each may be missing "
+                        "(recorded as incident{unclean_stop})", unclean, COUNTS_INTERVAL * 2)
+            rows.append((now, "", "incident", "unclean_stop", unclean))
+        self.writer.add_outcomes(rows)
+        self._run_open = True
 
     async def stop(self, timeout: float) -> None:
         if self.channel is not None:
@@ -202,6 +235,9 @@ class Control:
             self._tick.cancel()
         self._flush_counts()
         self.writer.save_noise(self.stage.learner.evidence())
+        if self._run_open:
+            self.writer.add_outcomes([(float(int(time.time() // 60 * 60)), "", "run",
+                                       "stopped", 1)])
         await asyncio.get_running_loop().run_in_executor(None, self.writer.close, timeout)
 
 
@@ -358,6 +394,7 @@ async def _supervise(cfg: Config, n: int) -> int:
     path = os.path.join(tmp, "channel.sock")
     control = Control(cfg)
     await control.start(path)
+    await control.open_run()
     from .admin import AdminServer
     admin = AdminServer(cfg, control)
     try:

@@ -131,7 +131,8 @@ def run(cfg: Config, *, since: float | None, until: float | None, endpoint: str 
     return report
 
 
-SHADOW_OUTCOMES = ("mirrored", "compared", "candidate_error", "candidate_timeout", "dropped")
+SHADOW_OUTCOMES = ("mirrored", "compared", "candidate_error", "candidate_timeout", "dropped",
+                   "incident")   # incident{unclean_stop}: a run in the window was killed
 
 
 def shadow_counts(outcomes: dict[str, dict[str, int]]) -> dict[str, int]:
