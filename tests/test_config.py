@@ -116,6 +116,12 @@ def test_env_substitution_retypes_plain_scalars() -> None:
      "greater than 0"),
     ("upstreams: {primary: http://a:1}\ntimeouts:\n  connect: 0ms\n", 3, "timeouts.connect",
      "greater than 0"),
+    ("upstreams: {primary: http://a:1}\nshadow:\n  processes: 0\n", 3, "shadow.processes",
+     "at least 1"),
+    ("upstreams: {primary: http://a:1}\nshadow:\n  nice: 20\n", 3, "shadow.nice",
+     "between 0"),
+    ("upstreams: {primary: http://a:1}\nshadow:\n  nice: -5\n", 3, "shadow.nice",
+     "between 0"),
 ])
 def test_errors_name_file_line_and_key(text: str, line: int, key: str, words: str) -> None:
     with pytest.raises(ConfigError) as info:
