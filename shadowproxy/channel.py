@@ -251,3 +251,16 @@ class ChannelServer:
             self._server.close()
         for t in list(self._conns):
             t.cancel()
+
+
+REPORT_INTERVAL = 0.5   # seconds between a process's reports of counts and gauges
+
+
+async def report_forever(client: ChannelClient, take_counts: Callable[[], Any],
+                         gauges: Callable[[], tuple[Any, ...]]) -> None:
+    """A worker's or a shadow process's reports to the control process: its counts
+    (``("s", delta)``) and its gauges message, every ``REPORT_INTERVAL`` seconds."""
+    while True:
+        await asyncio.sleep(REPORT_INTERVAL)
+        client.send(("s", take_counts()), force=True)
+        client.send(gauges(), force=True)

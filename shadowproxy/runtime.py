@@ -33,7 +33,7 @@ import time
 from typing import Any
 
 from . import config as config_mod
-from .channel import ChannelClient, ChannelServer
+from .channel import ChannelClient, ChannelServer, report_forever
 from .compare.stage import CompareStage
 from .config import Config
 from .errors import ConfigError, ShadowProxyError, StoreError
@@ -45,7 +45,6 @@ from .tee import Tee
 
 log = logging.getLogger("shadowproxy")
 
-STATS_INTERVAL = 0.5
 COUNTS_INTERVAL = 0.5    # the control process hands its counts to the store writer
 
 
@@ -137,7 +136,7 @@ class Control:
 
     def shadow_lost(self, index: int) -> int:
         """A shadow process died: what it held at its last report (at most
-        ``STATS_INTERVAL`` old) is counted ``dropped{shadow_crash}``, so that the shadows
+        ``channel.REPORT_INTERVAL`` old) is counted ``dropped{shadow_crash}``, so that the shadows
         it had counted ``mirrored`` end counted, not hidden."""
         g = self.shadow_gauges.pop(index, {})
         n = int(g.get("mirror_queue_depth", 0) + g.get("mirror_in_flight", 0)
@@ -308,13 +307,8 @@ async def _worker(cfg: Config, sock: socket.socket | str, channel_path: str, ind
         return {"tee_waiting_primary": tee.open, "tee_buffered_bytes": tee.budget.used,
                 "shadow_link_buffered_bytes": tee.buffered}
 
-    async def report() -> None:
-        while True:
-            await asyncio.sleep(STATS_INTERVAL)
-            client.send(("s", stats.take_delta()), force=True)
-            client.send(("g", index, gauges()), force=True)
-
-    reporter = asyncio.create_task(report())
+    reporter = asyncio.create_task(report_forever(client, stats.take_delta,
+                                                  lambda: ("g", index, gauges())))
     client.send(("ready", index), force=True)
     await stop.wait()
     client.send(("bye", index), force=True)

@@ -30,16 +30,13 @@ import signal
 import statistics
 from typing import Any
 
-from .channel import ChannelClient, read_frame
+from .channel import ChannelClient, read_frame, report_forever
 from .config import Config
 from .mirror import Mirror
 from .models import RequestRecord, ResponseRecord
 from .stats import Stats
 
 log = logging.getLogger("shadowproxy.shadow")
-
-STATS_INTERVAL = 0.5
-
 
 def lower_priority(nice: int) -> int:
     """Add ``nice`` to this process's niceness; → the niceness it has now."""
@@ -183,13 +180,8 @@ async def _shadow(cfg: Config, path: str, control_path: str, index: int, nice: i
                 "channel_buffered_bytes": control.buffered, "nice": nice,
                 **skew_gauges(m.skews)}
 
-    async def report() -> None:
-        while True:
-            await asyncio.sleep(STATS_INTERVAL)
-            control.send(("s", stats.take_delta()), force=True)
-            control.send(("gs", index, gauges()), force=True)
-
-    reporter = asyncio.create_task(report())
+    reporter = asyncio.create_task(report_forever(control, stats.take_delta,
+                                                  lambda: ("gs", index, gauges())))
     control.send(("shadow_ready", index), force=True)
     log.info("shadow process %d at nice %d", index, nice)
     await stop.wait()
