@@ -32,7 +32,10 @@ class ResponseRecord:
     headers: Headers = ()
     body: bytes = b""           # the first capture_max bytes
     size: int = 0               # body bytes seen in total
-    sha256: str = ""            # hex digest of the whole body: when truncated (or stored as a sample)
+    # hex SHA-256 of the whole body (when truncated; a capture hashes no other body);
+    # once redacted (all that is stored or shown) HMAC-SHA256 keyed with the run's
+    # redaction key instead (Redactor.body_digest): equal bodies, equal digests
+    sha256: str = ""
     truncated: bool = False     # size > len(body)
     latency: float = 0.0        # seconds from dispatch to the last body byte (or failure)
     error: str | None = None    # connect, timeout, reset, protocol, ... when it failed

@@ -45,14 +45,25 @@ What is masked
         ``name: value`` / ``name=value`` / ``"name": "value"`` pairs,
         ``<name>value</name>`` and multipart ``name="…"`` parts of the sensitive names.
       - anything else (binary, undecodable, unknown encoding): the body is dropped
-        (stored empty; the record keeps ``size`` and ``sha256``).
+        (stored empty; the record keeps ``size`` and its keyed ``sha256``, below).
     * Echoes: every secret value of at least :data:`MIN_ECHO_LEN` characters found
       by the rules above is also masked wherever else it appears in the same
       exchange (a body echoing the request's token, a path, another header).
+    * Body digests: a plain SHA-256 of a body whose template is known gives a short
+      secret in it away by brute force, so no plain one is stored. Every digest of a
+      body (a record's ``sha256``; the ``sha256`` of the ``{"size", "sha256",
+      "truncated"}`` fingerprints that ``body.bytes`` differences carry) is replaced
+      by :meth:`Redactor.body_digest`: ``HMAC-SHA256(digest key, SHA-256 of the
+      body)`` as 64 hex digits, the digest key being ``HMAC-SHA256(key,
+      DIGEST_KEY_LABEL)``. The field keeps its name ``sha256`` but is keyed: equal
+      bodies still have equal digests wherever they are shown (within a run, or
+      across runs sharing ``redact.key_env``), and no guessed body can be checked
+      against one without the key (nor with masks, which use the key itself).
 
 :meth:`Redactor.redact_differences` masks the ``a``/``b`` values of differences whose
 path is a redacted header, a redacted JSON field (or lies under / above one), or a
-sensitive form key, and runs the text pass (and the exchange's echoes) on the rest.
+sensitive form key, keys the digest of ``body.bytes`` fingerprints, and runs the text
+pass (and the exchange's echoes) on the rest.
 """
 
 from __future__ import annotations
@@ -85,6 +96,7 @@ log = logging.getLogger("shadowproxy.redact")
 
 MASK_PREFIX = "[redacted:"
 MASK_SUFFIX = "]"
+DIGEST_KEY_LABEL = b"shadowproxy body digest"   # derives the key of body digests
 MAX_DECODED = 8 * 1024 * 1024      # bytes of a decoded body kept at most
 MIN_ECHO_LEN = 6                   # shorter secrets are not searched for elsewhere
 PLAIN_CACHE = 4096                 # header values known to pass the text pass unchanged
@@ -424,6 +436,10 @@ class Redactor:
         self.cfg = cfg
         self._key = bytes(key)
         self._hmac = hmac.new(self._key, digestmod="sha256")
+        # body digests under a key of their own (derived from the run's key): a mask,
+        # which anyone can have made of a value they send, never helps guess a digest
+        self._digest_hmac = hmac.new(
+            hmac.new(self._key, DIGEST_KEY_LABEL, "sha256").digest(), digestmod="sha256")
         self.headers = frozenset(h.lower() for h in (*DEFAULT_REDACTED_HEADERS, *cfg.headers))
         self._plain: set[str] = set()   # values of other headers the text pass left alone
         self.query_names = _Names(cfg.query)
@@ -508,6 +524,28 @@ class Redactor:
         h.update(value.encode("utf-8", "surrogatepass"))
         digest = h.digest()
         return MASK_PREFIX + digest[:6].hex() + MASK_SUFFIX
+
+    def body_digest(self, sha256: str) -> str:
+        """The stored form of a body's digest: ``HMAC-SHA256(digest key, digest)`` in hex,
+        where ``sha256`` is the hex SHA-256 of the whole body ("" stays ""). Equal bodies,
+        equal keyed digests; without the key a guessed body cannot be checked."""
+        if not sha256:
+            return sha256
+        try:
+            raw = bytes.fromhex(sha256)
+        except ValueError:       # not a hex digest: keyed all the same
+            raw = sha256.encode("utf-8", "surrogatepass")
+        h = self._digest_hmac.copy()
+        h.update(raw)
+        return h.hexdigest()
+
+    def _fingerprint(self, value: dict[str, Any]) -> dict[str, Any]:
+        """A ``body.bytes`` difference's ``{"size", "sha256", "truncated"}`` with the
+        digest keyed."""
+        digest = value.get("sha256")
+        if isinstance(digest, str) and digest:
+            return {**value, "sha256": self.body_digest(digest)}
+        return value
 
     def _mask_any(self, value: Any) -> Any:
         if value is None:
@@ -785,11 +823,14 @@ class Redactor:
                                 keep=whole)
         error = self.redact_text(r.error, secrets) if r.error else r.error
         if not whole:
-            return ResponseRecord(status=r.status, size=r.size, sha256=r.sha256,
+            return ResponseRecord(status=r.status, size=r.size,
+                                  sha256=self.body_digest(r.sha256),
                                   truncated=r.truncated, latency=r.latency, error=error)
         # a sample identifies the body it may not store (binary, cut): the digest of the
-        # whole body as received, which a capture computes only for a body it cut
+        # whole body as received, which a capture computes only for a body it cut; keyed,
+        # as every stored digest (a plain one gives a short secret in a known body away)
         digest = r.sha256 or ("" if r.truncated else hashlib.sha256(r.body).hexdigest())
+        digest = self.body_digest(digest)
         return ResponseRecord(status=r.status, reason=r.reason, headers=headers, body=body,
                               size=r.size, sha256=digest, truncated=r.truncated or cut,
                               latency=r.latency, error=error)
@@ -864,6 +905,9 @@ class Redactor:
             key = unquote_plus(d.path[len("body.form."):])
             if key in self.sensitive:
                 return self._mask_tree(value, secrets)
+        elif d.path == "body.bytes" and isinstance(value, dict):
+            # the comparator's fingerprint of a body: its plain digest is keyed
+            return self._walk(self._fingerprint(value), frozenset(), secrets)
         elif d.path.startswith("$"):
             keys = concrete_path(d.path)
             if keys is None:   # not parseable as a concrete path: be safe

@@ -98,7 +98,7 @@ def test_equal_secrets_equal_masks_and_structure_kept(red):
     assert pb["echo"] == "Bearer " + red.mask(s["bearer"])  # echo of the request's token
     assert headers(p)["set-cookie"] == f"session={red.mask(s['setcookie'])}; Path=/; HttpOnly"
     orig = secret_result().exchange.primary
-    assert p.size == orig.size and p.sha256 == orig.sha256
+    assert p.size == orig.size and p.sha256 == red.body_digest(orig.sha256)
     # text and form bodies
     assert ex.candidate.body.decode() == \
         f"ok\npassword={red.mask(s['text'])}&token={red.mask(s['token'])}\n"
@@ -217,7 +217,7 @@ def test_binary_and_undecodable_bodies_are_dropped(red):
                                      headers=(("Content-Type", "application/unknown"),)))
     out = red.redact_exchange(ex)
     assert out.primary.body == b"" and out.primary.size == len(png)
-    assert out.primary.sha256 == hashlib.sha256(png).hexdigest()
+    assert out.primary.sha256 == red.body_digest(hashlib.sha256(png).hexdigest())
     assert out.candidate.body == b""
     # an encoding we cannot undo: dropped, header kept
     zstd = exchange(primary=response(200, raw=b"\x28\xb5\x2f\xfdgarbage",
@@ -463,13 +463,36 @@ def test_header_values_left_alone_are_remembered_secrets_never(red):
 
 def test_a_sample_keeps_the_digest_of_a_body_it_does_not_store(red):
     """A capture hashes only a body it cut; a whole body arrives with no digest. In a
-    sample (whole redaction) the digest of the body as received is filled in, so a
-    binary body stored empty is still identified; a summary carries none."""
+    sample (whole redaction) the digest of the body as received is filled in (keyed),
+    so a binary body stored empty is still identified; a summary carries none."""
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
     raw = dataclasses.replace(response(200, raw=png, headers=(("Content-Type", "image/png"),)),
                               sha256="")
     res = Result(exchange(primary=raw, candidate=raw), "match")
     stored = red.redact_result(res).exchange.primary
     assert stored.body == b"" and stored.size == len(png)
-    assert stored.sha256 == hashlib.sha256(png).hexdigest()
+    assert stored.sha256 == red.body_digest(hashlib.sha256(png).hexdigest())
     assert red.redact_result(res, whole=False).exchange.primary.sha256 == ""
+
+
+def test_body_digests_are_keyed(red):
+    """No stored digest is a plain SHA-256 (a short secret in a known body would be
+    brute-forced from it): records and body.bytes fingerprints carry HMAC-SHA256 under
+    a key derived from the run's key; equal bodies keep equal digests."""
+    plain = hashlib.sha256(b'{"token": "ab12"}').hexdigest()
+    sub = hmac.new(KEY, b"shadowproxy body digest", hashlib.sha256).digest()
+    keyed = hmac.new(sub, bytes.fromhex(plain), hashlib.sha256).hexdigest()
+    assert red.body_digest(plain) == keyed != plain and red.body_digest("") == ""
+    other = Redactor(RedactConfig(), b"o" * 32)
+    assert other.body_digest(plain) != keyed             # a different key, another digest
+    cut = dataclasses.replace(response(200, raw=b'{"token": "ab12", "pad": "'),
+                              size=40, sha256=plain, truncated=True)
+    fp = {"size": 40, "sha256": plain, "truncated": True}
+    res = Result(exchange(primary=cut, candidate=cut), "diff",
+                 [Difference("body", "body.bytes", "changed", fp, dict(fp))])
+    for whole in (True, False):
+        out = red.redact_result(res, whole=whole)
+        assert out.exchange.primary.sha256 == out.exchange.candidate.sha256 == keyed
+        (d,) = out.differences
+        assert d.a == d.b == {"size": 40, "sha256": keyed, "truncated": True}
+        assert plain not in dump(out)

@@ -9,7 +9,9 @@ Order of the result: status, then headers, then body.
 
   - either side ``truncated``: only size and SHA-256 are compared; a difference
     is ``body.bytes`` ``changed`` with ``a``/``b`` =
-    ``{"size": …, "sha256": …, "truncated": …}``;
+    ``{"size": …, "sha256": …, "truncated": …}`` (the plain digest, for in-memory
+    use only: before anything is stored or shown the redactor replaces it by its
+    keyed form, :meth:`Redactor.body_digest <shadowproxy.redact.Redactor.body_digest>`);
   - identical bytes: no difference, nothing parsed;
   - otherwise content codings are undone (bounded by ``max_decoded``; on failure
     the raw bytes are compared) and the media type picks the method: JSON →
@@ -82,6 +84,7 @@ def _pick(ka: MediaKind, kb: MediaKind) -> MediaKind:
 
 
 def _fingerprint(r: ResponseRecord) -> dict[str, Any]:
+    """Size and plain SHA-256 of a body: keyed by the redactor before it is stored."""
     digest = r.sha256
     if not digest and not r.truncated:
         digest = hashlib.sha256(r.body).hexdigest()

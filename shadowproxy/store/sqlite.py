@@ -29,7 +29,10 @@ Schema (version 1; the ``schema_version`` table holds the version)
                      JSON text (at most :data:`DIFF_VALUE_MAX` bytes), ``noise``.
     ``samples``      the whole redacted exchange (orjson blob: request, every response
                      with headers and decoded text body (base64 when not UTF-8, at most
-                     :data:`SAMPLE_BODY_MAX` bytes each), the differences, the secondary
+                     :data:`SAMPLE_BODY_MAX` bytes each) and ``sha256``, the body's
+                     digest keyed with the run's redaction key (HMAC-SHA256, see
+                     :meth:`Redactor.body_digest <shadowproxy.redact.Redactor.body_digest>`;
+                     never a plain SHA-256), the differences, the secondary
                      differences) for the first ``samples_per_field`` exchanges of every
                      (endpoint, field); also the first K ``match`` and ``error``
                      exchanges of every endpoint (pseudo-fields ``#match``, ``#error``).
