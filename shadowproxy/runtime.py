@@ -446,6 +446,8 @@ async def _supervise(cfg: Config, n: int) -> int:
             return
         if new.listen != control.cfg.listen:
             log.warning("listen changed; it takes effect on restart only")
+        if new.shadow != control.cfg.shadow:
+            log.warning("shadow changed; it takes effect on restart only")
         control.reload(new)
         admin.reload(new)
         log.info("configuration reloaded from %s", cfg.source)
