@@ -446,8 +446,9 @@ async def _supervise(cfg: Config, n: int) -> int:
             return
         if new.listen != control.cfg.listen:
             log.warning("listen changed; it takes effect on restart only")
-        if new.shadow != control.cfg.shadow:
-            log.warning("shadow changed; it takes effect on restart only")
+        if (new.shadow.processes, new.shadow.nice) != (control.cfg.shadow.processes,
+                                                       control.cfg.shadow.nice):
+            log.warning("shadow.processes and shadow.nice take effect on restart only")
         control.reload(new)
         admin.reload(new)
         log.info("configuration reloaded from %s", cfg.source)
