@@ -132,11 +132,13 @@ def parse_regex(value: Any) -> str:
 
 
 def parse_jsonpath(value: Any) -> str:
+    """A JSONPath in the project's one grammar (:mod:`shadowproxy.jsonpath`), the one the
+    comparator's rules and the redactor parse it with: what passes here, both can use."""
     if not isinstance(value, str) or not value.startswith("$"):
         raise ValueError(f"expected a JSONPath starting with $, got {value!r}")
-    from .compare.paths import parse_pattern   # late: keeps config importable on its own
+    from .jsonpath import parse   # imports nothing of shadowproxy: no cycle
 
-    parse_pattern(value)   # raises ValueError naming what is wrong
+    parse(value)   # JSONPathError (a ValueError) naming the position and the reason
     return value
 
 

@@ -33,11 +33,13 @@ What is masked
       :data:`MAX_DECODED` bytes (the record is then marked ``truncated``).
 
       - JSON: values at the JSONPaths in ``DEFAULT_REDACTED_FIELDS`` + ``redact.fields``
-        are masked; an object or array found there is masked as a whole (its orjson
-        serialisation with sorted keys). Key names match case-insensitively, and a
-        ``$..name`` field also masks keys ending with its words (``accessToken``,
-        ``client_secret``, ``apiKey`` for ``$..token``, ``$..secret``, ``$..api_key``). String
-        values anywhere also get the text pass below (``{"next": "/x?token=…"}``).
+        are masked (paths in the grammar of :mod:`shadowproxy.jsonpath`, selecting
+        what they select for the comparator's rules); an object or array found there is
+        masked as a whole (its orjson serialisation with sorted keys). Key names match
+        case-insensitively, and a ``$..name`` field also masks keys ending with its
+        words (``accessToken``, ``client_secret``, ``apiKey`` for ``$..token``,
+        ``$..secret``, ``$..api_key``). String values anywhere also get the text pass
+        below (``{"next": "/x?token=…"}``).
       - ``application/x-www-form-urlencoded``: values of the *sensitive names* (the
         last name of every field path, the ``redact.query`` names and the redacted
         header names).
@@ -82,6 +84,7 @@ from urllib.parse import quote, quote_plus, unquote_plus
 
 import orjson
 
+from . import jsonpath
 from .compare.decode import decode_brotli
 from .config import DEFAULT_REDACTED_FIELDS, DEFAULT_REDACTED_HEADERS, RedactConfig
 from .errors import ConfigError
@@ -113,135 +116,43 @@ _CONTENT_ENCODING = frozenset({"content-encoding"})
 
 
 # ------------------------------------------------------------------ JSONPath patterns
-
-_PATH_TOKEN = re.compile(r"""
-    \.\.(?P<dname>[^.\[\]]+)              # ..name  or ..*
-  | \.\.\[(?P<dq>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")\]   # ..['name']
-  | \.(?P<name>[^.\[\]]+)                 # .name   or .*
-  | \[(?P<q>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")\]     # ['name']
-  | \[(?P<idx>\d+)\]                      # [3]
-  | \[(?P<star>\*)\]                      # [*]
-""", re.X)
-
-# token kinds: ("key", lower-name) ("idx", n) ("any",) ("desc", lower-name | None)
-Token = tuple
+# Field paths are in the project's one grammar (:mod:`shadowproxy.jsonpath`), parsed and
+# matched there as for the comparator's rules; the redactor folds names to lower case.
 
 
-def _unquote(q: str) -> str:
-    return re.sub(r"\\(.)", r"\1", q[1:-1])
-
-
-def parse_jsonpath(path: str) -> tuple[Token, ...]:
-    """Parse the JSONPath subset used for redaction into tokens; ``ValueError`` if not."""
-    if not path.startswith("$"):
-        raise ValueError(f"a JSONPath starts with $, got {path!r}")
-    out: list[Token] = []
-    pos = 1
-    while pos < len(path):
-        m = _PATH_TOKEN.match(path, pos)
-        if not m:
-            raise ValueError(f"cannot parse JSONPath {path!r} at {path[pos:]!r}")
-        pos = m.end()
-        if m.group("dname") is not None:
-            name = m.group("dname")
-            out.append(("desc", None if name == "*" else name.lower()))
-        elif m.group("dq") is not None:
-            out.append(("desc", _unquote(m.group("dq")).lower()))
-        elif m.group("name") is not None:
-            name = m.group("name")
-            out.append(("any",) if name == "*" else ("key", name.lower()))
-        elif m.group("q") is not None:
-            out.append(("key", _unquote(m.group("q")).lower()))
-        elif m.group("idx") is not None:
-            out.append(("idx", int(m.group("idx"))))
-        else:
-            out.append(("any",))
-    return tuple(out)
+def _folded(pattern: jsonpath.Pattern) -> jsonpath.Pattern:
+    """``pattern`` with its member names in lower case (keys are matched lower-cased)."""
+    return tuple(("key", t[1].lower()) if t[0] == "key" else t for t in pattern)
 
 
 @functools.lru_cache(maxsize=4096)
-def concrete_path(path: str) -> tuple[str | int, ...] | None:
+def concrete_path(path: str) -> tuple[str | int | object, ...] | None:
     """``$.users[2]['a b']`` → ``('users', 2, 'a b')`` (keys lower-cased); None if not a
-    concrete JSONPath (``[*]`` folded paths are accepted: ``*`` becomes the index -1).
-    Cached: the same paths come back with every difference on a field."""
+    concrete JSONPath. ``[*]`` (an unordered element, or a keyed one: ``[id=7]`` is
+    folded to it) becomes :data:`~shadowproxy.jsonpath.SOME_INDEX`, which every ``[N]``
+    and ``*`` select. Cached: the same paths come back with every difference on a field."""
     try:
-        toks = parse_jsonpath(path)
+        toks = jsonpath.parse(path)
     except ValueError:
         # keyed-array selectors (``$.users[id=7].password``) fold to ``[*]``
         from .models import fold_path
 
         try:
-            toks = parse_jsonpath(fold_path(path))
+            toks = jsonpath.parse(fold_path(path))
         except ValueError:
             return None
-    out: list[str | int] = []
+    out: list[str | int | object] = []
     for t in toks:
-        if t[0] == "key":
+        kind = t[0]
+        if kind == "key":
+            out.append(t[1].lower())
+        elif kind == "index":
             out.append(t[1])
-        elif t[0] == "idx":
-            out.append(t[1])
-        elif t[0] == "any":
-            out.append(-1)
+        elif kind == "any":
+            out.append(jsonpath.SOME_INDEX)
         else:
             return None
     return tuple(out)
-
-
-class _Matcher:
-    """Walks a JSON document down, advancing a set of (pattern, position) states."""
-
-    def __init__(self, patterns: Sequence[tuple[Token, ...]]) -> None:
-        self.patterns = tuple(patterns)
-        self.root_hit = any(len(p) == 0 for p in self.patterns)
-        self.initial = frozenset((i, 0) for i, p in enumerate(self.patterns) if p)
-        self._cache: dict[tuple[frozenset, Any], tuple[frozenset, bool]] = {}
-
-    def step(self, states: frozenset, key: str | int) -> tuple[frozenset, bool]:
-        """Advance by one key (lower-cased str for objects, int for arrays; -1 = any index)."""
-        if not states:
-            return states, False
-        ck = (states, key)
-        hit_cached = self._cache.get(ck)
-        if hit_cached is not None:
-            return hit_cached
-        out = set()
-        hit = False
-        is_str = isinstance(key, str)
-        for pi, pos in states:
-            toks = self.patterns[pi]
-            t = toks[pos]
-            kind = t[0]
-            if kind == "desc":
-                out.add((pi, pos))
-                if not (t[1] is None or (is_str and key == t[1])):
-                    continue
-            elif kind == "key":
-                if not (is_str and key == t[1]):
-                    continue
-            elif kind == "idx":
-                if is_str or (key != t[1] and key != -1):
-                    continue
-            # "any" always advances
-            if pos + 1 == len(toks):
-                hit = True
-            else:
-                out.add((pi, pos + 1))
-        res = (frozenset(out), hit)
-        if len(self._cache) > 50_000:
-            self._cache.clear()
-        self._cache[ck] = res
-        return res
-
-    def walk(self, keys: Iterable[str | int]) -> tuple[frozenset, bool]:
-        """States after a concrete path, and whether the path or an ancestor was a hit."""
-        states = self.initial
-        if self.root_hit:
-            return states, True
-        for k in keys:
-            states, hit = self.step(states, k)
-            if hit:
-                return states, True
-        return states, False
 
 
 # ------------------------------------------------------------------ helpers
@@ -449,19 +360,20 @@ class Redactor:
         self._all_named = True     # every field pattern ends in a literal name
         for i, path in enumerate((*DEFAULT_REDACTED_FIELDS, *cfg.fields)):
             try:
-                toks = parse_jsonpath(path)
+                toks = _folded(jsonpath.parse(path))
             except ValueError as exc:
                 n = i - len(DEFAULT_REDACTED_FIELDS)
                 raise ConfigError(str(exc), key=f"redact.fields[{n}]") from None
             patterns.append(toks)
-            if toks and toks[-1][0] in ("key", "desc") and toks[-1][1] is not None:
-                field_names.add(toks[-1][1])
-                if len(toks) == 1 and toks[0][0] == "desc":
-                    anywhere.add(toks[0][1])
+            if toks and toks[-1][0] == "key":
+                name = toks[-1][1]
+                field_names.add(name)
+                if len(toks) == 2 and toks[0][0] == "desc":     # $..name
+                    anywhere.add(name)
             else:
                 self._all_named = False
         self.field_names = frozenset(field_names)
-        self.matcher = _Matcher(patterns)
+        self.matcher = jsonpath.Matcher(patterns)
         # names looked for in form bodies and free text
         self.field_words = _Names(anywhere)
         self.sensitive = _Names(self.field_names | self.query_names.exact | self.headers)
@@ -469,6 +381,14 @@ class Redactor:
         spell = self.sensitive.spellings()
         self._sensitive_cores = tuple(n for n in spell
                                       if not any(m != n and m in n for m in spell))
+        # JSON text may spell a name escaped: a body with a \uXXXX escape of one of the
+        # names' characters ("p\u0061ssword") is parsed, not skipped, and a name that
+        # needs a short escape (a"b, a/b: \" and \/) or a surrogate pair allows no skip
+        chars = {ch for core in self._sensitive_cores for c in core for ch in c + c.upper()}
+        if any(c in '"\\/' or c < " " or c > "\uffff" for c in chars):
+            self._all_named = False
+        self._escaped = re.compile("|".join(re.escape(f"\\u{ord(c):04x}")
+                                            for c in sorted(chars) if c <= "\uffff"))
         alts = "|".join(re.escape(n) for n in sorted(self.sensitive.exact, key=len,
                                                      reverse=True))
         halts = "|".join(re.escape(n) for n in sorted(self.headers, key=len, reverse=True))
@@ -729,7 +649,9 @@ class Redactor:
 
     def _mentions_sensitive(self, text: str) -> bool:
         low = text.lower()
-        return any(n in low for n in self._sensitive_cores)
+        if any(n in low for n in self._sensitive_cores):
+            return True
+        return "\\u" in low and self._escaped.search(low) is not None
 
     def redact_body(self, body: bytes, headers: Headers, truncated: bool, secrets: _Secrets
                     ) -> tuple[bytes, bool, bool]:

@@ -21,7 +21,9 @@ from store_helpers import SECRETS, exchange, response, secret_result  # noqa: E4
 from shadowproxy.config import RedactConfig  # noqa: E402
 from shadowproxy.errors import ConfigError  # noqa: E402
 from shadowproxy.models import Difference, RequestRecord, Result  # noqa: E402
-from shadowproxy.redact import Redactor, parse_jsonpath  # noqa: E402
+from shadowproxy.jsonpath import ANY, DESC  # noqa: E402
+from shadowproxy.jsonpath import parse as parse_jsonpath  # noqa: E402
+from shadowproxy.redact import Redactor  # noqa: E402
 
 KEY = b"k" * 32
 MASK = re.compile(r"\[redacted:[0-9a-f]{12}\]")
@@ -204,10 +206,30 @@ def test_bad_field_path_is_a_config_error():
         Redactor(RedactConfig(fields=("$.a[",)), KEY)
 
 
-def test_jsonpath_parser():
-    assert parse_jsonpath("$..password") == (("desc", "password"),)
-    assert parse_jsonpath("$.a['B c'][2][*].*") == (("key", "a"), ("key", "b c"), ("idx", 2),
-                                                     ("any",), ("any",))
+def test_field_paths_are_parsed_by_the_one_grammar():
+    """The redactor has no parser of its own: its patterns are :mod:`shadowproxy.jsonpath`'s,
+    with member names folded to lower case."""
+    red = Redactor(RedactConfig(fields=("$.a['B c'][2][*].*", "$..[2].Token")), KEY)
+    assert red.matcher.patterns[0] == parse_jsonpath("$..password") == (DESC, ("key", "password"))
+    assert red.matcher.patterns[-2] == (("key", "a"), ("key", "b c"), ("index", 2), ANY, ANY)
+    assert red.matcher.patterns[-1] == (DESC, ("index", 2), ("key", "token"))
+
+
+@pytest.mark.parametrize("fields, raw", [
+    ((), b'{"p\\u0061ssword": "hunter2xyz"}'),            # an escaped letter in the key
+    ((), b'{"user": {"T\\u006FKEN": "hunter2xyz"}}'),
+    (("$['a\\\"b']",), b'{"a\\"b": "hunter2xyz"}'),       # names JSON spells escaped
+    (("$['a/b']",), b'{"a\\/b": "hunter2xyz"}'),
+    (("$['caf\u00e9']",), b'{"caf\\u00e9": "hunter2xyz"}'),
+])
+def test_json_keys_spelled_with_escapes_are_masked(fields, raw):
+    """The shortcut that skips JSON bodies mentioning no sensitive name must not skip one
+    whose key spells the name with JSON escapes."""
+    red = Redactor(RedactConfig(fields=fields), KEY)
+    ex = exchange(primary=response(200, raw=raw,
+                                   headers=(("Content-Type", "application/json"),)))
+    body = red.redact_exchange(ex).primary.body
+    assert b"hunter2xyz" not in body and red.mask("hunter2xyz").encode() in body
 
 
 def test_binary_and_undecodable_bodies_are_dropped(red):
