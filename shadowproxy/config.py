@@ -142,6 +142,19 @@ def parse_jsonpath(value: Any) -> str:
     return value
 
 
+def parse_network(value: Any) -> str:
+    """An IP network (``10.0.0.0/8``, ``2001:db8::/32``) or one address (``192.0.2.7``),
+    written the standard way."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected an IP network such as 10.0.0.0/8 or an address, "
+                         f"got {value!r}")
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=True))
+    except ValueError as exc:
+        raise ValueError(f"expected an IP network such as 10.0.0.0/8 or an address, "
+                         f"got {value!r} ({exc})") from None
+
+
 Duration = Annotated[float, _Kind("duration", parse_duration)]
 Size = Annotated[int, _Kind("size", parse_size)]
 Address = Annotated[str, _Kind("address", parse_address)]
@@ -151,6 +164,7 @@ Method = Annotated[str, _Kind("method", parse_method)]
 SampleBy = Annotated[str, _Kind("sample_by", parse_sample_by)]
 Regex = Annotated[str, _Kind("regex", parse_regex)]
 JsonPath = Annotated[str, _Kind("jsonpath", parse_jsonpath)]
+Network = Annotated[str, _Kind("network", parse_network)]
 
 # ---------------------------------------------------------------- the schema
 
@@ -191,6 +205,13 @@ class Timeouts:
     connect: Duration = 5.0        # primary connect
     primary: Duration = 60.0       # primary: no byte for this long → 504
     shutdown: Duration = 15.0      # SIGTERM: in-flight requests and mirror drain deadline
+
+
+@dataclass(frozen=True)
+class ForwardedConfig:
+    # peers (the TCP client's address) whose X-Forwarded-For/-Proto/-Host are extended;
+    # any other's are replaced by the proxy's own values
+    trust: tuple[Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -361,6 +382,7 @@ class Config:
     listen: Address = "127.0.0.1:8080"
     workers: int | None = None
     preserve_host: bool = False
+    forwarded: ForwardedConfig = field(default_factory=ForwardedConfig)
     timeouts: Timeouts = field(default_factory=Timeouts)
     admin: AdminConfig = field(default_factory=AdminConfig)
     mirror: MirrorConfig = field(default_factory=MirrorConfig)

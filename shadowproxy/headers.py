@@ -13,20 +13,27 @@ HOP_BY_HOP = frozenset({
 
 def end_to_end(raw_headers: Iterable[tuple[bytes, bytes]],
                drop: frozenset[str] = frozenset(), *,
-               same_case: bool = False) -> list[tuple[str, str]]:
+               same_case: bool = False, underscores: bool = True) -> list[tuple[str, str]]:
     """(name, value) pairs in wire order without hop-by-hop headers and ``drop``.
 
     ``same_case``: spell every repeat of a name like its first occurrence. aiohttp's
     client keeps only the last of ``X-A`` / ``x-a`` (it merges names case-sensitively
     into a case-insensitive dict), so headers bound for it need one spelling.
+
+    ``underscores`` False: names with an underscore are left out too. A server that
+    maps ``_`` to ``-`` (CGI, WSGI) would take ``Transfer_Encoding`` for a second
+    framing header, or ``X_Forwarded_For`` for the proxy's; nginx drops them as well
+    (``underscores_in_headers off``).
     """
     return end_to_end_text([(k.decode("latin-1"), v.decode("latin-1"))
-                            for k, v in raw_headers], drop, same_case=same_case)
+                            for k, v in raw_headers], drop, same_case=same_case,
+                           underscores=underscores)
 
 
 def end_to_end_text(headers: Iterable[tuple[str, str]],
                     drop: frozenset[str] = frozenset(), *,
-                    same_case: bool = False) -> list[tuple[str, str]]:
+                    same_case: bool = False,
+                    underscores: bool = True) -> list[tuple[str, str]]:
     """:func:`end_to_end` of headers already decoded (latin-1)."""
     # One pass; the names listed in Connection (which may come after them) are
     # removed at the end, and only when there are some beyond the standard ones.
@@ -39,11 +46,13 @@ def end_to_end_text(headers: Iterable[tuple[str, str]],
         if lname in HOP_BY_HOP or lname in drop:
             if lname == "connection" or lname == "proxy-connection":
                 for token in value.split(","):
-                    token = token.strip().lower()
+                    token = token.strip(" \t").lower()
                     if token and token not in HOP_BY_HOP:
                         if named is None:
                             named = set()
                         named.add(token)
+            continue
+        if not underscores and "_" in name:
             continue
         if same_case:
             name = first.setdefault(lname, name)

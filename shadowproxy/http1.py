@@ -63,6 +63,13 @@ _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;" + _TEXT + rb")?")
 # the same with its CRLF, matched in place (the fast path of many chunks)
 _CHUNK_AT = re.compile(_CHUNK_LINE.pattern + rb"\r\n")
 _TRAILER_LINE = re.compile(_TOKEN_CHARS.encode() + rb":" + _TEXT)
+# the largest chunk size: below 2^60, as a Content-Length has at most 18 digits; far
+# from the 64-bit overflow 16 hex digits can reach (nginx answers 2^64 - 1 with 400)
+MAX_CHUNK = (1 << 60) - 1
+# a Transfer-Encoding value (repeats joined with commas): tokens, SP/HTAB around them
+# (RFC 9110 §5.6.3); "\xa0chunked" or "chunked\x85" name codings nobody knows
+_CODINGS = re.compile(rf"[ \t]*{_TOKEN_CHARS}(?:[ \t]*,[ \t]*{_TOKEN_CHARS})*[ \t]*")
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 BodySink = Callable[[bytes], None]
 InterimSink = Callable[[int, str, list[tuple[str, str]]], None]   # status, reason, headers
@@ -154,7 +161,7 @@ def body_codings(te: str) -> str | None:
     """The transfer codings a body still has once de-chunked (``gzip, chunked`` →
     ``gzip``), None when there are none: chunked (said once or twice) and identity are
     framing, not codings of the body."""
-    codings = [c for c in (c.strip() for c in te.split(","))
+    codings = [c for c in (c.strip(" \t") for c in te.split(","))
                if c and c != "chunked" and c != "identity"]
     return ", ".join(codings) if codings else None
 
@@ -164,7 +171,8 @@ def framing(headers: Sequence[tuple[str, str]], http10: bool
     """What a message's headers say about its framing and connection: Content-Length
     (ProtocolError when two differ), Transfer-Encoding (lower-cased, repeats joined with
     commas), whether the connection closes after it (``Connection: close``, or HTTP/1.0
-    without ``keep-alive``), and the Expect and Upgrade values."""
+    without ``keep-alive``), and the Expect and Upgrade values (an HTTP/1.0 message has
+    no Upgrade: RFC 9110 §7.8 has it ignored)."""
     length: str | None = None
     te: str | None = None
     expect = upgrade = None
@@ -180,14 +188,14 @@ def framing(headers: Sequence[tuple[str, str]], http10: bool
         elif lname == "transfer-encoding":
             te = value.lower() if te is None else te + "," + value.lower()
         elif lname == "connection":
-            tokens = {t.strip().lower() for t in value.split(",")}
+            tokens = {t.strip(" \t").lower() for t in value.split(",")}
             if "close" in tokens:
                 close = True
             elif "keep-alive" in tokens and http10:
                 close = False
         elif lname == "expect":
             expect = value
-        elif lname == "upgrade":
+        elif lname == "upgrade" and not http10:
             upgrade = value
     return length, te, close, expect, upgrade
 
@@ -317,6 +325,8 @@ class ResponseParser:
                     self.backlog = True     # enough for one turn: the rest later
                     break
                 size = int(m.group(1), 16)
+                if size > MAX_CHUNK:
+                    raise ProtocolError("chunk size too large")
                 pos = m.end()
                 end = pos + size
                 if not size:
@@ -393,6 +403,10 @@ class ResponseParser:
         last = buf.rfind(b"\n", pos)
         if size - (last + 1 - pos if last >= 0 else 0) > MAX_LINE:
             raise ProtocolError("response head line too long")
+        # a head with bare LF line ends never finds its CRLF CRLF end: say so now rather
+        # than wait for the read timeout (from where the last look stopped)
+        if last >= 0 and _BARE_LF.search(buf, max(pos, pos + self._scan - 1)) is not None:
+            raise ProtocolError("bare LF in the response head")
 
     def _on_head(self, raw: bytes) -> None:
         text = raw.decode("latin-1")
@@ -400,6 +414,8 @@ class ResponseParser:
         n_lines = len(lines)
         if text.count("\r") != n_lines - 1 or text.count("\n") != n_lines - 1:
             raise ProtocolError("bare CR or LF in the response head")
+        if "\0" in text:     # RFC 9110 §5.5: never passed on (nginx: 502)
+            raise ProtocolError("NUL in the response head")
         if n_lines - 1 > MAX_HEADERS or len(raw) > MAX_HEAD:
             raise ProtocolError("response head exceeds the limits")
         line = lines[0]
@@ -439,14 +455,16 @@ class ResponseParser:
         elif te is not None:
             if length is not None:
                 self.keep_alive = False   # ambiguous framing: never reuse
-            if te.rsplit(",", 1)[-1].strip() == "chunked":
+            if _CODINGS.fullmatch(te) is None:
+                raise ProtocolError("bad Transfer-Encoding")
+            if te.rsplit(",", 1)[-1].strip(" \t") == "chunked":
                 self._state = _CHUNK_SIZE
             else:
                 self._state, self.keep_alive = _UNTIL_EOF, False
         elif length is not None:
             if not (length.isdigit() and length.isascii()):
                 # "5, 5": a repeated identical value is allowed (RFC 9110 §8.6)
-                values = {v.strip() for v in length.split(",")}
+                values = {v.strip(" \t") for v in length.split(",")}
                 if len(values) != 1 or not (length := values.pop()).isdigit() or \
                         not length.isascii():
                     raise ProtocolError("bad Content-Length")
@@ -460,6 +478,8 @@ class ResponseParser:
         if m is None:
             raise ProtocolError("bad chunk size line")
         self._remaining = int(m.group(1), 16)
+        if self._remaining > MAX_CHUNK:
+            raise ProtocolError("chunk size too large")
         self._state = _CHUNK_DATA if self._remaining else _TRAILER
 
 

@@ -10,6 +10,8 @@ never awaits it.
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import itertools
 import logging
 import os
@@ -38,6 +40,7 @@ log = logging.getLogger("shadowproxy.proxy")
 _CHUNK = 64 * 1024
 _DROP_REQUEST = frozenset({"host", "expect", "x-forwarded-for", "x-forwarded-proto",
                            "x-forwarded-host"})
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Proxy:
@@ -64,6 +67,8 @@ class Proxy:
         if self.pool is None:
             self.pool = http1.Pool(self.primary, None)
         self.preserve_host = cfg.preserve_host
+        self.trust: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n)
+                                                for n in cfg.forwarded.trust)
         self.max_body = cfg.mirror.max_body
         self.connect_timeout = cfg.timeouts.connect
         self.read_timeout = cfg.timeouts.primary
@@ -101,7 +106,7 @@ class Proxy:
         path, _, query = target.partition("?")
         route = self.router.route(method, path)
         endpoint = self.router.endpoint(route, method, path)
-        headers = end_to_end_text(request.headers, _DROP_REQUEST)
+        headers = end_to_end_text(request.headers, _DROP_REQUEST, underscores=False)
         self._forwarded(request.remote, request.headers, headers)
 
         # ---- mirroring decision (never awaits the shadow). Sample before reading
@@ -167,7 +172,7 @@ class Proxy:
                                         request.method, path)
         raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
         # aiohttp's client keeps one spelling of a repeated name: give it one
-        headers = end_to_end_text(raw, _DROP_REQUEST, same_case=True)
+        headers = end_to_end_text(raw, _DROP_REQUEST, same_case=True, underscores=False)
         self._forwarded(request.remote or "", raw, headers)
         self.stats.add("not_eligible", "websocket", endpoint)
         resp = await proxy_websocket(self, request, target, headers)
@@ -177,22 +182,28 @@ class Proxy:
 
     def _forwarded(self, peer: str, raw: list[tuple[str, str]],
                    headers: list[tuple[str, str]]) -> None:
-        """Append X-Forwarded-For/-Proto/-Host; put the client's Host first when
-        ``preserve_host`` (``end_to_end`` dropped it; otherwise the upstream's is used)."""
+        """Add X-Forwarded-For/-Proto/-Host: the client's extended when ``peer`` is in
+        ``forwarded.trust`` (a proxy of ours in front), else the proxy's own alone (no
+        client passes for another address, scheme or host). Put the client's Host first
+        when ``preserve_host`` (``end_to_end`` dropped it; otherwise the upstream's is
+        used)."""
         xff = xfp = xfh = ""
         host = ""
+        trusted = bool(self.trust) and _trusted(peer, self.trust)
         for k, v in raw:
             if len(k) < 4 or (k[0] not in "xXhH"):
                 continue
             lk = k.lower()
-            if lk == "x-forwarded-for":
+            if lk == "host":
+                host = host or v
+            elif not trusted:
+                continue
+            elif lk == "x-forwarded-for":
                 xff = f"{xff}, {v}" if xff else v
             elif lk == "x-forwarded-proto":
                 xfp = f"{xfp}, {v}" if xfp else v
             elif lk == "x-forwarded-host":
                 xfh = f"{xfh}, {v}" if xfh else v
-            elif lk == "host" and not host:
-                host = v
         scheme = "http"     # the listener speaks plain HTTP (TLS ends in front of it)
         headers.append(("X-Forwarded-For", f"{xff}, {peer}" if xff else peer))
         headers.append(("X-Forwarded-Proto", f"{xfp}, {scheme}" if xfp else scheme))
@@ -351,6 +362,18 @@ def origin_form(target: str) -> str | None:
     if not url.is_absolute() or url.scheme not in ("http", "https"):
         return None
     return url.raw_path_qs or "/"
+
+
+@functools.lru_cache(maxsize=4096)
+def _trusted(peer: str, trust: tuple[IPNetwork, ...]) -> bool:
+    """Is ``peer`` (an address as the socket gives it) in one of the ``trust`` networks?"""
+    try:
+        ip = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped       # a dual-stack listener's IPv4 client
+    return any(ip in net for net in trust)
 
 
 def _ids() -> Iterator[str]:

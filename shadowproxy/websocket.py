@@ -7,7 +7,7 @@ import contextvars
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from aiohttp import WSMsgType, web
+from aiohttp import WSMsgType, hdrs, web
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -26,6 +26,42 @@ REFUSAL_BODY = 64 * 1024      # bytes of primary's refusal relayed to the client
 # today; the flag keeps keep_refusal from touching any other request)
 _HANDSHAKING: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "shadowproxy_ws_handshaking", default=False)
+
+
+# what aiohttp adds to any answer of its own accord (a default Content-Type for a body)
+_OWN = (hdrs.SERVER, hdrs.DATE, hdrs.CONTENT_TYPE)
+
+
+def _drop_own(headers: CIMultiDict[str], sent: set[str]) -> None:
+    """Take out what aiohttp added of :data:`_OWN` (``sent``: primary's names)."""
+    for name in _OWN:
+        if name.lower() not in sent:
+            headers.popall(name, None)
+
+
+class _Relayed(web.Response):
+    """Primary's refusal as primary sent it: aiohttp adds the framing and Connection
+    headers, nothing else. ``sent``: the names primary sent (lower-cased)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sent: set[str] = set()
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        _drop_own(self._headers, self.sent)
+
+
+class _Upgraded(web.WebSocketResponse):
+    """The client's 101: the handshake aiohttp computes, and primary's other headers."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sent: set[str] = set()
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        _drop_own(self._headers, self.sent)
 
 
 class Refused(Exception):
@@ -109,8 +145,8 @@ async def _pump(src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
 async def proxy_websocket(proxy: Proxy, request: web.BaseRequest, target: str,
                           headers: list[tuple[str, str]]) -> web.StreamResponse:
     assert proxy.session is not None
-    protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
-                 if p.strip()]
+    protocols = [p.strip(" \t") for p in
+                 request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip(" \t")]
     # Host is in ``headers`` only with preserve_host (see Proxy._forwarded)
     fwd = CIMultiDict((k, v) for k, v in headers if k.lower() not in _HANDSHAKE)
     token = _HANDSHAKING.set(True)
@@ -123,9 +159,10 @@ async def proxy_websocket(proxy: Proxy, request: web.BaseRequest, target: str,
     except Refused as ref:
         # primary declined the upgrade (401, a redirect, a plain page): its answer is
         # the client's, as it would be without the proxy
-        out = web.Response(status=ref.status, reason=ref.reason or None, body=ref.body)
+        out = _Relayed(status=ref.status, reason=ref.reason or None, body=ref.body)
         for k, v in end_to_end(ref.raw_headers, frozenset({"content-length"})):
             out.headers.add(k, v)
+            out.sent.add(k.lower())
         return out
     except aiohttp.WSServerHandshakeError as exc:
         # a 101 without a valid handshake: primary's failure
@@ -137,13 +174,14 @@ async def proxy_websocket(proxy: Proxy, request: web.BaseRequest, target: str,
         return web.Response(status=502, text="primary unavailable\n")
     finally:
         _HANDSHAKING.reset(token)
-    ws = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else (),
-                               autoping=False, autoclose=False, max_msg_size=0)
+    ws = _Upgraded(protocols=(upstream.protocol,) if upstream.protocol else (),
+                   autoping=False, autoclose=False, max_msg_size=0)
     # primary's end-to-end handshake headers (Set-Cookie, ...) reach the client
     handshake = getattr(upstream, "_response", None)
     if handshake is not None:
         for k, v in end_to_end(handshake.raw_headers, _HANDSHAKE):
             ws.headers.add(k, v)
+            ws.sent.add(k.lower())
     tasks: list[asyncio.Task[None]] = []
     try:
         await ws.prepare(request)

@@ -581,8 +581,8 @@ async def test_x_forwarded_added(env):
     assert seen.getall("X-Forwarded-Host") == ["shop.example:8443"]
 
 
-async def test_x_forwarded_extended(env):
-    srv = await env.proxy()
+async def test_x_forwarded_extended_for_a_trusted_peer(env):
+    srv = await env.proxy(forwarded={"trust": ["127.0.0.0/8"]})
     await exchange(srv.port, request("GET", "/fwd", [
         ("X-Forwarded-For", "203.0.113.7"), ("X-Forwarded-For", "198.51.100.1"),
         ("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "orig.example")],
@@ -591,6 +591,21 @@ async def test_x_forwarded_extended(env):
     assert seen.getall("X-Forwarded-For") == ["203.0.113.7, 198.51.100.1, 127.0.0.1"]
     assert seen.getall("X-Forwarded-Proto") == ["https, http"]
     assert seen.getall("X-Forwarded-Host") == ["orig.example, lb.example"]
+
+
+@pytest.mark.parametrize("trust", [None, ["10.0.0.0/8", "::1"]])
+async def test_x_forwarded_replaced_for_an_untrusted_peer(env, trust):
+    """By default no peer is trusted: what a client says in X-Forwarded-* is replaced
+    by the proxy's own values, so nothing behind it can be told another address."""
+    srv = await env.proxy(**({"forwarded": {"trust": trust}} if trust else {}))
+    await exchange(srv.port, request("GET", "/fwd", [
+        ("X-Forwarded-For", "203.0.113.7"), ("x-forwarded-for", "198.51.100.1"),
+        ("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "orig.example")],
+        host="lb.example"))
+    seen = env.st.last()
+    assert seen.getall("X-Forwarded-For") == ["127.0.0.1"]
+    assert seen.getall("X-Forwarded-Proto") == ["http"]
+    assert seen.getall("X-Forwarded-Host") == ["lb.example"]
 
 
 async def test_host_rewritten_by_default(env):

@@ -140,6 +140,66 @@ def test_head_limits():
         parse([b"HTTP/1.1 200 OK\r\nX-Csp: " + b"a" * http1.MAX_LINE])
 
 
+@pytest.mark.parametrize("data", [
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: \xa0chunked\r\n\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\x85\r\n\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip,\x0cchunked\r\n\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2,\xa02\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 2\r\n\r\nok",
+])
+@pytest.mark.parametrize("split", [False, True])
+def test_only_sp_and_htab_are_optional_whitespace_and_nul_is_refused(data, split):
+    """``str.strip()`` removes NBSP, NEL, FF...: ``\\xa0chunked`` would be chunked.
+    RFC 9110 §5.6.3 allows SP and HTAB only; §5.5: a NUL is never passed on."""
+    with pytest.raises(ProtocolError):
+        parse(bytewise(data) if split else [data])
+
+
+def test_sp_and_htab_around_codings_and_lengths_are_optional():
+    _, body, done = parse([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: \tchunked \r\n\r\n"
+                           b"2\r\nok\r\n0\r\n\r\n"])
+    assert done and body == b"ok"
+    _, body, done = parse([b"HTTP/1.1 200 OK\r\nContent-Length: 2,\t2 \r\n\r\nok"])
+    assert done and body == b"ok"
+    assert http1.body_codings("gzip \t, chunked") == "gzip"
+    assert http1.framing([("Connection", "\xa0close")], False)[2] is False
+    assert http1.framing([("Connection", "\tclose ")], False)[2] is True
+
+
+def test_bare_lf_head_is_refused_before_it_ends():
+    """An answer with LF line ends never has its CRLF CRLF: refused as soon as a bare LF
+    is seen, not after the read timeout."""
+    p = ResponseParser(lambda b: None)
+    p.feed(b"HTTP/1.1 200 OK\r")
+    with pytest.raises(ProtocolError):
+        p.feed(b"\nContent-Length: 2\n")
+    with pytest.raises(ProtocolError):
+        parse([b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok"])
+    _, body, done = parse(bytewise(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+    assert done and body == b"ok"
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_chunk_size_is_bounded(split):
+    """16 hex digits at most, and below 2^60 (a Content-Length's 18 digits): 2^64 - 1
+    would take the end marker for data."""
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    pieces = (lambda d: bytewise(d)) if split else (lambda d: [d])
+    p, _, done = parse(pieces(head + b"%X\r\nabc" % http1.MAX_CHUNK))
+    assert not done and p._remaining == http1.MAX_CHUNK - 3
+    _, _, done = parse(pieces(head + b"000000000000000A\r\n0123456789\r\n0\r\n\r\n"))
+    assert done
+    for size in (b"%X" % (http1.MAX_CHUNK + 1), b"FFFFFFFFFFFFFFFF", b"1" + b"0" * 16):
+        with pytest.raises(ProtocolError):
+            parse(pieces(head + size + b"\r\nabc\r\n0\r\n\r\n"))
+
+
+def test_upgrade_is_ignored_in_http10():
+    """RFC 9110 §7.8: a server ignores Upgrade in an HTTP/1.0 request."""
+    assert http1.framing([("Upgrade", "websocket")], False)[4] == "websocket"
+    assert http1.framing([("Upgrade", "websocket")], True)[4] is None
+
+
 def test_reset_before_any_byte_is_marked():
     p = ResponseParser(lambda b: None)
     with pytest.raises(ResetError) as err:
