@@ -23,7 +23,10 @@ class Sampler:
     """
 
     def __init__(self, sample_by: str | None) -> None:
-        self.where, self.name = (None, "") if not sample_by else sample_by.split(":", 1)
+        self.where: str | None = None
+        self.name = ""
+        if sample_by:
+            self.where, self.name = sample_by.split(":", 1)
         self.lname = self.name.lower()
         self._rand = random.random
 

@@ -501,7 +501,8 @@ async def _supervise(cfg: Config, n: int) -> int:
     return 0
 
 
-def _context() -> multiprocessing.context.BaseContext:
+def _context() -> multiprocessing.context.ForkServerContext | \
+        multiprocessing.context.SpawnContext:
     """A fork server where there is one (Linux), with the package loaded once; else spawn."""
     try:
         ctx = multiprocessing.get_context("forkserver")

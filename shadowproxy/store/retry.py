@@ -88,4 +88,4 @@ def open_or_retry(url: str, *, samples_per_field: int = 5,
         log.error("%s; the proxy serves without storing results until it can be opened "
                   "(retried every %gs)", exc, interval)
         return RetryingStore(url, str(exc), samples_per_field=samples_per_field,
-                             interval=interval)  # type: ignore[return-value]
+                             interval=interval)
