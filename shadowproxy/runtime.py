@@ -37,6 +37,7 @@ from .channel import ChannelClient, ChannelServer, report_forever
 from .compare.stage import CompareStage
 from .config import Config
 from .errors import ConfigError, ShadowProxyError, StoreError
+from .limits import raise_nofile
 from .models import Exchange, Result
 from .server import ProxyServer, bind
 from .shadow import lower_priority, shadow_entry
@@ -342,6 +343,7 @@ def run(cfg: Config, workers: int | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code."""
     setup_logging(cfg)
     install_uvloop()
+    raise_nofile()          # before any process is started: they all inherit it
     n = workers or cfg.workers or default_workers()
     try:
         return asyncio.run(_supervise(cfg, n))
