@@ -127,10 +127,11 @@ class Tee(Policy):
                 link.client.limit = cfg.shadow.buffer
 
     async def start(self, wait: float = 0.0) -> None:
-        """Dial every shadow process; wait up to ``wait`` s for them to answer."""
+        """Dial every shadow process not dialled yet; wait up to ``wait`` s for them to
+        answer (the server starts it again: links already up are kept)."""
         self._loop = asyncio.get_running_loop()
         for link in self.links:
-            if not await link.connect():
+            if link.client is None and link._redial is None and not await link.connect():
                 link.start()
         t0 = time.monotonic()
         while any(link.client is None for link in self.links) and \
