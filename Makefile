@@ -1,8 +1,10 @@
-# Two commands: `make demo` and `make test`. Both create .venv and install what they need.
+# Two commands: `make demo` and `make test`. Both create .venv and install what they need;
+# `make lint` (ruff and mypy, as configured in pyproject.toml) adds the lint tools to it.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LINTED := $(VENV)/.lint-installed
 
 .PHONY: demo demo-ui test bench lint clean venv
 
@@ -24,9 +26,17 @@ demo-ui: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+$(LINTED): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[lint]'
+	touch $(LINTED)
+
+lint: $(LINTED)
+	$(BIN)/ruff check $(RUFF_ARGS)
+	$(BIN)/mypy
+
 bench: $(STAMP)
 	$(BIN)/python bench/compare
 	$(BIN)/python bench/run
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis out
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache out

@@ -54,6 +54,7 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from . import __version__
 from .config import (
@@ -250,7 +251,7 @@ def redact_config(cfg: Config, env: Any = None) -> dict[str, Any]:
             return scrub(node)
         return node
 
-    out = walk(doc)
+    out: dict[str, Any] = walk(doc)
     headers = out.get("mirror", {}).get("add_headers") or {}
     for name in list(headers):
         if name.lower() in sensitive or _SENSITIVE_HEADER.search(name):
@@ -363,9 +364,9 @@ class AdminServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
-        server = site._server
-        if server is not None and server.sockets:  # type: ignore[union-attr]
-            h, p = server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
+        addresses = self._runner.addresses    # the sockets' names, this one site's
+        if addresses:
+            h, p = addresses[0][:2]
             self.address = f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
 
     async def stop(self) -> None:
@@ -386,7 +387,7 @@ class AdminServer:
         return path == "/healthz" or path == "/" or path.startswith("/ui/")
 
     @web.middleware
-    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self.token:
             if not self._public(request.path):
                 given = request.headers.get("Authorization", "")
@@ -403,7 +404,7 @@ class AdminServer:
         return await handler(request)
 
     @web.middleware
-    async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
         except BadRequest as exc:
@@ -624,7 +625,7 @@ class AdminServer:
         now = time.time()
         lo = since if since is not None else (store.time_range() or (now, now))[0]
         hi = until if until is not None else now
-        bucket = max(60, int(math.ceil(max(hi - lo, 60) / 30 / 60.0)) * 60)
+        bucket = max(60, math.ceil(max(hi - lo, 60) / 30 / 60.0) * 60)
         series = store.diff_rate_series(since, until, bucket, glob)
         docs: dict[str, dict[str, Any]] = {st.endpoint: self._endpoint_doc(st) for st in stats}
         if glob == "*":
@@ -745,7 +746,7 @@ class AdminServer:
         return _json(doc)
 
     def _exchange_doc(self, xid: str) -> dict[str, Any] | None:
-        doc = self._store().exchange(xid)
+        doc: dict[str, Any] | None = self._store().exchange(xid)
         if doc is None:
             return None
         doc["detail"] = None

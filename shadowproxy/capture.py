@@ -54,7 +54,7 @@ class Capture:
         self._hash: Any = None     # started only once bytes go unkept (see sha256)
         self._budget = budget
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes | bytearray) -> None:
         self.size += len(chunk)
         h = self._hash
         if h is not None:

@@ -110,7 +110,7 @@ class ChannelClient:
             self.broken = True
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("bad frame from the control process")
             self.broken = True
         if self.on_close is not None:
@@ -186,7 +186,7 @@ class ChannelClient:
         if self._writer is not None and not self._writer.is_closing():
             try:
                 await asyncio.wait_for(self._writer.drain(), timeout)
-            except (asyncio.TimeoutError, ConnectionError):
+            except (TimeoutError, ConnectionError):
                 pass
 
     async def close(self) -> None:

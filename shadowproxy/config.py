@@ -95,7 +95,7 @@ def parse_url(value: Any) -> str:
     if parts.query or parts.fragment:
         raise ValueError(f"an upstream URL takes no query or fragment, got {value!r}")
     try:
-        parts.port
+        _ = parts.port          # the property raises ValueError on a bad port
     except ValueError as exc:
         raise ValueError(f"bad port in {value!r}") from exc
     return value.rstrip("/")
@@ -136,7 +136,7 @@ def parse_jsonpath(value: Any) -> str:
     comparator's rules and the redactor parse it with: what passes here, both can use."""
     if not isinstance(value, str) or not value.startswith("$"):
         raise ValueError(f"expected a JSONPath starting with $, got {value!r}")
-    from .jsonpath import parse   # imports nothing of shadowproxy: no cycle
+    from .jsonpath import parse  # imports nothing of shadowproxy: no cycle
 
     parse(value)   # JSONPathError (a ValueError) naming the position and the reason
     return value
@@ -267,7 +267,7 @@ class CompareRules:
     tolerance: tuple[Tolerance, ...] = ()
     arrays: tuple[ArrayRule, ...] = ()
     # builtin names (timestamp, uuid, hex, number) or {pattern, replace}
-    scrubbers: tuple[Union[Literal["timestamp", "uuid", "hex", "number"], Scrubber], ...] = ()
+    scrubbers: tuple[Literal["timestamp", "uuid", "hex", "number"] | Scrubber, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -401,7 +401,7 @@ class Config:
     # key path → line in ``source``, so that errors found later still point at the line
     lines: typing.Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 
     def where(self, key: str) -> str:
@@ -422,7 +422,7 @@ _NOT_ADDABLE = frozenset({
 })
 
 
-def _check_semantics(cfg: Config, pos: "_Positions", env: typing.Mapping[str, str]) -> None:
+def _check_semantics(cfg: Config, pos: _Positions, env: typing.Mapping[str, str]) -> None:
     def fail(key: str, msg: str) -> typing.NoReturn:
         raise pos.error(key, msg)
 
@@ -628,7 +628,7 @@ class _Loader:
                 raise self.err(node, key, "expected a list")
             return tuple(self.build(item_tp, n, f"{key}[{i}]") for i, n in enumerate(node.value))
         if origin is dict:
-            k_tp, v_tp = typing.get_args(tp)
+            _, v_tp = typing.get_args(tp)
             if not isinstance(node, yaml.MappingNode):
                 raise self.err(node, key, "expected a mapping")
             out = {}
@@ -681,7 +681,7 @@ class _Loader:
             kwargs[name] = self.build(hints[name], v_node, sub)
         for name, f in fields.items():
             if name not in kwargs and f.default is dataclasses.MISSING and \
-                    f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+                    f.default_factory is dataclasses.MISSING:
                 sub = f"{key}.{name}" if key else name
                 raise self.err(node, sub, "required key is missing")
         return cls(**kwargs)
@@ -701,7 +701,7 @@ def loads(text: str, *, file: str = "<config>", env: typing.Mapping[str, str] | 
         raise ConfigError(f"not valid YAML: {exc}", file=file) from None
     if node is None:
         raise ConfigError("the file is empty", file=file)
-    cfg = loader.dataclass(Config, node, "")
+    cfg: Config = loader.dataclass(Config, node, "")
     cfg = dataclasses.replace(cfg, source=file, lines=dict(loader.pos.lines))
     _check_semantics(cfg, loader.pos, loader.env)
     return cfg

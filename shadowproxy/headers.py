@@ -59,5 +59,5 @@ def end_to_end_text(headers: Iterable[tuple[str, str]],
         out.append((name, value))
         lnames.append(lname)
     if named:
-        out = [h for h, lname in zip(out, lnames) if lname not in named]
+        out = [h for h, lname in zip(out, lnames, strict=True) if lname not in named]
     return out

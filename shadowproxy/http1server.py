@@ -389,6 +389,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop     # set by connection_made: asyncio calls it first
         self.peer = ""
         self.keep_alive = True
         self.closing = False               # nothing more is read (nor written, but FIN)
@@ -408,6 +409,9 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        loop = self.server.loop
+        assert loop is not None            # a started server's connection
+        self._loop = loop
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else ""
         server = self.server
@@ -424,7 +428,7 @@ class Connection(asyncio.Protocol):
             if self.closing or not self.keep_alive:
                 # after the last request: nothing more is read as a request
                 if self.closing:
-                    self._heard = self.server.loop.time()     # lingering
+                    self._heard = self._loop.time()     # lingering
                 else:
                     self.pause()
                 return
@@ -495,7 +499,7 @@ class Connection(asyncio.Protocol):
         self.server._changed()
 
     def pause_writing(self) -> None:
-        self._write_paused = self.server.loop.create_future()
+        self._write_paused = self._loop.create_future()
 
     def resume_writing(self) -> None:
         w, self._write_paused = self._write_paused, None
@@ -582,7 +586,7 @@ class Connection(asyncio.Protocol):
         req._conn = self
         self._request = req
         self.server.requests += 1
-        self._task = self.server.loop.create_task(self._run(req))
+        self._task = self._loop.create_task(self._run(req))
         self._task_for = req
 
     async def _run(self, req: Request) -> None:
@@ -597,7 +601,7 @@ class Connection(asyncio.Protocol):
         except ConnectionError:
             if self._request is req:
                 self.abort()
-        except Exception:  # noqa: BLE001 - one failed request must not stop the server
+        except Exception:  # one failed request must not stop the server
             log.exception("request handler failed")
             if self._request is req:
                 if not req.responded and not self.closing:
@@ -655,7 +659,7 @@ class Connection(asyncio.Protocol):
 
     def _idle_timer(self) -> None:
         if self._idle is None:
-            self._idle = self.server.loop.call_later(
+            self._idle = self._loop.call_later(
                 self.server.keepalive_timeout, self._idle_close)
 
     def _idle_close(self) -> None:
@@ -716,7 +720,7 @@ class Connection(asyncio.Protocol):
         if self._read_paused:
             self._read_paused = False
             t.resume_reading()
-        loop = self.server.loop
+        loop = self._loop
         self._heard = loop.time()
         self._linger_end = self._heard + LINGER_MAX
         self._idle = loop.call_later(LINGER_QUIET, self._linger)
@@ -726,16 +730,16 @@ class Connection(asyncio.Protocol):
         t = self.transport
         if t is None or t.is_closing():
             return
-        now = self.server.loop.time()
+        now = self._loop.time()
         if t.get_write_buffer_size():
             self._linger_end = now + LINGER_MAX     # the answer is still being written
         elif now - self._heard >= LINGER_QUIET or now >= self._linger_end:
             t.close()
             return
-        self._idle = self.server.loop.call_later(LINGER_QUIET, self._linger)
+        self._idle = self._loop.call_later(LINGER_QUIET, self._linger)
 
 
-def _ignore(_data: bytes) -> None:
+def _ignore(_data: bytes | bytearray) -> None:
     pass
 
 

@@ -96,7 +96,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 __all__ = [
-    "ANY", "DESC", "JSONPathError", "Matcher", "Pattern", "SOME_INDEX", "Token",
+    "ANY", "DESC", "SOME_INDEX", "JSONPathError", "Matcher", "Pattern", "States", "Token",
     "matches", "parse", "quote_name", "render", "render_member", "selects",
 ]
 
@@ -106,6 +106,8 @@ Token = tuple[Any, ...]
 Pattern = tuple[Token, ...]
 ANY: Token = ("any",)
 DESC: Token = ("desc",)
+# a Matcher's position: the (pattern, token) index pairs still matching
+States = frozenset[tuple[int, int]]
 
 SUPPORTED = "$, .name, ['name'], [N], [*], .*, ..name, ..['name'], ..[N], ..[*], ..*"
 
@@ -344,15 +346,15 @@ class Matcher:
     def __init__(self, patterns: Iterable[Pattern]) -> None:
         self.patterns = tuple(patterns)
         for p in self.patterns:
-            if p and p[-1][0] == "desc" or any(t[0] == "desc" and p[k + 1][0] == "desc"
-                                          for k, t in enumerate(p[:-1])):
+            if (p and p[-1][0] == "desc") or any(t[0] == "desc" and p[k + 1][0] == "desc"
+                                            for k, t in enumerate(p[:-1])):
                 raise ValueError(f"'..' must be followed by a selector: {p!r}")
         self.root_hit = any(len(p) == 0 for p in self.patterns)
-        self.initial: frozenset[tuple[int, int]] = frozenset(
+        self.initial: States = frozenset(
             (i, 0) for i, p in enumerate(self.patterns) if p)
-        self._cache: dict[tuple[frozenset, object], tuple[frozenset, bool]] = {}
+        self._cache: dict[tuple[States, object], tuple[States, bool]] = {}
 
-    def step(self, states: frozenset, seg: object) -> tuple[frozenset, bool]:
+    def step(self, states: States, seg: object) -> tuple[States, bool]:
         """→ (states after ``seg``, whether some pattern selects the location reached)."""
         if not states:
             return states, False
@@ -381,7 +383,7 @@ class Matcher:
         self._cache[ck] = res
         return res
 
-    def walk(self, path: Iterable[object]) -> tuple[frozenset, bool]:
+    def walk(self, path: Iterable[object]) -> tuple[States, bool]:
         """States after ``path``, and whether a pattern selected it or one of its
         ancestors (the walk stops at the first such)."""
         states = self.initial

@@ -72,7 +72,7 @@ class _Histogram:
 
     def cumulative(self) -> list[tuple[str, float]]:
         out, acc = [], 0
-        for label, n in zip(_BUCKET_LABELS, self.counts):
+        for label, n in zip(_BUCKET_LABELS, self.counts, strict=True):
             acc += n
             out.append((label, float(acc)))
         return out
@@ -119,7 +119,7 @@ class Metrics:
         self.control = control
         self.observer = ResultObserver()
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(self))  # type: ignore[arg-type]
+        self.registry.register(_Collector(self))
         self._attached = False
 
     def attach(self) -> None:
@@ -157,7 +157,7 @@ class Metrics:
         perr = CounterMetricFamily(
             "shadowproxy_primary_errors", "Primary failures (answered 502/504 or cut short)",
             labels=["kind"])
-        drops: dict[str, float] = {}
+        drops: dict[str, int] = {}
         for (outcome, reason, endpoint), n in sorted(control.stats.counts.items()):
             if outcome == "mirrored":
                 mirrored.add_metric([endpoint], n)

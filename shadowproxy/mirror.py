@@ -23,9 +23,10 @@ import asyncio
 import collections
 import logging
 import time
-from time import perf_counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from time import perf_counter
+from typing import TypedDict
 
 import aiohttp
 
@@ -33,8 +34,8 @@ from . import http1
 from .breaker import Breaker
 from .capture import Budget, Capture
 from .config import Config, MirrorConfig
-from .policy import Policy, Sampler  # noqa: F401 - Sampler: re-exported
 from .models import Exchange, RequestRecord, ResponseRecord
+from .policy import Policy, Sampler  # noqa: F401 - Sampler: re-exported
 from .stats import Stats
 
 log = logging.getLogger("shadowproxy.mirror")
@@ -43,8 +44,14 @@ SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 # Response head limits when reading an upstream. aiohttp's client defaults (8190-byte
 # fields, 128 headers) would turn a legitimate answer with a big CSP or Set-Cookie
 # into a 502 (primary) or a false "protocol" error (candidate).
-UPSTREAM_LIMITS = {"max_line_size": 64 * 1024, "max_field_size": 64 * 1024,
-                   "max_headers": 1024}
+class _Limits(TypedDict):
+    max_line_size: int
+    max_field_size: int
+    max_headers: int
+
+
+UPSTREAM_LIMITS: _Limits = {"max_line_size": 64 * 1024, "max_field_size": 64 * 1024,
+                            "max_headers": 1024}
 
 
 @dataclass(slots=True, eq=False)   # hashed by identity: a member of Mirror._running

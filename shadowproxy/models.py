@@ -63,7 +63,7 @@ _REQUEST_FIELDS = attrgetter(*(f.name for f in fields(RequestRecord)))
 _RESPONSE_FIELDS = attrgetter(*(f.name for f in fields(ResponseRecord)))
 
 
-def to_wire(ex: Exchange) -> tuple:
+def to_wire(ex: Exchange) -> tuple[Any, ...]:
     """``ex`` as nested tuples of its fields' values in declaration order: what the
     channel sends (for 1 KB bodies ~2.5× cheaper to pickle and ~1.5× to unpickle than
     the dataclasses)."""
@@ -73,7 +73,7 @@ def to_wire(ex: Exchange) -> tuple:
             None if sec is None else _RESPONSE_FIELDS(sec))
 
 
-def from_wire(t: tuple) -> Exchange:
+def from_wire(t: tuple[Any, ...]) -> Exchange:
     """The :class:`Exchange` that :func:`to_wire` turned into ``t``."""
     id_, started, endpoint, route, req, pri, cand, sec = t
     return Exchange(id_, started, endpoint, route, RequestRecord(*req), ResponseRecord(*pri),
@@ -87,7 +87,8 @@ _INDEX = re.compile(r"\[(?:\d+|(?:[A-Za-z_]\w*|'(?:[^'\\]|\\.)*')=(?:'(?:[^'\\]|
 
 
 def fold_path(path: str) -> str:
-    """Array indexes and keyed selectors folded: ``$.users[id=7].tags[2]`` → ``$.users[*].tags[*]``."""
+    """Array indexes and keyed selectors folded:
+    ``$.users[id=7].tags[2]`` → ``$.users[*].tags[*]``."""
     return _INDEX.sub("[*]", path)
 
 

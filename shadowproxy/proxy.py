@@ -29,10 +29,10 @@ from .config import Config
 from .headers import end_to_end_text
 from .http1server import BodyError, Request
 from .mirror import SKIP_AUTO_HEADERS, UPSTREAM_LIMITS, Mirror, classify_error
-from .tee import Tee
 from .models import RequestRecord, ResponseRecord
 from .routes import Router
 from .stats import Stats
+from .tee import Tee
 from .websocket import keep_refusal, proxy_websocket
 
 log = logging.getLogger("shadowproxy.proxy")
@@ -63,7 +63,7 @@ class Proxy:
             # idle ones close, those in use when their request ends
             self.pool.close_idle()
             self.pool = None
-        self.primary = cfg.upstreams.primary
+        self.primary: str = cfg.upstreams.primary
         if self.pool is None:
             self.pool = http1.Pool(self.primary, None)
         self.preserve_host = cfg.preserve_host

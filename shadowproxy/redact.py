@@ -78,7 +78,7 @@ import logging
 import os
 import re
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote_plus
 
@@ -91,7 +91,7 @@ from .errors import ConfigError
 from .models import Difference, Exchange, Headers, RequestRecord, ResponseRecord, Result
 
 try:  # optional: only needed to decode Content-Encoding: br
-    import brotli as _brotli  # type: ignore[import-not-found]
+    import brotli as _brotli
 except ImportError:  # pragma: no cover - depends on the environment
     _brotli = None
 
@@ -111,8 +111,10 @@ _BINARY_TYPES = re.compile(
     r"x-tar|wasm|avro|parquet|cbor|bson", re.I)
 # control characters that make a body binary, as bytes: in UTF-8 they never occur
 # inside a multi-byte character (deleting them is much faster than a regex search)
-_CONTROL_BYTES = bytes((*range(0x00, 0x09), 0x0b, *range(0x0e, 0x20)))
+_CONTROL_BYTES = bytes((*range(0x09), 0x0b, *range(0x0e, 0x20)))
 _CONTENT_ENCODING = frozenset({"content-encoding"})
+# the bodies redacted so far in one exchange: ((body, encoding, type, truncated), result)
+_Done = list[tuple[tuple[bytes, str | None, str | None, bool], tuple[bytes, bool, bool]]]
 
 
 # ------------------------------------------------------------------ JSONPath patterns
@@ -194,7 +196,7 @@ class _Secrets:
             self.values[value] = mask
             self._dirty = True
 
-    def add_tree(self, value: Any, mask_fn) -> None:
+    def add_tree(self, value: Any, mask_fn: Callable[[str], str]) -> None:
         if isinstance(value, str):
             self.add(value, mask_fn(value))
         elif isinstance(value, dict):
@@ -254,9 +256,10 @@ def _decode_body(body: bytes, encoding: str | None, limit: int) -> tuple[bytes |
                     d = zlib.decompressobj(wbits=-15)     # raw deflate, as some servers send
                     out = d.decompress(data, limit + 1)
             elif coding == "br" and _brotli is not None:
-                out = decode_brotli(data, limit)   # bounded: never inflates past limit
-                if out is None:
+                br = decode_brotli(data, limit)   # bounded: never inflates past limit
+                if br is None:
                     return None, False
+                out = br
             else:
                 return None, False
         except Exception:  # noqa: BLE001 - corrupt or truncated beyond use
@@ -416,7 +419,7 @@ class Redactor:
 
     @classmethod
     def from_config(cls, cfg: RedactConfig, env: Mapping[str, str] | None = None,
-                    *, key: bytes | None = None) -> "Redactor":
+                    *, key: bytes | None = None) -> Redactor:
         """The key from ``env[cfg.key_env]`` when set, else ``key``, else a random one.
 
         A random key is per run: masks then only compare within this run (a master
@@ -553,7 +556,7 @@ class Redactor:
         return mk
 
     def redact_query(self, query: str, secrets: _Secrets | None = None,
-                     names: "_Names | None" = None) -> str:
+                     names: _Names | None = None) -> str:
         """Mask the values of sensitive parameters in a query string (or form body)."""
         if not query:
             return query
@@ -604,7 +607,7 @@ class Redactor:
         return text
 
     def redact_json(self, doc: Any, secrets: _Secrets | None = None,
-                    start: Sequence[str | int] = ()) -> Any:
+                    start: Sequence[str | int | object] = ()) -> Any:
         """A copy of a parsed JSON document with the field paths masked. ``start`` is the
         concrete path of ``doc`` inside its document (for values found in differences)."""
         secrets = secrets if secrets is not None else _Secrets()
@@ -621,7 +624,7 @@ class Redactor:
             secrets.add_tree(value, self.mask)
         return m
 
-    def _walk(self, node: Any, states: frozenset, secrets: _Secrets) -> Any:
+    def _walk(self, node: Any, states: jsonpath.States, secrets: _Secrets) -> Any:
         if isinstance(node, dict):
             out = {}
             for k, v in node.items():
@@ -690,7 +693,8 @@ class Redactor:
 
     # -- records
 
-    def _headers(self, headers: Headers, secrets: _Secrets, drop: frozenset[str] = frozenset(),
+    def _headers(self, headers: Sequence[tuple[str, str]], secrets: _Secrets,
+                 drop: frozenset[str] = frozenset(),
                  keep: bool = True) -> Headers:
         """The stored headers (without ``drop``), their secrets added to ``secrets``.
         ``keep=False``: only the secrets (a summary stores no headers)."""
@@ -710,7 +714,7 @@ class Redactor:
         return tuple(out)
 
     def _body(self, body: bytes, headers: Headers, truncated: bool, secrets: _Secrets,
-              done: list[tuple[tuple, tuple[bytes, bool, bool]]]) -> tuple[bytes, bool, bool]:
+              done: _Done) -> tuple[bytes, bool, bool]:
         """:meth:`redact_body`, once per distinct input in an exchange (``done``: inputs
         and outputs so far, compared rather than hashed: bodies of different lengths
         differ at no cost)."""
@@ -725,7 +729,7 @@ class Redactor:
         done.append((key, out))
         return out
 
-    def _request(self, r: RequestRecord, secrets: _Secrets, done: list, whole: bool
+    def _request(self, r: RequestRecord, secrets: _Secrets, done: _Done, whole: bool
                  ) -> RequestRecord:
         body, decoded, _cut = self._body(r.body, r.headers, False, secrets, done)
         query = self.redact_query(r.query, secrets)
@@ -736,10 +740,8 @@ class Redactor:
         return RequestRecord(method=r.method, path=r.path, query=query, headers=headers,
                              body=body)
 
-    def _response(self, r: ResponseRecord | None, secrets: _Secrets, done: list, whole: bool
-                  ) -> ResponseRecord | None:
-        if r is None:
-            return None
+    def _response(self, r: ResponseRecord, secrets: _Secrets, done: _Done, whole: bool
+                  ) -> ResponseRecord:
         body, decoded, cut = self._body(r.body, r.headers, r.truncated, secrets, done)
         headers = self._headers(r.headers, secrets, _CONTENT_ENCODING if decoded else frozenset(),
                                 keep=whole)
@@ -783,11 +785,11 @@ class Redactor:
         distinct body only once: a candidate usually answers primary's bytes, and equal
         input gives the same output and finds the same secrets."""
         secrets = _Secrets()
-        done: list[tuple[tuple, tuple[bytes, bool, bool]]] = []   # bodies redacted so far
+        done: _Done = []   # bodies redacted so far
         req = self._request(ex.request, secrets, done, whole)
         pri = self._response(ex.primary, secrets, done, whole)
         cand = self._response(ex.candidate, secrets, done, whole)
-        sec = self._response(ex.secondary, secrets, done, whole)
+        sec = None if ex.secondary is None else self._response(ex.secondary, secrets, done, whole)
         echo = secrets.echo()
         if echo is not None:
             req, pri, cand, sec = (self._echo_record(r, echo) for r in (req, pri, cand, sec))
@@ -795,7 +797,7 @@ class Redactor:
                        request=req, primary=pri, candidate=cand, secondary=sec)
         return out, secrets
 
-    def redact_target(self, target: str, headers: Headers) -> str:
+    def redact_target(self, target: str, headers: Sequence[tuple[str, str]]) -> str:
         """A request target (origin form) as the store would keep its path and query:
         sensitive query values masked, and the secrets of the request's headers masked
         wherever they are echoed in it."""

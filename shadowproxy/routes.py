@@ -27,9 +27,9 @@ class RoutePattern:
             raise ValueError(f"a route template starts with '/', got {template!r}")
         parts = template.strip("/").split("/") if template.strip("/") else []
         regex = ""
-        for i, part in enumerate(parts):
+        for part in parts:
             if part == "**":
-                regex += "(?:/.*)?" if i else "(?:/.*)?"
+                regex += "(?:/.*)?"
                 continue
             if part == "*" or _PARAM.match(part):
                 regex += "/[^/]+"

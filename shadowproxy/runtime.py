@@ -468,7 +468,7 @@ async def _supervise(cfg: Config, n: int) -> int:
             print(f"ready: {n} workers", flush=True)
         try:
             await asyncio.wait_for(stopping.wait(), 0.1 if not announced else 1.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         for i, p in list(procs.items()):
             if not p.is_alive() and not stopping.is_set():
@@ -549,7 +549,7 @@ class InProcess:
     def port(self) -> int:
         return self.server.port
 
-    async def start(self) -> "InProcess":
+    async def start(self) -> InProcess:
         await self.control.start()
         await self.server.start()
         return self

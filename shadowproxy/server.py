@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import http1server
+from . import http1, http1server
 from .config import Config, split_address
 from .http1server import Request, Server
 from .mirror import Mirror
@@ -81,7 +81,7 @@ class ProxyServer:
         self._upgrades = web.Server(self.proxy.handle_upgrade, handler_cancellation=True,
                                     auto_decompress=False, max_line_size=MAX_LINE,
                                     max_field_size=MAX_FIELD, access_log=None,
-                                    max_headers=http1server.MAX_HEADERS)
+                                    max_headers=http1.MAX_HEADERS)
         self._server = Server(self._handler(self.cfg), on_upgrade=self._upgrades,
                               on_malformed=lambda: self.stats.add("not_eligible", "malformed"))
         await self._server.start(self.sock)

@@ -73,7 +73,7 @@ class Intake:
                         self._primary(item, mine)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
-        except Exception:  # noqa: BLE001 - a bad frame closes that worker's link only
+        except Exception:  # a bad frame closes that worker's link only
             log.exception("bad frame from a worker")
         finally:
             self.conns.discard(task)

@@ -16,7 +16,7 @@ whoever aggregates them (the control process in multi-process mode).
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable
+from collections.abc import Iterable
 
 FINAL = ("not_eligible", "sampled_out", "dropped", "compared", "candidate_error",
          "candidate_timeout")

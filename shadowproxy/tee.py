@@ -23,8 +23,8 @@ import asyncio
 import logging
 import time
 import zlib
-from operator import attrgetter
 from dataclasses import fields
+from operator import attrgetter
 from typing import Any
 
 from .capture import Budget

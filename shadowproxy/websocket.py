@@ -73,7 +73,8 @@ class Refused(Exception):
         self.status, self.reason, self.raw_headers, self.body = status, reason, raw_headers, body
 
 
-async def keep_refusal(req: aiohttp.ClientRequest, handler: Any) -> aiohttp.ClientResponse:
+async def keep_refusal(req: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+                       ) -> aiohttp.ClientResponse:
     """A client middleware of the proxy's session: when primary answers a WebSocket
     handshake (one :func:`proxy_websocket` sends) with anything but 101, that answer
     (its body up to :data:`REFUSAL_BODY`) is raised as :class:`Refused`, to be relayed

@@ -100,7 +100,8 @@ class RawConn:
         self.writer.write(data)
         await self.writer.drain()
 
-    async def read_head(self, timeout: float = 5.0) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:
+    async def read_head(self, timeout: float = 5.0
+                        ) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:
         """Status line, headers, and the raw bytes of the head."""
         raw = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), timeout)
         lines = raw[:-4].split(b"\r\n")

@@ -72,7 +72,7 @@ http {{
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "Nginx":
+    def start(self) -> Nginx:
         self.proc = subprocess.Popen([self.bin, "-p", str(self.root), "-c",
                                       str(self.root / "nginx.conf")],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -83,7 +83,7 @@ http {{
             except OSError:
                 if self.proc.poll() is not None:
                     err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                    raise RuntimeError(f"nginx failed to start: {err}")
+                    raise RuntimeError(f"nginx failed to start: {err}") from None
                 time.sleep(0.05)
         raise RuntimeError("nginx did not start listening")
 

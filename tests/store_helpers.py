@@ -10,9 +10,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import itertools
-import time
 import os
 import sys
+import time
 
 import orjson
 

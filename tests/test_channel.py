@@ -1,5 +1,6 @@
 """The worker → control channel: exchanges queued within ``linger`` of the first travel in
-one frame (with ``linger=0``, those of one loop iteration), the limit still drops (counted by the caller), nothing queued is lost on close."""
+one frame (with ``linger=0``, those of one loop iteration), the limit still drops (counted by
+the caller), nothing queued is lost on close."""
 
 from __future__ import annotations
 

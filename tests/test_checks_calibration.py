@@ -20,16 +20,16 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from shadowproxy.checks import (
+from shadowproxy.checks import (  # noqa: E402 - after the sys.path set-up for script runs
     Counts,
     ErrorPairs,
     MemorySource,
     evaluate,
     stats,
 )
-from shadowproxy.checks.evaluate import effective_diffs
-from shadowproxy.compare.noise import NoiseLearner
-from shadowproxy.config import CheckConfig, NoiseConfig
+from shadowproxy.checks.evaluate import effective_diffs  # noqa: E402 - as above
+from shadowproxy.compare.noise import NoiseLearner  # noqa: E402 - as above
+from shadowproxy.config import CheckConfig, NoiseConfig  # noqa: E402 - as above
 
 RUNS = 200
 EPS = ("GET /api/users/{id}", "GET /api/items")

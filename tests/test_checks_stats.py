@@ -93,8 +93,8 @@ def test_clopper_pearson_coverage_is_exact_by_enumeration():
         bounds = [stats.clopper_pearson(k, n) for k in range(n + 1)]
         for p in [i / 200 for i in range(1, 200)] + [0.001, 0.003, 0.997]:
             pmf = binom_pmf(n, p)
-            above = sum(pr for pr, (lo, _hi) in zip(pmf, bounds) if lo > p)
-            below = sum(pr for pr, (_lo, hi) in zip(pmf, bounds) if hi < p)
+            above = sum(pr for pr, (lo, _hi) in zip(pmf, bounds, strict=True) if lo > p)
+            below = sum(pr for pr, (_lo, hi) in zip(pmf, bounds, strict=True) if hi < p)
             assert above <= 0.025 + 1e-9 and below <= 0.025 + 1e-9, (n, p, above, below)
 
 

@@ -6,11 +6,21 @@ import pytest
 
 from shadowproxy.compare import Comparator, RuleCache, compile_rules
 from shadowproxy.compare.paths import (
-    STAR, KeySel, parse_pattern, pattern_matches, render, render_pattern,
+    STAR,
+    KeySel,
+    parse_pattern,
+    pattern_matches,
+    render,
+    render_pattern,
 )
 from shadowproxy.compare.rules import NodeRule
 from shadowproxy.config import (
-    DEFAULT_IGNORED_HEADERS, ArrayRule, CompareRules, Route, Scrubber, Tolerance,
+    DEFAULT_IGNORED_HEADERS,
+    ArrayRule,
+    CompareRules,
+    Route,
+    Scrubber,
+    Tolerance,
 )
 from shadowproxy.errors import ConfigError
 from shadowproxy.models import ResponseRecord

@@ -1,4 +1,5 @@
-"""The config loader: the issue's shape, units, env substitution, and errors naming file, line, key."""
+"""The config loader: the issue's shape, units, env substitution, and errors naming file,
+line, key."""
 
 from __future__ import annotations
 
@@ -185,9 +186,9 @@ def _keys(cls: type, prefix: str = "") -> list[str]:
 
 
 def test_configuration_reference_names_every_key() -> None:
-    from shadowproxy.config import Config
-
     import re
+
+    from shadowproxy.config import Config
 
     doc = (ROOT / "docs" / "configuration.md").read_text()
     missing = sorted({k for k in _keys(Config)

@@ -60,7 +60,7 @@ async def test_kill_9_of_the_control_process_leaves_counts_and_exchanges_togethe
     # the workers and shadow processes go when the control process is gone
     for _ in range(200):
         if not any(os.path.exists(f"/proc/{p}") and
-                   open(f"/proc/{p}/stat").read().split()[2] != "Z" for p in pids):
+                   Path(f"/proc/{p}/stat").read_text().split()[2] != "Z" for p in pids):
             break
         await asyncio.sleep(0.05)
     exchanges, judged, incidents = _stored(db)

@@ -1,4 +1,5 @@
-"""deploy/: the sidecar's embedded config loads with the real loader; the Dockerfile runs the CLI."""
+"""deploy/: the sidecar's embedded config loads with the real loader; the Dockerfile runs
+the CLI."""
 
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import aiohttp
 
 from shadowproxy.runtime import InProcess
-from shadowproxy.store import open_store
 from shadowproxy.stats import FINAL
+from shadowproxy.store import open_store
 
 from .support import config
 
@@ -65,7 +65,7 @@ async def test_regression_found_noise_learned_identical_clean(upstreams, tmp_pat
     # accounting: every request ended in exactly one final outcome
     assert app.stats.final_total() == n
     assert app.stats.total("compared") == app.stats.total("mirrored") == n
-    assert set(o for (o, _r, _e) in app.stats.counts) <= set(FINAL) | {"mirrored"}
+    assert {o for (o, _r, _e) in app.stats.counts} <= set(FINAL) | {"mirrored"}
 
     store = open_store(f"sqlite:///{db}", readonly=True)
     try:

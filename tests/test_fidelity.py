@@ -443,7 +443,7 @@ async def test_204_304_no_body_headers_kept(answer):
 async def test_status_reason_and_header_case_kept():
     answer = (b"HTTP/1.1 299 Quite Fine\r\nx-lower: a\r\nX-UPPER: B\r\nX-Dup: 1\r\n"
               b"x-dup: 2\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nabc")
-    async with raw_primary(canned(answer)) as (up, srv):
+    async with raw_primary(canned(answer)) as (_up, srv):
         via = await exchange(srv.port, request("GET", "/"))
         assert via.raw == answer
 
@@ -865,7 +865,7 @@ async def test_slow_client_slows_primary_not_memory():
             sent += len(block)
         await reader.read()
 
-    async with raw_primary(big) as (up, srv):
+    async with raw_primary(big) as (_up, srv):
         async with await RawConn.open(srv.port) as c:
             await c.send(request("GET", "/big"))
             await c.read_head()
@@ -980,7 +980,7 @@ async def test_reload_applies_to_next_request(env):
     b"HTTP/1.1 200 OK\r\nSet-Cookie: big=" + b"c" * 10000 + b"\r\nContent-Length: 2\r\n\r\nok",
 ])
 async def test_big_response_headers_pass(answer):
-    async with raw_primary(canned(answer)) as (up, srv):
+    async with raw_primary(canned(answer)) as (_up, srv):
         via = await exchange(srv.port, request("GET", "/"))
         assert via.raw == answer
 
@@ -1022,7 +1022,7 @@ async def test_connection_header_cannot_change_upstream_framing():
 async def test_primary_length_beside_chunked_never_reaches_the_client():
     answer = (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n"
               b"2c\r\nHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON\r\n0\r\n\r\n")
-    async with raw_primary(canned(answer)) as (up, srv):
+    async with raw_primary(canned(answer)) as (_up, srv):
         async with await RawConn.open(srv.port) as c:
             await c.send(request("GET", "/"))
             via = await c.read_response()
@@ -1038,7 +1038,7 @@ async def test_content_length_named_in_connection_still_frames_the_answer():
     forwarded): the client's answer is still framed (chunked), and the connection
     carries the next answer cleanly."""
     answer = b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nhello"
-    async with raw_primary(canned(answer, keep_open=True)) as (up, srv):
+    async with raw_primary(canned(answer, keep_open=True)) as (_up, srv):
         async with await RawConn.open(srv.port) as c:
             for path in ("/", "/again"):
                 await c.send(request("GET", path))
@@ -1054,7 +1054,7 @@ async def test_connection_left_paused_is_never_reused():
     size = 8 * 1024 * 1024
     big = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"z" * size
     async with raw_primary(canned(big, keep_open=True),
-                           timeouts={"primary": "3s"}) as (up, srv):
+                           timeouts={"primary": "3s"}) as (_up, srv):
         c = await RawConn.open(srv.port)
         await c.send(request("GET", "/big"))
         await c.read_head()
@@ -1080,7 +1080,7 @@ async def test_head_reaches_the_client_before_the_first_body_byte():
         await writer.drain()
         await asyncio.sleep(0.5)
 
-    async with raw_primary(late_body, timeouts={"primary": "1s"}) as (up, srv):
+    async with raw_primary(late_body, timeouts={"primary": "1s"}) as (_up, srv):
         async with await RawConn.open(srv.port) as c:
             await c.send(request("GET", "/events"))
             status, _, _ = await c.read_head(timeout=0.7)   # long before the body
@@ -1096,7 +1096,7 @@ async def test_primary_timeout_does_not_count_a_slow_upload():
                      % (len(str(len(body))), len(body)))
         await writer.drain()
 
-    async with raw_primary(echo_len, timeouts={"primary": "500ms"}) as (up, srv):
+    async with raw_primary(echo_len, timeouts={"primary": "500ms"}) as (_up, srv):
         async with await RawConn.open(srv.port) as c:
             await c.send(request("POST", "/up", [("Content-Length", "30")]))
             for _ in range(10):                   # 30 bytes over ~1.5 s
@@ -1171,7 +1171,7 @@ async def test_early_hints_reach_an_http11_client(version):
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         await writer.drain()
 
-    async with raw_primary(hints) as (up, srv):
+    async with raw_primary(hints) as (_up, srv):
         async with await RawConn.open(srv.port) as c:
             await c.send(request("GET", "/page", version=version))
             first = await c.read_head()
@@ -1197,7 +1197,7 @@ async def test_options_asterisk_reaches_primary_and_candidate():
 
     cand = await RawServer(answer).start()
     try:   # a path prefix on the candidate does not make it "OPTIONS /v2*"
-        async with raw_primary(answer, upstreams={"candidate": cand.url + "/v2"}) as (up, srv):
+        async with raw_primary(answer, upstreams={"candidate": cand.url + "/v2"}) as (_up, srv):
             got = await exchange(srv.port, request("OPTIONS", "*"))
             for _ in range(100):
                 if len(lines) == 2:
@@ -1234,7 +1234,7 @@ async def test_transfer_codings_besides_chunked_reach_the_client(te, want):
 
     cand = await RawServer(answer).start()
     try:
-        async with raw_primary(answer, upstreams={"candidate": cand.url}) as (up, srv):
+        async with raw_primary(answer, upstreams={"candidate": cand.url}) as (_up, srv):
             got = await exchange(srv.port, request("GET", "/gz"))
             old = await exchange(srv.port, request("GET", "/gz", version="HTTP/1.0"))
             errors = srv.stats.total("primary_error", "transfer_coding")
@@ -1280,7 +1280,7 @@ async def test_a_refused_websocket_handshake_gets_primarys_answer(answer, status
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.2)
 
-    async with raw_primary(refuse) as (up, srv):
+    async with raw_primary(refuse) as (_up, srv):
         async with await RawConn.open(srv.port) as c:
             await c.send(request("GET", "/ws", WS_HANDSHAKE))
             got = await c.read_response()
@@ -1298,7 +1298,7 @@ async def test_a_refused_websocket_handshake_gets_primarys_answer(answer, status
 async def test_primary_reset_mid_body_is_a_reset_for_an_http10_client():
     head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
     async with raw_primary(lambda r, w, _log: _reset_after(r, w, head, b"5\r\nhello\r\n")) \
-            as (up, srv):
+            as (_up, srv):
         async with await RawConn.open(srv.port) as c:
             await c.send(request("GET", "/", version="HTTP/1.0"))
             await c.read_head()

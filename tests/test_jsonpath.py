@@ -20,7 +20,15 @@ from shadowproxy.compare.paths import render as render_location
 from shadowproxy.config import DEFAULT_REDACTED_FIELDS, CompareRules, RedactConfig, loads
 from shadowproxy.errors import ConfigError
 from shadowproxy.jsonpath import (
-    ANY, DESC, SOME_INDEX, JSONPathError, Matcher, Pattern, matches, parse, render,
+    ANY,
+    DESC,
+    SOME_INDEX,
+    JSONPathError,
+    Matcher,
+    Pattern,
+    matches,
+    parse,
+    render,
 )
 from shadowproxy.models import Difference, ResponseRecord
 from shadowproxy.redact import Redactor, concrete_path

@@ -195,7 +195,7 @@ store: {{url: "sqlite:///{tmp_path / 'r.db'}"}}
         shadows = [p for p, n in names.items() if n.startswith("shadowproxy-s")]
         assert len(workers) == 2 and shadows, names
         assert {pid: _limit(pid) for pid in [proc.pid, *workers, *shadows]} == \
-            {pid: want for pid in [proc.pid, *workers, *shadows]}
+            dict.fromkeys([proc.pid, *workers, *shadows], want)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()

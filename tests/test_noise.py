@@ -54,7 +54,7 @@ def test_real_regression_is_not_noise():
     assert not lr.is_noise(EP, "$.f")          # never seen on the secondary
     lr2 = NoiseLearner(NoiseConfig())
     feed(lr2, 2000, 0.05, 0.005, seed=3)       # the secondary shows it rarely
-    n, r, s = lr2.counts(EP, "$.f")
+    _n, r, s = lr2.counts(EP, "$.f")
     assert s > 0 and r > 3 * s
     assert not lr2.is_noise(EP, "$.f")
     ev = lr2.evidence()

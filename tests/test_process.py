@@ -13,7 +13,6 @@ from pathlib import Path
 
 import aiohttp
 
-
 from .support import Upstream, free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,14 +16,14 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from store_helpers import SECRETS, exchange, response, secret_result  # noqa: E402
+from store_helpers import SECRETS, exchange, response, secret_result
 
-from shadowproxy.config import RedactConfig  # noqa: E402
-from shadowproxy.errors import ConfigError  # noqa: E402
-from shadowproxy.models import Difference, RequestRecord, Result  # noqa: E402
-from shadowproxy.jsonpath import ANY, DESC  # noqa: E402
-from shadowproxy.jsonpath import parse as parse_jsonpath  # noqa: E402
-from shadowproxy.redact import Redactor  # noqa: E402
+from shadowproxy.config import RedactConfig
+from shadowproxy.errors import ConfigError
+from shadowproxy.jsonpath import ANY, DESC
+from shadowproxy.jsonpath import parse as parse_jsonpath
+from shadowproxy.models import Difference, RequestRecord, Result
+from shadowproxy.redact import Redactor
 
 KEY = b"k" * 32
 MASK = re.compile(r"\[redacted:[0-9a-f]{12}\]")
@@ -182,7 +182,8 @@ def test_names_match_by_their_last_words_in_json_query_and_forms(red):
                                            ({"accessToken": red.mask("T-1")}, None)]
     form = exchange(method="POST", req_body=b"user=ann&accessToken=F-1",
                     req_headers=(("Content-Type", "application/x-www-form-urlencoded"),))
-    assert red.redact_exchange(form).request.body == f"user=ann&accessToken={red.mask('F-1')}".encode()
+    assert (red.redact_exchange(form).request.body
+            == f"user=ann&accessToken={red.mask('F-1')}".encode())
 
 
 def test_short_names_still_mask_run_together_names():

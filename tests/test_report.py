@@ -363,7 +363,8 @@ def test_html_numbers_match_the_store(report: dict[str, Any], store) -> None:
     assert got == {(o, r): n for o, d in oc.items() for r, n in d.items()}
     # noise evidence
     noise = {(a["data-endpoint"], a["data-field"], a["data-metric"]): a["data-value"]
-             for t, a in cells.attrs_of if a.get("data-metric") in ("noise_n", "noise_r", "noise_s", "noise_p")}
+             for t, a in cells.attrs_of
+             if a.get("data-metric") in ("noise_n", "noise_r", "noise_s", "noise_p")}
     assert noise[("/users/{id}", "$.ts", "noise_n")] == "100"
     assert noise[("/users/{id}", "$.ts", "noise_r")] == "30"
     assert noise[("/users/{id}", "$.ts", "noise_s")] == "28"
@@ -513,7 +514,7 @@ def test_markdown_stays_short_with_many_endpoints() -> None:
 
 def test_markdown_cannot_be_broken_by_names() -> None:
     from shadowproxy.report.markdown import _code
-    assert _code("a`b|c\nd") == "`aˋb\\|c d`"
+    assert _code("a`b|c\nd") == "`a\u02cbb\\|c d`"
 
 
 def test_json_round_trips_and_matches_the_store(report: dict[str, Any], store) -> None:

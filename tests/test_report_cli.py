@@ -250,7 +250,7 @@ async def test_webhook_timeout_and_redirects(tmp_path: Path) -> None:
     loop = asyncio.get_running_loop()
     try:
         t0 = time.monotonic()
-        with pytest.raises(DeliveryError, match="no answer within 0.3s"):
+        with pytest.raises(DeliveryError, match=r"no answer within 0\.3s"):
             await loop.run_in_executor(None, lambda: post_webhook(
                 slow.url, {"text": "x"}, timeout=0.3))
         assert time.monotonic() - t0 < 1.5
@@ -481,7 +481,7 @@ async def test_smtp_failures_are_clear(tmp_path: Path) -> None:
         send_email(_smtp(1), "s", "t", env={})
     with pytest.raises(DeliveryError, match="plain connection"):
         send_email(_smtp(1, security="none"), "s", "t", env={"SP_SMTP_PW": "pw"})
-    with pytest.raises(DeliveryError, match="127.0.0.1"):
+    with pytest.raises(DeliveryError, match=r"127\.0\.0\.1"):
         from tests.support import free_port
         send_email(_smtp(free_port(), user=None, password_env=None, security="none"),
                    "s", "t", env={})

@@ -50,7 +50,7 @@ class Stage:
         self.intake = Intake(self.mirror)
         self.path = path
 
-    async def start(self) -> "Stage":
+    async def start(self) -> Stage:
         await self.mirror.start()
         self.server = await asyncio.start_unix_server(self.intake.serve, self.path)
         return self

@@ -12,18 +12,18 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from store_helpers import diff, response, result  # noqa: E402
+from store_helpers import diff, response, result
 
-from shadowproxy.compare.noise import NoiseEvidence  # noqa: E402
-from shadowproxy.config import StoreConfig  # noqa: E402
-from shadowproxy.errors import StoreError  # noqa: E402
-from shadowproxy.store import (  # noqa: E402
+from shadowproxy.compare.noise import NoiseEvidence
+from shadowproxy.config import StoreConfig
+from shadowproxy.errors import StoreError
+from shadowproxy.store import (
     SqliteStore,
     StoreWriter,
     open_store,
     percentile,
 )
-from shadowproxy.store.sqlite import SCHEMA_VERSION  # noqa: E402
+from shadowproxy.store.sqlite import SCHEMA_VERSION
 
 NOW = time.time()
 T0 = (NOW // 3600) * 3600 - 3 * 3600     # three hours ago, on an hour boundary
@@ -34,8 +34,8 @@ def url(tmp_path, name="results.db") -> str:
 
 
 def cfg(u: str, **kw) -> StoreConfig:
-    base = dict(url=u, batch=50, flush_interval=0.01, queue=10000, samples_per_field=3,
-                retention_age=0.0, retention_size=0)
+    base = {"url": u, "batch": 50, "flush_interval": 0.01, "queue": 10000,
+            "samples_per_field": 3, "retention_age": 0.0, "retention_size": 0}
     base.update(kw)
     return StoreConfig(**base)
 

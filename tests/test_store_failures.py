@@ -15,15 +15,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from store_helpers import diff, response, result  # noqa: E402
+from store_helpers import diff, response, result
 
-from shadowproxy.config import StoreConfig  # noqa: E402
-from shadowproxy.store import StoreWriter, open_store  # noqa: E402
+from shadowproxy.config import StoreConfig
+from shadowproxy.store import StoreWriter, open_store
 
 
 def cfg(**kw) -> StoreConfig:
-    base = dict(batch=10, flush_interval=0.01, queue=100000, samples_per_field=5,
-                retention_age=0.0, retention_size=0)
+    base = {"batch": 10, "flush_interval": 0.01, "queue": 100000, "samples_per_field": 5,
+            "retention_age": 0.0, "retention_size": 0}
     base.update(kw)
     return StoreConfig(**base)
 

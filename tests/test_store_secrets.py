@@ -8,16 +8,16 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from store_helpers import SECRETS, response, secret_result  # noqa: E402
+from store_helpers import SECRETS, response, secret_result
 
-from shadowproxy.compare.stage import CompareStage  # noqa: E402
-from shadowproxy.config import RedactConfig, StoreConfig  # noqa: E402
-from shadowproxy.models import Exchange, RequestRecord  # noqa: E402
-from shadowproxy.redact import Redactor  # noqa: E402
-from shadowproxy.stats import Stats  # noqa: E402
-from shadowproxy.store import StoreWriter, open_store  # noqa: E402
+from shadowproxy.compare.stage import CompareStage
+from shadowproxy.config import RedactConfig, StoreConfig
+from shadowproxy.models import Exchange, RequestRecord
+from shadowproxy.redact import Redactor
+from shadowproxy.stats import Stats
+from shadowproxy.store import StoreWriter, open_store
 
-from .support import config  # noqa: E402
+from .support import config
 
 
 def raw_bytes(db: Path) -> bytes:

@@ -270,7 +270,8 @@ def _variant_app(role: str) -> Any:
         return web.Response(text="\n".join(lines) + "\n")
 
     async def shape(request: web.Request) -> web.Response:
-        body: dict[str, object] = {"id": 1, "items": [{"sku": "a", "qty": 1}, {"sku": "b", "qty": 2}],
+        body: dict[str, object] = {"id": 1,
+                                   "items": [{"sku": "a", "qty": 1}, {"sku": "b", "qty": 2}],
                                    "odd key": "x"}
         if cand:
             body["new_field"] = True          # added
@@ -320,7 +321,8 @@ async def test_every_kind_of_difference_renders(browser: Chromium, tmp_path: Pat
 
         async def open_exchange(path: str) -> None:
             await page.evaluate(f"location.hash = '#/x/' + {json.dumps(ids[path])}")
-            await page.wait_for(f"document.querySelector('#exchange[data-id={json.dumps(ids[path])}]')")
+            await page.wait_for(
+                f"document.querySelector('#exchange[data-id={json.dumps(ids[path])}]')")
 
         # text bodies: the changed line is marked on both sides
         await open_exchange("/text")

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..config import Config, parse_duration
 from ..errors import StoreError
+from ..store.base import glob_escape
 from .evaluate import (
     FAIL,
     INCONCLUSIVE,
@@ -50,7 +51,7 @@ from .render import (
     report_doc,
     summary_line,
 )
-from .source import StoreSource, glob_escape
+from .source import StoreSource
 
 __all__ = [
     "FAIL", "INCONCLUSIVE", "PASS", "CheckResult", "Counts", "ErrorPairs", "FieldInfo",

@@ -555,11 +555,11 @@ def evaluate_check(check: CheckConfig, source: Source, endpoint_filter: str = "*
         pairs = {ep: source.error_pairs(ep) for ep in eps}
         units = [error_unit(ep, pairs[ep], t, check) for ep in eps]
         examples = tuple(x for ep in eps for x in pairs[ep].examples)[:MAX_EXAMPLES]
-        total = ErrorPairs(sum(p.n for p in pairs.values()),
+        total_pairs = ErrorPairs(sum(p.n for p in pairs.values()),
                            sum(p.both for p in pairs.values()),
                            sum(p.candidate_only for p in pairs.values()),
                            sum(p.primary_only for p in pairs.values()), examples)
-        agg = error_unit(None, total, t, check)
+        agg = error_unit(None, total_pairs, t, check)
         for u in [agg, *units]:
             if u.verdict == FAIL and u.details.get("examples"):
                 u.reason += "; e.g. exchange " + ", ".join(u.details["examples"])

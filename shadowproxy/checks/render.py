@@ -91,8 +91,7 @@ def render_text(report: Report) -> str:
             lines.append(f"        {_unit_line(s.aggregate)}")
             order = {FAIL: 0, INCONCLUSIVE: 1, PASS: 2}
             eps = sorted(s.endpoints, key=lambda u: (order[u.verdict], u.label))
-            for u in eps[:TEXT_UNITS]:
-                lines.append(f"        {_unit_line(u)}")
+            lines.extend(f"        {_unit_line(u)}" for u in eps[:TEXT_UNITS])
             if len(eps) > TEXT_UNITS:
                 rest = eps[TEXT_UNITS:]
                 lines.append(f"        ... {len(rest)} more endpoints "
@@ -137,7 +136,7 @@ def _check_doc(c: CheckResult) -> dict[str, Any]:
 
 
 def report_doc(report: Report) -> dict[str, Any]:
-    return _finite({
+    doc: dict[str, Any] = _finite({
         "verdict": report.verdict, "exit_code": report.exit_code,
         "counts": report.counts(),
         "window": {"since": report.since, "until": report.until,
@@ -147,6 +146,7 @@ def report_doc(report: Report) -> dict[str, Any]:
         "generated_at": report.generated_at, "generated_at_iso": iso(report.generated_at),
         "checks": [_check_doc(c) for c in report.checks],
     })
+    return doc
 
 
 def render_json(report: Report) -> str:
@@ -165,13 +165,13 @@ def render_junit(report: Report) -> str:
     for c in report.checks:
         suite = ET.SubElement(root, "testsuite", name=_x(c.name))
         props = ET.SubElement(suite, "properties")
-        for k, v in (("verdict", c.verdict), ("critical", str(c.critical).lower()),
+        for prop, value in (("verdict", c.verdict), ("critical", str(c.critical).lower()),
                      ("endpoints", c.endpoints_glob), ("min_samples", str(c.min_samples)),
                      ("confidence", f"{c.confidence:g}"),
                      ("window_since", iso(report.since) or ""),
                      ("window_until", iso(report.until) or ""),
                      ("shadow_traffic", shadow_line(report) or "")):
-            ET.SubElement(props, "property", name=k, value=_x(v))
+            ET.SubElement(props, "property", name=prop, value=_x(value))
         counts = {"tests": 0, "failures": 0, "skipped": 0}
         for s in c.subchecks:
             for u in s.units:

@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from ..store.base import Store, glob_escape
 from .evaluate import (
     MAX_EXAMPLES,
     Counts,
@@ -14,7 +15,6 @@ from .evaluate import (
     ForbiddenHit,
     effective_diffs,
 )
-from ..store.base import glob_escape
 
 PAGE = 5000                 # exchange rows read per query when counting error pairs
 FORBIDDEN_SCAN = 100        # exchanges inspected to confirm a forbidden kind is not noise
@@ -28,7 +28,7 @@ def _failed(status: int, error: str | None) -> bool:
 class StoreSource:
     """Reads one window ``[since, until)`` of a store (``None``: unbounded)."""
 
-    def __init__(self, store: Any, since: float | None, until: float | None) -> None:
+    def __init__(self, store: Store, since: float | None, until: float | None) -> None:
         self.store = store
         self.since = since
         self.until = until

@@ -22,7 +22,7 @@ import itertools
 import math
 import operator
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -241,7 +241,7 @@ def _explicit_sum(count: int, rnd: random.Random) -> int:
     return sum(bootstrap_weights(rnd, count)) if count > 0 else 0
 
 
-def _gather(slots: Sequence[int]):
+def _gather(slots: Sequence[int]) -> Callable[[bytes], tuple[int, ...]]:
     """A C-speed function: weights → the tuple of the weights at ``slots``."""
     if not slots:
         return lambda w: ()

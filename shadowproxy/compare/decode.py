@@ -64,7 +64,7 @@ def media_kind(content_type: str | None, body: bytes = b"") -> MediaKind:
         return "form"
     if mt in ("text/html", "application/xhtml+xml"):
         return "html"
-    if mt.endswith("/xml") or mt.endswith("+xml"):
+    if mt.endswith(("/xml", "+xml")):
         return "xml"
     if mt.startswith("text/") or mt in _TEXTUAL_APPS:
         return "text"
@@ -108,7 +108,7 @@ def _inflate(data: bytes, wbits: int, limit: int) -> bytes | None:
 def decode_brotli(data: bytes, limit: int) -> bytes | None:
     """Brotli-decode at most ``limit`` bytes; None when larger, corrupt or incomplete."""
     try:
-        import brotli  # noqa: PLC0415 (optional dependency, imported on first use)
+        import brotli  # optional dependency, imported on first use
     except ImportError:
         return None
     d = brotli.Decompressor()

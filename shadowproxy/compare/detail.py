@@ -38,7 +38,7 @@ def _ints(v: Any) -> Any:
 
 def json_detail(a: Any, b: Any, *, max_chars: int = 4000) -> str:
     """DeepDiff's readable report of two parsed JSON values ('' when equal)."""
-    from deepdiff import DeepDiff  # noqa: PLC0415 (heavy; only needed for samples)
+    from deepdiff import DeepDiff  # heavy; only needed for samples
 
     diff = DeepDiff(_ints(a), _ints(b), verbose_level=2, ignore_order=False,
                     threshold_to_diff_deeper=0)

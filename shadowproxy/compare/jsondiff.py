@@ -47,7 +47,7 @@ from typing import Any
 
 import orjson
 
-from ..models import DiffKind, Difference
+from ..models import Difference, DiffKind
 from .paths import STAR, KeySel, Segment, render
 from .rules import CompiledRules, NodeRule
 
@@ -92,7 +92,7 @@ def _no_bool_swap(a: Any, b: Any) -> bool:
             elif tx is not ty and (tx is bool or ty is bool):
                 return False
         return True
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         if x is y:
             continue
         tx, ty = type(x), type(y)
@@ -252,7 +252,7 @@ class JsonDiffer:
         """Check containers found ``==`` for hidden bool/number swaps, in one batch."""
         if _dumps_equal(xs, ys):
             return
-        for k, x, y in zip(keys, xs, ys):
+        for k, x, y in zip(keys, xs, ys, strict=True):
             if not _same_container(x, y):
                 self._node(x, y, path + (k,))
 
@@ -270,7 +270,7 @@ class JsonDiffer:
             self._emit(path, "length_changed", na, nb)
         bools = self._bools
         held: list[Any] | None = None
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=False)):
             if x is y:
                 continue
             if x == y:
@@ -390,7 +390,7 @@ def _leftovers(values: list[Any], frozen: list[Any], extra: Counter[Any]) -> lis
     out: list[Any] = []
     if not extra:
         return out
-    for v, f in zip(values, frozen):
+    for v, f in zip(values, frozen, strict=True):
         n = extra.get(f, 0)
         if n:
             extra[f] = n - 1

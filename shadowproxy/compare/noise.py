@@ -38,7 +38,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..config import NoiseConfig
@@ -162,7 +162,7 @@ class _Endpoint:
 class NoiseLearner:
     """Counts candidate/secondary differences per (endpoint, field); judges noise."""
 
-    def __init__(self, cfg: NoiseConfig, *, clock=time.time) -> None:
+    def __init__(self, cfg: NoiseConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self._clock = clock
         self._endpoints: dict[str, _Endpoint] = {}

@@ -31,11 +31,14 @@ from dataclasses import dataclass
 
 import orjson
 
-from ..jsonpath import ANY, Pattern, matches as pattern_matches, parse as parse_pattern
-from ..jsonpath import quote_name as _quote, render as render_pattern, render_member
+from ..jsonpath import ANY, Pattern, render_member
+from ..jsonpath import matches as pattern_matches
+from ..jsonpath import parse as parse_pattern
+from ..jsonpath import quote_name as _quote
+from ..jsonpath import render as render_pattern
 
 __all__ = [
-    "ANY", "KeySel", "Pattern", "Segment", "STAR", "parse_pattern", "pattern_matches",
+    "ANY", "STAR", "KeySel", "Pattern", "Segment", "parse_pattern", "pattern_matches",
     "render", "render_pattern",
 ]
 

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable
 
 from ..config import Config
-from ..models import Difference, Exchange, Result
+from ..models import Difference, Exchange, Result, Verdict
 from ..stats import Stats
 from .comparator import RuleCache
 from .noise import NoiseLearner
@@ -102,7 +102,7 @@ class CompareStage:
         if not diffs:
             return Result(ex, "match", [], frozenset(), sec_diffs)
         noise = self.learner.noise_fields(ex.endpoint, fields)
-        verdict = "noise" if noise >= fields else "diff"
+        verdict: Verdict = "noise" if noise >= fields else "diff"
         return Result(ex, verdict, diffs, noise, sec_diffs)
 
     def process(self, ex: Exchange) -> Result:
@@ -128,7 +128,7 @@ class CompareStage:
                 return
             try:
                 self.process(ex)
-            except Exception:  # noqa: BLE001 - one bad exchange must not stop the stage
+            except Exception:  # one bad exchange must not stop the stage
                 log.exception("comparison failed for exchange %s", ex.id)
                 self.stats.add("compare_failed", "", ex.endpoint)
             finally:
@@ -150,7 +150,7 @@ class CompareStage:
         await self.queue.put(None)
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._task.cancel()
             while not self.queue.empty():
                 ex = self.queue.get_nowait()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 
-from ..models import DiffKind, Difference
+from ..models import Difference, DiffKind
 
 __all__ = ["excerpt", "text_diff"]
 

@@ -257,7 +257,8 @@ def evaluate_checks(store: Store, cfg: Any, since: float, until: float,
         rep = evaluate(cfg.checks, StoreSource(store, since, until), since=since,
                        until=until, store=getattr(store, "url", None),
                        generated_at=time.time() if now is None else now)
-        return _jsonable(report_doc(rep))
+        doc: dict[str, Any] = _jsonable(report_doc(rep))
+        return doc
     except Exception as exc:  # noqa: BLE001 - the rest of the report is still worth having
         return {"verdict": "error", "error": f"{type(exc).__name__}: {exc}", "checks": []}
 

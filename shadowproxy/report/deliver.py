@@ -120,13 +120,13 @@ def post_webhook(url: str, payload: Mapping[str, Any], *, timeout: float = WEBHO
     where = safe_url(url)
     try:
         with opener.open(req, timeout=timeout) as resp:
-            status = resp.status
+            status: int = resp.status
             resp.read(65536)
     except urllib.error.HTTPError as exc:
         detail = ""
         try:
             detail = exc.read(300).decode("utf-8", "replace").strip()
-        except Exception:  # noqa: BLE001, S110 - the status alone is enough
+        except Exception:  # noqa: BLE001 - the status alone is enough
             pass
         raise DeliveryError(f"webhook {where} answered HTTP {exc.code}"
                             + (f": {detail}" if detail else "")) from None

@@ -187,7 +187,7 @@ def _svg_open(width: int, height: int, title: str) -> str:
 def _nice_max(x: float) -> float:
     if x <= 0:
         return 0.01
-    exp = 10 ** math.floor(math.log10(x))
+    exp: float = 10 ** math.floor(math.log10(x))
     for m in (1, 2, 2.5, 5, 10):
         if x <= m * exp:
             return m * exp
@@ -292,7 +292,7 @@ def svg_cdf(cdf: dict[str, Any], title: str, width: int = 360, height: int = 170
         parts.append(f'<text x="{xx:.1f}" y="{height - 6}" text-anchor="{anchor}">{e(label)}'
                      '</text>')
     for vals, color in series:
-        pts = [(v, q) for v, q in zip(vals, qs) if v is not None]
+        pts = [(v, q) for v, q in zip(vals, qs, strict=False) if v is not None]
         if not pts:
             continue
         # a step-ish line through the quantiles
@@ -432,8 +432,9 @@ def _checks(r: dict[str, Any]) -> str:
             f'<span class="{_status_cls(st)}">{e(st)}</span></h2>'
             + (f'<p class="muted">{e(head)}; each threshold is decided on a statistical '
                'interval over the same window (see docs/checks.md).</p>' if head else "")
-            + '<table class="checks"><thead><tr><th class="l">check</th><th class="l">threshold</th>'
-            '<th class="l">verdict</th><th class="l">why</th></tr></thead>'
+            + '<table class="checks"><thead><tr><th class="l">check</th>'
+            '<th class="l">threshold</th><th class="l">verdict</th><th class="l">why</th>'
+            '</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></section>')
 
 
@@ -484,7 +485,7 @@ def _endpoints(r: dict[str, Any]) -> str:
 
 
 def _slug(r: dict[str, Any], name: str) -> int:
-    index = r.setdefault("_slugs", {})
+    index: dict[str, int] = r.setdefault("_slugs", {})
     if name not in index:
         index[name] = len(index)
     return index[name]
@@ -501,11 +502,13 @@ def _diff_rate(r: dict[str, Any]) -> str:
     for name, pts in eps.items():
         n = sum(p["exchanges"] for p in pts)
         d = sum(p["diffs"] for p in pts)
+        svg = svg_diff_rate(pts, w["since"], w["until"], s["bucket_seconds"],
+                            f"diff rate of {name}")
         cards.append(
             f'<div class="card" data-chart="diff_rate" data-endpoint="{e(name)}" '
             f'data-points="{len(pts)}"><h3><code>{e(name)}</code> '
             f'<span class="muted">{e(fmt_pct(d / n if n else 0))} of {e(fmt_int(n))}</span>'
-            f'</h3>{svg_diff_rate(pts, w["since"], w["until"], s["bucket_seconds"], f"diff rate of {name}")}'
+            f'</h3>{svg}'
             '</div>')
     return ('<section id="diff-rate"><h2>Diff rate over time</h2><p class="muted">'
             f'Per {e(fmt_duration(s["bucket_seconds"]))} bucket: '
@@ -639,7 +642,8 @@ def _field_rows(r: dict[str, Any], name: str, f: dict[str, Any]) -> str:
             blocks.append(_message_block("secondary", ex.get("secondary")))
         three = " three" if len(blocks) == 3 else ""
         inner = (f'<details id="x-{seen[xid]}"><summary>{summary} — whole exchange '
-                 f'<code>{e(xid)}</code></summary>{_message_block("request", ex.get("request"), True)}'
+                 f'<code>{e(xid)}</code></summary>'
+                 f'{_message_block("request", ex.get("request"), True)}'
                  f'<div class="side{three}">{"".join(blocks)}</div></details>')
     else:
         inner = f'<div class="muted">{summary} (the whole exchange was not sampled)</div>'

@@ -30,7 +30,7 @@ def _cell(text: Any) -> str:
 
 def _code(text: Any) -> str:
     """Inline code; backticks and newlines cannot break out of it."""
-    s = str(text).replace("`", "ˋ").replace("\n", " ").replace("|", "\\|")
+    s = str(text).replace("`", "\u02cb").replace("\n", " ").replace("|", "\\|")
     return f"`{s}`"
 
 
@@ -93,7 +93,7 @@ def render_markdown(r: dict[str, Any]) -> str:
             lines.append(f"| … and {len(eps) - MAX_ENDPOINTS} more endpoints | | | | | | |")
         lines.append("")
 
-    field_lines = []
+    field_lines: list[str] = []
     hidden = 0
     for name, rows in r["fields"].items():
         real = [f for f in rows if not f["noise"]]

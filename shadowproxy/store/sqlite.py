@@ -66,8 +66,8 @@ import sqlite3
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import orjson
@@ -86,6 +86,8 @@ from .base import (
     StoreInfo,
     percentile,
 )
+
+_T = TypeVar("_T")
 
 SCHEMA_VERSION = 1
 DIFF_VALUE_MAX = 512          # bytes of JSON text kept for a difference's a / b
@@ -432,7 +434,7 @@ class SqliteStore:
             except sqlite3.Error:
                 pass
 
-    def _write(self, what: str, fn, *args) -> Any:
+    def _write(self, what: str, fn: Callable[..., _T], *args: Any) -> _T:
         """Run ``fn`` in one write transaction; sqlite errors become StoreError."""
         if self.readonly:
             raise StoreError(f"the store {self.path or ':memory:'} was opened read-only")
@@ -451,7 +453,7 @@ class SqliteStore:
                 self._full.clear()
                 raise
 
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
                 return self._conn.execute(sql, params).fetchall()
@@ -462,7 +464,8 @@ class SqliteStore:
         """Test hook: ``PRAGMA max_page_count`` on this connection, to simulate a full
         disk (writes then fail with "database or disk is full"). → the limit in force."""
         with self._lock:
-            return self._conn.execute(f"PRAGMA max_page_count={int(max_pages)}").fetchone()[0]
+            limit: int = self._conn.execute(f"PRAGMA max_page_count={int(max_pages)}").fetchone()[0]
+            return limit
 
     def close(self) -> None:
         with self._lock:
@@ -476,7 +479,7 @@ class SqliteStore:
             except sqlite3.Error:
                 pass
 
-    def __enter__(self) -> "SqliteStore":
+    def __enter__(self) -> SqliteStore:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -534,7 +537,8 @@ class SqliteStore:
             part = ids[i:i + 500]
             existing.update(r[0] for r in c.execute(
                 f"SELECT id FROM exchanges WHERE id IN ({','.join('?' * len(part))})", part))
-        ex_rows, diff_rows, sample_rows = [], [], []
+        ex_rows, sample_rows = [], []
+        diff_rows: list[tuple[Any, ...]] = []
         rollup: dict[tuple[int, str], list[float]] = defaultdict(lambda: [0] * len(_ROLLUP_COLS))
         for res in results:
             ex = res.exchange
@@ -551,10 +555,9 @@ class SqliteStore:
                 sec.status if sec else None, p.latency, cand.latency,
                 sec.latency if sec else None, p.size, cand.size, p.error, cand.error,
                 len(res.differences), noise_count, 1 if chosen else 0))
-            for d in res.differences:
-                diff_rows.append((ex.id, ex.endpoint, ex.started, d.section, d.path, d.field,
-                                  d.kind, _json_text(d.a), _json_text(d.b),
-                                  1 if d.field in nf else 0))
+            diff_rows.extend((ex.id, ex.endpoint, ex.started, d.section, d.path, d.field,
+                              d.kind, _json_text(d.a), _json_text(d.b),
+                              1 if d.field in nf else 0) for d in res.differences)
             if chosen:
                 sample_rows.append((ex.id, ex.endpoint, ex.started, res.verdict,
                                     orjson.dumps(sample_document(res), default=str,
@@ -633,9 +636,9 @@ class SqliteStore:
         """Bytes of the pages in use: (page_count - freelist_count) * page_size."""
         with self._lock:
             c = self._conn
-            pc = c.execute("PRAGMA page_count").fetchone()[0]
-            fl = c.execute("PRAGMA freelist_count").fetchone()[0]
-            ps = c.execute("PRAGMA page_size").fetchone()[0]
+            pc: int = c.execute("PRAGMA page_count").fetchone()[0]
+            fl: int = c.execute("PRAGMA freelist_count").fetchone()[0]
+            ps: int = c.execute("PRAGMA page_size").fetchone()[0]
         return (pc - fl) * ps
 
     def _delete_exchanges(self, ids: list[str]) -> None:
@@ -646,7 +649,7 @@ class SqliteStore:
         c.execute(f"DELETE FROM samples WHERE exchange_id IN ({marks})", ids)
         c.execute(f"DELETE FROM exchanges WHERE id IN ({marks})", ids)
 
-    def _delete_chunk(self, where: str, params: tuple, chunk: int) -> int:
+    def _delete_chunk(self, where: str, params: tuple[Any, ...], chunk: int) -> int:
         def run() -> int:
             ids = [r[0] for r in self._conn.execute(
                 f"SELECT id FROM exchanges {where} ORDER BY time LIMIT ?", (*params, chunk))]
@@ -840,7 +843,7 @@ class SqliteStore:
         rows = self._read(f"SELECT {','.join(_EX_COLS)} FROM exchanges WHERE id=?", (id,))
         sample = self._read("SELECT data FROM samples WHERE exchange_id=?", (id,))
         if sample:
-            doc = orjson.loads(sample[0][0])
+            doc: dict[str, Any] = orjson.loads(sample[0][0])
             doc["sampled"] = True
             if rows:
                 doc["summary"] = _row_dict(rows[0])
@@ -895,7 +898,8 @@ class SqliteStore:
     def noise(self, endpoint: str | None = None, *, include_not_noise: bool = False
               ) -> list[NoiseRow]:
         """Learned noise per (endpoint, field); ``endpoint`` may be a glob."""
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         if not include_not_noise:
             clauses.append("noise = 1")
         rows = self._read(
@@ -931,7 +935,7 @@ class SqliteStore:
                          ) -> dict[str, list[SeriesPoint]]:
         """endpoint → points (bucket start ascending) from the minute rollups;
         ``bucket_seconds`` is rounded up to whole minutes."""
-        bucket = max(60, int(math.ceil(bucket_seconds / 60.0)) * 60)
+        bucket = max(60, math.ceil(bucket_seconds / 60.0) * 60)
         w = self._where(None if since is None else _minute(since), until, endpoint_glob,
                         col="minute")
         if w is None:
@@ -1001,12 +1005,12 @@ def _latency_pair_ok(p: ResponseRecord, c: ResponseRecord) -> bool:
     return p.error is None and c.error is None and p.status > 0 and c.status > 0
 
 
-def _row_dict(row: tuple) -> dict[str, Any]:
+def _row_dict(row: tuple[Any, ...]) -> dict[str, Any]:
     d = dict(zip(_EX_COLS, row, strict=True))
     d["sampled"] = bool(d["sampled"])
     return d
 
 
-def _exchange_row(row: tuple) -> ExchangeRow:
+def _exchange_row(row: tuple[Any, ...]) -> ExchangeRow:
     d = _row_dict(row)
     return ExchangeRow(**d)

@@ -68,7 +68,7 @@ class StoreWriter:
             self.store = store
             self._owns_store = False
             if hasattr(store, "samples_per_field"):   # the writer's config rules
-                store.samples_per_field = self.cfg.samples_per_field  # type: ignore[attr-defined]
+                store.samples_per_field = self.cfg.samples_per_field
         self.on_commit = on_commit
         self.cleanup_interval = cleanup_interval
         self.cleanup_chunks = cleanup_chunks
@@ -157,7 +157,7 @@ class StoreWriter:
 
     def stats(self) -> dict[str, float]:
         with self._lock:
-            out = {"submitted": self.submitted, "rejected": self.rejected,
+            out: dict[str, float] = {"submitted": self.submitted, "rejected": self.rejected,
                    "acknowledged": self.acknowledged, "failed": self.failed,
                    "cleaned": self.cleaned}
         out["depth"] = self.depth
@@ -175,7 +175,7 @@ class StoreWriter:
             self._ready.notify()
         with self._cv:
             while True:
-                side = not self._pending_outcomes and not self._pending_noise or \
+                side = (not self._pending_outcomes and not self._pending_noise) or \
                     self._side_failed_at > t0     # kept for later: the store refused them
                 done = (self.acknowledged + self.failed >= target and side
                         and self._inflight_since is None)
@@ -264,7 +264,7 @@ class StoreWriter:
             ok = len(results)
         except StoreError as exc:          # SQLite failed: drop the batch
             self._failure(exc, len(results))
-        except Exception:                  # a result the store cannot take: one by one
+        except Exception:  # noqa: BLE001 - a result the store cannot take: one by one
             for r in results:
                 try:
                     self.store.write_results([r])
@@ -281,7 +281,7 @@ class StoreWriter:
         if ok and self.on_commit is not None:
             try:
                 self.on_commit(ok)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("store: the on_commit callback failed")
 
     def _write_side(self) -> bool:
@@ -307,8 +307,8 @@ class StoreWriter:
                 failed = True
                 self._failure(exc, 0, what="noise evidence")
                 with self._lock:    # kept unless newer evidence came meanwhile
-                    for k, v in noise.items():
-                        self._pending_noise.setdefault(k, v)
+                    for key, evidence in noise.items():
+                        self._pending_noise.setdefault(key, evidence)
         if outcomes or noise:
             with self._cv:
                 if failed:
