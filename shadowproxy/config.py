@@ -305,7 +305,7 @@ class NoiseConfig:
 class ShadowConfig:
     processes: int = 1               # shadow processes: send to the candidate, read, hand on
     nice: int = 10                   # CPU priority below the workers' (0: the same, 19: lowest)
-    buffer: Size = 64 * 1024 * 1024  # bytes a worker's link to a shadow process may hold
+    buffer: Size = 4 * 1024 * 1024   # bytes a worker's link to a shadow process may hold
 
 
 @dataclass(frozen=True)
