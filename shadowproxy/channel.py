@@ -82,6 +82,7 @@ class ChannelClient:
         # process) for several exchanges instead of one for each
         self.linger = linger
         self._flush_at: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._flush_due = 0.0    # loop time the scheduled flush is for
         self._loop: asyncio.AbstractEventLoop | None = None
         self.on_message = on_message
         self.on_close = on_close   # the control process went away
@@ -135,23 +136,29 @@ class ChannelClient:
             return False
         return force or w.transport.get_write_buffer_size() <= self.limit
 
-    def queue(self, item: Any, force: bool = False) -> bool:
+    def queue(self, item: Any, force: bool = False, linger: float | None = None) -> bool:
         """Add ``item`` to the ``("xs", [...])`` frame written ``linger`` seconds later
-        (at the end of the loop's turn when ``linger`` is 0) or once it holds MAX_BATCH
-        items (one pickle and one write for all of them); False (dropped) when the
-        channel is down or over its limit (``force`` ignores the limit), as for
-        :meth:`send`."""
+        (default: the channel's; at the end of the loop's turn when 0) or once it holds
+        MAX_BATCH items (one pickle and one write for all of them): an item that may
+        wait rides in the frame of one that may not. False (dropped) when the channel
+        is down or over its limit (``force`` ignores the limit), as for :meth:`send`."""
         if not self._writable(force):
             return False
         batch = self._batch
         batch.append(item)
-        if len(batch) == 1:
-            loop = self._loop
-            assert loop is not None
-            self._flush_at = loop.call_later(self.linger, self.flush_queued) if self.linger \
-                else loop.call_soon(self.flush_queued)
-        elif len(batch) >= MAX_BATCH:
+        if len(batch) >= MAX_BATCH:
             self.flush_queued()
+            return True
+        loop = self._loop
+        assert loop is not None
+        wait = self.linger if linger is None else linger
+        due = loop.time() + wait
+        if self._flush_at is None or due < self._flush_due:
+            if self._flush_at is not None:
+                self._flush_at.cancel()
+            self._flush_due = due
+            self._flush_at = loop.call_later(wait, self.flush_queued) if wait \
+                else loop.call_soon(self.flush_queued)
         return True
 
     def flush_queued(self) -> None:

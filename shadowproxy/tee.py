@@ -5,7 +5,8 @@ is eligible and sampled, :meth:`Tee.submit` queues one ``("q", …)`` item for t
 shadow process that owns the request's endpoint (a stable hash of it, so that each
 endpoint's shadows keep one queue and one breaker), written at the end of the loop's
 turn, and returns the future that the proxy resolves with primary's captured answer;
-that answer follows as a ``("p", id, record)`` item on the same connection. Sending to
+that answer follows as a ``("p", id, record)`` item on the same connection, within
+``PRIMARY_LINGER`` (it rides in the frame of the next request's item when one comes). Sending to
 the candidate and the secondary, reading their answers, handing the exchange to the
 comparator: all of it happens in the shadow process (:mod:`shadowproxy.shadow`), at a
 lower CPU priority, never in the worker.
@@ -37,6 +38,7 @@ from .stats import Stats
 log = logging.getLogger("shadowproxy.tee")
 
 REDIAL = 0.5
+PRIMARY_LINGER = 0.005   # seconds primary's captured answer may wait for company
 RECORD_FIELDS = attrgetter(*(f.name for f in fields(ResponseRecord)))
 
 
@@ -85,12 +87,13 @@ class Link:
             if item[0] == "q":
                 self.stats.add("dropped", "shadow_down", item[3])
 
-    def queue(self, item: tuple[Any, ...], force: bool = False) -> str | None:
+    def queue(self, item: tuple[Any, ...], force: bool = False, linger: float = 0.0
+              ) -> str | None:
         """None when queued, else the ``dropped`` reason."""
         client = self.client
         if client is None or client.broken:
             return "shadow_down"
-        return None if client.queue(item, force) else "shadow_full"
+        return None if client.queue(item, force, linger) else "shadow_full"
 
     @property
     def buffered(self) -> int:
@@ -173,8 +176,10 @@ class Tee(Policy):
 
     def _primary_done(self, link: Link, id_: str, fut: asyncio.Future[ResponseRecord]) -> None:
         rec = ResponseRecord(status=0, error="incomplete") if fut.cancelled() else fut.result()
-        # the shadow process waits for it (a lost link: it counts primary_incomplete)
-        link.queue(("p", id_, RECORD_FIELDS(rec)), force=True)
+        # the shadow process waits for it (a lost link: it counts primary_incomplete);
+        # it may wait PRIMARY_LINGER to ride with the next request's item (one write and
+        # one wake-up of the shadow process fewer), never holding that request back
+        link.queue(("p", id_, RECORD_FIELDS(rec)), force=True, linger=PRIMARY_LINGER)
         self.budget.give(len(rec.body))     # charged by the proxy's Capture
         self.open -= 1
         if not self.open and not self.accepting:
