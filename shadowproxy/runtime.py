@@ -98,6 +98,7 @@ class Control:
         self._run_open = False                 # open_run() recorded a start
 
     async def start(self, channel_path: str | None = None) -> None:
+        self.stage.after_burst = self._flush_counts
         self.stage.start()
         if channel_path is not None:
             self.channel = ChannelServer(channel_path, self.on_message)

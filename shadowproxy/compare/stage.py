@@ -45,6 +45,7 @@ class CompareStage:
         self._freed = asyncio.Event()
         self.learner = NoiseLearner(cfg.noise)
         self._task: asyncio.Task[None] | None = None
+        self.after_burst: Callable[[], None] | None = None
         self.configure(cfg)
 
     def configure(self, cfg: Config) -> None:
@@ -123,7 +124,11 @@ class CompareStage:
         done = 0
         queue = self.queue
         while True:
-            ex = queue.get_nowait() if queue.qsize() else await queue.get()
+            if queue.qsize():
+                ex = queue.get_nowait()
+            else:
+                self._burst_done()
+                ex = await queue.get()
             if ex is None:
                 return
             try:
@@ -138,7 +143,15 @@ class CompareStage:
             # admin server) run every 16 comparisons
             done += 1
             if done % 16 == 0:
+                self._burst_done()
                 await asyncio.sleep(0)
+
+    def _burst_done(self) -> None:
+        """Tell ``after_burst`` (the control process hands its counts to the store writer
+        there, so the counts of what was judged never lag its results by more than a
+        burst of 16, however starved of CPU the process is)."""
+        if self.after_burst is not None:
+            self.after_burst()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="compare-stage")

@@ -209,9 +209,12 @@ class StoreWriter:
         try:
             while True:
                 batch = self._take()
+                # the counts handed over so far first: those of a batch's results came
+                # with them or just before (a crash between the two commits leaves the
+                # counts ahead by at most a batch, never the results ahead by more)
+                side_ok = self._write_side()
                 if batch:
                     self._write_batch(batch)
-                side_ok = self._write_side()
                 if cleanup_more or time.monotonic() >= self._next_cleanup:
                     cleanup_more = self._cleanup()
                 # stopping: done once everything is written, or the store refuses the rest
