@@ -16,7 +16,8 @@ reader per response); this module does only that:
   the primary path's limits), interim 1xx answers skipped (but for the primary path's
   ``on_interim``: 103 Early Hints reaches the client), bodies framed by
   Content-Length, chunked (trailers read and discarded) or the end of the connection,
-  no body for HEAD, 204 and 304. Body bytes go to a callback as they arrive: nothing
+  no body for HEAD, 204 and 304 (their framing fields, and those of a 1xx, are checked
+  all the same: they reach the client). Body bytes go to a callback as they arrive: nothing
   is buffered, so memory does not grow with the body.
 * :class:`Pool` keeps idle connections (LIFO, at most ``limit``, expired after
   ``IDLE_EXPIRY`` seconds) and reuses one only when its last answer allowed keep-alive
@@ -70,6 +71,9 @@ MAX_CHUNK = (1 << 60) - 1
 # (RFC 9110 §5.6.3); "\xa0chunked" or "chunked\x85" name codings nobody knows
 _CODINGS = re.compile(rf"[ \t]*{_TOKEN_CHARS}(?:[ \t]*,[ \t]*{_TOKEN_CHARS})*[ \t]*")
 _BARE_LF = re.compile(rb"(?<!\r)\n")
+# control characters but HTAB (CR and LF are the line ends, checked apart): never in a
+# head (RFC 9110 §5.5, RFC 9112 §4: VCHAR, obs-text, SP and HTAB only)
+_HEAD_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 BodySink = Callable[[bytes | bytearray], None]   # slices of what was read
 InterimSink = Callable[[int, str, list[tuple[str, str]]], None]   # status, reason, headers
@@ -198,6 +202,35 @@ def framing(headers: Sequence[tuple[str, str]], http10: bool
         elif lname == "upgrade" and not http10:
             upgrade = value
     return length, te, close, expect, upgrade
+
+
+def content_length(length: str) -> int:
+    """A Content-Length value as a number: digits, or the same digits repeated in a
+    comma list (``5, 5``: RFC 9110 §8.6). ProtocolError for anything else."""
+    if not (length.isdigit() and length.isascii()):
+        values = {v.strip(" \t") for v in length.split(",")}
+        if len(values) != 1 or not (length := values.pop()).isdigit() or \
+                not length.isascii():
+            raise ProtocolError("bad Content-Length")
+    return int(length)
+
+
+def response_framing(headers: Sequence[tuple[str, str]], http10: bool
+                     ) -> tuple[str | None, int | None, str | None, bool]:
+    """:func:`framing` for a response head, checked whether it frames a body or not (a
+    204, 304, an answer to HEAD, a 1xx: the proxy passes the fields on): Content-Length
+    as sent and as a number, Transfer-Encoding, closing. ProtocolError for an invalid
+    Content-Length or Transfer-Encoding, and for both unless the coding is a lone
+    chunked beside digits (RFC 9112 §6.3 (3): ought to be handled as an error)."""
+    length, te, close, _expect, _upgrade = framing(headers, http10)
+    size = None if length is None else content_length(length)
+    if te is not None:
+        if _CODINGS.fullmatch(te) is None:
+            raise ProtocolError("bad Transfer-Encoding")
+        if length is not None and (te.strip(" \t") != "chunked" or not (
+                length.isdigit() and length.isascii())):
+            raise ProtocolError("Content-Length with a Transfer-Encoding other than chunked")
+    return length, size, te, close
 
 
 # ---------------------------------------------------------------- response parser
@@ -414,8 +447,9 @@ class ResponseParser:
         n_lines = len(lines)
         if text.count("\r") != n_lines - 1 or text.count("\n") != n_lines - 1:
             raise ProtocolError("bare CR or LF in the response head")
-        if "\0" in text:     # RFC 9110 §5.5: never passed on (nginx: 502)
-            raise ProtocolError("NUL in the response head")
+        if _HEAD_CONTROL.search(text) is not None:   # never passed on (nginx: 502)
+            raise ProtocolError("NUL in the response head" if "\0" in text
+                                else "control character in the response head")
         if n_lines - 1 > MAX_HEADERS or len(raw) > MAX_HEAD:
             raise ProtocolError("response head exceeds the limits")
         line = lines[0]
@@ -431,11 +465,12 @@ class ResponseParser:
             self._interim += 1
             if self._interim > MAX_INTERIM:
                 raise ProtocolError("too many interim responses")
+            try:
+                interim = split_headers(lines)
+            except ValueError as exc:
+                raise ProtocolError(f"bad interim response header: {exc}") from None
+            response_framing(interim, version == "HTTP/1.0")   # frames nothing: checked
             if self.on_interim is not None and status != 100:
-                try:
-                    interim = split_headers(lines)
-                except ValueError as exc:
-                    raise ProtocolError(f"bad interim response header: {exc}") from None
                 self.on_interim(status, line[13:], interim)
             return   # the final answer follows
         if status < 100:
@@ -446,7 +481,8 @@ class ResponseParser:
             raise ProtocolError(f"bad response header: {exc}") from None
         if len(raw) > MAX_LINE and max(map(len, lines)) > MAX_LINE:
             raise ProtocolError("response header too long")
-        length, te, close, _expect, _upgrade = framing(headers, version == "HTTP/1.0")
+        # checked even when they frame nothing (204, 304, HEAD): they are passed on
+        length, size, te, close = response_framing(headers, version == "HTTP/1.0")
         self.head = Head(status, line[13:], tuple(headers))
         self.length, self.te = length, te
         self.keep_alive = not close
@@ -454,22 +490,14 @@ class ResponseParser:
             self._state = _DONE
         elif te is not None:
             if length is not None:
-                self.keep_alive = False   # ambiguous framing: never reuse
-            if _CODINGS.fullmatch(te) is None:
-                raise ProtocolError("bad Transfer-Encoding")
+                self.keep_alive = False   # chunked beside a length: never reuse
             if te.rsplit(",", 1)[-1].strip(" \t") == "chunked":
                 self._state = _CHUNK_SIZE
             else:
                 self._state, self.keep_alive = _UNTIL_EOF, False
-        elif length is not None:
-            if not (length.isdigit() and length.isascii()):
-                # "5, 5": a repeated identical value is allowed (RFC 9110 §8.6)
-                values = {v.strip(" \t") for v in length.split(",")}
-                if len(values) != 1 or not (length := values.pop()).isdigit() or \
-                        not length.isascii():
-                    raise ProtocolError("bad Content-Length")
-            self._remaining = int(length)
-            self._state = _LENGTH if self._remaining else _DONE
+        elif size is not None:
+            self._remaining = size
+            self._state = _LENGTH if size else _DONE
         else:
             self._state, self.keep_alive = _UNTIL_EOF, False
 

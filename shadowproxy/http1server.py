@@ -89,8 +89,9 @@ EVICT_BATCH = 16              # idle connections closed when out of descriptors
 _METHOD = re.compile(_TOKEN_CHARS)
 # control characters never allowed in a request line or header value (HTAB is)
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-# nor any whitespace in a request target (an upstream may split the line on a tab)
-_TARGET_BAD = re.compile(r"[\x00-\x20\x7f]")
+# nor any whitespace in a request target (an upstream may split the line on a tab),
+# nor bytes above 0x7f: a target is a URI, ASCII (RFC 9112 §3.2; h11 and llhttp: 400)
+_TARGET_BAD = re.compile(r"[\x00-\x20\x7f-\xff]")
 _LINGER_0 = struct.pack("ii", 1, 0)
 
 

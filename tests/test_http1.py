@@ -15,6 +15,7 @@ from shadowproxy.http1 import (
     ResponseParser,
     encode_headers,
 )
+from shadowproxy.http1server import BadRequest, RequestParser
 from tests.rawhttp import RawServer, canned, read_request
 from tests.support import free_port
 
@@ -164,6 +165,101 @@ def test_sp_and_htab_around_codings_and_lengths_are_optional():
     assert http1.body_codings("gzip \t, chunked") == "gzip"
     assert http1.framing([("Connection", "\xa0close")], False)[2] is False
     assert http1.framing([("Connection", "\tclose ")], False)[2] is True
+
+
+@pytest.mark.parametrize("ctl", [b"\x01", b"\x0b", b"\x0c", b"\x1f", b"\x7f"])
+@pytest.mark.parametrize("where", ["value", "reason", "interim"])
+@pytest.mark.parametrize("split", [False, True])
+def test_control_characters_in_a_response_head_are_refused(ctl, where, split):
+    """RFC 9110 §5.5: field values are VCHAR, obs-text, SP and HTAB (the request parser
+    refuses the rest too); the reason phrase the same (RFC 9112 §4)."""
+    final = b"HTTP/1.1 200 OK\r\nX-A: a" + ctl + b"b\r\nContent-Length: 0\r\n\r\n"
+    data = {"value": final,
+            "reason": b"HTTP/1.1 200 O" + ctl + b"K\r\nContent-Length: 0\r\n\r\n",
+            "interim": b"HTTP/1.1 103 Early Hints\r\nLink: <" + ctl + b">\r\n\r\n"
+                       b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"}[where]
+    with pytest.raises(ProtocolError, match="control character"):
+        parse(bytewise(data) if split else [data])
+
+
+def test_obs_text_and_htab_in_a_response_head_are_kept():
+    data = b"HTTP/1.1 200 \xc9t\xe9\r\nX-A: caf\xe9\tau lait\r\nContent-Length: 0\r\n\r\n"
+    p, _, done = parse([data])
+    assert done and p.head.reason == "\xc9t\xe9"
+    assert p.head.headers[0] == ("X-A", "caf\xe9\tau lait")
+
+
+BODILESS = [(b"HTTP/1.1 204 No Content\r\n", False), (b"HTTP/1.1 304 Not Modified\r\n", False),
+            (b"HTTP/1.1 200 OK\r\n", True)]
+
+
+@pytest.mark.parametrize("status,no_body", BODILESS)
+@pytest.mark.parametrize("fields", [
+    b"Content-Length: -1\r\n", b"Content-Length: x\r\n", b"Content-Length: 1, 2\r\n",
+    b"Content-Length: 1\r\nContent-Length: 2\r\n", b"Transfer-Encoding: \"chunked\"\r\n",
+    b"Transfer-Encoding: gzip\r\nContent-Length: 2\r\n",
+    b"Transfer-Encoding: chunked\r\nContent-Length: 2 2\r\n",
+])
+def test_framing_fields_of_a_bodiless_response_are_checked(status, no_body, fields):
+    """204, 304 and an answer to HEAD frame no body, but the proxy passes their fields on
+    to the client: an invalid Content-Length or Transfer-Encoding is a protocol error
+    there too, as h11 and llhttp have it."""
+    with pytest.raises(ProtocolError):
+        parse([status + fields + b"\r\n"], no_body=no_body)
+
+
+@pytest.mark.parametrize("status,no_body", BODILESS)
+def test_valid_framing_fields_of_a_bodiless_response_pass(status, no_body):
+    for fields in (b"Content-Length: 10\r\n", b"Content-Length: 10, 10\r\n",
+                   b"Transfer-Encoding: chunked\r\n", b"Transfer-Encoding: gzip, chunked\r\n",
+                   b"Transfer-Encoding: chunked\r\nContent-Length: 10\r\n"):
+        _, body, done = parse([status + fields + b"\r\n"], no_body=no_body)
+        assert done and body == b"", fields
+
+
+@pytest.mark.parametrize("fields", [b"Content-Length: -1\r\n", b"Transfer-Encoding: ,\r\n",
+                                    b"Content-Length: 1\r\nContent-Length: 2\r\n"])
+@pytest.mark.parametrize("status", [100, 103])
+def test_framing_fields_of_an_interim_response_are_checked(fields, status):
+    data = (b"HTTP/1.1 %d X\r\n" % status + fields +
+            b"\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    with pytest.raises(ProtocolError):
+        parse([data])
+
+
+@pytest.mark.parametrize("te", [b"gzip", b"gzip, chunked", b"chunked, chunked", b"identity",
+                                b"chunked\r\nTransfer-Encoding: chunked"])
+@pytest.mark.parametrize("split", [False, True])
+def test_content_length_beside_a_coding_other_than_chunked_is_an_error(te, split):
+    """RFC 9112 §6.3 (3): a response with Transfer-Encoding and Content-Length ought to be
+    handled as an error; it was read to the close (gzip) or de-chunked. Only a lone
+    chunked beside a valid length is read (chunked, never reused), as h11 does."""
+    data = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + te + b"\r\nContent-Length: 2\r\n\r\nok"
+    with pytest.raises(ProtocolError, match="Content-Length with a Transfer-Encoding"):
+        parse(bytewise(data) if split else [data])
+    p, body, done = parse([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n"
+                           b"Content-Length: 2\r\n\r\n2\r\nok\r\n0\r\n\r\n"])
+    assert done and body == b"ok" and not p.keep_alive
+    for length in (b"2 2", b"2, 2"):
+        with pytest.raises(ProtocolError):
+            parse([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: " +
+                   length + b"\r\n\r\n2\r\nok\r\n0\r\n\r\n"])
+
+
+@pytest.mark.parametrize("target", [b"/\xa0", b"/caf\xe9", b"/\x80", b"/\xff?a=b",
+                                    b"http://a/\xe9"])
+@pytest.mark.parametrize("split", [False, True])
+def test_a_request_target_above_0x7f_is_a_400(target, split):
+    """RFC 9112 §3.2: the request-target is a URI, ASCII; h11 and llhttp refuse it."""
+    data = b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n"
+    p = RequestParser(lambda b: None)
+    with pytest.raises(BadRequest, match="bad request line") as exc:
+        for piece in (bytewise(data) if split else [data]):
+            p.feed(piece)
+    assert exc.value.status == 400
+    p = RequestParser(lambda b: None)
+    assert p.feed(b"GET /caf%C3%A9?q=%E9~ HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert p.head.target == "/caf%C3%A9?q=%E9~"
 
 
 def test_bare_lf_head_is_refused_before_it_ends():

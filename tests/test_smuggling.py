@@ -101,6 +101,19 @@ RESPONSES = {
                     b"FFFFFFFFFFFFFFFF\r\nok\r\n0\r\n\r\n",
     "nul-in-value": b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 2\r\n\r\nok",
     "bare-lf": b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
+    "vt-in-value": b"HTTP/1.1 200 OK\r\nX-A: a\x0bb\r\nContent-Length: 2\r\n\r\nok",
+    "ctl-in-reason": b"HTTP/1.1 200 O\x01K\r\nContent-Length: 2\r\n\r\nok",
+    # answered at once (no body), but its fields would reach the client
+    "204-bad-length": b"HTTP/1.1 204 No Content\r\nContent-Length: -1\r\n\r\n",
+    "304-te-and-cl": b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: gzip\r\n"
+                     b"Content-Length: 2\r\n\r\n",
+    "interim-bad-length": b"HTTP/1.1 103 Early Hints\r\nContent-Length: x\r\n\r\n"
+                          b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    # read to the close before (a wait for the upstream's timeout when it stays open)
+    "gzip-and-length": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 2\r\n"
+                       b"\r\nok",
+    "chunked-twice-and-length": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n"
+                                b"Content-Length: 2\r\n\r\n2\r\nok\r\n0\r\n\r\n",
 }
 
 
@@ -122,6 +135,24 @@ async def test_a_malformed_answer_from_the_candidate_is_a_protocol_error(name):
         assert got.status == 200 and got.body == b"ok"
         (ex,) = await sink.wait_for(1)
         assert ex.candidate.error == "protocol", ex.candidate
+
+
+async def test_a_bad_length_in_an_answer_to_head_is_a_502():
+    """No body follows an answer to HEAD, but its Content-Length reaches the client."""
+    async with proxied(answer_and_stay(b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n")
+                       ) as (_up, _cand, srv, _sink):
+        got = await one(srv.port, request("HEAD", "/"), method="HEAD")
+        assert got.status == 502
+        assert srv.stats.total("primary_error", "protocol") == 1
+
+
+@pytest.mark.parametrize("target", [b"/\xa0", b"/caf\xe9?q=\xff"])
+async def test_a_request_target_above_0x7f_is_a_400_and_reaches_no_upstream(target):
+    """RFC 9112 §3.2: a request-target is ASCII; h11 and llhttp refuse it, nginx too."""
+    async with proxied(candidate=canned(OK, keep_open=True)) as (up, cand, srv, _sink):
+        got = await one(srv.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert got.status == 400
+        assert up.log == [] and cand is not None and cand.log == []
 
 
 # ------------------------------------------------------------------ 2: chunk sizes
