@@ -221,14 +221,13 @@ def response_framing(headers: Sequence[tuple[str, str]], http10: bool
     204, 304, an answer to HEAD, a 1xx: the proxy passes the fields on): Content-Length
     as sent and as a number, Transfer-Encoding, closing. ProtocolError for an invalid
     Content-Length or Transfer-Encoding, and for both unless the coding is a lone
-    chunked beside digits (RFC 9112 §6.3 (3): ought to be handled as an error)."""
+    chunked beside a valid length (RFC 9112 §6.3 (3): ought to be handled as an error)."""
     length, te, close, _expect, _upgrade = framing(headers, http10)
     size = None if length is None else content_length(length)
     if te is not None:
         if _CODINGS.fullmatch(te) is None:
             raise ProtocolError("bad Transfer-Encoding")
-        if length is not None and (te.strip(" \t") != "chunked" or not (
-                length.isdigit() and length.isascii())):
+        if length is not None and te.strip(" \t") != "chunked":
             raise ProtocolError("Content-Length with a Transfer-Encoding other than chunked")
     return length, size, te, close
 

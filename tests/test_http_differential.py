@@ -171,11 +171,13 @@ ALLOWED: list[Allowed] = [
             ours="bad Content-Length"),
     Allowed("request-codings", REQ, LL, ("rej/msg",), _TE,
             "Transfer codings in a request besides a lone chunked (\"gzip, chunked\", two "
-            "Transfer-Encoding lines that add up to more than chunked): we answer 501 (we "
-            "re-chunk the body upstream and would lose the other codings), as h11 does; "
-            "llhttp takes any list ending in chunked. RFC 9112 §6.1: a server that "
-            "receives a transfer coding it does not understand SHOULD respond 501.",
-            ours="transfer codings other than chunked"),
+            "Transfer-Encoding lines that add up to more than chunked, or a coding with "
+            "bytes outside the token grammar such as NBSP or NEL next to chunked): we "
+            "answer 501 (we re-chunk the body upstream and would lose the other codings; "
+            "an unknown coding, as nginx answers), as h11 does; llhttp takes any list "
+            "ending in chunked. RFC 9112 §6.1: a server that receives a transfer coding it "
+            "does not understand SHOULD respond 501; RFC 9110 §10.1.4: codings are tokens.",
+            ours="transfer codings other than chunked|unknown transfer coding"),
     Allowed("request-line-whitespace", REQ, LL, ("rej/msg",), r"^(?:\r\n)?[^\r\n]*(?:  |\t)",
             "Two spaces, or a tab, between the parts of a request line: we answer 400, as "
             "h11 does; llhttp skips repeated spaces. RFC 9112 §3: the parts are separated "
@@ -214,12 +216,13 @@ ALLOWED: list[Allowed] = [
             "A response Content-Length that is a list of one value (\"5, 5\"): we take it, "
             "as h11 does; llhttp rejects it. RFC 9110 §8.6 (the same value repeated).",
             theirs="Invalid character in Content-Length"),
-    Allowed("te-and-cl-response", RESP, LL, ("msg/rej",), _TE,
+    Allowed("te-and-cl-response", RESP, ANY, ("msg/rej",), _TE,
             "A response with a lone Transfer-Encoding: chunked and a valid Content-Length: "
-            "we read it chunked (and never reuse the connection), as h11 does; llhttp "
-            "rejects it (as we do any other coding beside a Content-Length). RFC 9112 §6.3 "
-            "(3): Transfer-Encoding overrides Content-Length.",
-            theirs="can't be present with"),
+            "we read it chunked (and never reuse the connection), as h11 does unless the "
+            "length has more digits than it takes (then it rejects it: bad Content-Length); "
+            "llhttp rejects it (as we do any other coding beside a Content-Length). RFC 9112 "
+            "§6.3 (3): Transfer-Encoding overrides Content-Length, which is not used.",
+            theirs="can't be present with|bad Content-Length"),
     Allowed("te-and-cl-response-no-reuse", RESP, H11, ("keep_alive",), _TE,
             "The same: we do not reuse the connection after it (its framing is suspect); "
             "h11 does. RFC 9112 §6.3 (3): such a message ought to be handled as an error.",
@@ -314,17 +317,19 @@ ALLOWED: list[Allowed] = [
             "does; llhttp takes it as a final answer without body. RFC 9110 §15.2.2: 101 "
             "switches to a protocol the client named in Upgrade.",
             ours="101"),
-    Allowed("unused-length-overflow", RESP, LL, ("msg/rej",), _CL + r"[ \t]*\d{20,}",
+    Allowed("unused-length-overflow", RESP, ANY, ("msg/rej",), _CL + r"[ \t]*\d{20,}",
             "A Content-Length beyond 64 bits on a response without a body (HEAD, 204, "
-            "304): we do not use it, nor does h11; llhttp rejects the overflow. RFC 9112 "
-            "§6.3 (1): such a response ends with its head, whatever its fields say. (With "
-            "a body, the three reject it alike: we wait for bytes that never come.)",
-            theirs="Content-Length overflow"),
-    Allowed("nul-in-status-line", RESP, LL, ("rej/msg",), r"(?:^|\n)HTTP/[^\n]*\x00",
-            "A NUL in the reason phrase: we reject it, as h11 does; llhttp takes it. RFC "
-            "9112 §4: reason-phrase = *( HTAB / SP / VCHAR / obs-text ); RFC 9110 §5.5: NUL "
-            "is dangerous.",
-            ours="NUL"),
+            "304): we do not use it, nor does h11 up to 20 digits (beyond, it rejects it); "
+            "llhttp rejects the overflow. RFC 9112 §6.3 (1): such a response ends with its "
+            "head, whatever its fields say. (With a body, the three reject it alike: we "
+            "wait for bytes that never come.)",
+            theirs="Content-Length overflow|bad Content-Length"),
+    Allowed("control-in-status-line", RESP, LL, ("rej/msg",),
+            r"(?:^|\n)HTTP/[^\r\n]*[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]",
+            "A NUL or another control character in the reason phrase: we reject it (h11 "
+            "rejects a NUL too); llhttp takes it. RFC 9112 §4: reason-phrase = *( HTAB / SP "
+            "/ VCHAR / obs-text ); RFC 9110 §5.5: NUL is dangerous.",
+            ours="NUL|control character"),
 ]
 
 
