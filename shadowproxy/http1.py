@@ -212,6 +212,8 @@ def content_length(length: str) -> int:
         if len(values) != 1 or not (length := values.pop()).isdigit() or \
                 not length.isascii():
             raise ProtocolError("bad Content-Length")
+    if len(length) > 20:    # beyond 64 bits: no body could have it (h11 stops here too)
+        raise ProtocolError("bad Content-Length: too large")
     return int(length)
 
 
