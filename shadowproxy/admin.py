@@ -120,7 +120,7 @@ def _default(value: Any) -> Any:
     raise TypeError
 
 
-class BadRequest(Exception):
+class ApiError(Exception):
     """A client error: answered 400 (or ``status``) with ``{"error": message}``."""
 
     def __init__(self, message: str, status: int = 400) -> None:
@@ -135,13 +135,13 @@ def _parse_time(value: str, name: str) -> float:
         try:
             dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         except ValueError:
-            raise BadRequest(f"{name}: expected unix seconds or an ISO 8601 time, "
+            raise ApiError(f"{name}: expected unix seconds or an ISO 8601 time, "
                              f"got {value!r}") from None
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=UTC)
         t = dt.timestamp()
     if not math.isfinite(t):
-        raise BadRequest(f"{name}: expected a finite time, got {value!r}")
+        raise ApiError(f"{name}: expected a finite time, got {value!r}")
     return t
 
 
@@ -149,7 +149,7 @@ def parse_window(query: Any, now: float | None = None) -> tuple[float | None, fl
     """``since=1h`` (``all``: no bound) or ``from``/``to`` → (since, until)."""
     since_s, frm, to = query.get("since"), query.get("from"), query.get("to")
     if since_s and frm:
-        raise BadRequest("give either since or from/to, not both")
+        raise ApiError("give either since or from/to, not both")
     now = time.time() if now is None else now
     since: float | None = None
     until: float | None = None
@@ -157,14 +157,14 @@ def parse_window(query: Any, now: float | None = None) -> tuple[float | None, fl
         try:
             since = now - parse_duration(since_s)
         except ValueError:
-            raise BadRequest(f"since: expected a duration such as 15m, 1h, 24h or 'all', "
+            raise ApiError(f"since: expected a duration such as 15m, 1h, 24h or 'all', "
                              f"got {since_s!r}") from None
     if frm:
         since = _parse_time(frm, "from")
     if to:
         until = _parse_time(to, "to")
     if since is not None and until is not None and until < since:
-        raise BadRequest("to is before from")
+        raise ApiError("to is before from")
     return since, until
 
 
@@ -175,9 +175,9 @@ def _int_param(query: Any, name: str, default: int, lo: int, hi: int) -> int:
     try:
         v = int(raw)
     except ValueError:
-        raise BadRequest(f"{name}: expected an integer, got {raw!r}") from None
+        raise ApiError(f"{name}: expected an integer, got {raw!r}") from None
     if not lo <= v <= hi:
-        raise BadRequest(f"{name}: expected {lo}..{hi}, got {v}")
+        raise ApiError(f"{name}: expected {lo}..{hi}, got {v}")
     return v
 
 
@@ -407,7 +407,7 @@ class AdminServer:
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
-        except BadRequest as exc:
+        except ApiError as exc:
             return _json({"error": str(exc)}, status=exc.status)
         except web.HTTPException as exc:
             if request.path.startswith("/api/") and exc.status >= 400:
@@ -673,7 +673,7 @@ class AdminServer:
         eps = [e for e in report["endpoints"] if e["endpoint"] == name]
         if not eps:
             if name not in live:
-                raise BadRequest(f"no data for endpoint {name!r}", status=404)
+                raise ApiError(f"no data for endpoint {name!r}", status=404)
             doc = self._empty_endpoint(name)
             doc.update(top_fields=[], series=[], counters=live[name])
         else:
@@ -726,7 +726,7 @@ class AdminServer:
         since, until = parse_window(q)
         verdict = q.get("verdict") or None
         if verdict is not None and verdict not in VERDICTS:
-            raise BadRequest(f"verdict: expected one of {', '.join(VERDICTS)}, got {verdict!r}")
+            raise ApiError(f"verdict: expected one of {', '.join(VERDICTS)}, got {verdict!r}")
         limit = _int_param(q, "limit", 50, 1, MAX_LIMIT)
         offset = _int_param(q, "offset", 0, 0, 10**9)
         endpoint = q.get("endpoint") or None
@@ -741,7 +741,7 @@ class AdminServer:
         xid = request.match_info["id"]
         doc = await self._read(self._exchange_doc, xid)
         if doc is None:
-            raise BadRequest(f"no exchange {xid!r} (it may have been removed by retention)",
+            raise ApiError(f"no exchange {xid!r} (it may have been removed by retention)",
                              status=404)
         return _json(doc)
 
@@ -785,26 +785,26 @@ class AdminServer:
         try:
             body = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"the body is not valid JSON: {exc}") from None
+            raise ApiError(f"the body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
-            raise BadRequest('expected a JSON object such as {"enabled": true, "sample": 0.1}')
+            raise ApiError('expected a JSON object such as {"enabled": true, "sample": 0.1}')
         unknown = set(body) - {"enabled", "sample"}
         if unknown:
-            raise BadRequest(f"unknown key(s) {', '.join(sorted(unknown))}; "
+            raise ApiError(f"unknown key(s) {', '.join(sorted(unknown))}; "
                              "expected enabled and/or sample")
         if not body:
-            raise BadRequest("give enabled and/or sample")
+            raise ApiError("give enabled and/or sample")
         enabled = body.get("enabled")
         sample = body.get("sample")
         if "enabled" in body and not isinstance(enabled, bool):
-            raise BadRequest(f"enabled: expected true or false, got {enabled!r}")
+            raise ApiError(f"enabled: expected true or false, got {enabled!r}")
         if "sample" in body:
             if isinstance(sample, bool) or not isinstance(sample, (int, float)) or \
                     not math.isfinite(sample) or not 0.0 <= sample <= 1.0:
-                raise BadRequest(f"sample: expected a number between 0 and 1, got {sample!r}")
+                raise ApiError(f"sample: expected a number between 0 and 1, got {sample!r}")
             sample = float(sample)
         if enabled and self.cfg.upstreams.candidate is None:
-            raise BadRequest("cannot enable mirroring: no upstreams.candidate is configured",
+            raise ApiError("cannot enable mirroring: no upstreams.candidate is configured",
                              status=409)
         before = self._mirror_state()
         self.control.set_mirror(enabled, sample)

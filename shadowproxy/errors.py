@@ -1,4 +1,23 @@
-"""One exception tree for everything shadowproxy raises on purpose."""
+"""One exception tree for everything shadowproxy raises on purpose::
+
+    ShadowProxyError
+    ├── ConfigError        a configuration file is malformed (file, line and key named)
+    ├── StoreError         the result store cannot be opened, read or written
+    ├── DeliveryError      a report could not be delivered (report/deliver.py)
+    ├── ProtocolError      bytes that are not acceptable HTTP/1.1, from either side: the
+    │   │                  parser shared by requests and responses raises it; from an
+    │   │                  upstream it is counted ``protocol``
+    │   └── BadRequest     a client's request the server answers itself (``status``:
+    │                      400, 414, 431, 501, 505; http1server.py)
+    └── UpstreamError      an exchange with an upstream failed; ``kind`` is the counted
+        ├── ConnectError   label (primary: 502/504; a shadow: candidate_error{kind})
+        ├── ResetError
+        └── TooLargeError
+
+A handler of an upstream's failure catches ``(UpstreamError, ProtocolError)``; the
+admin API's ``ApiError`` (a bad query, answered 4xx) is its own, never raised past it.
+Anything else that escapes is a bug, logged with its traceback where it is caught.
+"""
 
 from __future__ import annotations
 
@@ -31,5 +50,33 @@ class StoreError(ShadowProxyError):
     """The result store cannot be opened, read or written."""
 
 
+class ProtocolError(ShadowProxyError):
+    """The bytes received are not a valid HTTP/1.x message (or exceed the limits)."""
+
+    kind = "protocol"
+
+
 class UpstreamError(ShadowProxyError):
-    """An upstream could not be reached or answered with something that is not HTTP."""
+    """A failed exchange with an upstream; ``kind`` is the counted label."""
+
+    kind = "reset"
+
+
+class ConnectError(UpstreamError):
+    kind = "connect"
+
+
+class ResetError(UpstreamError):
+    """The connection ended before the response was complete."""
+
+    kind = "reset"
+
+    def __init__(self, message: str, before_response: bool = False) -> None:
+        super().__init__(message)
+        self.before_response = before_response   # not one byte of the answer arrived
+
+
+class TooLargeError(UpstreamError):
+    """A shadow's answer went beyond the bytes a shadow may read (``mirror.max_response``)."""
+
+    kind = "too_large"

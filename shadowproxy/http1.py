@@ -39,6 +39,14 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+from .errors import (
+    ConnectError,
+    ProtocolError,
+    ResetError,
+    TooLargeError,
+    UpstreamError,
+)
+
 MAX_LINE = 64 * 1024          # a status, header, chunk-size or trailer line
 MAX_HEADERS = 1024            # headers in one head (trailers: the same)
 MAX_HEAD = 1024 * 1024        # bytes in one head, a memory bound per connection
@@ -80,38 +88,6 @@ InterimSink = Callable[[int, str, list[tuple[str, str]]], None]   # status, reas
 
 SHADOW_CHUNKS = 1024       # chunks of a shadow parsed in one turn of the loop (~2 ms)
 YIELD_READ = 64 * 1024     # a shadow's read this big waits a loop turn before the next
-
-
-class UpstreamError(Exception):
-    """A failed exchange; ``kind`` is the counted label."""
-
-    kind = "reset"
-
-
-class ConnectError(UpstreamError):
-    kind = "connect"
-
-
-class ResetError(UpstreamError):
-    """The connection ended before the response was complete."""
-
-    kind = "reset"
-
-    def __init__(self, message: str, before_response: bool = False) -> None:
-        super().__init__(message)
-        self.before_response = before_response   # not one byte of the answer arrived
-
-
-class TooLargeError(UpstreamError):
-    """A shadow's answer went beyond the bytes a shadow may read (``mirror.max_response``)."""
-
-    kind = "too_large"
-
-
-class ProtocolError(UpstreamError):
-    """The bytes received are not a valid HTTP/1.x response (or exceed the limits)."""
-
-    kind = "protocol"
 
 
 class Head(NamedTuple):
@@ -655,7 +631,7 @@ class _Conn(asyncio.Protocol):
             return
         try:
             p.eof(exc)
-        except UpstreamError as err:
+        except (UpstreamError, ProtocolError) as err:
             self._fail(err)
             return
         if self._stream is not None:
@@ -1118,7 +1094,7 @@ async def _send_body(conn: _Conn, chunks: AsyncIterator[bytes], chunked: bool,
     except asyncio.CancelledError:
         conn.abort()
         raise
-    except (UpstreamError, TimeoutError):   # the upstream's side: open() reports it
+    except (UpstreamError, ProtocolError, TimeoutError):   # the upstream's side: open() reports it
         conn.abort()
     except Exception as exc:  # noqa: BLE001 - the client's side failed: cut the request
         conn.abort()

@@ -57,6 +57,7 @@ from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
+from .errors import ProtocolError
 from .headers import end_to_end_text
 from .http1 import (
     _CHUNK_SIZE,
@@ -65,7 +66,6 @@ from .http1 import (
     _LENGTH,
     _TOKEN_CHARS,
     MAX_HEADERS,
-    ProtocolError,
     Pulled,
     ResponseParser,
     framing,

@@ -34,6 +34,7 @@ from . import http1
 from .breaker import Breaker
 from .capture import Budget, Capture
 from .config import Config, MirrorConfig
+from .errors import ProtocolError, UpstreamError
 from .models import Exchange, RequestRecord, ResponseRecord
 from .policy import Policy, Sampler  # noqa: F401 - Sampler: re-exported
 from .stats import Stats
@@ -77,7 +78,7 @@ class MirrorJob:
 
 def classify_error(exc: BaseException) -> str:
     """The ``kind`` label of a failed upstream exchange."""
-    if isinstance(exc, http1.UpstreamError):
+    if isinstance(exc, (UpstreamError, ProtocolError)):
         return exc.kind
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return "timeout"

@@ -26,6 +26,7 @@ from yarl import URL
 from . import http1
 from .capture import Capture
 from .config import Config
+from .errors import ProtocolError, UpstreamError
 from .headers import end_to_end_text
 from .http1server import BodyError, Request
 from .mirror import SKIP_AUTO_HEADERS, UPSTREAM_LIMITS, Mirror, classify_error
@@ -326,7 +327,7 @@ class Proxy:
                         request.finish(chunk)
                     else:
                         await request.write(chunk)   # waits while the client's socket is full
-            except (TimeoutError, http1.UpstreamError) as exc:
+            except (TimeoutError, UpstreamError, ProtocolError) as exc:
                 # the status is already sent: abort so the client sees a broken
                 # body, never a clean end
                 self.stats.add("primary_error", "mid_body_" + classify_error(exc))
