@@ -39,29 +39,34 @@ def _drop_own(headers: CIMultiDict[str], sent: set[str]) -> None:
             headers.popall(name, None)
 
 
-class _Relayed(web.Response):
-    """Primary's refusal as primary sent it: aiohttp adds the framing and Connection
-    headers, nothing else. ``sent``: the names primary sent (lower-cased)."""
+class _OnlySent:
+    """A response whose headers are primary's: aiohttp's own (:data:`_OWN`) are taken
+    out unless primary sent them too. ``sent``: the names primary sent (lower-cased)."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.sent: set[str] = set()
+    sent: set[str]
+    _headers: Any
 
     async def _prepare_headers(self) -> None:
-        await super()._prepare_headers()
+        # a mixin: the next class in the response's MRO is aiohttp's
+        await super()._prepare_headers()  # type: ignore[misc]
         _drop_own(self._headers, self.sent)
 
 
-class _Upgraded(web.WebSocketResponse):
+class _Relayed(_OnlySent, web.Response):
+    """Primary's refusal as primary sent it: aiohttp adds the framing and Connection
+    headers, nothing else."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sent = set()
+
+
+class _Upgraded(_OnlySent, web.WebSocketResponse):
     """The client's 101: the handshake aiohttp computes, and primary's other headers."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.sent: set[str] = set()
-
-    async def _prepare_headers(self) -> None:
-        await super()._prepare_headers()
-        _drop_own(self._headers, self.sent)
+        self.sent = set()
 
 
 class Refused(Exception):

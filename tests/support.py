@@ -94,3 +94,15 @@ async def start_proxy(cfg: Config, sink: Callable[[Exchange], bool] | None = Non
     server = ProxyServer(cfg, stats or Stats(), sink or Collector())
     await server.start()
     return server
+
+
+async def wait_logged(proc: Any, log: Any, text: str = "ready: 2 workers",
+                      tries: int = 400) -> None:
+    """Until ``text`` appears in the file ``log`` of the running ``proc`` (a Popen);
+    fails at once, with the log, if the process ends first."""
+    for _ in range(tries):
+        assert proc.poll() is None, log.read_text()
+        if text in log.read_text():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not {text!r}: " + log.read_text())

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from shadowproxy.limits import NOFILE_CAP, connection_limit
 from tests.rawhttp import RawConn, request
-from tests.support import Upstream, free_port
+from tests.support import Upstream, free_port, wait_logged
 
 ROOT = Path(__file__).resolve().parent.parent
 HARD = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -180,13 +180,7 @@ store: {{url: "sqlite:///{tmp_path / 'r.db'}"}}
                             cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             preexec_fn=lowered(LOW))
     try:
-        for _ in range(400):
-            assert proc.poll() is None, log.read_text()
-            if "ready: 2 workers" in log.read_text():
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("not ready: " + log.read_text())
+        await wait_logged(proc, log)
         names = {}
         for pid in _children(proc.pid):
             with open(f"/proc/{pid}/comm") as fh:

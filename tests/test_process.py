@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiohttp
 
-from .support import Upstream, free_port
+from .support import Upstream, free_port, wait_logged
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,13 +59,8 @@ class Running:
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.05)
-            # the supervisor says so once every worker listens
-            for _ in range(400):
-                assert self.proc.poll() is None, self.log.read_text()
-                if "ready: 2 workers" in self.log.read_text():
-                    return
-                await asyncio.sleep(0.05)
-        raise AssertionError("not ready: " + self.log.read_text())
+        # the supervisor says so once every worker listens
+        await wait_logged(self.proc, self.log)
 
     async def outcomes(self) -> dict:
         async with aiohttp.ClientSession() as s:

@@ -30,7 +30,7 @@ from aiohttp import web
 from shadowproxy.http1server import Request, Server
 from shadowproxy.server import bind
 from tests.rawhttp import RawConn
-from tests.support import Upstream, config, free_port, start_proxy
+from tests.support import Upstream, config, free_port, start_proxy, wait_logged
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -271,13 +271,7 @@ store: {{url: "sqlite:///{tmp_path / 'r.db'}"}}
         return await loop.run_in_executor(None, proc.wait, 30)
 
     try:
-        for _ in range(400):
-            assert proc.poll() is None, log.read_text()
-            if "ready: 2 workers" in log.read_text():
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("not ready: " + log.read_text())
+        await wait_logged(proc, log)
         await load_then_stop(listen, seen, stop, run=1.0)
         assert proc.wait(30) == 0, log.read_text()
     finally:

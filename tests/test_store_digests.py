@@ -33,6 +33,7 @@ from shadowproxy.runtime import Control
 from shadowproxy.store import open_store
 
 from .support import config
+from .test_store_secrets import raw_bytes
 
 PAD = "n" * 64
 CAP = 24                     # what a capture keeps of a cut body: '{"token": "ab12", "note'
@@ -104,15 +105,6 @@ CASES: dict[str, tuple[Exchange, set[str]]] = {
                      {"7a7b", "1c2d", "0b0b"}),
 }
 PLANTED = set().union(*(toks for _ex, toks in CASES.values()))
-
-
-def raw_bytes(db: Path) -> bytes:
-    out = b""
-    for suffix in ("", "-wal"):
-        p = Path(str(db) + suffix)
-        if p.exists():
-            out += p.read_bytes()
-    return out
 
 
 async def run(tmp_path: Path) -> dict[str, Any]:
