@@ -70,7 +70,7 @@ from .store.base import glob_escape
 from .store.retry import RetryingStore
 
 if TYPE_CHECKING:
-    from .runtime import Control
+    from .control_stage import Control
 
 log = logging.getLogger("shadowproxy.admin")
 

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from .errors import ConfigError
+from .routepattern import RoutePattern
 
 # ---------------------------------------------------------------- value kinds
 
@@ -461,8 +462,6 @@ def _check_semantics(cfg: Config, pos: _Positions, env: typing.Mapping[str, str]
         fail("store.batch", "must be at least 1")
     if not re.match(r"^(sqlite:///|sqlite://:memory:|memory:)", cfg.store.url):
         fail("store.url", f"unsupported store URL {cfg.store.url!r} (expected sqlite:///PATH)")
-    from .routes import RoutePattern  # late: routes imports config types
-
     keys: dict[str, int] = {}
     for i, r in enumerate(cfg.routes):
         try:

@@ -44,8 +44,8 @@ from prometheus_client.exposition import choose_encoder
 from .stats import FINAL
 
 if TYPE_CHECKING:
+    from .control_stage import Control
     from .models import Result
-    from .runtime import Control
 
 __all__ = ["LATENCY_BUCKETS", "Metrics", "ResultObserver"]
 

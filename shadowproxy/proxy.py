@@ -176,7 +176,9 @@ class Proxy:
         headers = end_to_end_text(raw, _DROP_REQUEST, same_case=True, underscores=False)
         self._forwarded(request.remote or "", raw, headers)
         self.stats.add("not_eligible", "websocket", endpoint)
-        resp = await proxy_websocket(self, request, target, headers)
+        assert self.session is not None
+        resp = await proxy_websocket(self.session, self.primary, self.stats, request, target,
+                                     headers)
         if not isinstance(resp, web.WebSocketResponse):
             resp.force_close()   # refused: the connection must not carry other requests
         return resp

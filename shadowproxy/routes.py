@@ -15,34 +15,9 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 from .config import Route
+from .routepattern import RoutePattern
 
 OVERFLOW = "(other)"
-
-_PARAM = re.compile(r"^\{[A-Za-z_][A-Za-z0-9_]*\}$")
-
-
-class RoutePattern:
-    def __init__(self, template: str) -> None:
-        if not template.startswith("/"):
-            raise ValueError(f"a route template starts with '/', got {template!r}")
-        parts = template.strip("/").split("/") if template.strip("/") else []
-        regex = ""
-        for part in parts:
-            if part == "**":
-                regex += "(?:/.*)?"
-                continue
-            if part == "*" or _PARAM.match(part):
-                regex += "/[^/]+"
-                continue
-            if "{" in part or "}" in part or "*" in part:
-                raise ValueError(f"bad segment {part!r} in route template {template!r}")
-            regex += "/" + re.escape(part)
-        self.template = template
-        self._re = re.compile("^" + (regex or "/?") + "/?$" if regex else r"^/?$")
-
-    def matches(self, path: str) -> bool:
-        return self._re.match(path) is not None
-
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
                    r"[0-9a-fA-F]{12}$")

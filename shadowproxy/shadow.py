@@ -34,19 +34,10 @@ from .channel import ChannelClient, read_frame, report_forever
 from .config import Config
 from .mirror import Mirror
 from .models import RequestRecord, ResponseRecord
+from .process import install_uvloop, lower_priority, name_process, setup_logging
 from .stats import Stats
 
 log = logging.getLogger("shadowproxy.shadow")
-
-def lower_priority(nice: int) -> int:
-    """Add ``nice`` to this process's niceness; → the niceness it has now."""
-    if nice > 0:
-        try:
-            os.nice(nice)
-        except OSError as exc:  # pragma: no cover - lowering one's priority is always allowed
-            log.warning("cannot lower the shadow stage's CPU priority: %s", exc)
-    return os.getpriority(os.PRIO_PROCESS, 0)
-
 
 class Intake:
     """Reads the workers' items into the mirror."""
@@ -122,7 +113,6 @@ def skew_gauges(skews: Any) -> dict[str, float]:
 
 def shadow_entry(cfg: Config, path: str, control_path: str, index: int) -> None:
     """A shadow process (started by the supervisor with the spawn method)."""
-    from .runtime import install_uvloop, name_process, setup_logging
 
     name_process(f"shadowproxy-s{index}")
     setup_logging(cfg)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 from aiohttp import WSMsgType, hdrs, web
@@ -12,9 +12,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .headers import end_to_end
-
-if TYPE_CHECKING:
-    from .proxy import Proxy
+from .stats import Stats
 
 # The handshake headers aiohttp negotiates itself on each side.
 _HANDSHAKE = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
@@ -148,17 +146,18 @@ async def _pump(src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
     await src.close(code=code, message=reason)
 
 
-async def proxy_websocket(proxy: Proxy, request: web.BaseRequest, target: str,
+async def proxy_websocket(session: aiohttp.ClientSession, primary: str, stats: Stats,
+                          request: web.BaseRequest, target: str,
                           headers: list[tuple[str, str]]) -> web.StreamResponse:
-    assert proxy.session is not None
+    """Upgrade ``request`` to primary (``primary``: its origin) through ``session``."""
     protocols = [p.strip(" \t") for p in
                  request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip(" \t")]
     # Host is in ``headers`` only with preserve_host (see Proxy._forwarded)
     fwd = CIMultiDict((k, v) for k, v in headers if k.lower() not in _HANDSHAKE)
     token = _HANDSHAKING.set(True)
     try:
-        upstream = await proxy.session.ws_connect(
-            URL(proxy.primary + target, encoded=True), headers=fwd, protocols=protocols,
+        upstream = await session.ws_connect(
+            URL(primary + target, encoded=True), headers=fwd, protocols=protocols,
             autoping=False, autoclose=False, max_msg_size=0,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
         )
@@ -172,11 +171,11 @@ async def proxy_websocket(proxy: Proxy, request: web.BaseRequest, target: str,
         return out
     except aiohttp.WSServerHandshakeError as exc:
         # a 101 without a valid handshake: primary's failure
-        proxy.stats.add("primary_error", "websocket")
+        stats.add("primary_error", "websocket")
         return web.Response(status=502, text=f"bad websocket handshake from primary: "
                                              f"{exc.message}\n")
     except (TimeoutError, aiohttp.ClientError):
-        proxy.stats.add("primary_error", "websocket")
+        stats.add("primary_error", "websocket")
         return web.Response(status=502, text="primary unavailable\n")
     finally:
         _HANDSHAKING.reset(token)

@@ -25,11 +25,11 @@ import pytest
 
 from shadowproxy.admin import AdminServer
 from shadowproxy.capture import Capture
+from shadowproxy.control_stage import Control
 from shadowproxy.models import Exchange, RequestRecord, ResponseRecord
 from shadowproxy.redact import Redactor
 from shadowproxy.report import build_report
 from shadowproxy.report.data import dumps
-from shadowproxy.runtime import Control
 from shadowproxy.store import open_store
 
 from .support import config

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import StoreError
 from .base import Store
+from .open import open_store
 
 log = logging.getLogger("shadowproxy.store")
 
@@ -49,7 +50,6 @@ class RetryingStore:
             return inner
         with self._lock:
             if self._inner is None and time.monotonic() >= self._next:
-                from . import open_store
                 try:
                     self._inner = open_store(self.url, samples_per_field=self.samples_per_field)
                 except StoreError as exc:
@@ -81,7 +81,6 @@ class RetryingStore:
 def open_or_retry(url: str, *, samples_per_field: int = 5,
                   interval: float = RETRY_INTERVAL) -> Store:
     """The store at ``url``, or a :class:`RetryingStore` when it cannot be opened now."""
-    from . import open_store
     try:
         return open_store(url, samples_per_field=samples_per_field)
     except StoreError as exc:

@@ -34,6 +34,7 @@ from ..config import StoreConfig
 from ..errors import StoreError
 from ..models import Result
 from .base import OutcomeRow, Store
+from .open import open_store
 
 log = logging.getLogger("shadowproxy.store")
 
@@ -60,8 +61,6 @@ class StoreWriter:
                  log_interval: float = 60.0, name: str = "shadowproxy-store-writer") -> None:
         self.cfg = cfg if cfg is not None else StoreConfig()
         if isinstance(store, str):
-            from . import open_store
-
             self.store: Store = open_store(store, samples_per_field=self.cfg.samples_per_field)
             self._owns_store = True
         else:
