@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     try:
         if args.command == "run":
-            from .runtime import run
+            from .control.supervisor import run
             if args.workers is not None and args.workers < 1:
                 print("shadowproxy: --workers must be at least 1", file=sys.stderr)
                 return EXIT_USAGE

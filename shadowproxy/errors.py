@@ -8,7 +8,7 @@
     │   │                  parser shared by requests and responses raises it; from an
     │   │                  upstream it is counted ``protocol``
     │   └── BadRequest     a client's request the server answers itself (``status``:
-    │                      400, 414, 431, 501, 505; http1server.py)
+    │                      400, 414, 431, 501, 505; http/server.py)
     └── UpstreamError      an exchange with an upstream failed; ``kind`` is the counted
         ├── ConnectError   label (primary: 502/504; a shadow: candidate_error{kind})
         ├── ResetError

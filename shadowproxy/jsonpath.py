@@ -4,7 +4,7 @@ Every JSONPath in a configuration (``compare.ignore``, ``compare.tolerance[].pat
 ``compare.arrays[].path``, their per-route forms, ``redact.fields``) is parsed here
 and nowhere else: by the config loader (so ``shadowproxy validate`` refuses what the
 run could not use, naming file, line and key), by the comparator's rules
-(:mod:`shadowproxy.compare.rules`) and by the redactor (:mod:`shadowproxy.redact`).
+(:mod:`shadowproxy.compare.rules`) and by the redactor (:mod:`shadowproxy.redact.redactor`).
 Both read a path the same way (:func:`matches` and :class:`Matcher` select the same
 locations); this module imports nothing else of shadowproxy.
 
@@ -81,7 +81,7 @@ for a folded index) is an element selected by ``*`` only.
 
 Names compare exactly. The redactor compares them case-insensitively by folding
 both the path and the document's keys to lower case, and masks more besides
-(:mod:`shadowproxy.redact`: ``$..token`` also masks ``accessToken``); it never
+(:mod:`shadowproxy.redact.redactor`: ``$..token`` also masks ``accessToken``); it never
 masks less than a path selects.
 
 Difference paths (``$.users[2]['a b']``, rendered by

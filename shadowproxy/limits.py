@@ -7,7 +7,7 @@ and, in the control process, the store. The common default soft limit, 1,024, is
 below what keep-alive clients hold open: :func:`raise_nofile` lifts the soft limit to
 the hard one at start (children inherit it), and :func:`connection_limit` says how many
 client connections a server keeps before it closes its oldest idle keep-alive ones
-(:class:`~shadowproxy.http1server.Server`).
+(:class:`~shadowproxy.http.server.Server`).
 """
 
 from __future__ import annotations

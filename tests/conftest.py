@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shadowproxy.demo_upstreams import make_app
-
-from .support import Upstream
+from shadowproxy.demo.upstreams import make_app
+from tests.support import Upstream
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from shadowproxy.config import Config, loads
 from shadowproxy.models import Exchange
-from shadowproxy.server import ProxyServer
+from shadowproxy.proxy.server import ProxyServer
 from shadowproxy.stats import Stats
 
 

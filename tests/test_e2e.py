@@ -12,11 +12,10 @@ from pathlib import Path
 
 import aiohttp
 
-from shadowproxy.runtime import InProcess
+from shadowproxy.control.supervisor import InProcess
 from shadowproxy.stats import FINAL
 from shadowproxy.store import open_store
-
-from .support import config
+from tests.support import config
 
 ROUTES = [
     {"name": "user", "match": "/api/users/{id}", "methods": ["GET"]},

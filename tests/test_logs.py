@@ -7,9 +7,8 @@ import logging
 import pytest
 
 from shadowproxy.logs import MalformedRequestFilter
-
-from .rawhttp import RawConn
-from .support import config, start_proxy
+from tests.rawhttp import RawConn
+from tests.support import config, start_proxy
 
 
 async def test_malformed_requests_are_summarised_not_logged_each(

@@ -11,7 +11,7 @@ Order of the result: status, then headers, then body.
     is ``body.bytes`` ``changed`` with ``a``/``b`` =
     ``{"size": …, "sha256": …, "truncated": …}`` (the plain digest, for in-memory
     use only: before anything is stored or shown the redactor replaces it by its
-    keyed form, :meth:`Redactor.body_digest <shadowproxy.redact.Redactor.body_digest>`);
+    keyed form, :meth:`Redactor.body_digest <shadowproxy.redact.redactor.Redactor.body_digest>`);
   - identical bytes: no difference, nothing parsed;
   - otherwise content codings are undone (bounded by ``max_decoded``; on failure
     the raw bytes are compared) and the media type picks the method: JSON →

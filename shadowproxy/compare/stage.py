@@ -11,7 +11,7 @@ control process fills it from the channel). For each exchange it:
 4. redacts the result and submits it to the store writer (dropped and counted
    as ``store_full`` when the writer's queue is full): whole when the store may
    keep it as a sample, else only what the summary rows store (see
-   :meth:`Redactor.redact_result <shadowproxy.redact.Redactor.redact_result>`).
+   :meth:`Redactor.redact_result <shadowproxy.redact.redactor.Redactor.redact_result>`).
 """
 
 from __future__ import annotations

@@ -6,11 +6,11 @@ a PostgreSQL store can follow the SQLite one. Times are unix seconds (float); ev
 Endpoint globs use :func:`fnmatch.fnmatchcase` semantics (``*``, ``?``, ``[seq]``).
 
 Writes take results whose exchanges are **already redacted** (see
-:mod:`shadowproxy.redact`); a store never writes request or response bodies anywhere
+:mod:`shadowproxy.redact.redactor`); a store never writes request or response bodies anywhere
 but the ``samples`` it keeps, and never keeps a result marked ``summary_only`` (redacted
 only as far as the summary rows need) as a sample. A store that can tell which results
 it will not keep as samples offers ``keeps_sample(result) -> bool`` (see
-:meth:`SqliteStore.keeps_sample <shadowproxy.store.sqlite.SqliteStore.keeps_sample>`);
+:meth:`SqliteStore.keeps_sample <shadowproxy.store.sqlite.store.SqliteStore.keeps_sample>`);
 the comparator then redacts only what the summary needs of the others.
 """
 

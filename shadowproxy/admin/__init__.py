@@ -1,0 +1,1 @@
+"""The admin server: health, the JSON API, Prometheus metrics and the UI."""

@@ -1,0 +1,1 @@
+"""Secrets out of everything stored or logged: keyed masks, field and header redaction."""
