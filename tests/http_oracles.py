@@ -1,6 +1,6 @@
 """Three HTTP/1.1 parsers behind one interface, for the differential test
-(tests/http/test_http_differential.py): the project's own (``shadowproxy.http.server.
-RequestParser`` and ``shadowproxy.http.client.ResponseParser``), h11 (pure Python, strict) and
+(tests/http/test_http_differential.py): the project's own (``shadowproxy.http.request.
+RequestParser`` and ``shadowproxy.http.response.ResponseParser``), h11 (pure Python, strict) and
 llhttp (Node's parser; the copy inside httptools, strict: every leniency off).
 
 Each parses a whole byte stream followed by the end of the connection and says, message
@@ -27,8 +27,9 @@ import h11
 import httptools
 import httptools.parser.parser as _httptools_parser
 
-from shadowproxy.http.client import ProtocolError, ResetError, ResponseParser
-from shadowproxy.http.server import RequestParser
+from shadowproxy.errors import ProtocolError, ResetError
+from shadowproxy.http.request import RequestParser
+from shadowproxy.http.response import ResponseParser
 
 # ---------------------------------------------------------------- results
 

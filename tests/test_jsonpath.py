@@ -31,7 +31,7 @@ from shadowproxy.jsonpath import (
     render,
 )
 from shadowproxy.models import Difference, ResponseRecord
-from shadowproxy.redact.redactor import Redactor, concrete_path
+from shadowproxy.redact import Redactor, concrete_path
 
 KEY = b"k" * 32
 JSON_HEADERS = (("Content-Type", "application/json"),)

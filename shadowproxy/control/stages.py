@@ -25,7 +25,7 @@ class Control:
 
     def __init__(self, cfg: Config, *, on_result: Any = None, redact_key: bytes | None = None
                  ) -> None:
-        from ..redact.redactor import Redactor
+        from ..redact import Redactor
         from ..store.retry import open_or_retry
         from ..store.writer import StoreWriter
 
@@ -109,7 +109,7 @@ class Control:
         self.cfg = cfg
         # the reloaded redaction rules with the run's key (drawn once: masks compare
         # across a reload, and the workers' access logs use the same)
-        from ..redact.redactor import Redactor
+        from ..redact import Redactor
         self.redactor = self.stage.redactor = Redactor(cfg.redact, self.redactor.key)
         self.stage.configure(cfg)
         keep = self.mirror_overridden and after == before

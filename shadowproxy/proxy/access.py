@@ -16,8 +16,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from time import perf_counter
 
-from ..http.server import Request
-from ..redact.redactor import Redactor
+from ..http.request import Request
+from ..redact import Redactor
 from .handler import origin_form
 
 log = logging.getLogger("shadowproxy.access")

@@ -25,9 +25,10 @@ from yarl import URL
 
 from ..config import Config
 from ..errors import ProtocolError, UpstreamError
-from ..http import client as http1
+from ..http.framing import body_codings, encode_headers
 from ..http.headers import end_to_end_text
-from ..http.server import BodyError, Request
+from ..http.pool import ClientBodyError, Pool
+from ..http.request import BodyError, Request
 from ..models import RequestRecord, ResponseRecord
 from ..stats import Stats
 from .capture import Capture
@@ -52,7 +53,7 @@ class Proxy:
         self.stats = stats
         self.mirror = mirror
         self.session: aiohttp.ClientSession | None = None   # WebSocket upgrades only
-        self.pool: http1.Pool | None = None
+        self.pool: Pool | None = None
         self._ids = _ids()
         self.configure(cfg, router)
 
@@ -66,7 +67,7 @@ class Proxy:
             self.pool = None
         self.primary: str = cfg.upstreams.primary
         if self.pool is None:
-            self.pool = http1.Pool(self.primary, None)
+            self.pool = Pool(self.primary, None)
         self.preserve_host = cfg.preserve_host
         self.trust: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n)
                                                 for n in cfg.forwarded.trust)
@@ -148,7 +149,7 @@ class Proxy:
             else:
                 rec = RequestRecord(method, path, query, tuple(headers), body)
                 try:   # primary's header block; the shadows reuse it when theirs are alike
-                    block = http1.encode_headers(method, headers, len(body))
+                    block = encode_headers(method, headers, len(body))
                 except ValueError:
                     block = None
                 fut = mirror.submit(next(self._ids), endpoint,  # type: ignore[union-attr]
@@ -250,11 +251,11 @@ class Proxy:
         try:
             # a mirrored request's block comes from handle(): the shadows share it
             if block is None and (body is not None or not request.body_exists):
-                block = http1.encode_headers(method, headers, len(body) if body else 0)
+                block = encode_headers(method, headers, len(body) if body else 0)
             elif block is None:
                 # streamed as it comes, framed as the request was parsed (its
                 # Content-Length, else chunked), whatever the forwarded headers say
-                block = http1.encode_headers(method, headers, request.content_length)
+                block = encode_headers(method, headers, request.content_length)
                 chunked = request.content_length is None
                 stream = self._body_stream(request, prefix)
             up = await pool.open(
@@ -264,7 +265,7 @@ class Proxy:
                 read_timeout=self.read_timeout, on_interim=request.interim)
         except asyncio.CancelledError:
             raise
-        except http1.ClientBodyError as exc:
+        except ClientBodyError as exc:
             # the client's body failed on the way (not primary's failure)
             status = exc.cause.status if isinstance(exc.cause, BodyError) else 400
             if status is not None:
@@ -299,7 +300,7 @@ class Proxy:
                     length = None
                 # a body still coded once de-chunked (gzip, chunked): the client is
                 # told so, before our chunked
-                coded = http1.body_codings(te) if te != "chunked" else None
+                coded = body_codings(te) if te != "chunked" else None
             if coded is not None and request.version != (1, 1) and method != "HEAD" and \
                     head.status not in (204, 304):
                 # an HTTP/1.0 client takes no Transfer-Encoding (RFC 9112 §6.1): it

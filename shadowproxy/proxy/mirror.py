@@ -3,8 +3,8 @@
 The proxy asks :meth:`Mirror.eligible` and :meth:`Mirror.sampled` for every request,
 then :meth:`Mirror.submit` for the ones that should be shadowed. A job waits in a
 bounded queue until fewer than ``mirror.concurrency`` shadows are in flight; it is
-sent from callbacks, with no task of its own (:meth:`http1.Pool.start` on the mirror's
-keep-alive pools, the lean HTTP/1.1 client of :mod:`shadowproxy.http.client`), right after
+sent from callbacks, with no task of its own (:meth:`Pool.start` on the mirror's
+keep-alive pools, the lean HTTP/1.1 client of :mod:`shadowproxy.http.pool`), right after
 the step that submitted it, so primary's request goes out first and the client path
 never awaits any of it. The candidate (and the secondary) get the request at once —
 concurrently with primary; each answer is read up to ``capture_max`` (the size and a
@@ -32,7 +32,9 @@ import aiohttp
 
 from ..config import Config, MirrorConfig
 from ..errors import ProtocolError, UpstreamError
-from ..http import client as http1
+from ..http.framing import encode_headers
+from ..http.pool import Call, Pool
+from ..http.response import Head
 from ..models import Exchange, RequestRecord, ResponseRecord
 from ..stats import Stats
 from .breaker import Breaker
@@ -72,7 +74,7 @@ class MirrorJob:
     fetched: bool = False         # candidate (and secondary) answers are in
     candidate: ResponseRecord | None = None
     secondary: ResponseRecord | None = None
-    calls: list[tuple[http1.Call, Capture]] | None = None   # the shadow requests in flight
+    calls: list[tuple[Call, Capture]] | None = None   # the shadow requests in flight
     awaited: int = 0              # answers (candidate, secondary) not yet in
 
 
@@ -94,7 +96,7 @@ def classify_error(exc: BaseException) -> str:
     return "other"
 
 
-def answer_record(result: http1.Head | BaseException, cap: Capture, t0: float
+def answer_record(result: Head | BaseException, cap: Capture, t0: float
                   ) -> ResponseRecord:
     """The :class:`ResponseRecord` of a shadow's answer (or failure) captured in ``cap``,
     whose kept bytes stay charged to its budget until the caller gives them back."""
@@ -127,8 +129,8 @@ class Mirror(Policy):
         # seconds from a request's arrival to its shadow's send, the latest ones
         self.skews: collections.deque[float] = collections.deque(maxlen=4096)
         self.configure(cfg)
-        self._pools: list[http1.Pool] = []
-        self._pool_by_base: dict[str, http1.Pool] = {}
+        self._pools: list[Pool] = []
+        self._pool_by_base: dict[str, Pool] = {}
 
     # ------------------------------------------------------------ configuration
 
@@ -165,7 +167,7 @@ class Mirror(Policy):
         """Queue a shadow of ``request``; returns the future the proxy resolves with
         primary's captured answer, or None when dropped (already counted). ``target``:
         the raw path and query as received (default: rebuilt from the record).
-        ``block``: the header block (:func:`http1.encode_headers`) of ``request``'s
+        ``block``: the header block (:func:`encode_headers`) of ``request``'s
         headers as primary gets them, the base of the shadows' when none of those
         headers is to be removed. ``started``: when the request arrived (unix time;
         default now), the origin of the send skew."""
@@ -228,11 +230,11 @@ class Mirror(Policy):
             if base:
                 self._pool(base)
 
-    def _pool(self, base: str) -> http1.Pool:
+    def _pool(self, base: str) -> Pool:
         """The connection pool to ``base`` (a reload may name a new upstream)."""
         pool = self._pool_by_base.get(base)
         if pool is None:
-            pool = self._pool_by_base[base] = http1.Pool(base, self.cfg.concurrency,
+            pool = self._pool_by_base[base] = Pool(base, self.cfg.concurrency,
                                                          self.cfg.max_response)
             self._pools.append(pool)
         return pool
@@ -291,7 +293,7 @@ class Mirror(Policy):
                 block = block[:-2] + add   # primary's lines, the added ones, the blank line
         if block is None:
             try:   # the head is built once, for the candidate and the secondary alike
-                block = http1.encode_headers(req.method, self._headers(req), len(req.body))
+                block = encode_headers(req.method, self._headers(req), len(req.body))
             except ValueError:   # CR/LF or a character outside latin-1 in a header
                 block = None
         assert self.candidate is not None
@@ -308,7 +310,7 @@ class Mirror(Policy):
             cap = Capture(cfg.capture_max, self.budget)
             t0 = perf_counter()   # uvloop's loop.time() has 1 ms resolution
 
-            def done(result: http1.Head | BaseException, i: int = i, cap: Capture = cap,
+            def done(result: Head | BaseException, i: int = i, cap: Capture = cap,
                      t0: float = t0) -> None:
                 try:
                     self._answered(job, i, answer_record(result, cap, t0))

@@ -18,9 +18,10 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ..config import Config, split_address
-from ..http import client as http1
-from ..http import server as http1server
-from ..http.server import Request, Server
+from ..http.grammar import MAX_HEADERS
+from ..http.request import MAX_LINE as REQUEST_MAX_LINE
+from ..http.request import Request
+from ..http.server import Server
 from ..models import Exchange
 from ..stats import Stats
 from .handler import Proxy
@@ -31,7 +32,7 @@ from .tee import Tee
 log = logging.getLogger("shadowproxy.server")
 
 # request head limits; a request beyond them gets a 4xx and the proxy goes on
-MAX_LINE = MAX_FIELD = http1server.MAX_LINE
+MAX_LINE = MAX_FIELD = REQUEST_MAX_LINE
 
 
 def bind(address: str, *, reuse_port: bool = False, listen: bool = True) -> socket.socket:
@@ -82,7 +83,7 @@ class ProxyServer:
         self._upgrades = web.Server(self.proxy.handle_upgrade, handler_cancellation=True,
                                     auto_decompress=False, max_line_size=MAX_LINE,
                                     max_field_size=MAX_FIELD, access_log=None,
-                                    max_headers=http1.MAX_HEADERS)
+                                    max_headers=MAX_HEADERS)
         self._server = Server(self._handler(self.cfg), on_upgrade=self._upgrades,
                               on_malformed=lambda: self.stats.add("not_eligible", "malformed"))
         await self._server.start(self.sock)
@@ -93,7 +94,7 @@ class ProxyServer:
         """The proxy's handler, wrapped by the access log when ``log.access`` is on."""
         if not cfg.log.access:
             return self.proxy.handle
-        from ..redact.redactor import Redactor
+        from ..redact import Redactor
         from .access import AccessLog
         # the run's key as it is (a reloaded redact.key_env does not change a run's key)
         redactor = Redactor(cfg.redact, self.redact_key) if self.redact_key \

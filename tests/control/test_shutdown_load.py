@@ -27,7 +27,8 @@ import pytest
 import uvloop
 from aiohttp import web
 
-from shadowproxy.http.server import Request, Server
+from shadowproxy.http.request import Request
+from shadowproxy.http.server import Server
 from shadowproxy.proxy.server import bind
 from tests.rawhttp import RawConn
 from tests.support import Upstream, config, free_port, start_proxy, wait_logged

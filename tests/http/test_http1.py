@@ -1,4 +1,4 @@
-"""The lean shadow client (shadowproxy.http.client): the parser on byte strings, and the pool
+"""The lean shadow client (shadowproxy.http.pool): the parser on byte strings, and the pool
 against raw loopback servers that send exactly the bytes a test chooses."""
 
 from __future__ import annotations
@@ -7,15 +7,12 @@ import asyncio
 
 import pytest
 
-from shadowproxy.http import client as http1
-from shadowproxy.http.client import (
-    Pool,
-    ProtocolError,
-    ResetError,
-    ResponseParser,
-    encode_headers,
-)
-from shadowproxy.http.server import BadRequest, RequestParser
+from shadowproxy.errors import ConnectError, ProtocolError, ResetError, TooLargeError
+from shadowproxy.http.framing import body_codings, encode_headers, framing
+from shadowproxy.http.grammar import MAX_CHUNK, MAX_HEADERS, MAX_LINE
+from shadowproxy.http.pool import Pool
+from shadowproxy.http.request import BadRequest, RequestParser
+from shadowproxy.http.response import Head, ResponseParser
 from tests.rawhttp import RawServer, canned, read_request
 from tests.support import free_port
 
@@ -129,16 +126,16 @@ def test_repeated_identical_content_length_is_accepted():
 
 
 def test_head_limits():
-    many = b"".join(b"X-%d: v\r\n" % i for i in range(http1.MAX_HEADERS))
+    many = b"".join(b"X-%d: v\r\n" % i for i in range(MAX_HEADERS))
     p, _, done = parse([b"HTTP/1.1 204 No Content\r\n" + many + b"\r\n"])
-    assert done and len(p.head.headers) == http1.MAX_HEADERS
+    assert done and len(p.head.headers) == MAX_HEADERS
     with pytest.raises(ProtocolError):
         parse([b"HTTP/1.1 204 No Content\r\n" + many + b"X-One-More: v\r\n\r\n"])
-    big = b"X-Csp: " + b"a" * (http1.MAX_LINE - 7)
+    big = b"X-Csp: " + b"a" * (MAX_LINE - 7)
     p, _, done = parse([b"HTTP/1.1 200 OK\r\n" + big + b"\r\nContent-Length: 0\r\n\r\n"])
-    assert done and len(p.head.headers[0][1]) == http1.MAX_LINE - 7
+    assert done and len(p.head.headers[0][1]) == MAX_LINE - 7
     with pytest.raises(ProtocolError):   # before the head ends: no unbounded buffering
-        parse([b"HTTP/1.1 200 OK\r\nX-Csp: " + b"a" * http1.MAX_LINE])
+        parse([b"HTTP/1.1 200 OK\r\nX-Csp: " + b"a" * MAX_LINE])
 
 
 @pytest.mark.parametrize("data", [
@@ -162,9 +159,9 @@ def test_sp_and_htab_around_codings_and_lengths_are_optional():
     assert done and body == b"ok"
     _, body, done = parse([b"HTTP/1.1 200 OK\r\nContent-Length: 2,\t2 \r\n\r\nok"])
     assert done and body == b"ok"
-    assert http1.body_codings("gzip \t, chunked") == "gzip"
-    assert http1.framing([("Connection", "\xa0close")], False)[2] is False
-    assert http1.framing([("Connection", "\tclose ")], False)[2] is True
+    assert body_codings("gzip \t, chunked") == "gzip"
+    assert framing([("Connection", "\xa0close")], False)[2] is False
+    assert framing([("Connection", "\tclose ")], False)[2] is True
 
 
 @pytest.mark.parametrize("ctl", [b"\x01", b"\x0b", b"\x0c", b"\x1f", b"\x7f"])
@@ -284,19 +281,19 @@ def test_chunk_size_is_bounded(split):
     would take the end marker for data."""
     head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
     pieces = (lambda d: bytewise(d)) if split else (lambda d: [d])
-    p, _, done = parse(pieces(head + b"%X\r\nabc" % http1.MAX_CHUNK))
-    assert not done and p._remaining == http1.MAX_CHUNK - 3
+    p, _, done = parse(pieces(head + b"%X\r\nabc" % MAX_CHUNK))
+    assert not done and p._remaining == MAX_CHUNK - 3
     _, _, done = parse(pieces(head + b"000000000000000A\r\n0123456789\r\n0\r\n\r\n"))
     assert done
-    for size in (b"%X" % (http1.MAX_CHUNK + 1), b"FFFFFFFFFFFFFFFF", b"1" + b"0" * 16):
+    for size in (b"%X" % (MAX_CHUNK + 1), b"FFFFFFFFFFFFFFFF", b"1" + b"0" * 16):
         with pytest.raises(ProtocolError):
             parse(pieces(head + size + b"\r\nabc\r\n0\r\n\r\n"))
 
 
 def test_upgrade_is_ignored_in_http10():
     """RFC 9110 §7.8: a server ignores Upgrade in an HTTP/1.0 request."""
-    assert http1.framing([("Upgrade", "websocket")], False)[4] == "websocket"
-    assert http1.framing([("Upgrade", "websocket")], True)[4] is None
+    assert framing([("Upgrade", "websocket")], False)[4] == "websocket"
+    assert framing([("Upgrade", "websocket")], True)[4] is None
 
 
 def test_reset_before_any_byte_is_marked():
@@ -328,7 +325,7 @@ def test_pool_host_header_and_prefix():
 
 
 async def _get(pool: Pool, target: str = "/x?", method: str = "GET"
-               ) -> tuple[http1.Head, bytes]:
+               ) -> tuple[Head, bytes]:
     body: list[bytes] = []
     head = await pool.request(method, target, encode_headers(method, [("X-T", "1")], 0),
                               b"", body.append)
@@ -407,7 +404,7 @@ async def test_stale_keep_alive_is_retried_once_for_idempotent_methods():
 
 async def test_errors_map_to_kinds():
     pool = Pool(f"http://127.0.0.1:{free_port()}", 2)
-    with pytest.raises(http1.ConnectError):
+    with pytest.raises(ConnectError):
         await _get(pool)
 
     async def garbage(reader, writer, log):
@@ -499,7 +496,7 @@ async def test_start_times_out_or_is_cancelled_without_a_task():
         pool.start("GET", "/", encode_headers("GET", [], 0), b"", body.append, 5,
                    done.set_result)
         head = await done
-        assert isinstance(head, http1.Head) and head.status == 200 and body == [b"ok"]
+        assert isinstance(head, Head) and head.status == 200 and body == [b"ok"]
         assert pool.idle == 1          # kept for the next request
     finally:
         await pool.close()
@@ -531,7 +528,7 @@ async def test_a_shadow_answer_beyond_max_answer_is_too_large():
     srv = await RawServer(canned(answer, keep_open=True)).start()
     pool = Pool(srv.url, 4, max_answer=100_000)
     try:
-        with pytest.raises(http1.TooLargeError):
+        with pytest.raises(TooLargeError):
             await _get(pool)
     finally:
         await pool.close()

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from shadowproxy.http.server import BodyError, Request, Server
+from shadowproxy.http.request import BodyError, Request
+from shadowproxy.http.server import Server
 from shadowproxy.proxy.server import bind
 from tests.rawhttp import Incomplete, RawConn, exchange, request
 

@@ -3,7 +3,7 @@
 Hypothesis writes request streams (heads valid and hostile, bodies in every framing,
 pipelined messages) and upstream responses (valid and hostile, 1xx, HEAD, 204/304,
 close-delimited); tests/http_oracles.py parses each with the project's parser
-(``http1server.RequestParser``, ``http1.ResponseParser``), h11 and llhttp (httptools'
+(``RequestParser``, ``ResponseParser``), h11 and llhttp (httptools'
 copy, strict) and reduces what each made of it to messages: where the head ends, the
 body bytes, where the next message starts, whether the connection stays open.
 

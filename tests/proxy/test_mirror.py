@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from shadowproxy.http import client as http1
+from shadowproxy.http.framing import encode_headers
 from shadowproxy.models import Exchange, RequestRecord, ResponseRecord
 from shadowproxy.proxy.mirror import Mirror
 from shadowproxy.stats import Stats
@@ -67,7 +67,7 @@ async def test_reload_that_removes_headers_while_shadows_wait():
     try:
         headers = [("X-Keep", "1")]       # none of them is removed: primary's block would do
         req = RequestRecord("GET", "/p", "", tuple(headers), b"")
-        fut = m.submit("1", "GET /p", None, req, "/p", http1.encode_headers("GET", headers, 0))
+        fut = m.submit("1", "GET /p", None, req, "/p", encode_headers("GET", headers, 0))
         assert fut is not None
         # the same step: the shadow has not been sent yet
         m.configure(config("http://127.0.0.1:9", cand.url,

@@ -18,7 +18,7 @@ from shadowproxy.errors import ConfigError
 from shadowproxy.jsonpath import ANY, DESC
 from shadowproxy.jsonpath import parse as parse_jsonpath
 from shadowproxy.models import Difference, RequestRecord, Result
-from shadowproxy.redact.redactor import Redactor
+from shadowproxy.redact import Redactor
 from tests.store_helpers import SECRETS, exchange, response, secret_result
 
 KEY = b"k" * 32
@@ -385,7 +385,7 @@ def test_other_header_values_get_the_text_pass(red):
 def test_keyed_array_difference_paths_are_redacted_by_field_not_wholesale() -> None:
     from shadowproxy.config import RedactConfig
     from shadowproxy.models import Difference
-    from shadowproxy.redact.redactor import Redactor
+    from shadowproxy.redact import Redactor
 
     r = Redactor(RedactConfig(), b"k" * 32)
     out = r.redact_differences([

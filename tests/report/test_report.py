@@ -20,7 +20,7 @@ from shadowproxy.compare.comparator import compare_responses
 from shadowproxy.compare.noise import NoiseEvidence
 from shadowproxy.config import RedactConfig, StoreConfig, loads
 from shadowproxy.models import Exchange, RequestRecord, ResponseRecord, Result
-from shadowproxy.redact.redactor import Redactor
+from shadowproxy.redact import Redactor
 from shadowproxy.report import build_report, render_html, render_markdown
 from shadowproxy.report.data import dumps, glob_escape, summary
 from shadowproxy.store import StoreWriter, open_store

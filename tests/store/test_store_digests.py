@@ -27,7 +27,7 @@ from shadowproxy.admin.server import AdminServer
 from shadowproxy.control.stages import Control
 from shadowproxy.models import Exchange, RequestRecord, ResponseRecord
 from shadowproxy.proxy.capture import Capture
-from shadowproxy.redact.redactor import Redactor
+from shadowproxy.redact import Redactor
 from shadowproxy.report import build_report
 from shadowproxy.report.data import dumps
 from shadowproxy.store import open_store

@@ -7,7 +7,7 @@ from pathlib import Path
 from shadowproxy.compare.stage import CompareStage
 from shadowproxy.config import RedactConfig, StoreConfig
 from shadowproxy.models import Exchange, RequestRecord
-from shadowproxy.redact.redactor import Redactor
+from shadowproxy.redact import Redactor
 from shadowproxy.stats import Stats
 from shadowproxy.store import StoreWriter, open_store
 from tests.store_helpers import SECRETS, response, secret_result
