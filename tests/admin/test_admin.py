@@ -21,7 +21,9 @@ import pytest_asyncio
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from shadowproxy.admin.server import AdminServer, parse_window, redact_config
+from shadowproxy.admin.config_redaction import redact_config
+from shadowproxy.admin.params import parse_window
+from shadowproxy.admin.server import AdminServer
 from shadowproxy.control.supervisor import InProcess
 from shadowproxy.demo.upstreams import make_app
 from shadowproxy.errors import ConfigError
