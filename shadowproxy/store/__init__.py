@@ -23,7 +23,7 @@ from .base import (
     percentile,
 )
 from .open import open_store
-from .sqlite.store import SqliteStore
+from .sqlite import SqliteStore
 from .writer import StoreWriter
 
 __all__ = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import StoreError
 from .base import Store
-from .sqlite.store import SqliteStore
+from .sqlite import SqliteStore
 
 
 def open_store(url: str, *, readonly: bool = False, samples_per_field: int = 5) -> Store:

@@ -17,7 +17,7 @@ from shadowproxy.store import (
     open_store,
     percentile,
 )
-from shadowproxy.store.sqlite.store import SCHEMA_VERSION
+from shadowproxy.store.sqlite import SCHEMA_VERSION
 from tests.store_helpers import diff, response, result
 
 NOW = time.time()
