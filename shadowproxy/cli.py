@@ -1,4 +1,4 @@
-"""Command line: ``shadowproxy run|validate|check|report`` (also ``python -m shadowproxy``).
+"""Command line: ``shadowproxy run|validate|check|report|store`` (also ``python -m shadowproxy``).
 
 Exit codes: 0 success; 1 failure (a failed check, a runtime error); 2 usage or
 config error; 3 inconclusive check.
@@ -46,7 +46,31 @@ def _parser() -> argparse.ArgumentParser:
                      help="md and markdown are the same")
     rep.add_argument("-o", "--output", default=None, metavar="FILE")
     rep.add_argument("--webhook", default=None, metavar="URL")
+
+    sto = sub.add_parser("store", help="store maintenance: migrate (upgrade the schema to "
+                         "this version's, keeping every result), vacuum (rewrite the file "
+                         "without its free pages; switches an old store to incremental vacuum)")
+    sto.add_argument("action", choices=("migrate", "vacuum"))
+    sto.add_argument("-c", "--config", required=True, metavar="FILE")
     return p
+
+
+def _store_main(cfg: Config, action: str) -> int:
+    from .store import open_store
+    store = open_store(cfg.store.url)       # opened for writing: migrations apply here
+    try:
+        if action == "migrate":
+            print(f"{cfg.store.url}: schema version {store.info().schema_version}")
+            return EXIT_OK
+        vacuum = getattr(store, "vacuum", None)
+        if vacuum is None:
+            print(f"shadowproxy: the store {cfg.store.url} has no vacuum", file=sys.stderr)
+            return EXIT_USAGE
+        before, after = vacuum()
+    finally:
+        store.close()
+    print(f"{cfg.store.url}: vacuumed, file and WAL {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB")
+    return EXIT_OK
 
 
 def _load(path: str) -> Config:
@@ -76,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             from .report import main as report_main
             return report_main(cfg, args)
+        if args.command == "store":
+            return _store_main(cfg, args.action)
     except ConfigError as exc:
         print(f"shadowproxy: invalid config: {exc}", file=sys.stderr)
         return EXIT_USAGE

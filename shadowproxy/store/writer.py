@@ -15,7 +15,12 @@ store and never see its errors:
   within ``store.flush_interval`` of the oldest one; after each commit it adds the
   batch to :attr:`acknowledged` and calls ``on_commit(n)``;
 * every ``cleanup_interval`` seconds (and right after start) it applies the retention
-  limits, a few 500-row transactions at a time between batches;
+  limits, a few 500-row (or incremental-vacuum) transactions at a time between
+  batches, until done;
+* every ``wal_check_interval`` seconds it resets the WAL when it is above the store's
+  cap (``store.maintain_wal()``, the SQLite store: a ``wal_checkpoint(TRUNCATE)`` that
+  never waits on readers), so the WAL is back under the cap within a second or so of
+  the last reader that held it ending;
 * when SQLite fails (disk full, read-only file, locked past the busy timeout) the
   batch is dropped and counted in :attr:`failed`, one clear error line is logged per
   distinct cause at most every ``log_interval`` seconds, and the thread goes on.
@@ -58,6 +63,7 @@ class StoreWriter:
     def __init__(self, store: Store | str, cfg: StoreConfig | None = None, *,
                  on_commit: Callable[[int], None] | None = None,
                  cleanup_interval: float = 60.0, cleanup_chunks: int = 10,
+                 wal_check_interval: float = 1.0,
                  log_interval: float = 60.0, name: str = "shadowproxy-store-writer") -> None:
         self.cfg = cfg if cfg is not None else StoreConfig()
         if isinstance(store, str):
@@ -71,6 +77,7 @@ class StoreWriter:
         self.on_commit = on_commit
         self.cleanup_interval = cleanup_interval
         self.cleanup_chunks = cleanup_chunks
+        self.wal_check_interval = wal_check_interval
         self.log_interval = log_interval
         # (time submitted, result), at most _limit; guarded by _lock
         self._queue: deque[tuple[float, Result]] = deque()
@@ -96,6 +103,7 @@ class StoreWriter:
         self._stop = threading.Event()
         self._flush = threading.Event()
         self._next_cleanup = time.monotonic()          # first cleanup right away
+        self._next_wal_check = time.monotonic() + wal_check_interval
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -216,6 +224,8 @@ class StoreWriter:
                     self._write_batch(batch)
                 if cleanup_more or time.monotonic() >= self._next_cleanup:
                     cleanup_more = self._cleanup()
+                if time.monotonic() >= self._next_wal_check:
+                    self._maintain_wal()
                 # stopping: done once everything is written, or the store refuses the rest
                 if self._stop.is_set() and not self._queue and \
                         (not side_ok or not self._has_side()):
@@ -335,6 +345,18 @@ class StoreWriter:
         with self._lock:
             self.cleaned += n
         return bool(getattr(self.store, "cleanup_pending", False))
+
+    def _maintain_wal(self) -> None:
+        """Reset the store's WAL when it is above its cap (stores that have one)."""
+        self._next_wal_check = time.monotonic() + self.wal_check_interval
+        if getattr(self.store, "unavailable", None):
+            return      # a store not open yet (RetryingStore): its writes report that
+        try:
+            maintain = getattr(self.store, "maintain_wal", None)
+            if maintain is not None:
+                maintain()
+        except Exception as exc:  # noqa: BLE001 - a failed checkpoint
+            self._failure(exc, 0, what="WAL checkpoint")
 
     def _failure(self, exc: BaseException, n: int, *, what: str = "results",
                  bad_result: bool = False) -> None:
