@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from operator import attrgetter
 from typing import Any, Literal
 
@@ -86,9 +87,11 @@ _INDEX = re.compile(r"\[(?:\d+|(?:[A-Za-z_]\w*|'(?:[^'\\]|\\.)*')=(?:'(?:[^'\\]|
                     re.ASCII)
 
 
+@lru_cache(maxsize=4096)
 def fold_path(path: str) -> str:
     """Array indexes and keyed selectors folded:
-    ``$.users[id=7].tags[2]`` → ``$.users[*].tags[*]``."""
+    ``$.users[id=7].tags[2]`` → ``$.users[*].tags[*]``. Cached (bounded): the comparator,
+    the noise learner and the store fold the same few paths over and over."""
     return _INDEX.sub("[*]", path)
 
 

@@ -123,10 +123,12 @@ def run(cfg: Config, *, since: float | None, until: float | None, endpoint: str 
 
     store = open_store(cfg.store.url, readonly=True)
     try:
-        report = evaluate(cfg.checks, StoreSource(store, since, until), endpoint,
-                          since=since, until=until, store=cfg.store.url,
-                          generated_at=time.time() if now is None else now,
-                          shadow=shadow_counts(store.outcome_counts(since, until, endpoint)))
+        with store.snapshot():        # every figure from one state of the store
+            report = evaluate(cfg.checks, StoreSource(store, since, until), endpoint,
+                              since=since, until=until, store=cfg.store.url,
+                              generated_at=time.time() if now is None else now,
+                              shadow=shadow_counts(store.outcome_counts(since, until,
+                                                                        endpoint)))
     finally:
         store.close()
     return report

@@ -133,6 +133,14 @@ class Source(Protocol):
     def counts(self, endpoint: str) -> Counts: ...
     def error_pairs(self, endpoint: str) -> ErrorPairs: ...
     def latencies(self, endpoint: str) -> tuple[list[float], list[float]]: ...
+    def all_latencies(self, endpoints: Sequence[str]) -> tuple[list[float], list[float]]:
+        """The pairs of ``endpoints`` together (one sample of them all when sampled)."""
+        ...
+    def latency_quantiles(self, endpoints: Sequence[str], q: float
+                          ) -> tuple[int, float | None, float | None]:
+        """(pairs, primary's and candidate's ``q``-quantile) over every pair of
+        ``endpoints``, whether or not :meth:`latencies` gives a sample of them."""
+        ...
     def fields(self, endpoint: str, limit: int) -> list[FieldInfo]: ...
     def forbidden(self, endpoint: str, kinds: Sequence[str]) -> list[ForbiddenHit]: ...
     def slow_example(self, endpoint: str) -> str | None: ...
@@ -162,6 +170,18 @@ class MemorySource:
 
     def latencies(self, endpoint: str) -> tuple[list[float], list[float]]:
         return self.latencies_by_endpoint.get(endpoint, ([], []))
+
+    def all_latencies(self, endpoints: Sequence[str]) -> tuple[list[float], list[float]]:
+        lats = [self.latencies(ep) for ep in endpoints]
+        return [x for p, _c in lats for x in p], [x for _p, c in lats for x in c]
+
+    def latency_quantiles(self, endpoints: Sequence[str], q: float
+                          ) -> tuple[int, float | None, float | None]:
+        p, c = self.all_latencies(endpoints)
+        if not p:
+            return 0, None, None
+        return (len(p), stats.quantile_sorted(sorted(p), q),
+                stats.quantile_sorted(sorted(c), q))
 
     def fields(self, endpoint: str, limit: int) -> list[FieldInfo]:
         return self.fields_by_endpoint.get(endpoint, [])[:limit]
@@ -380,33 +400,50 @@ def _seed(*parts: str) -> int:
 
 
 def latency_unit(endpoint: str | None, primary: list[float], candidate: list[float],
-                 metric: str, threshold: float, check: CheckConfig) -> UnitResult:
-    """quantile(candidate) / quantile(primary) over paired latencies; Poisson bootstrap."""
+                 metric: str, threshold: float, check: CheckConfig,
+                 whole: tuple[int, float | None, float | None] | None = None) -> UnitResult:
+    """quantile(candidate) / quantile(primary) over paired latencies; Poisson bootstrap.
+
+    ``whole``: (pairs, primary's and candidate's quantile) over every pair of the window
+    when ``primary``/``candidate`` are a uniform sample of them (a store's reads keep at
+    most :data:`~shadowproxy.store.rollup.PAIR_WINDOW` pairs). The ratio is then the
+    whole window's (from its latency sketches, within 1/128 of each quantile) and the
+    interval the sample's bootstrap interval moved by the same factor (the sample's
+    relative error): a sample is a random subset, so its interval is valid for the
+    whole window, only wider than all the pairs would give."""
     q = QUANTILE[metric]
     n = len(primary)
+    total = n if whole is None else max(n, whole[0])
     label = f"p{round(q * 100)}"
     if n == 0:
         return UnitResult(endpoint, INCONCLUSIVE, None, None, None, 0,
                           f"{label} ratio: no latency pairs (exchanges where both answered)")
-    if n < check.min_samples:
+    if total < check.min_samples:
         # no bootstrap on too little data: the verdict cannot be pass or fail anyway
         qp = stats.quantile_sorted(sorted(primary), q)
         qc = stats.quantile_sorted(sorted(candidate), q)
         ratio = stats._ratio(qc, qp)
-        return UnitResult(endpoint, INCONCLUSIVE, ratio, None, None, n,
-                          f"{label} ratio {fmt_ratio(ratio)}: only {n} latency pairs, fewer "
-                          f"than min_samples {check.min_samples}",
-                          {"primary": qp, "candidate": qc, "pairs": n})
+        return UnitResult(endpoint, INCONCLUSIVE, ratio, None, None, total,
+                          f"{label} ratio {fmt_ratio(ratio)}: only {total} latency pairs, "
+                          f"fewer than min_samples {check.min_samples}",
+                          {"primary": qp, "candidate": qc, "pairs": total})
     est = stats.quantile_ratio(primary, candidate, q, check.confidence,
                                resamples=BOOTSTRAP_RESAMPLES,
                                seed=_seed(check.name, metric, endpoint or "*"))
-    verdict, reason = decide(est.lo, est.hi, threshold, n, check.min_samples,
+    ratio, lo, hi, qp, qc = est.ratio, est.lo, est.hi, est.primary, est.candidate
+    details: dict[str, Any] = {"pairs": total, "resamples": est.resamples}
+    if whole is not None and total > n and whole[1] and whole[2] and est.ratio > 0:
+        qp, qc = whole[1], whole[2]
+        ratio = qc / qp
+        lo, hi = lo * ratio / est.ratio, hi * ratio / est.ratio
+        details["sampled_pairs"] = n
+    details.update({"primary": qp, "candidate": qc})
+    verdict, reason = decide(lo, hi, threshold, total, check.min_samples,
                              check.critical, check.confidence, metric)
-    text = (f"{label} ratio {fmt_ratio(est.ratio)} (candidate {est.candidate * 1000:.1f} ms / "
-            f"primary {est.primary * 1000:.1f} ms, {n} pairs): {reason}")
-    return UnitResult(endpoint, verdict, est.ratio, est.lo, est.hi, n, text,
-                      {"primary": est.primary, "candidate": est.candidate, "pairs": n,
-                       "resamples": est.resamples})
+    sampled = f", interval from a sample of {n}" if "sampled_pairs" in details else ""
+    text = (f"{label} ratio {fmt_ratio(ratio)} (candidate {qc * 1000:.1f} ms / "
+            f"primary {qp * 1000:.1f} ms, {total} pairs{sampled}): {reason}")
+    return UnitResult(endpoint, verdict, ratio, lo, hi, total, text, details)
 
 
 def forbidden_unit(endpoint: str | None, hits: list[ForbiddenHit], compared: int,
@@ -576,17 +613,19 @@ def evaluate_check(check: CheckConfig, source: Source, endpoint_filter: str = "*
                        if getattr(check, m) is not None]
     if latency_metrics:
         lats = {ep: source.latencies(ep) for ep in eps}
-        all_p = [x for ep in eps for x in lats[ep][0]]
-        all_c = [x for ep in eps for x in lats[ep][1]]
+        all_p, all_c = source.all_latencies(eps) if len(eps) > 1 else ([], [])
         for metric in latency_metrics:
             t = getattr(check, metric)
-            units = [latency_unit(ep, lats[ep][0], lats[ep][1], metric, t, check)
+            q = QUANTILE[metric]
+            units = [latency_unit(ep, lats[ep][0], lats[ep][1], metric, t, check,
+                                  source.latency_quantiles([ep], q))
                      for ep in eps]
             if len(units) == 1:     # one endpoint: the aggregate is the same data
                 agg = dataclasses.replace(units[0], endpoint=None,
                                           details=dict(units[0].details))
             else:
-                agg = latency_unit(None, all_p, all_c, metric, t, check)
+                agg = latency_unit(None, all_p, all_c, metric, t, check,
+                                   source.latency_quantiles(eps, q))
             if agg.verdict == FAIL:
                 agg.details["endpoints"] = [
                     {"endpoint": u.endpoint, "ratio": u.value, "pairs": u.samples}

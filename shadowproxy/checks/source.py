@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from ..store.base import Store, glob_escape
+from ..store.rollup import failed, forgiven
+from ..store.sketch import Sketch
 from .evaluate import (
     MAX_EXAMPLES,
     Counts,
     ErrorPairs,
     FieldInfo,
     ForbiddenHit,
-    effective_diffs,
 )
 
-PAGE = 5000                 # exchange rows read per query when counting error pairs
-FORBIDDEN_SCAN = 100        # exchanges inspected to confirm a forbidden kind is not noise
 SLOW_SCAN = 500             # recent exchanges searched for a slow example
-
-
-def _failed(status: int, error: str | None) -> bool:
-    return error is not None or status <= 0 or 500 <= status <= 599
 
 
 class StoreSource:
@@ -34,6 +28,8 @@ class StoreSource:
         self.until = until
         self._stats: dict[str, Any] | None = None
         self._fields: dict[str, list[Any]] = {}
+        self._pairs: dict[str, tuple[int, int, int, int]] | None = None
+        self._sketches: dict[str, tuple[Sketch, Sketch, Sketch]] | None = None
 
     def _all_stats(self) -> dict[str, Any]:
         if self._stats is None:
@@ -46,7 +42,9 @@ class StoreSource:
 
     def counts(self, endpoint: str) -> Counts:
         """Verdict counts; diff exchanges whose real differences are all on fields the
-        noise learner has learned as noise since are forgiven (:func:`effective_diffs`)."""
+        noise learner has learned as noise since are forgiven (:func:`effective_diffs`,
+        computed from the stored sets of real fields: :func:`shadowproxy.store.rollup.
+        forgiven`)."""
         s = self._all_stats().get(endpoint)
         if s is None:
             return Counts(0, 0, 0)
@@ -58,62 +56,40 @@ class StoreSource:
                      if f.noise and f.count > f.noise_count}
         if not noise_now:
             return Counts(s.exchanges, compared, s.diffs)
-        candidates: set[str] = set()
-        for fld in sorted(noise_now):
-            candidates.update(r.id for r in self._iter_exchanges(endpoint, "diff", fld))
-        real_sets = []
-        for xid in sorted(candidates):
-            doc = self.store.exchange(xid) or {}
-            real_sets.append({d.get("field") for d in doc.get("differences", ())
-                              if not d.get("noise")})
-        _still, forgiven = effective_diffs(real_sets, noise_now)
-        return Counts(s.exchanges, compared, s.diffs - forgiven, forgiven)
-
-    def _iter_exchanges(self, endpoint: str, verdict: str | None = None,
-                        field: str | None = None) -> Iterator[Any]:
-        """Every exchange row of ``endpoint`` in the window (newest first), read in pages
-        of :data:`PAGE` rows, paging by time (rows sharing the oldest time stamp of a page
-        are read again and skipped)."""
-        g = glob_escape(endpoint)
-        until = self.until
-        limit = PAGE
-        seen: set[str] = set()
-        while True:
-            rows = self.store.exchanges(g, verdict, self.since, until, limit, field=field)
-            for r in rows:
-                if r.id not in seen:
-                    seen.add(r.id)
-                    yield r
-            if len(rows) < limit:
-                return
-            nxt = math.nextafter(rows[-1].time, math.inf)
-            if until is not None and nxt >= until:
-                limit *= 2          # more than a page of rows share one time stamp
-                continue
-            until = nxt
+        sets = self.store.diff_sets(self.since, self.until, glob_escape(endpoint))
+        n = forgiven(sets.get(endpoint, {}), noise_now)
+        return Counts(s.exchanges, compared, s.diffs - n, n)
 
     def error_pairs(self, endpoint: str) -> ErrorPairs:
-        """Counted from the exchange rows (the stats have the failures of each side but
-        not which fell on the same exchanges)."""
-        n = both = cand = prim = 0
-        examples: list[str] = []
-        for r in self._iter_exchanges(endpoint):
-            n += 1
-            c = _failed(r.candidate_status, r.candidate_error)
-            p = _failed(r.primary_status, r.primary_error)
-            if c and p:
-                both += 1
-            elif c:
-                cand += 1
-                if len(examples) < MAX_EXAMPLES:
-                    examples.append(r.id)
-            elif p:
-                prim += 1
+        """From the aggregates' counts of failures on the same exchanges; examples from
+        the minutes that hold one."""
+        if self._pairs is None:
+            self._pairs = self.store.error_pairs(self.since, self.until, "*")
+        n, both, cand, prim = self._pairs.get(endpoint, (0, 0, 0, 0))
+        examples = self.store.candidate_failures(endpoint, self.since, self.until,
+                                                 MAX_EXAMPLES) if cand else []
         return ErrorPairs(n, both, cand, prim, tuple(examples))
 
     def latencies(self, endpoint: str) -> tuple[list[float], list[float]]:
-        p, c = self.store.latencies(glob_escape(endpoint), self.since, self.until)
+        p, c = self.store.latencies_of([endpoint], self.since, self.until)
         return list(p), list(c)
+
+    def all_latencies(self, endpoints: Sequence[str]) -> tuple[list[float], list[float]]:
+        p, c = self.store.latencies_of(list(endpoints), self.since, self.until)
+        return list(p), list(c)
+
+    def latency_quantiles(self, endpoints: Sequence[str], q: float
+                          ) -> tuple[int, float | None, float | None]:
+        """From the window's latency sketches (every pair, within 1/128)."""
+        if self._sketches is None:
+            self._sketches = self.store.latency_sketches(self.since, self.until, "*")
+        ps, cs = Sketch(), Sketch()
+        for ep in endpoints:
+            got = self._sketches.get(ep)
+            if got is not None:
+                ps.merge(got[0])
+                cs.merge(got[1])
+        return ps.count, ps.quantile(q), cs.quantile(q)
 
     def _field_stats(self, endpoint: str) -> list[Any]:
         cached = self._fields.get(endpoint)
@@ -131,39 +107,21 @@ class StoreSource:
         return out[:limit]
 
     def forbidden(self, endpoint: str, kinds: Sequence[str]) -> list[ForbiddenHit]:
-        """Fields with a difference of a forbidden kind that is not noise.
-
-        Fields learned as noise are skipped. A field whose rows of the kind outnumber its
-        noise rows certainly has one that is not noise; otherwise recent exchanges with
-        the field are inspected to find one."""
+        """Fields with a difference of a forbidden kind that is not noise (the aggregates
+        count the rows of each kind judged noise when written); fields learned as noise
+        since are skipped."""
         hits = []
         for f in self._field_stats(endpoint):
             if f.noise or f.count <= f.noise_count:
                 continue
             for kind in kinds:
-                k = f.kinds.get(kind, 0)
-                if k == 0:
-                    continue
-                if k > f.noise_count:
-                    hits.append(ForbiddenHit(f.endpoint or endpoint, f.field, kind, k,
-                                             self._example(endpoint, f.field, kind)
-                                             or f.example_id))
-                    continue
-                ex = self._example(endpoint, f.field, kind)
-                if ex is not None:
-                    hits.append(ForbiddenHit(f.endpoint or endpoint, f.field, kind, k, ex))
+                real = f.kinds.get(kind, 0) - f.kinds_noise.get(kind, 0)
+                if real > 0:
+                    ex = self.store.difference_example(f.endpoint or endpoint, f.field, kind,
+                                                       self.since, self.until)
+                    hits.append(ForbiddenHit(f.endpoint or endpoint, f.field, kind, real,
+                                             ex or f.example_id))
         return hits
-
-    def _example(self, endpoint: str, field: str, kind: str) -> str | None:
-        """An exchange with a difference on ``field`` of ``kind`` that is not noise."""
-        rows = self.store.exchanges(glob_escape(endpoint), "diff", self.since, self.until,
-                                    FORBIDDEN_SCAN, field=field)
-        for r in rows:
-            doc = self.store.exchange(r.id) or {}
-            for d in doc.get("differences", ()):
-                if d.get("field") == field and d.get("kind") == kind and not d.get("noise"):
-                    return r.id
-        return None
 
     def slow_example(self, endpoint: str) -> str | None:
         """Among recent exchanges, the one with the largest candidate/primary latency."""
@@ -171,8 +129,8 @@ class StoreSource:
                                     SLOW_SCAN)
         best, best_ratio = None, 0.0
         for r in rows:
-            if _failed(r.candidate_status, r.candidate_error) or \
-                    _failed(r.primary_status, r.primary_error) or r.primary_latency <= 0:
+            if failed(r.candidate_status, r.candidate_error) or \
+                    failed(r.primary_status, r.primary_error) or r.primary_latency <= 0:
                 continue
             ratio = r.candidate_latency / r.primary_latency
             if ratio > best_ratio:

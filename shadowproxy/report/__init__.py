@@ -120,8 +120,9 @@ def main(cfg: Any, args: Any) -> int:
         return EXIT_USAGE
     try:
         until = time.time()
-        report = build_report(store, since=until - window, until=until, cfg=cfg,
-                              label=since_arg, top_fields=rc.top_fields)
+        with store.snapshot():        # the report and its checks from one state of the store
+            report = build_report(store, since=until - window, until=until, cfg=cfg,
+                                  label=since_arg, top_fields=rc.top_fields)
     finally:
         store.close()
     checks = report.get("checks") or {}

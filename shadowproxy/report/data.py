@@ -53,7 +53,8 @@ from typing import Any
 
 import orjson
 
-from ..store.base import EndpointStats, FieldStats, Store, glob_escape, percentile
+from ..store.base import EndpointStats, FieldStats, Store
+from ..store.sketch import Sketch
 
 SCHEMA = "shadowproxy.report/1"
 BODY_MAX = 8 * 1024          # characters of each body kept in a field example
@@ -121,28 +122,24 @@ def _endpoint_row(s: EndpointStats) -> dict[str, Any]:
     }
 
 
-def _summary(values: list[float]) -> dict[str, float | None]:
-    v = sorted(values)
-    return {
-        "min": v[0] if v else None,
-        "p50": percentile(v, 50),
-        "p90": percentile(v, 90),
-        "p95": percentile(v, 95),
-        "p99": percentile(v, 99),
-        "max": v[-1] if v else None,
-        "mean": (sum(v) / len(v)) if v else None,
-    }
+def _summary(s: Sketch) -> dict[str, float | None]:
+    p50, p90, p95, p99 = s.quantiles((0.50, 0.90, 0.95, 0.99))
+    return {"min": s.min(), "p50": p50, "p90": p90, "p95": p95, "p99": p99, "max": s.max(),
+            "mean": s.mean()}
 
 
-def latency_section(primary: list[float], candidate: list[float]) -> dict[str, Any]:
-    ps, cs = sorted(primary), sorted(candidate)
+def latency_section(primary: Sketch, candidate: Sketch) -> dict[str, Any]:
+    """Latencies of the exchanges where both answered, from the window's sketches: every
+    figure within 1/128 of the exact one (see :mod:`shadowproxy.store.sketch`)."""
     return {
-        "samples": len(ps),
-        "primary": _summary(ps),
-        "candidate": _summary(cs),
+        "samples": primary.count,
+        "primary": _summary(primary),
+        "candidate": _summary(candidate),
         "cdf": {"q": list(CDF_QUANTILES),
-                "primary": [percentile(ps, q) for q in CDF_QUANTILES] if ps else [],
-                "candidate": [percentile(cs, q) for q in CDF_QUANTILES] if cs else []},
+                "primary": primary.quantiles([q / 100 for q in CDF_QUANTILES])
+                if primary.count else [],
+                "candidate": candidate.quantiles([q / 100 for q in CDF_QUANTILES])
+                if candidate.count else []},
     }
 
 
@@ -371,10 +368,11 @@ def build_report(store: Store, *, since: float, until: float, cfg: Any = None,
               for ep, pts in sorted(store.diff_rate_series(since, until, bucket).items(),
                                     key=lambda kv: (order.get(kv[0], 1 << 30), kv[0]))}
 
+    sketches = store.latency_sketches(since, until)
     latency = {}
     for e in endpoints:
-        p, c = store.latencies(glob_escape(e["endpoint"]), since, until)
-        latency[e["endpoint"]] = latency_section(p, c)
+        ps, cs, _ss = sketches.get(e["endpoint"], (Sketch(), Sketch(), Sketch()))
+        latency[e["endpoint"]] = latency_section(ps, cs)
 
     n = sum(e["exchanges"] for e in endpoints)
     totals = {

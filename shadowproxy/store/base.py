@@ -16,12 +16,15 @@ the comparator then redacts only what the summary needs of the others.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from ..models import Result
+from .sketch import Sketch
 
 # (minute start, endpoint, outcome, reason, count): the proxy's request outcome counters
 OutcomeRow = tuple[float, str, str, str, int]
@@ -73,6 +76,7 @@ class FieldStats:
     noise_count: int           # rows that were judged noise when written
     noise: bool                # learned noise now (noise table), else all rows were noise
     example_id: str | None     # an exchange to look at, preferring one with a sample
+    kinds_noise: dict[str, int] = dataclasses.field(default_factory=dict)  # kind → noise rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +197,41 @@ class Store(Protocol):
                        endpoint_glob: str = "*") -> list[EndpointStats]: ...
 
     def latencies(self, endpoint_glob: str = "*", since: float | None = None,
-                  until: float | None = None) -> tuple[list[float], list[float]]: ...
+                  until: float | None = None) -> tuple[list[float], list[float]]:
+        """Latency pairs where both answered: all, or a uniform sample of
+        :data:`~shadowproxy.store.rollup.PAIR_WINDOW` (the pairs of smallest key)."""
+        ...
+
+    def latencies_of(self, endpoints: Sequence[str] | None, since: float | None = None,
+                     until: float | None = None) -> tuple[list[float], list[float]]:
+        """:meth:`latencies` of exact endpoint names together (one sample of them all)."""
+        ...
+
+    def latency_sketches(self, since: float | None = None, until: float | None = None,
+                         endpoint_glob: str = "*") -> dict[str, tuple[Sketch, Sketch, Sketch]]:
+        """endpoint → (primary, candidate, secondary) latency sketches of the window."""
+        ...
+
+    def error_pairs(self, since: float | None = None, until: float | None = None,
+                    endpoint_glob: str = "*") -> dict[str, tuple[int, int, int, int]]:
+        """endpoint → (exchanges, both failed, only the candidate, only the primary)."""
+        ...
+
+    def candidate_failures(self, endpoint: str, since: float | None = None,
+                           until: float | None = None, limit: int = 5) -> list[str]: ...
+
+    def difference_example(self, endpoint: str, field: str, kind: str | None = None,
+                           since: float | None = None, until: float | None = None
+                           ) -> str | None: ...
+
+    def diff_sets(self, since: float | None = None, until: float | None = None,
+                  endpoint_glob: str = "*") -> dict[str, dict[str, int]]:
+        """endpoint → set of real fields → diff exchanges (see store.rollup)."""
+        ...
+
+    def snapshot(self) -> AbstractContextManager[None]:
+        """Reads inside see one consistent state of the store."""
+        ...
 
     def field_stats(self, endpoint: str | None = None, since: float | None = None,
                     until: float | None = None, limit: int | None = None

@@ -335,3 +335,29 @@ def test_parse_time_and_window():
                  (None, "1h", "2h"), (None, "tomorrow", None)):
         with pytest.raises(UsageError):
             parse_window(*args, now)
+
+
+def test_a_sampled_latency_unit_takes_the_whole_windows_ratio_and_a_moved_interval():
+    """A store hands the checks a uniform sample of a big window's pairs and the whole
+    window's quantiles (from its sketches): the ratio is the whole window's, the interval
+    the sample's moved by the sample's relative error."""
+    import random
+
+    from shadowproxy.checks.evaluate import latency_unit
+    from shadowproxy.config import CheckConfig
+
+    rnd = random.Random(4)
+    p = [rnd.lognormvariate(-4, 0.5) for _ in range(3000)]
+    c = [x * rnd.uniform(1.0, 1.2) for x in p]
+    check = CheckConfig(name="lat", max_p99_ratio=1.5)
+    plain = latency_unit("e", p, c, "max_p99_ratio", 1.5, check)
+    whole = (300_000, 0.100, 0.110)         # the window's quantiles: ratio 1.10
+    sampled = latency_unit("e", p, c, "max_p99_ratio", 1.5, check, whole)
+    assert sampled.value == pytest.approx(1.10)
+    assert sampled.samples == 300_000 and sampled.details["sampled_pairs"] == 3000
+    assert sampled.lo == pytest.approx(plain.lo * 1.10 / plain.value)
+    assert sampled.hi == pytest.approx(plain.hi * 1.10 / plain.value)
+    assert sampled.verdict == plain.verdict
+    # not sampled (whole holds no more pairs than the sample): the sample's own figures
+    same = latency_unit("e", p, c, "max_p99_ratio", 1.5, check, (3000, 0.1, 0.11))
+    assert same.value == plain.value and "sampled_pairs" not in same.details

@@ -22,8 +22,9 @@ from shadowproxy.config import RedactConfig, StoreConfig, loads
 from shadowproxy.models import Exchange, RequestRecord, ResponseRecord, Result
 from shadowproxy.redact import Redactor
 from shadowproxy.report import build_report, render_html, render_markdown
-from shadowproxy.report.data import dumps, glob_escape, summary
+from shadowproxy.report.data import dumps, summary
 from shadowproxy.store import StoreWriter, open_store
+from shadowproxy.store.base import glob_escape
 
 # secrets planted in what the proxy saw; the redactor masks them before storage
 SECRETS = ("PLANTED-BEARER-7f3k2", "PLANTED-QUERY-9x8w7", "PLANTED-PASSWORD-4q4q",

@@ -8,7 +8,9 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
-from collections import defaultdict
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -20,10 +22,12 @@ from ..base import (
     NoiseRow,
     SeriesPoint,
     StoreInfo,
-    percentile,
 )
 from ..documents import _json_value
-from .connection import SqliteConnection
+from ..rollup import PAIR_WINDOW, Minute, Pairs, pair_key
+from ..sketch import Sketch
+from . import rollups
+from .connection import SqliteConnection, _store_error
 from .schema import _EX_COLS, _ROLLUP_COLS, _minute
 
 _GLOB_CHARS = set("*?[")
@@ -75,69 +79,173 @@ class ReadsMixin(SqliteConnection):
         return [r[0] for r in self._read(
             f"SELECT DISTINCT endpoint FROM rollups {where} ORDER BY endpoint", params)]
 
+    def _aggregate(self, since: float | None, until: float | None, glob: str | None,
+                   **parts: bool) -> dict[str, Minute]:
+        """endpoint → the window's aggregate (:mod:`.rollups`: whole minutes from the
+        aggregates, the ragged ends from the rows)."""
+        eps = self._endpoint_filter(glob, since, until)
+        with self._lock:
+            try:
+                return rollups.read(self._conn, since, until, eps, **parts)
+            except sqlite3.Error as exc:
+                raise _store_error(exc, "read", self.path or ":memory:") from exc
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside see one consistent state of the store (one read transaction),
+        however the writer and the cleanup go on meanwhile. Hold it for one command's
+        reads (seconds): while it is held, the WAL cannot be reset behind it."""
+        with self._lock:
+            if self._conn.in_transaction:      # nested: the outer one is the snapshot
+                yield
+                return
+            self._conn.execute("BEGIN")
+            try:
+                self._conn.execute("SELECT 1 FROM schema_version LIMIT 1").fetchall()
+                yield
+            finally:
+                if self._conn.in_transaction:
+                    self._conn.execute("COMMIT")
+
     def endpoint_stats(self, since: float | None = None, until: float | None = None,
                        endpoint_glob: str = "*") -> list[EndpointStats]:
-        w = self._where(since, until, endpoint_glob)
-        if w is None:
-            return []
-        where, params = w
-        counts = self._read(
-            "SELECT endpoint, count(*), sum(verdict='match'), sum(verdict='diff'), "
-            "sum(verdict='noise'), sum(verdict='error'), "
-            "sum(candidate_status BETWEEN 500 AND 599), sum(primary_status BETWEEN 500 AND 599), "
-            "sum(candidate_error IS NOT NULL), sum(primary_error IS NOT NULL) "
-            f"FROM exchanges {where} GROUP BY endpoint ORDER BY endpoint", params)
-        lat: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
-        for ep, pl, cl in self._read(
-                f"SELECT endpoint, primary_latency, candidate_latency FROM exchanges {where}"
-                f"{' AND' if where else 'WHERE'} {_PAIR_OK}", params):
-            pair = lat[ep]
-            pair[0].append(pl)
-            pair[1].append(cl)
+        """Counts from the aggregates; latency quantiles from the merged sketches of the
+        exchanges where both answered (within 1/128 of the exact values)."""
         out = []
-        for ep, n, m, d, nz, e, c5, p5, ce, pe in counts:
-            pl, cl = lat.get(ep, ([], []))
-            pl.sort()
-            cl.sort()
+        for ep, m in sorted(self._aggregate(since, until, endpoint_glob,
+                                            sketches=True).items()):
+            n = m.counts
+            if not n[0]:
+                continue
+            qs = (0.50, 0.95, 0.99)
             out.append(EndpointStats(
-                ep, n, m or 0, d or 0, nz or 0, e or 0, c5 or 0, p5 or 0, ce or 0, pe or 0,
-                len(pl), percentile(pl, 50), percentile(pl, 95), percentile(pl, 99),
-                percentile(cl, 50), percentile(cl, 95), percentile(cl, 99)))
+                ep, n[0], n[1], n[2], n[3], n[4], n[5], n[6], n[7], n[8], n[9],
+                *m.primary.quantiles(qs), *m.candidate.quantiles(qs)))
         return out
+
+    def latency_sketches(self, since: float | None = None, until: float | None = None,
+                         endpoint_glob: str = "*") -> dict[str, tuple[Sketch, Sketch, Sketch]]:
+        """endpoint → (primary, candidate, secondary) sketches of the window."""
+        return {ep: (m.primary, m.candidate, m.secondary) for ep, m in
+                self._aggregate(since, until, endpoint_glob, sketches=True).items()}
 
     def latencies(self, endpoint_glob: str = "*", since: float | None = None,
                   until: float | None = None) -> tuple[list[float], list[float]]:
-        """Paired (primary, candidate) latencies of the exchanges where both answered,
-        in time order."""
-        w = self._where(since, until, endpoint_glob)
-        if w is None:
+        """Paired (primary, candidate) latencies of the exchanges where both answered: all
+        of them up to :data:`~shadowproxy.store.rollup.PAIR_WINDOW` pairs, beyond that a
+        uniform sample of that many (the pairs of smallest key, see
+        :mod:`shadowproxy.store.rollup`), the same for the same window and store.
+
+        A window of at most :data:`PAIR_ROWS` pairs is read from the rows (its sample is
+        exactly the pairs of smallest key); a larger one from the minutes' samples, which
+        give the same whenever each minute kept enough of its pairs (a window of more
+        than ``PAIR_WINDOW / PAIR_SAMPLE`` busy minutes), and otherwise a smaller uniform
+        sample: at least ``PAIR_SAMPLE`` pairs of every minute."""
+        return self.latencies_of(self._endpoint_filter(endpoint_glob, since, until),
+                                 since, until)
+
+    def latencies_of(self, endpoints: Sequence[str] | None, since: float | None = None,
+                     until: float | None = None) -> tuple[list[float], list[float]]:
+        """:meth:`latencies` of the exchanges of ``endpoints`` (exact names; None: all)
+        together: one uniform sample of them all, not a sample per endpoint."""
+        if endpoints is not None and not endpoints:
             return [], []
-        where, params = w
-        rows = self._read(
-            f"SELECT primary_latency, candidate_latency FROM exchanges {where}"
-            f"{' AND' if where else 'WHERE'} {_PAIR_OK} ORDER BY time", params)
-        return [r[0] for r in rows], [r[1] for r in rows]
+        eps = None if endpoints is None else list(endpoints)
+        with self._lock:
+            try:
+                counted = rollups.read(self._conn, since, until, eps)
+                if sum(m.counts[9] for m in counted.values()) <= PAIR_ROWS:
+                    clauses, params = self._range(since, until)
+                    if eps is not None:
+                        clauses.append(f"endpoint IN ({','.join('?' * len(eps))})")
+                        params.extend(eps)
+                    clauses.append(_PAIR_OK)
+                    rows = Pairs()
+                    for xid, pl, cl in self._conn.execute(
+                            "SELECT id, primary_latency, candidate_latency FROM exchanges "
+                            "WHERE " + " AND ".join(clauses), params):
+                        rows.add(pair_key(xid), pl, cl, PAIR_WINDOW)
+                    return rows.window(PAIR_WINDOW)
+                merged = Pairs()
+                for m in rollups.read(self._conn, since, until, eps, pairs=True).values():
+                    merged.merge(m.pairs)
+                return merged.window(PAIR_WINDOW)
+            except sqlite3.Error as exc:
+                raise _store_error(exc, "read", self.path or ":memory:") from exc
+
+    def error_pairs(self, since: float | None = None, until: float | None = None,
+                    endpoint_glob: str = "*") -> dict[str, tuple[int, int, int, int]]:
+        """endpoint → (exchanges, both failed, only the candidate, only the primary)."""
+        return {ep: (m.counts[0], m.counts[10], m.counts[11], m.counts[12])
+                for ep, m in self._aggregate(since, until, endpoint_glob).items()}
+
+    def candidate_failures(self, endpoint: str, since: float | None = None,
+                           until: float | None = None, limit: int = 5) -> list[str]:
+        """Ids of recent exchanges of ``endpoint`` where only the candidate failed; looked
+        for in the minutes whose aggregates say they hold one."""
+        clauses, params = self._range(None if since is None else _minute(since), until,
+                                      "minute")
+        minutes = [r[0] for r in self._read(
+            "SELECT minute FROM rollups WHERE endpoint=? AND candidate_only_failed > 0"
+            + "".join(f" AND {c}" for c in clauses) + " ORDER BY minute DESC LIMIT ?",
+            (endpoint, *params, limit))]
+        out: list[str] = []
+        for m in minutes:
+            lo = m if since is None else max(m, since)
+            hi = m + 60 if until is None else min(m + 60, until)
+            out.extend(r[0] for r in self._read(
+                "SELECT id FROM exchanges WHERE endpoint=? AND time >= ? AND time < ? AND "
+                f"({_CAND_FAILED}) AND NOT ({_PRIM_FAILED}) ORDER BY time DESC LIMIT ?",
+                (endpoint, lo, hi, limit - len(out))))
+            if len(out) >= limit:
+                break
+        return out
+
+    def difference_example(self, endpoint: str, field: str, kind: str | None = None,
+                           since: float | None = None, until: float | None = None
+                           ) -> str | None:
+        """The newest exchange of ``endpoint`` in the window with a difference on ``field``
+        (of ``kind``) that was not noise (the (endpoint, field, time) index)."""
+        clauses, params = self._range(since, until)
+        if kind is not None:
+            clauses.append("kind = ?")
+            params.append(kind)
+        row = self._read(
+            "SELECT exchange_id FROM differences WHERE endpoint=? AND field=? AND noise=0"
+            + "".join(f" AND {c}" for c in clauses) + " ORDER BY time DESC LIMIT 1",
+            (endpoint, field, *params))
+        return row[0][0] if row else None
+
+    def diff_sets(self, since: float | None = None, until: float | None = None,
+                  endpoint_glob: str = "*") -> dict[str, dict[str, int]]:
+        """endpoint → set of real fields (:func:`~shadowproxy.store.rollup.set_key`) →
+        diff exchanges with exactly those real fields."""
+        return {ep: m.diff_sets for ep, m in
+                self._aggregate(since, until, endpoint_glob, sets=True).items()}
 
     def field_stats(self, endpoint: str | None = None, since: float | None = None,
                     until: float | None = None, limit: int | None = None) -> list[FieldStats]:
-        """Per (endpoint, field): difference counts by kind, most frequent first.
-        ``endpoint`` may be a glob; None means all endpoints."""
-        w = self._where(since, until, endpoint)
-        if w is None:
+        """Per (endpoint, field): difference counts by kind, most frequent first, from the
+        aggregates. ``endpoint`` may be a glob; None means all endpoints."""
+        per: list[tuple[str, str, int, int, int, dict[str, int], dict[str, int]]] = []
+        for ep, m in self._aggregate(since, until, endpoint, fields=True).items():
+            by_field: dict[str, list[Any]] = {}
+            for (fld, kind), (n, nz, nx) in m.fields.items():
+                f = by_field.get(fld)
+                if f is None:
+                    f = by_field[fld] = [0, 0, 0, {}, {}]
+                f[0] += n
+                f[1] += nz
+                f[2] += nx
+                f[3][kind] = f[3].get(kind, 0) + n
+                if nz:
+                    f[4][kind] = f[4].get(kind, 0) + nz
+            per.extend((ep, fld, f[0], f[2], f[1], f[3], f[4]) for fld, f in by_field.items())
+        per.sort(key=lambda r: (-r[2], r[0], r[1]))
+        if limit:
+            per = per[:int(limit)]
+        if not per:
             return []
-        where, params = w
-        per_field = self._read(
-            "SELECT endpoint, field, count(*), count(DISTINCT exchange_id), sum(noise) "
-            f"FROM differences {where} GROUP BY endpoint, field "
-            "ORDER BY count(*) DESC, endpoint, field" + (f" LIMIT {int(limit)}" if limit else ""),
-            params)
-        if not per_field:
-            return []
-        kinds: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
-        for ep, fld, kind, n in self._read(
-                f"SELECT endpoint, field, kind, count(*) FROM differences {where} "
-                "GROUP BY endpoint, field, kind", params):
-            kinds[(ep, fld)][kind] = n
         learned = {(ep, fld): bool(nz) for ep, fld, nz in self._read(
             "SELECT endpoint, field, noise FROM noise")}
         samples: dict[tuple[str, str], str] = {}
@@ -146,7 +254,7 @@ class ReadsMixin(SqliteConnection):
                 "GROUP BY endpoint, field"):
             samples[(ep, fld)] = xid
         out = []
-        for ep, fld, n, nx, nz in per_field:
+        for ep, fld, n, nx, nz, kinds, kinds_noise in per:
             example = samples.get((ep, fld))
             if example is None:
                 clauses, p2 = self._range(since, until)
@@ -156,8 +264,8 @@ class ReadsMixin(SqliteConnection):
                     f"{extra} ORDER BY time DESC LIMIT 1", (ep, fld, *p2))
                 example = row[0][0] if row else None
             noise = learned.get((ep, fld), bool(nz) and nz == n)
-            out.append(FieldStats(ep, fld, n, nx, kinds.get((ep, fld), {}), nz or 0, noise,
-                                  example))
+            out.append(FieldStats(ep, fld, n, nx, dict(kinds), nz, noise, example,
+                                  dict(kinds_noise)))
         return out
 
     def exchange(self, id: str) -> dict[str, Any] | None:
@@ -276,13 +384,9 @@ class ReadsMixin(SqliteConnection):
     def verdict_counts(self, since: float | None = None, until: float | None = None,
                        endpoint_glob: str = "*") -> dict[str, int]:
         out = dict.fromkeys(_VERDICTS, 0)
-        w = self._where(since, until, endpoint_glob)
-        if w is None:
-            return out
-        where, params = w
-        for verdict, n in self._read(
-                f"SELECT verdict, count(*) FROM exchanges {where} GROUP BY verdict", params):
-            out[verdict] = n
+        for m in self._aggregate(since, until, endpoint_glob).values():
+            for i, verdict in enumerate(_VERDICTS, start=1):
+                out[verdict] += m.counts[i]
         return out
 
     def time_range(self) -> tuple[float, float] | None:
@@ -320,8 +424,13 @@ class ReadsMixin(SqliteConnection):
         return "\n".join(r[0] for r in rows)
 
 
+PAIR_ROWS = 50_000     # latency pairs of a window read from the rows rather than the samples
 _PAIR_OK = ("primary_error IS NULL AND candidate_error IS NULL AND primary_status > 0 "
             "AND candidate_status > 0")
+_CAND_FAILED = ("candidate_error IS NOT NULL OR candidate_status <= 0 OR "
+                "candidate_status BETWEEN 500 AND 599")
+_PRIM_FAILED = ("primary_error IS NOT NULL OR primary_status <= 0 OR "
+                "primary_status BETWEEN 500 AND 599")
 
 
 def _row_dict(row: tuple[Any, ...]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 from ...errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT = 5.0
 
 _SCHEMA = """
@@ -87,8 +87,32 @@ CREATE TABLE IF NOT EXISTS rollups (
     latency_pairs INTEGER NOT NULL DEFAULT 0,
     primary_latency_sum REAL NOT NULL DEFAULT 0,
     candidate_latency_sum REAL NOT NULL DEFAULT 0,
+    both_failed INTEGER NOT NULL DEFAULT 0,
+    candidate_only_failed INTEGER NOT NULL DEFAULT 0,
+    primary_only_failed INTEGER NOT NULL DEFAULT 0,
+    primary_sketch BLOB,
+    candidate_sketch BLOB,
+    secondary_sketch BLOB,
+    pairs BLOB,
     PRIMARY KEY (minute, endpoint)
 );
+CREATE TABLE IF NOT EXISTS field_rollups (
+    minute INTEGER NOT NULL,
+    endpoint TEXT NOT NULL,
+    field TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    rows INTEGER NOT NULL DEFAULT 0,
+    noise_rows INTEGER NOT NULL DEFAULT 0,
+    exchanges INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (minute, endpoint, field, kind)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS diff_sets (
+    minute INTEGER NOT NULL,
+    endpoint TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    count INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (minute, endpoint, fields)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outcomes (
     minute INTEGER NOT NULL,
     endpoint TEXT NOT NULL,
@@ -112,15 +136,18 @@ CREATE TABLE IF NOT EXISTS noise (
 );
 """
 _TABLES = {"schema_version", "exchanges", "differences", "samples", "sample_keys", "rollups",
-           "outcomes", "noise"}
+           "field_rollups", "diff_sets", "outcomes", "noise"}
 
 _EX_COLS = ("id", "time", "endpoint", "route", "method", "path", "query", "verdict",
             "primary_status", "candidate_status", "secondary_status", "primary_latency",
             "candidate_latency", "secondary_latency", "primary_size", "candidate_size",
             "primary_error", "candidate_error", "diff_count", "noise_count", "sampled")
+# the rollups' counters, in :data:`shadowproxy.store.rollup.COUNTS`' order, and the sums
 _ROLLUP_COLS = ("exchanges", "matches", "diffs", "noise", "errors", "candidate_5xx",
                 "primary_5xx", "candidate_errors", "primary_errors", "latency_pairs",
+                "both_failed", "candidate_only_failed", "primary_only_failed",
                 "primary_latency_sum", "candidate_latency_sum")
+_ROLLUP_BLOBS = ("primary_sketch", "candidate_sketch", "secondary_sketch", "pairs")
 
 
 # ------------------------------------------------------------------ URL handling
@@ -163,8 +190,14 @@ def setup_connection(c: sqlite3.Connection, where: str, readonly: bool) -> int:
         c.execute("PRAGMA query_only=1")
     else:
         try:
+            # before journal_mode=WAL, which writes the header of a new file: a new store
+            # gives freed pages back (retention's incremental vacuum); on an existing
+            # store with auto_vacuum=NONE it only takes effect at the next VACUUM
+            # (connection.SqliteConnection._vacuum_on_open)
+            c.execute("PRAGMA auto_vacuum=INCREMENTAL")
             c.execute("PRAGMA journal_mode=WAL").fetchone()
             c.execute("PRAGMA synchronous=NORMAL")
+            # the WAL left on disk after a reset: connection.WAL_CAP
             c.execute("PRAGMA journal_size_limit=67108864")
         except sqlite3.OperationalError:
             pass   # a read-only file (mode=ro URI) already in WAL mode: writes fail later

@@ -51,12 +51,24 @@ Schema (version 1; the ``schema_version`` table holds the version)
                      outcome counters (upserted by adding).
     ``noise``        the noise learner's evidence per (endpoint, field).
 
-Retention (:meth:`SqliteStore.cleanup`)
+Retention (:meth:`SqliteStore.cleanup`, details in :mod:`.retention`)
     Deletes the oldest exchanges (with their differences and samples) older than the
-    age limit, then while the used size (``(page_count - freelist_count) * page_size``)
-    is above the size limit, down to 90 % of it; in transactions of ``chunk`` (500)
-    exchanges so the write lock is never held long. Freed pages are reused; the file
-    does not shrink (no VACUUM).
+    age limit, and the per-minute aggregates and outcome counters whose minute is all
+    older (by age only); then, once the used size
+    (``(page_count - freelist_count) * page_size``) is above the size limit, the
+    oldest exchanges down to 90 % of it, carrying on across calls until there (a full
+    store is trimmed once by a tenth, not a little every minute); in transactions of
+    ``chunk`` (500) exchanges so the write lock is never held long. Then it gives the
+    freed pages back (``auto_vacuum=INCREMENTAL``, ``PRAGMA incremental_vacuum`` in
+    8 MiB transactions, leaving 2 % of the pages free for the writes) so the file
+    shrinks, and resets the WAL (``wal_checkpoint(TRUNCATE)``, never waiting on a
+    reader). The file stays within about the size limit + 2 % + what is written
+    between two cleanups; the WAL within 64 MiB + what is written during the longest
+    read transaction (a reader's snapshot keeps the WAL from being reset until it
+    ends; the writer resets it within a second after). Stores made before incremental
+    vacuum are switched by a one-time VACUUM when opened for writing under 256 MiB,
+    larger ones by :meth:`SqliteStore.vacuum` (``shadowproxy store vacuum``): see
+    :mod:`.connection`.
 """
 
 from __future__ import annotations

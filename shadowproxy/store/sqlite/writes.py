@@ -12,11 +12,12 @@ from typing import Any
 
 import orjson
 
-from ...models import ResponseRecord, Result
+from ...models import Result
 from ..base import OutcomeRow
 from ..documents import _json_text, _sample_keys, sample_document
+from . import rollups
 from .connection import SqliteConnection
-from .schema import _EX_COLS, _ROLLUP_COLS, _minute
+from .schema import _EX_COLS, _minute
 
 
 class WritesMixin(SqliteConnection):
@@ -74,7 +75,7 @@ class WritesMixin(SqliteConnection):
                 f"SELECT id FROM exchanges WHERE id IN ({','.join('?' * len(part))})", part))
         ex_rows, sample_rows = [], []
         diff_rows: list[tuple[Any, ...]] = []
-        rollup: dict[tuple[int, str], list[float]] = defaultdict(lambda: [0] * len(_ROLLUP_COLS))
+        new: list[Result] = []
         for res in results:
             ex = res.exchange
             if ex.id in existing:
@@ -100,17 +101,7 @@ class WritesMixin(SqliteConnection):
                 for key in chosen:   # rows are inserted below: count them in this batch
                     c.execute("INSERT OR IGNORE INTO sample_keys(endpoint, field, exchange_id) "
                               "VALUES (?, ?, ?)", (ex.endpoint, key, ex.id))
-            agg = rollup[(_minute(ex.started), ex.endpoint)]
-            agg[0] += 1
-            agg[{"match": 1, "diff": 2, "noise": 3, "error": 4}.get(res.verdict, 4)] += 1
-            agg[5] += 500 <= cand.status <= 599
-            agg[6] += 500 <= p.status <= 599
-            agg[7] += cand.error is not None
-            agg[8] += p.error is not None
-            if _latency_pair_ok(p, cand):
-                agg[9] += 1
-                agg[10] += p.latency
-                agg[11] += cand.latency
+            new.append(res)
         if ex_rows:
             c.executemany(f"INSERT INTO exchanges({','.join(_EX_COLS)}) VALUES "
                           f"({','.join('?' * len(_EX_COLS))})", ex_rows)
@@ -120,14 +111,7 @@ class WritesMixin(SqliteConnection):
         if sample_rows:
             c.executemany("INSERT OR REPLACE INTO samples(exchange_id, endpoint, time, verdict, "
                           "data) VALUES (?,?,?,?,?)", sample_rows)
-        if rollup:
-            cols = ",".join(_ROLLUP_COLS)
-            sets = ",".join(f"{k}={k}+excluded.{k}" for k in _ROLLUP_COLS)
-            c.executemany(
-                f"INSERT INTO rollups(minute, endpoint, {cols}) VALUES "
-                f"(?,?,{','.join('?' * len(_ROLLUP_COLS))}) "
-                f"ON CONFLICT(minute, endpoint) DO UPDATE SET {sets}",
-                [(m, e, *v) for (m, e), v in rollup.items()])
+        rollups.write(c, new)
         return len(ex_rows)
 
     def add_outcomes(self, rows: Sequence[OutcomeRow]) -> None:
@@ -164,7 +148,3 @@ class WritesMixin(SqliteConnection):
                 "updated=excluded.updated", rows)
 
         self._write("write noise to", run)
-
-
-def _latency_pair_ok(p: ResponseRecord, c: ResponseRecord) -> bool:
-    return p.error is None and c.error is None and p.status > 0 and c.status > 0

@@ -1,0 +1,281 @@
+"""Per-minute aggregates: what readers need, written with the results.
+
+``check``, ``report``, the admin API and the UI read a window of a day or more; a
+day of a fleet's traffic is millions of exchanges. They read these instead of rows:
+
+:class:`Minute`, per minute and endpoint
+    verdict counts, 5xx and transport failures of each side, the failures of primary
+    and candidate *on the same exchange* (both / candidate only / primary only: the
+    sufficient statistics of the paired error test), a latency :class:`Sketch` per
+    side over the exchanges where both answered, and a bounded sample of those
+    latency pairs (below);
+``fields``, per minute, endpoint, field and difference kind
+    difference rows, rows judged noise when written, and exchanges with the field
+    (each exchange counted under the first kind it shows on the field, so the kinds of
+    a field add up to its distinct exchanges);
+``diff_sets``, per minute and endpoint
+    how many ``diff`` exchanges had each set of real (not noise) fields: a field the
+    noise learner learns as noise later forgives exactly the exchanges whose whole set
+    it covers (:func:`shadowproxy.checks.evaluate.effective_diffs`) without reading
+    them. A set of more than :data:`MAX_SET_FIELDS` fields is kept as
+    :data:`MANY_FIELDS`, which is never forgiven.
+
+Every part merges by addition (the pair sample by its key, below), so minutes merge
+into windows, and the rows of many writers (a fleet's instances) merge the same way.
+
+The latency pair sample
+    Each exchange has a key: the first 8 bytes of BLAKE2b of its id, a uniform 64-bit
+    number fixed by the id (ids are random). A minute keeps the :data:`PAIR_SAMPLE`
+    pairs of smallest key (a bottom-k sample). Merged over a window, the pairs whose key
+    lies below the smallest "k-th key" of the minutes that kept only part of theirs
+    are exactly the window's pairs of key below that bound: a uniform sample of the
+    window's pairs, the same whichever way the minutes were written or merged; of it a
+    reader keeps the :data:`PAIR_WINDOW` of smallest key. A window with fewer pairs
+    has all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from array import array
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ..models import Result
+from .sketch import Sketch
+
+PAIR_SAMPLE = 128         # latency pairs a minute keeps (of smallest key)
+PAIR_WINDOW = 32768       # latency pairs a reader takes from a window (of smallest key)
+MAX_SET_FIELDS = 16       # real fields of one diff exchange kept as a set
+MANY_FIELDS = "*"         # the set of an exchange with more fields (never forgiven)
+SEP = "\n"                # joins a set's fields (a field name never holds a newline)
+MAX_KEY = (1 << 64) - 1
+
+COUNTS = ("exchanges", "matches", "diffs", "noise", "errors", "candidate_5xx",
+          "primary_5xx", "candidate_errors", "primary_errors", "latency_pairs",
+          "both_failed", "candidate_only_failed", "primary_only_failed")
+_VERDICT_COL = {"match": 1, "diff": 2, "noise": 3, "error": 4}
+
+
+def pair_key(exchange_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(exchange_id.encode(), digest_size=8).digest(),
+                          "little")
+
+
+def failed(status: int, error: str | None) -> bool:
+    """A side failed an exchange: no complete response, or a 5xx."""
+    return error is not None or status <= 0 or 500 <= status <= 599
+
+
+def pair_ok(p_status: int, p_error: str | None, c_status: int, c_error: str | None) -> bool:
+    """Both sides answered: the exchange's latencies form a pair."""
+    return p_error is None and c_error is None and p_status > 0 and c_status > 0
+
+
+def set_key(fields: Iterable[str]) -> str:
+    unique = sorted(set(fields))
+    return MANY_FIELDS if len(unique) > MAX_SET_FIELDS else SEP.join(unique)
+
+
+@dataclass(slots=True)
+class Pairs:
+    """A bottom-k sample of latency pairs: ``(key, primary, candidate)``, and whether it
+    holds every pair of its span (``complete``) or only those of key < ``bound``."""
+
+    items: list[tuple[int, float, float]] = field(default_factory=list)
+    bound: int = MAX_KEY + 1        # every pair of the span with key < bound is here
+
+    def add(self, key: int, primary: float, candidate: float, k: int = PAIR_SAMPLE) -> None:
+        if key >= self.bound:
+            return
+        self.items.append((key, primary, candidate))
+        if len(self.items) > 2 * k:
+            self.trim(k)
+
+    def trim(self, k: int) -> None:
+        """Keep the ``k`` of smallest key (and lower the bound accordingly)."""
+        below = [it for it in self.items if it[0] < self.bound]
+        if len(below) > k:
+            below = heapq.nsmallest(k + 1, below)
+            self.bound = below[k][0]
+            below = below[:k]
+        self.items = below
+
+    def merge(self, other: Pairs, k: int = PAIR_WINDOW) -> None:
+        """Adds ``other``'s pairs; keeps at most ``2k`` (the ``k`` of smallest key
+        are kept exactly: merging is associative)."""
+        self.bound = min(self.bound, other.bound)
+        self.items.extend(other.items)
+        if len(self.items) > 2 * k:
+            self.trim(k)
+
+    def merge_bytes(self, blob: bytes | memoryview | None, k: int = PAIR_WINDOW) -> None:
+        """:meth:`merge` of a stored sample, decoding only its pairs below the bound
+        (a stored sample is ascending by key)."""
+        if not blob:
+            return
+        data = bytes(blob)
+        n = (len(data) - 9) // 24
+        keys = array("Q")
+        keys.frombytes(data[9:9 + 8 * n])
+        if data[0]:
+            self.bound = min(self.bound, int.from_bytes(data[1:9], "little"))
+        cut = bisect_left(keys, self.bound)
+        if not cut:
+            return
+        vals = array("d")
+        vals.frombytes(data[9 + 8 * n:9 + 8 * n + 16 * cut])
+        self.items.extend(zip(keys[:cut], vals[0::2], vals[1::2], strict=False))
+        if len(self.items) > 2 * k:
+            self.trim(k)
+
+    def window(self, k: int = PAIR_WINDOW) -> tuple[list[float], list[float]]:
+        """The sample's pairs, ascending by key: (primary latencies, candidate latencies)."""
+        self.trim(k)
+        chosen = sorted(it for it in self.items if it[0] < self.bound)
+        return [p for _k, p, _c in chosen], [c for _k, _p, c in chosen]
+
+    def to_bytes(self) -> bytes:
+        self.trim(PAIR_SAMPLE)
+        keys = array("Q", [self.bound if self.bound <= MAX_KEY else MAX_KEY])
+        vals = array("d")
+        for k, p, c in sorted(self.items):
+            keys.append(k)
+            vals.append(p)
+            vals.append(c)
+        flag = b"\x01" if self.bound <= MAX_KEY else b"\x00"
+        return flag + keys.tobytes() + vals.tobytes()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes | memoryview | None) -> Pairs:
+        out = cls()
+        if not blob:
+            return out
+        data = bytes(blob)
+        n = (len(data) - 9) // 24
+        keys = array("Q")
+        keys.frombytes(data[1:9 + 8 * n])
+        vals = array("d")
+        vals.frombytes(data[9 + 8 * n:])
+        if data[0]:
+            out.bound = keys[0]
+        out.items = [(keys[i + 1], vals[2 * i], vals[2 * i + 1]) for i in range(n)]
+        return out
+
+
+@dataclass(slots=True)
+class Minute:
+    """The aggregate of one endpoint's exchanges over one span (a minute, or a window)."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * len(COUNTS))
+    primary: Sketch = field(default_factory=Sketch)
+    candidate: Sketch = field(default_factory=Sketch)
+    secondary: Sketch = field(default_factory=Sketch)
+    pairs: Pairs = field(default_factory=Pairs)
+    sums: list[float] = field(default_factory=lambda: [0.0, 0.0])   # of the pairs' latencies
+    # (field, kind) → [rows, noise rows, exchanges]
+    fields: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    diff_sets: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str) -> int:
+        return self.counts[COUNTS.index(name)]
+
+    def add_exchange(self, *, exchange_id: str, verdict: str, p_status: int,
+                     p_error: str | None, p_latency: float, c_status: int,
+                     c_error: str | None, c_latency: float, s_status: int | None,
+                     s_error: str | None, s_latency: float | None) -> None:
+        """One exchange's part in the counts, sketches and pair sample (the differences
+        go in with :meth:`add_differences`)."""
+        n = self.counts
+        n[0] += 1
+        n[_VERDICT_COL.get(verdict, 4)] += 1
+        n[5] += 500 <= c_status <= 599
+        n[6] += 500 <= p_status <= 599
+        n[7] += c_error is not None
+        n[8] += p_error is not None
+        cf, pf = failed(c_status, c_error), failed(p_status, p_error)
+        n[10] += cf and pf
+        n[11] += cf and not pf
+        n[12] += pf and not cf
+        if pair_ok(p_status, p_error, c_status, c_error):
+            n[9] += 1
+            self.sums[0] += p_latency
+            self.sums[1] += c_latency
+            self.primary.add(p_latency)
+            self.candidate.add(c_latency)
+            self.pairs.add(pair_key(exchange_id), p_latency, c_latency)
+        if s_status is not None and s_latency is not None and s_error is None and s_status > 0:
+            self.secondary.add(s_latency)
+
+    def add_differences(self, verdict: str, diffs: Sequence[tuple[str, str, bool]]) -> None:
+        """One exchange's differences: ``(field, kind, noise)`` each."""
+        seen: set[str] = set()
+        for fld, kind, noise in diffs:
+            row = self.fields.get((fld, kind))
+            if row is None:
+                row = self.fields[(fld, kind)] = [0, 0, 0]
+            row[0] += 1
+            row[1] += noise
+            if fld not in seen:
+                seen.add(fld)
+                row[2] += 1
+        if verdict == "diff":
+            key = set_key(f for f, _k, noise in diffs if not noise)
+            self.diff_sets[key] = self.diff_sets.get(key, 0) + 1
+
+    def add_result(self, res: Result) -> None:
+        ex = res.exchange
+        p, c, s = ex.primary, ex.candidate, ex.secondary
+        self.add_exchange(exchange_id=ex.id, verdict=res.verdict, p_status=p.status,
+                          p_error=p.error, p_latency=p.latency, c_status=c.status,
+                          c_error=c.error, c_latency=c.latency,
+                          s_status=s.status if s else None, s_error=s.error if s else None,
+                          s_latency=s.latency if s else None)
+        nf = res.noise_fields
+        self.add_differences(res.verdict, [(d.field, d.kind, d.field in nf)
+                                           for d in res.differences])
+
+    def merge(self, other: Minute) -> Minute:
+        for i, v in enumerate(other.counts):
+            self.counts[i] += v
+        self.primary.merge(other.primary)
+        self.candidate.merge(other.candidate)
+        self.secondary.merge(other.secondary)
+        self.pairs.merge(other.pairs)
+        self.sums[0] += other.sums[0]
+        self.sums[1] += other.sums[1]
+        for key, row in other.fields.items():
+            mine = self.fields.get(key)
+            if mine is None:
+                self.fields[key] = list(row)
+            else:
+                for i in range(3):
+                    mine[i] += row[i]
+        for fields, n in other.diff_sets.items():
+            self.diff_sets[fields] = self.diff_sets.get(fields, 0) + n
+        return self
+
+
+def minute_of(t: float) -> int:
+    """The start (whole seconds) of the minute ``t`` falls in."""
+    return int(t // 60) * 60
+
+
+def rollup(results: Iterable[Result]) -> dict[tuple[int, str], Minute]:
+    """(minute, endpoint) → the aggregate of ``results`` falling there."""
+    out: dict[tuple[int, str], Minute] = {}
+    for res in results:
+        key = (minute_of(res.exchange.started), res.exchange.endpoint)
+        m = out.get(key)
+        if m is None:
+            m = out[key] = Minute()
+        m.add_result(res)
+    return out
+
+
+def forgiven(diff_sets: dict[str, int], noise_now: set[str] | frozenset[str]) -> int:
+    """Diff exchanges whose real fields are all learned as noise now."""
+    return sum(n for key, n in diff_sets.items()
+               if key != MANY_FIELDS and all(f in noise_now for f in key.split(SEP) if f))

@@ -1,0 +1,148 @@
+"""The per-minute aggregates on their own: they merge to what the rows would give.
+
+The pair sample merged from minutes is exactly the window's pairs of smallest key,
+however the minutes were split; sketches read quantiles within their stated relative
+error; the diff sets forgive exactly what the row-based rule forgives."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shadowproxy.checks.evaluate import effective_diffs
+from shadowproxy.store.rollup import (
+    MANY_FIELDS,
+    MAX_SET_FIELDS,
+    PAIR_SAMPLE,
+    Minute,
+    Pairs,
+    forgiven,
+    pair_key,
+    set_key,
+)
+from shadowproxy.store.sketch import Sketch
+
+
+def _pairs(n: int, seed: int) -> list[tuple[str, float, float]]:
+    rnd = random.Random(seed)
+    return [(f"x{seed}-{i}", rnd.lognormvariate(-4, 1), rnd.lognormvariate(-4, 1))
+            for i in range(n)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 300), min_size=1, max_size=12), st.integers(0, 10**6))
+def test_merged_pair_sample_is_the_windows_bottom_k(sizes: list[int], seed: int) -> None:
+    minutes, every = [], []
+    for i, n in enumerate(sizes):
+        part = Pairs()
+        for xid, p, c in _pairs(n, seed * 100 + i):
+            part.add(pair_key(xid), p, c)
+            every.append((pair_key(xid), p, c))
+        # through the stored form, as a reader gets it
+        minutes.append(Pairs.from_bytes(part.to_bytes()))
+    merged = Pairs()
+    for m in minutes:
+        merged.merge(m)
+    k = 100
+    got_p, got_c = merged.window(k)
+    every.sort()
+    # the sample: every pair of the window below a bound, at most k of them, and
+    # every pair when the window has no more than one minute's worth
+    want = every[:len(got_p)]
+    assert got_p == [p for _k, p, _c in want]
+    assert got_c == [c for _k, _p, c in want]
+    assert len(got_p) <= k
+    if len(every) <= PAIR_SAMPLE:
+        assert len(got_p) == min(len(every), k)
+    # a uniform sample needs the bound: none of the pairs left out lies below the
+    # largest key taken
+    if got_p:
+        assert all(key >= want[-1][0] for key, _p, _c in every[len(got_p):])
+
+
+def test_pair_sample_bound_is_kept_through_bytes() -> None:
+    part = Pairs()
+    for xid, p, c in _pairs(1000, 1):
+        part.add(pair_key(xid), p, c)
+    blob = part.to_bytes()
+    back = Pairs.from_bytes(blob)
+    assert len(back.items) == PAIR_SAMPLE
+    assert back.bound == part.bound < (1 << 64)
+    assert sorted(back.items) == sorted(part.items)
+    assert Pairs.from_bytes(Pairs().to_bytes()).items == []
+
+
+def test_sketch_quantiles_within_stated_error_after_merging_minutes() -> None:
+    rnd = random.Random(7)
+    values = [rnd.lognormvariate(-4, 1.2) for _ in range(30000)]
+    merged = Sketch()
+    for i in range(0, len(values), 600):
+        part = Sketch()
+        part.extend(values[i:i + 600])
+        merged.merge_bytes(part.to_bytes())
+    assert merged.count == len(values)
+    values.sort()
+    for q in (0.5, 0.9, 0.99, 0.999):
+        exact = values[min(len(values) - 1, int(q * len(values)))]
+        got = merged.quantile(q)
+        assert got is not None
+        # two significant figures: within 1/128 of the value, plus the 1 µs unit
+        assert abs(got - exact) <= exact / 128 + 1e-6, (q, got, exact)
+    assert Sketch().quantile(0.5) is None
+    clamped = Sketch()
+    clamped.extend([-1.0, 0.0, 1e9])
+    assert clamped.count == 3
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.sampled_from("abcdefg"), min_size=1, max_size=5), max_size=30),
+       st.sets(st.sampled_from("abcdefg")))
+def test_diff_sets_forgive_what_the_row_rule_forgives(sets: list[list[str]],
+                                                      noise_now: set[str]) -> None:
+    m = Minute()
+    for fields in sets:
+        m.add_differences("diff", [(f, "changed", False) for f in fields])
+    _diffs, want = effective_diffs(sets, noise_now)
+    assert forgiven(m.diff_sets, noise_now) == want
+
+
+def test_a_set_of_many_fields_is_never_forgiven() -> None:
+    fields = [f"f{i}" for i in range(MAX_SET_FIELDS + 1)]
+    assert set_key(fields) == MANY_FIELDS
+    m = Minute()
+    m.add_differences("diff", [(f, "changed", False) for f in fields])
+    assert forgiven(m.diff_sets, set(fields)) == 0
+
+
+def test_field_rows_count_each_exchange_once_per_field() -> None:
+    m = Minute()
+    m.add_differences("diff", [("$.a", "changed", False), ("$.a", "type", False),
+                               ("$.b", "added", True)])
+    m.add_differences("noise", [("$.b", "added", True)])
+    assert m.fields[("$.a", "changed")] == [1, 0, 1]
+    assert m.fields[("$.a", "type")] == [1, 0, 0]      # the exchange is counted once
+    assert m.fields[("$.b", "added")] == [2, 2, 2]
+    assert m.diff_sets == {"$.a": 1}
+
+
+def test_minute_counts_failures_on_the_same_exchange() -> None:
+    m = Minute()
+    base = {"p_latency": 0.01, "c_latency": 0.02, "s_status": None, "s_error": None,
+            "s_latency": None}
+    m.add_exchange(exchange_id="a", verdict="error", p_status=200, p_error=None,
+                   c_status=0, c_error="connect", **base)
+    m.add_exchange(exchange_id="b", verdict="diff", p_status=503, p_error=None,
+                   c_status=503, c_error=None, **base)
+    m.add_exchange(exchange_id="c", verdict="diff", p_status=500, p_error=None,
+                   c_status=200, c_error=None, **base)
+    m.add_exchange(exchange_id="d", verdict="match", p_status=200, p_error=None,
+                   c_status=200, c_error=None, **base)
+    assert (m.count("both_failed"), m.count("candidate_only_failed"),
+            m.count("primary_only_failed")) == (1, 1, 1)
+    # pairs: both answered (a 5xx is an answer), the connect failure is not a pair
+    assert m.count("latency_pairs") == 3 == m.primary.count == len(m.pairs.items)
+    other = Minute()
+    other.merge(m).merge(m)
+    assert other.count("exchanges") == 8 and other.primary.count == 6
