@@ -317,8 +317,16 @@ class ReadsMixin(SqliteConnection):
             clauses.append("verdict = ?")
             params.append(verdict)
         if field is not None:
-            clauses.append("id IN (SELECT exchange_id FROM differences WHERE field = ?)")
-            params.append(field)
+            # the differences of those endpoints and that time, through the (endpoint,
+            # field, time) index: every endpoint named, also when none was asked for
+            eps = self._endpoint_filter(endpoint, since, until)
+            if eps is None:
+                eps = self.endpoints(since, until)
+            sub, sub_params = self._range(since, until)
+            sub.append(f"endpoint IN ({','.join('?' * len(eps))})")
+            clauses.append("id IN (SELECT exchange_id FROM differences WHERE field = ? AND "
+                           + " AND ".join(sub) + ")")
+            params.extend([field, *sub_params, *eps])
         sql = f"SELECT {','.join(_EX_COLS)} FROM exchanges"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
