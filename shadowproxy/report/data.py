@@ -53,7 +53,7 @@ from typing import Any
 
 import orjson
 
-from ..store.base import EndpointStats, FieldStats, Store
+from ..store.base import EndpointStats, FieldStats, Store, with_quantiles
 from ..store.sketch import Sketch
 
 SCHEMA = "shadowproxy.report/1"
@@ -314,7 +314,11 @@ def build_report(store: Store, *, since: float, until: float, cfg: Any = None,
     checks when :mod:`shadowproxy.checks` is available, None leaves them out, a dict
     is used as it is."""
     now = time.time() if now is None else now
-    stats = store.endpoint_stats(since, until)
+    # the window's sketches, read once: the endpoints' quantiles and the latency section
+    sketches = store.latency_sketches(since, until)
+    none = (None, None, None)
+    stats = [with_quantiles(s, *sketches.get(s.endpoint, none)[:2])
+             for s in store.endpoint_stats(since, until, quantiles=False)]
     stats.sort(key=lambda s: (-s.diffs, -s.exchanges, s.endpoint))
     endpoints = [_endpoint_row(s) for s in stats]
     by_name = {e["endpoint"]: e for e in endpoints}
@@ -368,7 +372,6 @@ def build_report(store: Store, *, since: float, until: float, cfg: Any = None,
               for ep, pts in sorted(store.diff_rate_series(since, until, bucket).items(),
                                     key=lambda kv: (order.get(kv[0], 1 << 30), kv[0]))}
 
-    sketches = store.latency_sketches(since, until)
     latency = {}
     for e in endpoints:
         ps, cs, _ss = sketches.get(e["endpoint"], (Sketch(), Sketch(), Sketch()))

@@ -26,12 +26,16 @@ compressed encoding (``1``). Quantiles of kept values are exact.
 from __future__ import annotations
 
 import base64
+import ctypes
 import math
+import zlib
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from itertools import accumulate
 
+import pyhdrh
+from hdrh.codec import PayloadHeader, ext_header_size, payload_header_size
 from hdrh.histogram import HdrHistogram
 
 LOWEST = 1                   # µs
@@ -39,6 +43,9 @@ HIGHEST = 1_000_000_000      # µs (16.7 minutes: beyond any timeout)
 DIGITS = 2                   # significant figures: relative error < 1/128
 RAW_MAX = 64                 # values kept as they are before a histogram is built
 _RAW, _HDR = 0, 1            # the stored form's tag byte
+_EXT_HEADER: int = ext_header_size
+_PAYLOAD_HEADER: int = payload_header_size
+_WORD = 8                    # bytes a counter (HdrHistogram's V2 payload)
 
 
 class Sketch:
@@ -98,10 +105,35 @@ class Sketch:
             for us in values:
                 self._add_us(us)
         elif data[0] == _HDR:
-            self._hist().decode_and_add(base64.b64encode(data[1:]))
+            self._merge_hdr(data)
         else:
             raise ValueError(f"unknown latency sketch format {data[0]}")
         return self
+
+    def _merge_hdr(self, data: bytes) -> None:
+        """Adds a stored histogram (tag, then the V2 compressed encoding): decoded by
+        HdrHistogram's C codec into a scratch array and added to this one's counts in C,
+        without building a histogram object for it (a day's window merges 1,440 a side
+        and endpoint: 20 µs each instead of 60)."""
+        h = self._hist()
+        payload = zlib.decompress(data[1 + _EXT_HEADER:])
+        head = PayloadHeader.from_buffer_copy(payload)
+        if (head.lowest_trackable_value, head.highest_trackable_value,
+                head.significant_figures, head.normalizing_index_offset) != \
+                (LOWEST, HIGHEST, DIGITS, 0):
+            h.decode_and_add(base64.b64encode(data[1:]))     # not ours: the general path
+            return
+        scratch = (ctypes.c_uint64 * h.counts_len)()
+        found = pyhdrh.decode(payload, _PAYLOAD_HEADER, ctypes.addressof(scratch),
+                              h.counts_len, _WORD)
+        if not found["total"]:
+            return
+        pyhdrh.add_array(ctypes.addressof(h.counts), ctypes.addressof(scratch),
+                         h.counts_len, _WORD)
+        h.total_count += found["total"]
+        h.max_value = max(h.max_value, h.get_highest_equivalent_value(
+            h.get_value_from_index(found["max_nonzero_index"])))
+        h.min_value = min(h.min_value, h.get_value_from_index(found["min_nonzero_index"]))
 
     def to_bytes(self) -> bytes:
         if self._h is None:

@@ -22,9 +22,10 @@ from ..base import (
     NoiseRow,
     SeriesPoint,
     StoreInfo,
+    with_quantiles,
 )
 from ..documents import _json_value
-from ..rollup import PAIR_WINDOW, Minute, Pairs, pair_key
+from ..rollup import MAX_KEY, PAIR_WINDOW, Minute, Pairs, pair_key
 from ..sketch import Sketch
 from . import rollups
 from .connection import SqliteConnection, _store_error
@@ -108,26 +109,29 @@ class ReadsMixin(SqliteConnection):
                     self._conn.execute("COMMIT")
 
     def endpoint_stats(self, since: float | None = None, until: float | None = None,
-                       endpoint_glob: str = "*") -> list[EndpointStats]:
-        """Counts from the aggregates; latency quantiles from the merged sketches of the
-        exchanges where both answered (within 1/128 of the exact values)."""
+                       endpoint_glob: str = "*", *, quantiles: bool = True
+                       ) -> list[EndpointStats]:
+        """Counts from the aggregates; latency quantiles (None without ``quantiles``)
+        from the merged sketches of the exchanges where both answered (within 1/128 of
+        the exact values)."""
         out = []
         for ep, m in sorted(self._aggregate(since, until, endpoint_glob,
-                                            sketches=True).items()):
+                                            sketches=quantiles).items()):
             n = m.counts
             if not n[0]:
                 continue
-            qs = (0.50, 0.95, 0.99)
-            out.append(EndpointStats(
+            out.append(with_quantiles(EndpointStats(
                 ep, n[0], n[1], n[2], n[3], n[4], n[5], n[6], n[7], n[8], n[9],
-                *m.primary.quantiles(qs), *m.candidate.quantiles(qs)))
+                None, None, None, None, None, None), m.primary if quantiles else None,
+                m.candidate if quantiles else None))
         return out
 
     def latency_sketches(self, since: float | None = None, until: float | None = None,
                          endpoint_glob: str = "*") -> dict[str, tuple[Sketch, Sketch, Sketch]]:
         """endpoint → (primary, candidate, secondary) sketches of the window."""
         return {ep: (m.primary, m.candidate, m.secondary) for ep, m in
-                self._aggregate(since, until, endpoint_glob, sketches=True).items()}
+                self._aggregate(since, until, endpoint_glob, sketches=True,
+                                secondary=True).items()}
 
     def latencies(self, endpoint_glob: str = "*", since: float | None = None,
                   until: float | None = None) -> tuple[list[float], list[float]]:
@@ -166,10 +170,21 @@ class ReadsMixin(SqliteConnection):
                             "WHERE " + " AND ".join(clauses), params):
                         rows.add(pair_key(xid), pl, cl, PAIR_WINDOW)
                     return rows.window(PAIR_WINDOW)
-                merged = Pairs()
-                for m in rollups.read(self._conn, since, until, eps, pairs=True).values():
-                    merged.merge(m.pairs)
-                return merged.window(PAIR_WINDOW)
+                # The pairs of smallest key: a uniform hash puts about PAIR_WINDOW of the
+                # N pairs below PAIR_WINDOW/N of the key range. Decode only those (with a
+                # margin); in the rare window where that bound leaves too few, widen it.
+                n = sum(m.counts[9] for m in counted.values())
+                share = 1.5 * PAIR_WINDOW / n
+                while True:
+                    bound = MAX_KEY + 1 if share >= 1 else int(share * (MAX_KEY + 1))
+                    merged = Pairs(bound=bound)
+                    for m in rollups.read(self._conn, since, until, eps, pairs=True,
+                                          pair_bound=bound).values():
+                        merged.merge(m.pairs)
+                    got = merged.window(PAIR_WINDOW)
+                    if len(got[0]) >= PAIR_WINDOW or merged.bound < bound or share >= 1:
+                        return got
+                    share *= 4
             except sqlite3.Error as exc:
                 raise _store_error(exc, "read", self.path or ":memory:") from exc
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..rollup import Minute, Pairs, rollup
+from ..rollup import Minute, rollup
 from ..sketch import Sketch
 from .schema import _ROLLUP_BLOBS, _ROLLUP_COLS
 
@@ -30,31 +30,35 @@ def write(c: sqlite3.Connection, results: Iterable[Any]) -> None:
     minutes = rollup(results)
     if not minutes:
         return
-    # the blobs these minutes have already, in one query per 200 minutes
-    have: dict[tuple[int, str], tuple[Any, ...]] = {}
-    keys = list(minutes)
-    for i in range(0, len(keys), 200):
-        part = keys[i:i + 200]
-        for row in c.execute(
-                f"SELECT minute, endpoint, {','.join(_ROLLUP_BLOBS)} FROM rollups WHERE "
-                f"(minute, endpoint) IN (VALUES {','.join(['(?,?)'] * len(part))})",
-                [v for k in part for v in k]):
-            have[(row[0], row[1])] = row[2:]
-    rows = []
+    # the blobs these minutes have already: one range of the (kind, minute, endpoint)
+    # key a kind (a batch spans a few minutes)
+    have: dict[tuple[str, int, str], bytes] = {}
+    lo, hi = min(k[0] for k in minutes), max(k[0] for k in minutes)
+    for kind in _ROLLUP_BLOBS:
+        for minute, endpoint, data in c.execute(
+                "SELECT minute, endpoint, data FROM rollup_blobs WHERE kind=? AND "
+                "minute BETWEEN ? AND ?", (kind, lo, hi)):
+            if (minute, endpoint) in minutes:
+                have[(kind, minute, endpoint)] = data
+    rows: list[tuple[Any, ...]] = []
+    blobs: list[tuple[str, int, str, bytes]] = []
     for (minute, endpoint), m in minutes.items():
-        old = have.get((minute, endpoint))
-        if old is not None:
-            m.primary.merge_bytes(old[0])
-            m.candidate.merge_bytes(old[1])
-            m.secondary.merge_bytes(old[2])
-            m.pairs.merge(Pairs.from_bytes(old[3]))
-        rows.append((minute, endpoint, *m.counts, *m.sums, *_blobs(m)))
-    cols = ",".join(_ROLLUP_COLS + _ROLLUP_BLOBS)
-    sets = ",".join([f"{k}={k}+excluded.{k}" for k in _ROLLUP_COLS] +
-                    [f"{k}=excluded.{k}" for k in _ROLLUP_BLOBS])
+        m.primary.merge_bytes(have.get(("primary", minute, endpoint)))
+        m.candidate.merge_bytes(have.get(("candidate", minute, endpoint)))
+        m.secondary.merge_bytes(have.get(("secondary", minute, endpoint)))
+        m.pairs.merge_bytes(have.get(("pairs", minute, endpoint)))
+        rows.append((minute, endpoint, *m.counts, *m.sums))
+        blobs.extend((kind, minute, endpoint, data)
+                     for kind, data in zip(_ROLLUP_BLOBS, _blobs(m), strict=True)
+                     if data is not None)
+    cols = ",".join(_ROLLUP_COLS)
+    sets = ",".join(f"{k}={k}+excluded.{k}" for k in _ROLLUP_COLS)
     c.executemany(f"INSERT INTO rollups(minute, endpoint, {cols}) VALUES "
-                  f"(?,?,{','.join('?' * (len(_ROLLUP_COLS) + len(_ROLLUP_BLOBS)))}) "
+                  f"(?,?,{','.join('?' * len(_ROLLUP_COLS))}) "
                   f"ON CONFLICT(minute, endpoint) DO UPDATE SET {sets}", rows)
+    c.executemany("INSERT INTO rollup_blobs(kind, minute, endpoint, data) VALUES (?,?,?,?) "
+                  "ON CONFLICT(kind, minute, endpoint) DO UPDATE SET data=excluded.data",
+                  blobs)
     _write_fields(c, minutes)
 
 
@@ -123,10 +127,13 @@ def _endpoint_clause(endpoints: Sequence[str] | None, col: str = "endpoint"
 
 
 def read(c: sqlite3.Connection, since: float | None, until: float | None,
-         endpoints: Sequence[str] | None, *, sketches: bool = False, pairs: bool = False,
-         fields: bool = False, sets: bool = False) -> dict[str, Minute]:
+         endpoints: Sequence[str] | None, *, sketches: bool = False, secondary: bool = False,
+         pairs: bool = False, fields: bool = False, sets: bool = False,
+         pair_bound: int | None = None) -> dict[str, Minute]:
     """endpoint → the aggregate of the window (``endpoints``: None for all). Only the
-    parts asked for are read (the counts always)."""
+    parts asked for are read (the counts always; ``sketches``: primary's and the
+    candidate's, ``secondary``: the secondary's too). ``pair_bound``: only pairs of a
+    smaller key are wanted (see :func:`shadowproxy.store.rollup.Pairs`)."""
     if endpoints is not None and not endpoints:
         return {}
     win = Window.of(since, until)
@@ -136,6 +143,8 @@ def read(c: sqlite3.Connection, since: float | None, until: float | None,
         m = out.get(ep)
         if m is None:
             m = out[ep] = Minute()
+            if pair_bound is not None:
+                m.pairs.bound = pair_bound
         return m
 
     if win.whole:
@@ -147,19 +156,18 @@ def read(c: sqlite3.Connection, since: float | None, until: float | None,
             m = minute_for(row[0])
             m.counts = [int(v or 0) for v in row[1:1 + len(_COUNT_COLS)]]
             m.sums = [float(row[-2] or 0.0), float(row[-1] or 0.0)]
-        blob_cols = [b for b, want in zip(_ROLLUP_BLOBS, (sketches, sketches, sketches, pairs),
-                                          strict=True) if want]
-        if blob_cols:
-            for row in c.execute(f"SELECT endpoint, {','.join(blob_cols)} FROM rollups "
-                                 f"WHERE {where} AND {ewhere}", params + eparams):
-                m = minute_for(row[0])
-                for col, blob in zip(blob_cols, row[1:], strict=True):
-                    if blob is None:
-                        continue
-                    if col == "pairs":
-                        m.pairs.merge_bytes(blob)
-                    else:
-                        getattr(m, col[:-len("_sketch")]).merge_bytes(blob)
+        kinds = [k for k, want in zip(_ROLLUP_BLOBS, (sketches, sketches, secondary, pairs),
+                                      strict=True) if want]
+        bwhere, bparams = _between("minute", win.lo, win.hi)
+        for kind in kinds:
+            for ep, blob in c.execute(f"SELECT endpoint, data FROM rollup_blobs WHERE "
+                                      f"kind=? AND {bwhere} AND {ewhere}",
+                                      [kind, *bparams, *eparams]):
+                m = minute_for(ep)
+                if kind == "pairs":
+                    m.pairs.merge_bytes(blob)
+                else:
+                    getattr(m, kind).merge_bytes(blob)
         if fields:
             for ep, fld, kind, n, nz, nx in c.execute(
                     "SELECT endpoint, field, kind, sum(rows), sum(noise_rows), sum(exchanges) "
@@ -227,10 +235,14 @@ def backfill(c: sqlite3.Connection, step: int = 3600) -> int:
                 parts[(m0, ep)] = m
                 done += m.counts[0]
         c.executemany(
-            f"UPDATE rollups SET {','.join(f'{k}=?' for k in new_counts)}, "
-            f"{','.join(f'{k}=?' for k in _ROLLUP_BLOBS)} WHERE minute=? AND endpoint=?",
-            [(*(m.counts[i] for i in idx), *_blobs(m), m0, ep)
-             for (m0, ep), m in parts.items()])
+            f"UPDATE rollups SET {','.join(f'{k}=?' for k in new_counts)} "
+            "WHERE minute=? AND endpoint=?",
+            [(*(m.counts[i] for i in idx), m0, ep) for (m0, ep), m in parts.items()])
+        c.executemany(
+            "INSERT OR REPLACE INTO rollup_blobs(kind, minute, endpoint, data) "
+            "VALUES (?,?,?,?)",
+            [(kind, m0, ep, data) for (m0, ep), m in parts.items()
+             for kind, data in zip(_ROLLUP_BLOBS, _blobs(m), strict=True) if data is not None])
         _write_fields(c, parts)
         t += step
     return done

@@ -90,11 +90,14 @@ CREATE TABLE IF NOT EXISTS rollups (
     both_failed INTEGER NOT NULL DEFAULT 0,
     candidate_only_failed INTEGER NOT NULL DEFAULT 0,
     primary_only_failed INTEGER NOT NULL DEFAULT 0,
-    primary_sketch BLOB,
-    candidate_sketch BLOB,
-    secondary_sketch BLOB,
-    pairs BLOB,
     PRIMARY KEY (minute, endpoint)
+);
+CREATE TABLE IF NOT EXISTS rollup_blobs (
+    kind TEXT NOT NULL,
+    minute INTEGER NOT NULL,
+    endpoint TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (kind, minute, endpoint)
 );
 CREATE TABLE IF NOT EXISTS field_rollups (
     minute INTEGER NOT NULL,
@@ -136,7 +139,7 @@ CREATE TABLE IF NOT EXISTS noise (
 );
 """
 _TABLES = {"schema_version", "exchanges", "differences", "samples", "sample_keys", "rollups",
-           "field_rollups", "diff_sets", "outcomes", "noise"}
+           "rollup_blobs", "field_rollups", "diff_sets", "outcomes", "noise"}
 
 _EX_COLS = ("id", "time", "endpoint", "route", "method", "path", "query", "verdict",
             "primary_status", "candidate_status", "secondary_status", "primary_latency",
@@ -147,7 +150,9 @@ _ROLLUP_COLS = ("exchanges", "matches", "diffs", "noise", "errors", "candidate_5
                 "primary_5xx", "candidate_errors", "primary_errors", "latency_pairs",
                 "both_failed", "candidate_only_failed", "primary_only_failed",
                 "primary_latency_sum", "candidate_latency_sum")
-_ROLLUP_BLOBS = ("primary_sketch", "candidate_sketch", "secondary_sketch", "pairs")
+# the kinds of rollup_blobs: a latency sketch per side and the pair sample (apart from the
+# counters, so that reading counts never reads the blobs' pages)
+_ROLLUP_BLOBS = ("primary", "candidate", "secondary", "pairs")
 
 
 # ------------------------------------------------------------------ URL handling
