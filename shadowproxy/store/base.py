@@ -219,7 +219,8 @@ class Store(Protocol):
         ...
 
     def latency_sketches(self, since: float | None = None, until: float | None = None,
-                         endpoint_glob: str = "*") -> dict[str, tuple[Sketch, Sketch, Sketch]]:
+                         endpoint_glob: str = "*", *, secondary: bool = True
+                         ) -> dict[str, tuple[Sketch, Sketch, Sketch]]:
         """endpoint → (primary, candidate, secondary) latency sketches of the window."""
         ...
 

@@ -37,7 +37,6 @@ The latency pair sample
 from __future__ import annotations
 
 import hashlib
-import heapq
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
@@ -97,8 +96,9 @@ class Pairs:
     def trim(self, k: int) -> None:
         """Keep the ``k`` of smallest key (and lower the bound accordingly)."""
         below = [it for it in self.items if it[0] < self.bound]
+        below.sort()            # a sort beats a heap when k is near the length (at most 2k)
         if len(below) > k:
-            below = heapq.nsmallest(k + 1, below)
+            below = below[:k + 1]
             self.bound = below[k][0]
             below = below[:k]
         self.items = below
@@ -133,8 +133,8 @@ class Pairs:
 
     def window(self, k: int = PAIR_WINDOW) -> tuple[list[float], list[float]]:
         """The sample's pairs, ascending by key: (primary latencies, candidate latencies)."""
-        self.trim(k)
-        chosen = sorted(it for it in self.items if it[0] < self.bound)
+        self.trim(k)            # leaves the items below the bound, ascending by key
+        chosen = self.items
         return [p for _k, p, _c in chosen], [c for _k, _p, c in chosen]
 
     def to_bytes(self) -> bytes:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import ctypes
 import math
+import threading
 import zlib
 from array import array
 from bisect import bisect_left
@@ -46,16 +47,18 @@ _RAW, _HDR = 0, 1            # the stored form's tag byte
 _EXT_HEADER: int = ext_header_size
 _PAYLOAD_HEADER: int = payload_header_size
 _WORD = 8                    # bytes a counter (HdrHistogram's V2 payload)
+_LOCAL = threading.local()   # a decoding scratch array per thread
 
 
 class Sketch:
     """Latencies (seconds) of one side over some span; merges with others."""
 
-    __slots__ = ("_h", "_raw")
+    __slots__ = ("_bounds_stale", "_h", "_raw")
 
     def __init__(self) -> None:
         self._h: HdrHistogram | None = None    # None while the values fit in _raw
         self._raw: list[int] = []              # µs, while _h is None
+        self._bounds_stale = False             # _h's min/max not kept up by a merge
 
     def _hist(self) -> HdrHistogram:
         h = self._h
@@ -92,7 +95,7 @@ class Sketch:
             for us in other._raw:
                 self._add_us(us)
         elif other.count:
-            self._hist().add(other._h)
+            self._hist().add(other._bounds())
         return self
 
     def merge_bytes(self, blob: bytes | memoryview | None) -> Sketch:
@@ -123,7 +126,11 @@ class Sketch:
                 (LOWEST, HIGHEST, DIGITS, 0):
             h.decode_and_add(base64.b64encode(data[1:]))     # not ours: the general path
             return
-        scratch = (ctypes.c_uint64 * h.counts_len)()
+        scratch = getattr(_LOCAL, "scratch", None)
+        if scratch is None:
+            scratch = _LOCAL.scratch = (ctypes.c_uint64 * h.counts_len)()
+        else:
+            ctypes.memset(scratch, 0, ctypes.sizeof(scratch))
         found = pyhdrh.decode(payload, _PAYLOAD_HEADER, ctypes.addressof(scratch),
                               h.counts_len, _WORD)
         if not found["total"]:
@@ -131,16 +138,15 @@ class Sketch:
         pyhdrh.add_array(ctypes.addressof(h.counts), ctypes.addressof(scratch),
                          h.counts_len, _WORD)
         h.total_count += found["total"]
-        h.max_value = max(h.max_value, h.get_highest_equivalent_value(
-            h.get_value_from_index(found["max_nonzero_index"])))
-        h.min_value = min(h.min_value, h.get_value_from_index(found["min_nonzero_index"]))
+        # min and max are read off the counts when asked (min(), max()), not tracked here
+        self._bounds_stale = True
 
     def to_bytes(self) -> bytes:
         if self._h is None:
             return bytes((_RAW,)) + array("Q", self._raw).tobytes()
         # encode() gives the V2 compressed encoding wrapped in base64 (its "HISTF..."
         # log form); the store keeps the binary it wraps
-        return bytes((_HDR,)) + base64.b64decode(self._h.encode())
+        return bytes((_HDR,)) + base64.b64decode(self._bounds().encode())
 
     @classmethod
     def from_bytes(cls, blob: bytes | memoryview | None) -> Sketch:
@@ -169,18 +175,39 @@ class Sketch:
                 h.get_value_from_index(index))) / 1e6)
         return out
 
+    def _bounds(self) -> HdrHistogram:
+        h = self._h
+        assert h is not None
+        if self._bounds_stale:
+            nonzero = [i for i, n in enumerate(h.counts) if n]
+            if nonzero:
+                h.min_value = h.get_value_from_index(nonzero[0])
+                h.max_value = h.get_highest_equivalent_value(
+                    h.get_value_from_index(nonzero[-1]))
+            self._bounds_stale = False
+        return h
+
     def min(self) -> float | None:
         """The smallest value (to the sketch's precision); None when empty."""
         if self._h is None:
             return min(self._raw) / 1e6 if self._raw else None
-        return float(self._h.get_min_value()) / 1e6 if self.count else None
+        return float(self._bounds().get_min_value()) / 1e6 if self.count else None
 
     def max(self) -> float | None:
         if self._h is None:
             return max(self._raw) / 1e6 if self._raw else None
-        return float(self._h.get_max_value()) / 1e6 if self.count else None
+        return float(self._bounds().get_max_value()) / 1e6 if self.count else None
 
     def mean(self) -> float | None:
         if self._h is None:
             return sum(self._raw) / len(self._raw) / 1e6 if self._raw else None
-        return float(self._h.get_mean_value()) / 1e6 if self.count else None
+        if not self.count:
+            return None
+        h = self._h
+        # each bucket at its middle (as HdrHistogram's own mean), the counters read once
+        total = 0.0
+        for i, n in enumerate(h.counts):
+            if n:
+                lo = h.get_value_from_index(i)
+                total += n * (lo + h.get_highest_equivalent_value(lo)) / 2
+        return float(total) / self.count / 1e6

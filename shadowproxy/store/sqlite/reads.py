@@ -127,11 +127,13 @@ class ReadsMixin(SqliteConnection):
         return out
 
     def latency_sketches(self, since: float | None = None, until: float | None = None,
-                         endpoint_glob: str = "*") -> dict[str, tuple[Sketch, Sketch, Sketch]]:
-        """endpoint → (primary, candidate, secondary) sketches of the window."""
+                         endpoint_glob: str = "*", *, secondary: bool = True
+                         ) -> dict[str, tuple[Sketch, Sketch, Sketch]]:
+        """endpoint → (primary, candidate, secondary) sketches of the window (the
+        secondary's empty without ``secondary``)."""
         return {ep: (m.primary, m.candidate, m.secondary) for ep, m in
                 self._aggregate(since, until, endpoint_glob, sketches=True,
-                                secondary=True).items()}
+                                secondary=secondary).items()}
 
     def latencies(self, endpoint_glob: str = "*", since: float | None = None,
                   until: float | None = None) -> tuple[list[float], list[float]]:
@@ -179,7 +181,7 @@ class ReadsMixin(SqliteConnection):
                     bound = MAX_KEY + 1 if share >= 1 else int(share * (MAX_KEY + 1))
                     merged = Pairs(bound=bound)
                     for m in rollups.read(self._conn, since, until, eps, pairs=True,
-                                          pair_bound=bound).values():
+                                          pair_bound=bound, counts=False).values():
                         merged.merge(m.pairs)
                     got = merged.window(PAIR_WINDOW)
                     if len(got[0]) >= PAIR_WINDOW or merged.bound < bound or share >= 1:
@@ -236,14 +238,15 @@ class ReadsMixin(SqliteConnection):
         """endpoint → set of real fields (:func:`~shadowproxy.store.rollup.set_key`) →
         diff exchanges with exactly those real fields."""
         return {ep: m.diff_sets for ep, m in
-                self._aggregate(since, until, endpoint_glob, sets=True).items()}
+                self._aggregate(since, until, endpoint_glob, sets=True, counts=False).items()}
 
     def field_stats(self, endpoint: str | None = None, since: float | None = None,
                     until: float | None = None, limit: int | None = None) -> list[FieldStats]:
         """Per (endpoint, field): difference counts by kind, most frequent first, from the
         aggregates. ``endpoint`` may be a glob; None means all endpoints."""
         per: list[tuple[str, str, int, int, int, dict[str, int], dict[str, int]]] = []
-        for ep, m in self._aggregate(since, until, endpoint, fields=True).items():
+        for ep, m in self._aggregate(since, until, endpoint, fields=True,
+                                     counts=False).items():
             by_field: dict[str, list[Any]] = {}
             for (fld, kind), (n, nz, nx) in m.fields.items():
                 f = by_field.get(fld)
@@ -413,7 +416,10 @@ class ReadsMixin(SqliteConnection):
         return out
 
     def time_range(self) -> tuple[float, float] | None:
-        row = self._read("SELECT min(time), max(time) FROM exchanges")[0]
+        # two subqueries: each is one step down the time index (min and max together
+        # in one SELECT would scan the table)
+        row = self._read("SELECT (SELECT min(time) FROM exchanges), "
+                         "(SELECT max(time) FROM exchanges)")[0]
         return None if row[0] is None else (row[0], row[1])
 
     def rollup_totals(self, since: float | None = None, until: float | None = None,

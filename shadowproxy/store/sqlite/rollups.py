@@ -129,7 +129,7 @@ def _endpoint_clause(endpoints: Sequence[str] | None, col: str = "endpoint"
 def read(c: sqlite3.Connection, since: float | None, until: float | None,
          endpoints: Sequence[str] | None, *, sketches: bool = False, secondary: bool = False,
          pairs: bool = False, fields: bool = False, sets: bool = False,
-         pair_bound: int | None = None) -> dict[str, Minute]:
+         pair_bound: int | None = None, counts: bool = True) -> dict[str, Minute]:
     """endpoint → the aggregate of the window (``endpoints``: None for all). Only the
     parts asked for are read (the counts always; ``sketches``: primary's and the
     candidate's, ``secondary``: the secondary's too). ``pair_bound``: only pairs of a
@@ -152,7 +152,7 @@ def read(c: sqlite3.Connection, since: float | None, until: float | None,
         ewhere, eparams = _endpoint_clause(endpoints)
         sums = ",".join(f"sum({k})" for k in _ROLLUP_COLS)
         for row in c.execute(f"SELECT endpoint, {sums} FROM rollups WHERE {where} AND "
-                             f"{ewhere} GROUP BY endpoint", params + eparams):
+                             f"{ewhere} GROUP BY endpoint", params + eparams) if counts else ():
             m = minute_for(row[0])
             m.counts = [int(v or 0) for v in row[1:1 + len(_COUNT_COLS)]]
             m.sums = [float(row[-2] or 0.0), float(row[-1] or 0.0)]
