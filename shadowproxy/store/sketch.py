@@ -42,7 +42,7 @@ from hdrh.histogram import HdrHistogram
 LOWEST = 1                   # µs
 HIGHEST = 1_000_000_000      # µs (16.7 minutes: beyond any timeout)
 DIGITS = 2                   # significant figures: relative error < 1/128
-RAW_MAX = 64                 # values kept as they are before a histogram is built
+RAW_MAX = 16                 # values kept as they are before a histogram is built
 _RAW, _HDR = 0, 1            # the stored form's tag byte
 _EXT_HEADER: int = ext_header_size
 _PAYLOAD_HEADER: int = payload_header_size
