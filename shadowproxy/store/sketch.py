@@ -53,12 +53,11 @@ _LOCAL = threading.local()   # a decoding scratch array per thread
 class Sketch:
     """Latencies (seconds) of one side over some span; merges with others."""
 
-    __slots__ = ("_bounds_stale", "_h", "_raw")
+    __slots__ = ("_h", "_raw")
 
     def __init__(self) -> None:
         self._h: HdrHistogram | None = None    # None while the values fit in _raw
         self._raw: list[int] = []              # µs, while _h is None
-        self._bounds_stale = False             # _h's min/max not kept up by a merge
 
     def _hist(self) -> HdrHistogram:
         h = self._h
@@ -138,8 +137,9 @@ class Sketch:
         pyhdrh.add_array(ctypes.addressof(h.counts), ctypes.addressof(scratch),
                          h.counts_len, _WORD)
         h.total_count += found["total"]
-        # min and max are read off the counts when asked (min(), max()), not tracked here
-        self._bounds_stale = True
+        h.min_value = min(h.min_value, h.get_value_from_index(found["min_nonzero_index"]))
+        h.max_value = max(h.max_value, h.get_highest_equivalent_value(
+            h.get_value_from_index(found["max_nonzero_index"])))
 
     def to_bytes(self) -> bytes:
         if self._h is None:
@@ -176,15 +176,10 @@ class Sketch:
         return out
 
     def _bounds(self) -> HdrHistogram:
+        """The histogram, its min and max right: record_value() keeps them, a merge of
+        stored bytes (:meth:`_merge_hdr`) sets them from the indexes it decoded."""
         h = self._h
         assert h is not None
-        if self._bounds_stale:
-            nonzero = [i for i, n in enumerate(h.counts) if n]
-            if nonzero:
-                h.min_value = h.get_value_from_index(nonzero[0])
-                h.max_value = h.get_highest_equivalent_value(
-                    h.get_value_from_index(nonzero[-1]))
-            self._bounds_stale = False
         return h
 
     def min(self) -> float | None:
