@@ -51,14 +51,7 @@ class ReadsMixin(SqliteConnection):
     @staticmethod
     def _range(since: float | None, until: float | None, col: str = "time"
                ) -> tuple[list[str], list[Any]]:
-        clauses, params = [], []
-        if since is not None:
-            clauses.append(f"{col} >= ?")
-            params.append(since)
-        if until is not None:
-            clauses.append(f"{col} < ?")
-            params.append(until)
-        return clauses, params
+        return rollups.range_clauses(col, since, until)
 
     def _where(self, since: float | None, until: float | None, glob: str | None,
                col: str = "time", ecol: str = "endpoint") -> tuple[str, list[Any]] | None:

@@ -108,14 +108,22 @@ class Window:
         return cls(lo, hi, tuple(edges), True)
 
 
-def _between(col: str, lo: float | None, hi: float | None) -> tuple[str, list[Any]]:
-    clauses, params = [], []
+def range_clauses(col: str, lo: float | None, hi: float | None
+                  ) -> tuple[list[str], list[Any]]:
+    """``lo <= col < hi`` (either bound None: open) as clauses and their parameters."""
+    clauses: list[str] = []
+    params: list[Any] = []
     if lo is not None:
         clauses.append(f"{col} >= ?")
         params.append(lo)
     if hi is not None:
         clauses.append(f"{col} < ?")
         params.append(hi)
+    return clauses, params
+
+
+def _between(col: str, lo: float | None, hi: float | None) -> tuple[str, list[Any]]:
+    clauses, params = range_clauses(col, lo, hi)
     return " AND ".join(clauses) or "1", params
 
 
