@@ -27,14 +27,16 @@ class StoreSource:
         self.since = since
         self.until = until
         self._stats: dict[str, Any] | None = None
-        self._fields: dict[str, list[Any]] = {}
+        self._all_fields: dict[str, list[Any]] | None = None
+        self._sets: dict[str, dict[str, int]] | None = None
         self._pairs: dict[str, tuple[int, int, int, int]] | None = None
         self._sketches: dict[str, tuple[Sketch, Sketch, Sketch]] | None = None
 
     def _all_stats(self) -> dict[str, Any]:
         if self._stats is None:
-            self._stats = {s.endpoint: s for s in
-                           self.store.endpoint_stats(self.since, self.until, "*")}
+            # counts only: the latency quantiles come from latency_sketches, read once
+            self._stats = {s.endpoint: s for s in self.store.endpoint_stats(
+                self.since, self.until, "*", quantiles=False)}
         return self._stats
 
     def endpoints(self) -> list[str]:
@@ -56,8 +58,9 @@ class StoreSource:
                      if f.noise and f.count > f.noise_count}
         if not noise_now:
             return Counts(s.exchanges, compared, s.diffs)
-        sets = self.store.diff_sets(self.since, self.until, glob_escape(endpoint))
-        n = forgiven(sets.get(endpoint, {}), noise_now)
+        if self._sets is None:
+            self._sets = self.store.diff_sets(self.since, self.until, "*")
+        n = forgiven(self._sets.get(endpoint, {}), noise_now)
         return Counts(s.exchanges, compared, s.diffs - n, n)
 
     def error_pairs(self, endpoint: str) -> ErrorPairs:
@@ -78,11 +81,17 @@ class StoreSource:
         p, c = self.store.latencies_of(list(endpoints), self.since, self.until)
         return list(p), list(c)
 
+    def use_sketches(self, sketches: dict[str, tuple[Sketch, Sketch, Sketch]]) -> None:
+        """The window's latency sketches, already read (by a report over the same
+        window and snapshot)."""
+        self._sketches = sketches
+
     def latency_quantiles(self, endpoints: Sequence[str], q: float
                           ) -> tuple[int, float | None, float | None]:
         """From the window's latency sketches (every pair, within 1/128)."""
         if self._sketches is None:
-            self._sketches = self.store.latency_sketches(self.since, self.until, "*")
+            self._sketches = self.store.latency_sketches(self.since, self.until, "*",
+                                                         secondary=False)
         ps, cs = Sketch(), Sketch()
         for ep in endpoints:
             got = self._sketches.get(ep)
@@ -92,11 +101,12 @@ class StoreSource:
         return ps.count, ps.quantile(q), cs.quantile(q)
 
     def _field_stats(self, endpoint: str) -> list[Any]:
-        cached = self._fields.get(endpoint)
-        if cached is None:
-            cached = self._fields[endpoint] = self.store.field_stats(
-                glob_escape(endpoint), self.since, self.until)
-        return cached
+        """The endpoint's field stats, from one read of every endpoint's."""
+        if self._all_fields is None:
+            self._all_fields = {}
+            for f in self.store.field_stats(None, self.since, self.until):
+                self._all_fields.setdefault(f.endpoint or "", []).append(f)
+        return self._all_fields.get(endpoint, [])
 
     def fields(self, endpoint: str, limit: int) -> list[FieldInfo]:
         out = [FieldInfo(f.endpoint or endpoint, f.field, f.exchanges, dict(f.kinds),

@@ -53,7 +53,7 @@ from typing import Any
 
 import orjson
 
-from ..store.base import EndpointStats, FieldStats, Store
+from ..store.base import EndpointStats, FieldStats, Store, with_quantiles
 from ..store.sketch import Sketch
 
 SCHEMA = "shadowproxy.report/1"
@@ -237,7 +237,8 @@ def field_example(store: Store, fs: FieldStats, cache: dict[str, Any], *,
 
 
 def evaluate_checks(store: Store, cfg: Any, since: float, until: float,
-                    now: float | None = None) -> dict[str, Any] | None:
+                    now: float | None = None, sketches: dict[str, Any] | None = None
+                    ) -> dict[str, Any] | None:
     """The config's canary checks over the same window, as :mod:`shadowproxy.checks`
     reports them (``report_doc``: verdict, exit_code, counts, checks[{name, verdict,
     critical, subchecks[{metric, threshold, verdict, summary, aggregate, endpoints}]}]);
@@ -251,7 +252,10 @@ def evaluate_checks(store: Store, cfg: Any, since: float, until: float,
     except ImportError:
         return None
     try:
-        rep = evaluate(cfg.checks, StoreSource(store, since, until), since=since,
+        source = StoreSource(store, since, until)
+        if sketches is not None:        # the window's latency sketches, read by the report
+            source.use_sketches(sketches)
+        rep = evaluate(cfg.checks, source, since=since,
                        until=until, store=getattr(store, "url", None),
                        generated_at=time.time() if now is None else now)
         doc: dict[str, Any] = _jsonable(report_doc(rep))
@@ -314,7 +318,11 @@ def build_report(store: Store, *, since: float, until: float, cfg: Any = None,
     checks when :mod:`shadowproxy.checks` is available, None leaves them out, a dict
     is used as it is."""
     now = time.time() if now is None else now
-    stats = store.endpoint_stats(since, until)
+    # the window's sketches, read once: the endpoints' quantiles and the latency section
+    sketches = store.latency_sketches(since, until, secondary=False)
+    none = (None, None, None)
+    stats = [with_quantiles(s, *sketches.get(s.endpoint, none)[:2])
+             for s in store.endpoint_stats(since, until, quantiles=False)]
     stats.sort(key=lambda s: (-s.diffs, -s.exchanges, s.endpoint))
     endpoints = [_endpoint_row(s) for s in stats]
     by_name = {e["endpoint"]: e for e in endpoints}
@@ -368,7 +376,6 @@ def build_report(store: Store, *, since: float, until: float, cfg: Any = None,
               for ep, pts in sorted(store.diff_rate_series(since, until, bucket).items(),
                                     key=lambda kv: (order.get(kv[0], 1 << 30), kv[0]))}
 
-    sketches = store.latency_sketches(since, until)
     latency = {}
     for e in endpoints:
         ps, cs, _ss = sketches.get(e["endpoint"], (Sketch(), Sketch(), Sketch()))
@@ -394,7 +401,7 @@ def build_report(store: Store, *, since: float, until: float, cfg: Any = None,
     totals["error_rate"] = _rate(totals["errors"], n)
 
     if checks == "auto":
-        checks = evaluate_checks(store, cfg, since, until, now)
+        checks = evaluate_checks(store, cfg, since, until, now, sketches)
 
     upstreams = getattr(cfg, "upstreams", None)
     secondary = bool(getattr(upstreams, "secondary", None)) if upstreams is not None else \

@@ -143,6 +143,16 @@ class StoreInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def with_quantiles(s: EndpointStats, primary: Sketch | None, candidate: Sketch | None
+                   ) -> EndpointStats:
+    """``s`` with its latency quantiles read off the window's sketches."""
+    qs = (0.50, 0.95, 0.99)
+    p = primary.quantiles(qs) if primary is not None else [None] * 3
+    c = candidate.quantiles(qs) if candidate is not None else [None] * 3
+    return dataclasses.replace(s, primary_p50=p[0], primary_p95=p[1], primary_p99=p[2],
+                               candidate_p50=c[0], candidate_p95=c[1], candidate_p99=c[2])
+
+
 def glob_escape(name: str) -> str:
     """An endpoint glob (fnmatch) that matches exactly ``name`` (names may hold ``*``)."""
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
@@ -194,7 +204,8 @@ class Store(Protocol):
 
     # -- reads
     def endpoint_stats(self, since: float | None = None, until: float | None = None,
-                       endpoint_glob: str = "*") -> list[EndpointStats]: ...
+                       endpoint_glob: str = "*", *, quantiles: bool = True
+                       ) -> list[EndpointStats]: ...
 
     def latencies(self, endpoint_glob: str = "*", since: float | None = None,
                   until: float | None = None) -> tuple[list[float], list[float]]:
@@ -208,7 +219,8 @@ class Store(Protocol):
         ...
 
     def latency_sketches(self, since: float | None = None, until: float | None = None,
-                         endpoint_glob: str = "*") -> dict[str, tuple[Sketch, Sketch, Sketch]]:
+                         endpoint_glob: str = "*", *, secondary: bool = True
+                         ) -> dict[str, tuple[Sketch, Sketch, Sketch]]:
         """endpoint → (primary, candidate, secondary) latency sketches of the window."""
         ...
 

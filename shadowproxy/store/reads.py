@@ -26,11 +26,12 @@ from .base import (
     FieldStats,
     NoiseRow,
     SeriesPoint,
+    with_quantiles,
 )
 from .documents import _json_value
-from .rollup import PAIR_WINDOW, Minute, Pairs, pair_key
+from .rollup import MAX_KEY, PAIR_WINDOW, Minute, Pairs, pair_key
 from .sketch import Sketch
-from .window import ALL, ROLLUP_COLS, SQLITE, Dialect, Query, Scope
+from .window import ALL, ROLLUP_COLS, SQLITE, Dialect, Query, Scope, range_clauses
 from .window import read as read_window
 
 EX_COLS = ("id", "time", "endpoint", "route", "method", "path", "query", "verdict",
@@ -74,14 +75,8 @@ class SharedReads:
     def _range(self, since: float | None, until: float | None, col: str = "time"
                ) -> tuple[list[str], list[Any]]:
         """Clauses for a time range (and the scope) on a table of results."""
-        clauses, params = list(self.scope.clauses), list(self.scope.params)
-        if since is not None:
-            clauses.append(f"{col} >= ?")
-            params.append(since)
-        if until is not None:
-            clauses.append(f"{col} < ?")
-            params.append(until)
-        return clauses, params
+        clauses, params = range_clauses(col, since, until)
+        return [*self.scope.clauses, *clauses], [*self.scope.params, *params]
 
     def _where(self, since: float | None, until: float | None, glob: str | None,
                col: str = "time", ecol: str = "endpoint") -> tuple[str, list[Any]] | None:
@@ -113,26 +108,31 @@ class SharedReads:
                                **parts)
 
     def endpoint_stats(self, since: float | None = None, until: float | None = None,
-                       endpoint_glob: str = "*") -> list[EndpointStats]:
-        """Counts from the aggregates; latency quantiles from the merged sketches of the
-        exchanges where both answered (within 1/128 of the exact values)."""
+                       endpoint_glob: str = "*", *, quantiles: bool = True
+                       ) -> list[EndpointStats]:
+        """Counts from the aggregates; latency quantiles (None without ``quantiles``)
+        from the merged sketches of the exchanges where both answered (within 1/128 of
+        the exact values)."""
         out = []
         for ep, m in sorted(self._aggregate(since, until, endpoint_glob,
-                                            sketches=True).items()):
+                                            sketches=quantiles).items()):
             n = m.counts
             if not n[0]:
                 continue
-            qs = (0.50, 0.95, 0.99)
-            out.append(EndpointStats(
+            out.append(with_quantiles(EndpointStats(
                 ep, n[0], n[1], n[2], n[3], n[4], n[5], n[6], n[7], n[8], n[9],
-                *m.primary.quantiles(qs), *m.candidate.quantiles(qs)))
+                None, None, None, None, None, None), m.primary if quantiles else None,
+                m.candidate if quantiles else None))
         return out
 
     def latency_sketches(self, since: float | None = None, until: float | None = None,
-                         endpoint_glob: str = "*") -> dict[str, tuple[Sketch, Sketch, Sketch]]:
-        """endpoint → (primary, candidate, secondary) sketches of the window."""
+                         endpoint_glob: str = "*", *, secondary: bool = True
+                         ) -> dict[str, tuple[Sketch, Sketch, Sketch]]:
+        """endpoint → (primary, candidate, secondary) sketches of the window (the
+        secondary's empty without ``secondary``)."""
         return {ep: (m.primary, m.candidate, m.secondary) for ep, m in
-                self._aggregate(since, until, endpoint_glob, sketches=True).items()}
+                self._aggregate(since, until, endpoint_glob, sketches=True,
+                                secondary=secondary).items()}
 
     def latencies(self, endpoint_glob: str = "*", since: float | None = None,
                   until: float | None = None) -> tuple[list[float], list[float]]:
@@ -159,7 +159,8 @@ class SharedReads:
         kw: dict[str, Any] = {"scope": self.scope, "dialect": self.dialect}
         with self._reading() as q:
             counted = read_window(q, since, until, eps, **kw)
-            if sum(m.counts[9] for m in counted.values()) <= PAIR_ROWS:
+            n = sum(m.counts[9] for m in counted.values())
+            if n <= PAIR_ROWS:
                 clauses, params = self._range(since, until)
                 if eps is not None:
                     clauses.append(f"endpoint IN ({','.join('?' * len(eps))})")
@@ -171,10 +172,20 @@ class SharedReads:
                         "WHERE " + " AND ".join(clauses), params):
                     rows.add(pair_key(xid), pl, cl, PAIR_WINDOW)
                 return rows.window(PAIR_WINDOW)
-            merged = Pairs()
-            for m in read_window(q, since, until, eps, pairs=True, **kw).values():
-                merged.merge(m.pairs)
-            return merged.window(PAIR_WINDOW)
+            # The pairs of smallest key: a uniform hash puts about PAIR_WINDOW of the
+            # N pairs below PAIR_WINDOW/N of the key range. Decode only those (with a
+            # margin); in the rare window where that bound leaves too few, widen it.
+            share = 1.5 * PAIR_WINDOW / n
+            while True:
+                bound = MAX_KEY + 1 if share >= 1 else int(share * (MAX_KEY + 1))
+                merged = Pairs(bound=bound)
+                for m in read_window(q, since, until, eps, pairs=True, pair_bound=bound,
+                                     counts=False, **kw).values():
+                    merged.merge(m.pairs)
+                got = merged.window(PAIR_WINDOW)
+                if len(got[0]) >= PAIR_WINDOW or merged.bound < bound or share >= 1:
+                    return got
+                share *= 4
 
     def error_pairs(self, since: float | None = None, until: float | None = None,
                     endpoint_glob: str = "*") -> dict[str, tuple[int, int, int, int]]:
@@ -225,14 +236,15 @@ class SharedReads:
         """endpoint → set of real fields (:func:`~shadowproxy.store.rollup.set_key`) →
         diff exchanges with exactly those real fields."""
         return {ep: m.diff_sets for ep, m in
-                self._aggregate(since, until, endpoint_glob, sets=True).items()}
+                self._aggregate(since, until, endpoint_glob, sets=True, counts=False).items()}
 
     def field_stats(self, endpoint: str | None = None, since: float | None = None,
                     until: float | None = None, limit: int | None = None) -> list[FieldStats]:
         """Per (endpoint, field): difference counts by kind, most frequent first, from the
         aggregates. ``endpoint`` may be a glob; None means all endpoints."""
         per: list[tuple[str, str, int, int, int, dict[str, int], dict[str, int]]] = []
-        for ep, m in self._aggregate(since, until, endpoint, fields=True).items():
+        for ep, m in self._aggregate(since, until, endpoint, fields=True,
+                                     counts=False).items():
             by_field: dict[str, list[Any]] = {}
             for (fld, kind), (n, nz, nx) in m.fields.items():
                 f = by_field.get(fld)
@@ -321,8 +333,18 @@ class SharedReads:
             clauses.append("verdict = ?")
             params.append(verdict)
         if field is not None:
-            clauses.append("id IN (SELECT exchange_id FROM differences WHERE field = ?)")
-            params.append(field)
+            # the differences of those endpoints and that time, through the (endpoint,
+            # field, time) index: every endpoint named, also when none was asked for
+            eps = self._endpoint_filter(endpoint, since, until)
+            if eps is None:
+                eps = self.endpoints(since, until)
+            if not eps:
+                return []
+            sub, sub_params = self._range(since, until)
+            sub.append(f"endpoint IN ({','.join('?' * len(eps))})")
+            clauses.append("id IN (SELECT exchange_id FROM differences WHERE field = ? AND "
+                           + " AND ".join(sub) + ")")
+            params.extend([field, *sub_params, *eps])
         sql = f"SELECT {','.join(_EX_COLS)} FROM exchanges"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
@@ -395,9 +417,12 @@ class SharedReads:
         return out
 
     def time_range(self) -> tuple[float, float] | None:
+        # two subqueries: each is one step down the time index (min and max together
+        # in one SELECT would scan the table)
         clauses, params = self._range(None, None)
         where = " WHERE " + " AND ".join(clauses) if clauses else ""
-        row = self._read(f"SELECT min(time), max(time) FROM exchanges{where}", params)[0]
+        row = self._read(f"SELECT (SELECT min(time) FROM exchanges{where}), "
+                         f"(SELECT max(time) FROM exchanges{where})", [*params, *params])[0]
         return None if row[0] is None else (float(row[0]), float(row[1]))
 
     def rollup_totals(self, since: float | None = None, until: float | None = None,

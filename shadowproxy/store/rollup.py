@@ -37,7 +37,6 @@ The latency pair sample
 from __future__ import annotations
 
 import hashlib
-import heapq
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
@@ -47,7 +46,7 @@ from ..models import Result
 from .sketch import Sketch
 
 PAIR_SAMPLE = 128         # latency pairs a minute keeps (of smallest key)
-PAIR_WINDOW = 32768       # latency pairs a reader takes from a window (of smallest key)
+PAIR_WINDOW = 16384       # latency pairs a reader takes from a window (of smallest key)
 MAX_SET_FIELDS = 16       # real fields of one diff exchange kept as a set
 MANY_FIELDS = "*"         # the set of an exchange with more fields (never forgiven)
 SEP = "\n"                # joins a set's fields (a field name never holds a newline)
@@ -97,8 +96,9 @@ class Pairs:
     def trim(self, k: int) -> None:
         """Keep the ``k`` of smallest key (and lower the bound accordingly)."""
         below = [it for it in self.items if it[0] < self.bound]
+        below.sort()            # a sort beats a heap when k is near the length (at most 2k)
         if len(below) > k:
-            below = heapq.nsmallest(k + 1, below)
+            below = below[:k + 1]
             self.bound = below[k][0]
             below = below[:k]
         self.items = below
@@ -133,8 +133,8 @@ class Pairs:
 
     def window(self, k: int = PAIR_WINDOW) -> tuple[list[float], list[float]]:
         """The sample's pairs, ascending by key: (primary latencies, candidate latencies)."""
-        self.trim(k)
-        chosen = sorted(it for it in self.items if it[0] < self.bound)
+        self.trim(k)            # leaves the items below the bound, ascending by key
+        chosen = self.items
         return [p for _k, p, _c in chosen], [c for _k, _p, c in chosen]
 
     def to_bytes(self) -> bytes:
@@ -226,16 +226,40 @@ class Minute:
             self.diff_sets[key] = self.diff_sets.get(key, 0) + 1
 
     def add_result(self, res: Result) -> None:
+        """:meth:`add_exchange` and :meth:`add_differences` of one result, inlined (the
+        store's writer runs this for every result it writes)."""
         ex = res.exchange
         p, c, s = ex.primary, ex.candidate, ex.secondary
-        self.add_exchange(exchange_id=ex.id, verdict=res.verdict, p_status=p.status,
-                          p_error=p.error, p_latency=p.latency, c_status=c.status,
-                          c_error=c.error, c_latency=c.latency,
-                          s_status=s.status if s else None, s_error=s.error if s else None,
-                          s_latency=s.latency if s else None)
-        nf = res.noise_fields
-        self.add_differences(res.verdict, [(d.field, d.kind, d.field in nf)
-                                           for d in res.differences])
+        n = self.counts
+        ps, pe, cs, ce = p.status, p.error, c.status, c.error
+        n[0] += 1
+        n[_VERDICT_COL.get(res.verdict, 4)] += 1
+        if 500 <= cs <= 599:
+            n[5] += 1
+        if 500 <= ps <= 599:
+            n[6] += 1
+        if ce is not None:
+            n[7] += 1
+        if pe is not None:
+            n[8] += 1
+        cf = ce is not None or cs <= 0 or 500 <= cs <= 599
+        pf = pe is not None or ps <= 0 or 500 <= ps <= 599
+        if cf or pf:
+            n[10 if cf and pf else 11 if cf else 12] += 1
+        if pe is None and ce is None and ps > 0 and cs > 0:
+            n[9] += 1
+            pl, cl = p.latency, c.latency
+            self.sums[0] += pl
+            self.sums[1] += cl
+            self.primary.add(pl)
+            self.candidate.add(cl)
+            self.pairs.add(pair_key(ex.id), pl, cl)
+        if s is not None and s.error is None and s.status > 0:
+            self.secondary.add(s.latency)
+        if res.differences:
+            nf = res.noise_fields
+            self.add_differences(res.verdict, [(f, d.kind, f in nf) for d in res.differences
+                                               for f in (d.field,)])
 
     def merge(self, other: Minute) -> Minute:
         for i, v in enumerate(other.counts):

@@ -2,7 +2,7 @@
 (:mod:`shadowproxy.store.rollup`), for every engine.
 
 A window is read as its whole minutes, from the aggregate tables (``rollups``,
-``field_rollups``, ``diff_sets``), plus its ragged ends (less than a minute each),
+``rollup_blobs``, ``field_rollups``, ``diff_sets``), plus its ragged ends (less than a minute each),
 aggregated from the exchange and difference rows by the same code that builds the
 aggregates: the counts of a window are exactly those of its rows, whatever its bounds.
 
@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .rollup import Minute, Pairs
+from .rollup import Minute
 
 # run one statement (``?`` placeholders) and give its rows
 Query = Callable[[str, Sequence[Any]], Iterable[Sequence[Any]]]
@@ -30,7 +30,9 @@ ROLLUP_COLS = ("exchanges", "matches", "diffs", "noise", "errors", "candidate_5x
                "primary_5xx", "candidate_errors", "primary_errors", "latency_pairs",
                "both_failed", "candidate_only_failed", "primary_only_failed",
                "primary_latency_sum", "candidate_latency_sum")
-ROLLUP_BLOBS = ("primary_sketch", "candidate_sketch", "secondary_sketch", "pairs")
+# the kinds of rollup_blobs: a latency sketch per side and the pair sample (apart from the
+# counters, so that reading counts never reads the blobs' pages)
+ROLLUP_BLOBS = ("primary", "candidate", "secondary", "pairs")
 COUNT_COLS = ROLLUP_COLS[:-2]      # the counters (the last two are latency sums)
 EDGE_COLS = ("id", "endpoint", "verdict", "primary_status", "primary_error",
              "primary_latency", "candidate_status", "candidate_error", "candidate_latency",
@@ -72,13 +74,14 @@ def blobs(m: Minute) -> tuple[bytes | None, ...]:
             m.pairs.to_bytes() if m.pairs.items else None)
 
 
-def merge_blobs(m: Minute, old: Sequence[Any]) -> None:
-    """Merge stored blobs (:data:`ROLLUP_BLOBS`' order) into ``m``."""
-    m.primary.merge_bytes(old[0])
-    m.candidate.merge_bytes(old[1])
-    m.secondary.merge_bytes(old[2])
-    if old[3] is not None:
-        m.pairs.merge(Pairs.from_bytes(bytes(old[3])))
+def merge_blob(m: Minute, kind: str, blob: bytes | memoryview | None) -> None:
+    """Merge one stored blob of ``kind`` (one of :data:`ROLLUP_BLOBS`) into ``m``."""
+    if blob is None:
+        return
+    if kind == "pairs":
+        m.pairs.merge_bytes(bytes(blob))
+    else:
+        getattr(m, kind).merge_bytes(bytes(blob))
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,15 +108,23 @@ class Window:
         return cls(lo, hi, tuple(edges), True)
 
 
-def between(col: str, lo: float | None, hi: float | None) -> tuple[str, list[Any]]:
-    """``col`` in ``[lo, hi)`` (either open when None)."""
-    clauses, params = [], []
+def range_clauses(col: str, lo: float | None, hi: float | None
+                  ) -> tuple[list[str], list[Any]]:
+    """``lo <= col < hi`` (either bound None: open) as clauses and their parameters."""
+    clauses: list[str] = []
+    params: list[Any] = []
     if lo is not None:
         clauses.append(f"{col} >= ?")
         params.append(lo)
     if hi is not None:
         clauses.append(f"{col} < ?")
         params.append(hi)
+    return clauses, params
+
+
+def between(col: str, lo: float | None, hi: float | None) -> tuple[str, list[Any]]:
+    """``col`` in ``[lo, hi)`` (either open when None)."""
+    clauses, params = range_clauses(col, lo, hi)
     return " AND ".join(clauses) or "1=1", params
 
 
@@ -126,10 +137,14 @@ def endpoint_clause(endpoints: Sequence[str] | None, col: str = "endpoint"
 
 def read(q: Query, since: float | None, until: float | None,
          endpoints: Sequence[str] | None, *, scope: Scope = ALL, dialect: Dialect = SQLITE,
-         sketches: bool = False, pairs: bool = False, fields: bool = False,
-         sets: bool = False) -> dict[str, Minute]:
+         sketches: bool = False, secondary: bool = False, pairs: bool = False,
+         fields: bool = False, sets: bool = False, pair_bound: int | None = None,
+         counts: bool = True) -> dict[str, Minute]:
     """endpoint → the aggregate of the window (``endpoints``: None for all). Only the
-    parts asked for are read (the counts always)."""
+    parts asked for are read (the counts unless ``counts`` is False; ``sketches``:
+    the primary's and the candidate's, ``secondary``: the secondary's too).
+    ``pair_bound``: only pairs of a smaller key are wanted (see
+    :class:`shadowproxy.store.rollup.Pairs`)."""
     if endpoints is not None and not endpoints:
         return {}
     win = Window.of(since, until)
@@ -139,6 +154,8 @@ def read(q: Query, since: float | None, until: float | None,
         m = out.get(ep)
         if m is None:
             m = out[ep] = Minute()
+            if pair_bound is not None:
+                m.pairs.bound = pair_bound
         return m
 
     if win.whole:
@@ -147,24 +164,18 @@ def read(q: Query, since: float | None, until: float | None,
         where = f"{where} AND {ewhere}{scope.sql()}"
         params = params + eparams + list(scope.params)
         sums = ",".join(f"sum({k})" for k in ROLLUP_COLS)
-        for row in q(f"SELECT endpoint, {sums} FROM rollups WHERE {where} "
-                     "GROUP BY endpoint", params):
-            m = minute_for(row[0])
-            m.counts = [int(v or 0) for v in row[1:1 + len(COUNT_COLS)]]
-            m.sums = [float(row[-2] or 0.0), float(row[-1] or 0.0)]
-        blob_cols = [b for b, want in zip(ROLLUP_BLOBS, (sketches, sketches, sketches, pairs),
-                                          strict=True) if want]
-        if blob_cols:
-            for row in q(f"SELECT endpoint, {','.join(blob_cols)} FROM rollups "
-                         f"WHERE {where}", params):
+        if counts:
+            for row in q(f"SELECT endpoint, {sums} FROM rollups WHERE {where} "
+                         "GROUP BY endpoint", params):
                 m = minute_for(row[0])
-                for col, blob in zip(blob_cols, row[1:], strict=True):
-                    if blob is None:
-                        continue
-                    if col == "pairs":
-                        m.pairs.merge_bytes(bytes(blob))
-                    else:
-                        getattr(m, col[:-len("_sketch")]).merge_bytes(bytes(blob))
+                m.counts = [int(v or 0) for v in row[1:1 + len(COUNT_COLS)]]
+                m.sums = [float(row[-2] or 0.0), float(row[-1] or 0.0)]
+        kinds = [k for k, want in zip(ROLLUP_BLOBS, (sketches, sketches, secondary, pairs),
+                                      strict=True) if want]
+        for kind in kinds:
+            for ep, blob in q(f"SELECT endpoint, data FROM rollup_blobs WHERE kind=? AND "
+                              f"{where}", [kind, *params]):
+                merge_blob(minute_for(ep), kind, blob)
         if fields:
             for ep, fld, kind, n, nz, nx in q(
                     "SELECT endpoint, field, kind, sum(rows), sum(noise_rows), sum(exchanges) "

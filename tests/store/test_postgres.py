@@ -59,6 +59,16 @@ def test_two_writers_count_everything_once_and_filter_by_instance(pg_url):
                 [(f.endpoint, f.field, f.count, f.exchanges) for f in ref.field_stats()]
             assert s.diff_sets() == ref.diff_sets()
             assert s.latencies("*") == ref.latencies("*")
+            # the aggregates' blobs: one row a kind, minute, endpoint and instance,
+            # merged across instances by the readers
+            assert s._read("SELECT DISTINCT instance FROM rollup_blobs ORDER BY 1") == \
+                [("pod-a",), ("pod-b",)]
+            qs = (0.5, 0.95, 0.99)
+            got, want = s.latency_sketches(), ref.latency_sketches()
+            assert sorted(got) == sorted(want)
+            for ep, sides in want.items():
+                for g, w in zip(got[ep], sides, strict=True):
+                    assert (g.count, g.quantiles(qs)) == (w.count, w.quantiles(qs))
             assert s.info().exchanges == 480
             assert s.info().extra["instances"] == ["pod-a", "pod-b"]
             assert s.outcome_counts() == {"mirrored": {"": 7}}
@@ -105,8 +115,10 @@ def test_results_go_into_day_partitions_and_retention_drops_whole_days(pg_url):
     assert store.verdict_counts(since=(today - 3) * 86400)["diff"] == 40
     assert store._read("SELECT count(*) FROM sample_keys WHERE time < ?",
                        ((today - 7) * 86400,)) == [(0,)]
-    assert store._read("SELECT count(*) FROM rollups WHERE minute < ?",
-                       ((today - 7) * 86400,)) == [(0,)]
+    for table in ("rollups", "rollup_blobs"):
+        assert store._read(f"SELECT count(*) FROM {table} WHERE minute < ?",
+                           ((today - 7) * 86400,)) == [(0,)]
+    assert store._read("SELECT count(*) FROM rollup_blobs")[0][0] > 0
     # by size: the oldest days go until under the limit; the newest is kept
     used = store.used_bytes()
     dropped = store.cleanup(now, None, used - 1)

@@ -243,3 +243,29 @@ def test_store_migrate_command_upgrades_a_schema_1_store(tmp_path: Path) -> None
     assert raw.execute("SELECT count(*) FROM exchanges").fetchone() == (300,)
     assert raw.execute("SELECT count(*) FROM field_rollups").fetchone()[0] > 0
     raw.close()
+
+
+@pytest.mark.parametrize("per_minute", [40, 400])
+def test_a_large_windows_pair_sample_is_its_pairs_of_smallest_key(
+        store_url: str, monkeypatch: pytest.MonkeyPatch, per_minute: int) -> None:
+    """Beyond PAIR_ROWS pairs a window is sampled from the minutes' samples with a bound
+    estimated from its pair count: the sample is still exactly its pairs of smallest key
+    (or, where minutes kept only part of theirs, every pair below their bound)."""
+    from shadowproxy.store import reads  # the engines' shared reads
+    from shadowproxy.store.rollup import PAIR_SAMPLE, pair_key
+
+    monkeypatch.setattr(reads, "PAIR_ROWS", 100)
+    monkeypatch.setattr(reads, "PAIR_WINDOW", 64)
+    rs = results(per_minute * 20, 21, span=20 * 60)
+    store = open_store(store_url)       # on each engine (the shared reads)
+    store.write_results(rs)
+    ok = sorted((pair_key(r.exchange.id), r.exchange.primary.latency) for r in rs
+                if pair_ok(r.exchange.primary.status, r.exchange.primary.error,
+                           r.exchange.candidate.status, r.exchange.candidate.error))
+    p, _c = store.latencies("*")
+    if per_minute <= PAIR_SAMPLE:       # every minute kept all its pairs: exact bottom-64
+        assert p == [lat for _k, lat in ok[:64]]
+    else:                               # a uniform sample: the pairs below some bound
+        assert 0 < len(p) <= 64 and p == [lat for _k, lat in ok[:len(p)]]
+    assert store.latencies("GET /e1", T0 + 60, T0 + 1100)[0]       # ragged ends too
+    store.close()

@@ -9,6 +9,9 @@ Tables (every result row and every aggregate row carries the ``instance`` that w
     ``rollups``, ``field_rollups``, ``diff_sets``, ``outcomes``   per minute, endpoint
         and instance (and field/kind, field set, outcome/reason): each instance writes
         only its own rows, readers sum across instances.
+    ``rollup_blobs``  per kind (a latency sketch per side, the pair sample), minute,
+        endpoint and instance: the aggregates' blobs, apart from the counters so that
+        reading counts never reads them; readers merge across instances.
     ``noise``        the noise learners' evidence per (endpoint, field), last writer wins.
     ``schema_version``  the versions applied (the highest is the store's).
 
@@ -29,7 +32,7 @@ PARTITION_LOCK = 0x5348_4144_0002      # ... of partition creation and dropping
 # the partitioned tables (by day on time)
 PARTITIONED = ("exchanges", "differences", "samples")
 # per-minute tables kept by age
-BY_AGE = ("rollups", "field_rollups", "diff_sets", "outcomes")
+BY_AGE = ("rollups", "rollup_blobs", "field_rollups", "diff_sets", "outcomes")
 
 _COUNTERS = ("exchanges", "matches", "diffs", "noise", "errors", "candidate_5xx",
              "primary_5xx", "candidate_errors", "primary_errors", "latency_pairs",
@@ -110,11 +113,15 @@ CREATE TABLE IF NOT EXISTS rollups (
     {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in _COUNTERS)},
     primary_latency_sum DOUBLE PRECISION NOT NULL DEFAULT 0,
     candidate_latency_sum DOUBLE PRECISION NOT NULL DEFAULT 0,
-    primary_sketch BYTEA,
-    candidate_sketch BYTEA,
-    secondary_sketch BYTEA,
-    pairs BYTEA,
     PRIMARY KEY (minute, endpoint, instance)
+);
+CREATE TABLE IF NOT EXISTS rollup_blobs (
+    kind TEXT NOT NULL,
+    minute BIGINT NOT NULL,
+    endpoint TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    data BYTEA NOT NULL,
+    PRIMARY KEY (kind, minute, endpoint, instance)
 );
 CREATE TABLE IF NOT EXISTS field_rollups (
     minute BIGINT NOT NULL,
@@ -161,7 +168,7 @@ CREATE TABLE IF NOT EXISTS noise (
 """
 
 TABLES = frozenset({"schema_version", "exchanges", "differences", "samples", "sample_keys",
-                    "rollups", "field_rollups", "diff_sets", "outcomes", "noise"})
+                    "rollups", "rollup_blobs", "field_rollups", "diff_sets", "outcomes", "noise"})
 
 # version → the migration that brings a store from version - 1 to it (given a cursor,
 # inside the migration's transaction; → what it did, for the log)

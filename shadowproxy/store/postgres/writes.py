@@ -23,7 +23,7 @@ from ..base import OutcomeRow
 from ..documents import _json_text, _sample_keys, sample_document
 from ..reads import EX_COLS
 from ..rollup import Minute, rollup
-from ..window import ROLLUP_BLOBS, ROLLUP_COLS, blobs, merge_blobs
+from ..window import ROLLUP_BLOBS, ROLLUP_COLS, blobs, merge_blob
 from . import partitions
 from .connection import PgConnection
 
@@ -166,29 +166,36 @@ class WritesMixin(PgConnection):
         if not minutes:
             return
         inst = self.instance
-        keys = list(minutes)
-        # this instance's blobs for these minutes (locked: a second process under the
-        # same instance name waits rather than losing a merge)
+        # this instance's blobs for these minutes: one range of the (kind, minute,
+        # endpoint, instance) key a kind (a batch spans a few minutes); locked, so that a
+        # second process under the same instance name waits rather than losing a merge
+        lo, hi = min(k[0] for k in minutes), max(k[0] for k in minutes)
         cur.execute(
-            f"SELECT r.minute, r.endpoint, {','.join('r.' + b for b in ROLLUP_BLOBS)} "
-            "FROM rollups r JOIN unnest(%s::bigint[], %s::text[]) AS k(minute, endpoint) "
-            "ON r.minute = k.minute AND r.endpoint = k.endpoint WHERE r.instance = %s "
-            "FOR UPDATE OF r",
-            ([k[0] for k in keys], [k[1] for k in keys], inst))
-        have = {(int(r[0]), r[1]): r[2:] for r in cur.fetchall()}
-        rows = []
+            "SELECT kind, minute, endpoint, data FROM rollup_blobs WHERE kind = ANY(%s) AND "
+            "minute BETWEEN %s AND %s AND instance = %s FOR UPDATE",
+            (list(ROLLUP_BLOBS), lo, hi, inst))
+        have = {(kind, int(minute), endpoint): data
+                for kind, minute, endpoint, data in cur.fetchall()}
+        rows: list[tuple[Any, ...]] = []
+        blob_rows: list[tuple[Any, ...]] = []
         for (minute, endpoint), m in minutes.items():
-            old = have.get((minute, endpoint))
-            if old is not None:
-                merge_blobs(m, old)
-            rows.append((minute, endpoint, inst, *m.counts, *m.sums, *blobs(m)))
-        cols = ",".join(ROLLUP_COLS + ROLLUP_BLOBS)
-        sets = ",".join([f"{k}=rollups.{k}+excluded.{k}" for k in ROLLUP_COLS] +
-                        [f"{k}=excluded.{k}" for k in ROLLUP_BLOBS])
-        marks = ",".join(["%s"] * (3 + len(ROLLUP_COLS) + len(ROLLUP_BLOBS)))
+            for kind in ROLLUP_BLOBS:
+                merge_blob(m, kind, have.get((kind, minute, endpoint)))
+            rows.append((minute, endpoint, inst, *m.counts, *m.sums))
+            blob_rows.extend((kind, minute, endpoint, inst, data)
+                             for kind, data in zip(ROLLUP_BLOBS, blobs(m), strict=True)
+                             if data is not None)
+        cols = ",".join(ROLLUP_COLS)
+        sets = ",".join(f"{k}=rollups.{k}+excluded.{k}" for k in ROLLUP_COLS)
+        marks = ",".join(["%s"] * (3 + len(ROLLUP_COLS)))
         cur.executemany(f"INSERT INTO rollups(minute, endpoint, instance, {cols}) VALUES "
                         f"({marks}) ON CONFLICT (minute, endpoint, instance) DO UPDATE SET "
                         f"{sets}", rows)
+        if blob_rows:
+            cur.executemany(
+                "INSERT INTO rollup_blobs(kind, minute, endpoint, instance, data) "
+                "VALUES (%s,%s,%s,%s,%s) ON CONFLICT (kind, minute, endpoint, instance) "
+                "DO UPDATE SET data=excluded.data", blob_rows)
         field_rows = [(minute, endpoint, inst, fld, kind, *row)
                       for (minute, endpoint), m in minutes.items()
                       for (fld, kind), row in m.fields.items()]

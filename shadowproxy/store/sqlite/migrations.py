@@ -23,15 +23,13 @@ log = logging.getLogger("shadowproxy.store")
 # the columns schema 2 adds to rollups
 _ROLLUPS_2 = (("both_failed", "INTEGER NOT NULL DEFAULT 0"),
               ("candidate_only_failed", "INTEGER NOT NULL DEFAULT 0"),
-              ("primary_only_failed", "INTEGER NOT NULL DEFAULT 0"),
-              ("primary_sketch", "BLOB"), ("candidate_sketch", "BLOB"),
-              ("secondary_sketch", "BLOB"), ("pairs", "BLOB"))
+              ("primary_only_failed", "INTEGER NOT NULL DEFAULT 0"))
 
 
 def _to_2(c: sqlite3.Connection) -> str:
-    """Per-minute aggregates for reads that scale: failures on the same exchange,
-    latency sketches and pair samples in ``rollups``; ``field_rollups``, ``diff_sets``;
-    all filled from the rows still stored."""
+    """Per-minute aggregates for reads that scale: failures on the same exchange in
+    ``rollups``; latency sketches and pair samples (``rollup_blobs``), ``field_rollups``,
+    ``diff_sets``; all filled from the rows still stored."""
     have = {r[1] for r in c.execute("PRAGMA table_info(rollups)")}
     for name, decl in _ROLLUPS_2:
         if name not in have:

@@ -36,7 +36,7 @@ VACUUM_STEP = 8 * 1024 * 1024     # bytes of free pages given back per transacti
 FREE_SLACK = 0.02                 # share of the file's pages left free for the writes
 
 # per-minute tables kept by age only (not by the size limit); those the schema has
-_BY_AGE = ("rollups", "field_rollups", "diff_sets", "outcomes")
+_BY_AGE = ("rollups", "rollup_blobs", "field_rollups", "diff_sets", "outcomes")
 
 
 class RetentionMixin(SqliteConnection):

@@ -18,9 +18,10 @@ from ..sketch import Sketch
 from ..window import COUNT_COLS as _COUNT_COLS
 from ..window import ROLLUP_BLOBS as _ROLLUP_BLOBS
 from ..window import ROLLUP_COLS as _ROLLUP_COLS
-from ..window import Window, blobs, merge_blobs
+from ..window import Window, merge_blob, range_clauses
+from ..window import blobs as _blobs
 
-__all__ = ["Window", "backfill", "edge", "read", "sketch_or_none", "write"]
+__all__ = ["Window", "backfill", "edge", "range_clauses", "read", "sketch_or_none", "write"]
 
 
 def write(c: sqlite3.Connection, results: Iterable[Any]) -> None:
@@ -28,28 +29,33 @@ def write(c: sqlite3.Connection, results: Iterable[Any]) -> None:
     minutes = rollup(results)
     if not minutes:
         return
-    # the blobs these minutes have already, in one query per 200 minutes
-    have: dict[tuple[int, str], tuple[Any, ...]] = {}
-    keys = list(minutes)
-    for i in range(0, len(keys), 200):
-        part = keys[i:i + 200]
-        for row in c.execute(
-                f"SELECT minute, endpoint, {','.join(_ROLLUP_BLOBS)} FROM rollups WHERE "
-                f"(minute, endpoint) IN (VALUES {','.join(['(?,?)'] * len(part))})",
-                [v for k in part for v in k]):
-            have[(row[0], row[1])] = row[2:]
-    rows = []
+    # the blobs these minutes have already: one range of the (kind, minute, endpoint)
+    # key a kind (a batch spans a few minutes)
+    have: dict[tuple[str, int, str], bytes] = {}
+    lo, hi = min(k[0] for k in minutes), max(k[0] for k in minutes)
+    for kind in _ROLLUP_BLOBS:
+        for minute, endpoint, data in c.execute(
+                "SELECT minute, endpoint, data FROM rollup_blobs WHERE kind=? AND "
+                "minute BETWEEN ? AND ?", (kind, lo, hi)):
+            if (minute, endpoint) in minutes:
+                have[(kind, minute, endpoint)] = data
+    rows: list[tuple[Any, ...]] = []
+    blobs: list[tuple[str, int, str, bytes]] = []
     for (minute, endpoint), m in minutes.items():
-        old = have.get((minute, endpoint))
-        if old is not None:
-            merge_blobs(m, old)
-        rows.append((minute, endpoint, *m.counts, *m.sums, *blobs(m)))
-    cols = ",".join(_ROLLUP_COLS + _ROLLUP_BLOBS)
-    sets = ",".join([f"{k}={k}+excluded.{k}" for k in _ROLLUP_COLS] +
-                    [f"{k}=excluded.{k}" for k in _ROLLUP_BLOBS])
+        for kind in _ROLLUP_BLOBS:
+            merge_blob(m, kind, have.get((kind, minute, endpoint)))
+        rows.append((minute, endpoint, *m.counts, *m.sums))
+        blobs.extend((kind, minute, endpoint, data)
+                     for kind, data in zip(_ROLLUP_BLOBS, _blobs(m), strict=True)
+                     if data is not None)
+    cols = ",".join(_ROLLUP_COLS)
+    sets = ",".join(f"{k}={k}+excluded.{k}" for k in _ROLLUP_COLS)
     c.executemany(f"INSERT INTO rollups(minute, endpoint, {cols}) VALUES "
-                  f"(?,?,{','.join('?' * (len(_ROLLUP_COLS) + len(_ROLLUP_BLOBS)))}) "
+                  f"(?,?,{','.join('?' * len(_ROLLUP_COLS))}) "
                   f"ON CONFLICT(minute, endpoint) DO UPDATE SET {sets}", rows)
+    c.executemany("INSERT INTO rollup_blobs(kind, minute, endpoint, data) VALUES (?,?,?,?) "
+                  "ON CONFLICT(kind, minute, endpoint) DO UPDATE SET data=excluded.data",
+                  blobs)
     _write_fields(c, minutes)
 
 
@@ -69,11 +75,13 @@ def _write_fields(c: sqlite3.Connection, minutes: dict[tuple[int, str], Minute])
 
 
 def read(c: sqlite3.Connection, since: float | None, until: float | None,
-         endpoints: Sequence[str] | None, *, sketches: bool = False, pairs: bool = False,
-         fields: bool = False, sets: bool = False) -> dict[str, Minute]:
+         endpoints: Sequence[str] | None, *, sketches: bool = False, secondary: bool = False,
+         pairs: bool = False, fields: bool = False, sets: bool = False,
+         pair_bound: int | None = None, counts: bool = True) -> dict[str, Minute]:
     """endpoint → the aggregate of the window (:func:`shadowproxy.store.window.read`)."""
-    return window.read(c.execute, since, until, endpoints, sketches=sketches, pairs=pairs,
-                       fields=fields, sets=sets)
+    return window.read(c.execute, since, until, endpoints, sketches=sketches,
+                       secondary=secondary, pairs=pairs, fields=fields, sets=sets,
+                       pair_bound=pair_bound, counts=counts)
 
 
 def edge(c: sqlite3.Connection, t0: float | None, t1: float | None,
@@ -104,10 +112,14 @@ def backfill(c: sqlite3.Connection, step: int = 3600) -> int:
                 parts[(m0, ep)] = m
                 done += m.counts[0]
         c.executemany(
-            f"UPDATE rollups SET {','.join(f'{k}=?' for k in new_counts)}, "
-            f"{','.join(f'{k}=?' for k in _ROLLUP_BLOBS)} WHERE minute=? AND endpoint=?",
-            [(*(m.counts[i] for i in idx), *blobs(m), m0, ep)
-             for (m0, ep), m in parts.items()])
+            f"UPDATE rollups SET {','.join(f'{k}=?' for k in new_counts)} "
+            "WHERE minute=? AND endpoint=?",
+            [(*(m.counts[i] for i in idx), m0, ep) for (m0, ep), m in parts.items()])
+        c.executemany(
+            "INSERT OR REPLACE INTO rollup_blobs(kind, minute, endpoint, data) "
+            "VALUES (?,?,?,?)",
+            [(kind, m0, ep, data) for (m0, ep), m in parts.items()
+             for kind, data in zip(_ROLLUP_BLOBS, _blobs(m), strict=True) if data is not None])
         _write_fields(c, parts)
         t += step
     return done

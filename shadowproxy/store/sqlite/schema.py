@@ -91,11 +91,14 @@ CREATE TABLE IF NOT EXISTS rollups (
     both_failed INTEGER NOT NULL DEFAULT 0,
     candidate_only_failed INTEGER NOT NULL DEFAULT 0,
     primary_only_failed INTEGER NOT NULL DEFAULT 0,
-    primary_sketch BLOB,
-    candidate_sketch BLOB,
-    secondary_sketch BLOB,
-    pairs BLOB,
     PRIMARY KEY (minute, endpoint)
+);
+CREATE TABLE IF NOT EXISTS rollup_blobs (
+    kind TEXT NOT NULL,
+    minute INTEGER NOT NULL,
+    endpoint TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (kind, minute, endpoint)
 );
 CREATE TABLE IF NOT EXISTS field_rollups (
     minute INTEGER NOT NULL,
@@ -137,13 +140,13 @@ CREATE TABLE IF NOT EXISTS noise (
 );
 """
 _TABLES = {"schema_version", "exchanges", "differences", "samples", "sample_keys", "rollups",
-           "field_rollups", "diff_sets", "outcomes", "noise"}
+           "rollup_blobs", "field_rollups", "diff_sets", "outcomes", "noise"}
 
 _EX_COLS = ("id", "time", "endpoint", "route", "method", "path", "query", "verdict",
             "primary_status", "candidate_status", "secondary_status", "primary_latency",
             "candidate_latency", "secondary_latency", "primary_size", "candidate_size",
             "primary_error", "candidate_error", "diff_count", "noise_count", "sampled")
-# the rollups' counters and sums, and their blobs (shared by the engines)
+# the rollups' counters and sums, and the kinds of rollup_blobs (shared by the engines)
 _ROLLUP_COLS = ROLLUP_COLS
 _ROLLUP_BLOBS = ROLLUP_BLOBS
 

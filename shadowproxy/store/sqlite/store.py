@@ -20,7 +20,8 @@ Concurrency
     A :class:`SqliteStore` object is thread-safe (one lock around its connection);
     readers in other threads or processes should open their own (``readonly=True``).
 
-Schema (version 1; the ``schema_version`` table holds the version)
+Schema (version 2; the ``schema_version`` table holds the versions a store has been
+through; :mod:`.migrations` brings an older store forward when it is opened for writing)
     ``exchanges``    one row per judged exchange: the endpoint, the redacted query,
                      status/latency/size/error of each upstream, the verdict and the
                      difference counts. No headers, no bodies.
@@ -42,11 +43,16 @@ Schema (version 1; the ``schema_version`` table holds the version)
                      Never for a ``summary_only`` result (redacted only as far as the
                      summary needs, when :meth:`SqliteStore.keeps_sample` said no).
     ``sample_keys``  which (endpoint, field) each sample was kept for.
-    ``rollups``      per minute and endpoint: exchanges, verdict counts, 5xx and error
-                     counts, latency sums. Kept by age only (not by the size limit),
-                     so the diff-rate series outlives the detail. Latency percentiles
-                     are computed from the ``exchanges`` rows (exact, over the pairs
-                     where both primary and candidate answered), not from rollups.
+    ``rollups``      per minute and endpoint (:mod:`shadowproxy.store.rollup`):
+                     exchanges, verdict counts, 5xx and error counts, failures of both
+                     sides on the same exchange, latency sums, a latency sketch per
+                     side and a bottom-k sample of latency pairs. Kept by age only (not
+                     by the size limit), so the figures of a window outlive its rows.
+    ``field_rollups`` per minute, endpoint, field and kind: difference rows, rows
+                     judged noise, exchanges.
+    ``diff_sets``    per minute and endpoint: diff exchanges per set of real fields.
+                     Readers (:mod:`.reads`, :mod:`.rollups`) answer from these three,
+                     plus the rows of a window's ragged ends (under a minute each).
     ``outcomes``     per minute, endpoint, outcome and reason: the proxy's request
                      outcome counters (upserted by adding).
     ``noise``        the noise learner's evidence per (endpoint, field).
