@@ -73,12 +73,18 @@ class StoreSource:
                                                  MAX_EXAMPLES) if cand else []
         return ErrorPairs(n, both, cand, prim, tuple(examples))
 
+    def _pairs_of(self, endpoints: Sequence[str]) -> int:
+        stats = self._all_stats()
+        return sum(stats[ep].latency_samples for ep in endpoints if ep in stats)
+
     def latencies(self, endpoint: str) -> tuple[list[float], list[float]]:
-        p, c = self.store.latencies_of([endpoint], self.since, self.until)
+        p, c = self.store.latencies_of([endpoint], self.since, self.until,
+                                       pairs=self._pairs_of([endpoint]))
         return list(p), list(c)
 
     def all_latencies(self, endpoints: Sequence[str]) -> tuple[list[float], list[float]]:
-        p, c = self.store.latencies_of(list(endpoints), self.since, self.until)
+        p, c = self.store.latencies_of(list(endpoints), self.since, self.until,
+                                       pairs=self._pairs_of(endpoints))
         return list(p), list(c)
 
     def use_sketches(self, sketches: dict[str, tuple[Sketch, Sketch, Sketch]]) -> None:

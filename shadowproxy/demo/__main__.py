@@ -23,7 +23,7 @@ from aiohttp import web
 
 from .upstreams import make_app
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]      # the checkout: shadowproxy/demo/ is two below
 REQUESTS = 2000
 
 
@@ -159,8 +159,13 @@ def print_summary(db_url: str) -> None:
     store.close()
 
 
+def _shown(path: Path) -> Path:
+    """``path`` relative to the checkout when it lies inside it (as a user types it)."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 async def _main() -> int:
-    out = ROOT / "out" / "demo"
+    out = Path(os.environ.get("DEMO_OUT") or ROOT / "out" / "demo")   # tests: a temp dir
     out.mkdir(parents=True, exist_ok=True)
     for suffix in ("", "-wal", "-shm"):
         (out / f"shadowproxy.db{suffix}").unlink(missing_ok=True)
@@ -235,7 +240,7 @@ def _check_and_report(cfg_path: Path, env: dict[str, str], out: Path) -> int:
           "user/$.plan and is slower on products, so the gate must not pass")
     report = out / "report.html"
     print(f"\n$ shadowproxy report -c {cfg_path.relative_to(ROOT)} --since 1h --format html "
-          f"-o {report.relative_to(ROOT)}")
+          f"-o {_shown(report)}")
     sys.stdout.flush()
     if cli(["report", "-c", str(cfg_path), "--since", "1h", "--format", "html",
             "-o", str(report)]) != 0:

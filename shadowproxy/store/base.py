@@ -214,7 +214,8 @@ class Store(Protocol):
         ...
 
     def latencies_of(self, endpoints: Sequence[str] | None, since: float | None = None,
-                     until: float | None = None) -> tuple[list[float], list[float]]:
+                     until: float | None = None, *, pairs: int | None = None
+                     ) -> tuple[list[float], list[float]]:
         """:meth:`latencies` of exact endpoint names together (one sample of them all)."""
         ...
 

@@ -150,17 +150,21 @@ class SharedReads:
                                  since, until)
 
     def latencies_of(self, endpoints: Sequence[str] | None, since: float | None = None,
-                     until: float | None = None) -> tuple[list[float], list[float]]:
+                     until: float | None = None, *, pairs: int | None = None
+                     ) -> tuple[list[float], list[float]]:
         """:meth:`latencies` of the exchanges of ``endpoints`` (exact names; None: all)
-        together: one uniform sample of them all, not a sample per endpoint."""
+        together: one uniform sample of them all, not a sample per endpoint.
+        ``pairs``: how many latency pairs the window holds, when the caller knows
+        (``EndpointStats.latency_samples``), saving a read of the counters."""
         if endpoints is not None and not endpoints:
             return [], []
         eps = None if endpoints is None else list(endpoints)
         kw: dict[str, Any] = {"scope": self.scope, "dialect": self.dialect}
         with self._reading() as q:
-            counted = read_window(q, since, until, eps, **kw)
-            n = sum(m.counts[9] for m in counted.values())
-            if n <= PAIR_ROWS:
+            if pairs is None:
+                pairs = sum(m.counts[9] for m in read_window(q, since, until, eps,
+                                                              **kw).values())
+            if pairs <= PAIR_ROWS:
                 clauses, params = self._range(since, until)
                 if eps is not None:
                     clauses.append(f"endpoint IN ({','.join('?' * len(eps))})")
@@ -175,7 +179,7 @@ class SharedReads:
             # The pairs of smallest key: a uniform hash puts about PAIR_WINDOW of the
             # N pairs below PAIR_WINDOW/N of the key range. Decode only those (with a
             # margin); in the rare window where that bound leaves too few, widen it.
-            share = 1.5 * PAIR_WINDOW / n
+            share = 1.5 * PAIR_WINDOW / pairs
             while True:
                 bound = MAX_KEY + 1 if share >= 1 else int(share * (MAX_KEY + 1))
                 merged = Pairs(bound=bound)
