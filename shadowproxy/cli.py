@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("--from", dest="from_", default=None, metavar="T")
     chk.add_argument("--to", default=None, metavar="T")
     chk.add_argument("--endpoint", default="*", metavar="GLOB")
+    chk.add_argument("--instance", default=None, metavar="NAME",
+                     help="only the results this instance wrote (PostgreSQL store; "
+                          "default: all instances together)")
     chk.add_argument("--format", choices=("text", "json", "junit"), default="text")
     chk.add_argument("-o", "--output", default=None, metavar="FILE")
 
@@ -46,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="md and markdown are the same")
     rep.add_argument("-o", "--output", default=None, metavar="FILE")
     rep.add_argument("--webhook", default=None, metavar="URL")
+    rep.add_argument("--instance", default=None, metavar="NAME",
+                     help="only the results this instance wrote (PostgreSQL store; "
+                          "default: all instances together)")
 
     sto = sub.add_parser("store", help="store maintenance: migrate (upgrade the schema to "
                          "this version's, keeping every result), vacuum (rewrite the file "
@@ -56,11 +62,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _store_main(cfg: Config, action: str) -> int:
-    from .store import open_store
-    store = open_store(cfg.store.url)       # opened for writing: migrations apply here
+    from .store.open import open_configured
+    store = open_configured(cfg)            # opened for writing: migrations apply here
     try:
         if action == "migrate":
-            print(f"{cfg.store.url}: schema version {store.info().schema_version}")
+            print(f"{store.url}: schema version {store.info().schema_version}")
             return EXIT_OK
         vacuum = getattr(store, "vacuum", None)
         if vacuum is None:

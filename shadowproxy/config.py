@@ -323,7 +323,9 @@ class EndpointsConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
+    # sqlite:///PATH, or postgresql://USER@HOST:PORT/DB[?sslmode=...] (also postgres://)
     url: str = "sqlite:///./shadowproxy.db"
+    password_env: str | None = None     # PostgreSQL: the variable holding the password
     batch: int = 200
     flush_interval: Duration = 0.2
     queue: int = 10000
@@ -377,10 +379,23 @@ class LogConfig:
     access: bool = False
 
 
+def default_instance() -> str:
+    """The name this process writes its results under (``instance:``): ``POD_NAME``,
+    else the host name."""
+    import socket
+
+    return os.environ.get("POD_NAME") or socket.gethostname() or "shadowproxy"
+
+
+_INSTANCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+
+
 @dataclass(frozen=True)
 class Config:
     upstreams: Upstreams
     listen: Address = "127.0.0.1:8080"
+    # the writing instance: labels every stored row (several sidecars, one PostgreSQL)
+    instance: str = field(default_factory=default_instance)
     workers: int | None = None
     preserve_host: bool = False
     forwarded: ForwardedConfig = field(default_factory=ForwardedConfig)
@@ -460,8 +475,27 @@ def _check_semantics(cfg: Config, pos: _Positions, env: typing.Mapping[str, str]
         fail("endpoints.max", "must be at least 1")
     if cfg.store.batch < 1:
         fail("store.batch", "must be at least 1")
-    if not re.match(r"^(sqlite:///|sqlite://:memory:|memory:)", cfg.store.url):
-        fail("store.url", f"unsupported store URL {cfg.store.url!r} (expected sqlite:///PATH)")
+    postgres = cfg.store.url.startswith(("postgresql://", "postgres://"))
+    if postgres:
+        try:
+            parts = urlsplit(cfg.store.url)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            fail("store.url", f"not a valid postgresql:// URL ({exc})")
+        if not parts.path.strip("/") and "dbname=" not in parts.query:
+            fail("store.url", "names no database: expected postgresql://USER@HOST:PORT/DB")
+    elif not re.match(r"^(sqlite:///|sqlite://:memory:|memory:)", cfg.store.url):
+        fail("store.url", "unsupported store URL (expected sqlite:///PATH or "
+             "postgresql://USER@HOST:PORT/DB)")
+    if cfg.store.password_env:
+        if not postgres:
+            fail("store.password_env", "is for a postgresql:// store (SQLite has no password)")
+        if cfg.store.password_env not in env:
+            fail("store.password_env",
+                 f"environment variable {cfg.store.password_env} is not set")
+    if not _INSTANCE.fullmatch(cfg.instance):
+        fail("instance", f"{cfg.instance!r} is not an instance name (letters, digits and "
+             "._:@- , at most 128, starting with a letter or digit)")
     keys: dict[str, int] = {}
     for i, r in enumerate(cfg.routes):
         try:

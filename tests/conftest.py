@@ -16,3 +16,15 @@ async def upstreams():
     yield ups
     for u in ups.values():
         await u.stop()
+
+
+# a PostgreSQL for the session (started on first use) and a fresh database per test
+from tests.pg_server import pg_url, postgres  # noqa: E402, F401
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.server)])
+def store_url(request, tmp_path) -> str:
+    """A new store's URL on each engine: an SQLite file, a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'results.db'}"
+    return request.getfixturevalue("pg_url")

@@ -195,3 +195,24 @@ def test_configuration_reference_names_every_key() -> None:
                       if not re.search(r"[`{.,] ?" + re.escape(k.rsplit(".", 1)[-1]) + r"[`},.]",
                                        doc)})
     assert not missing, f"docs/configuration.md lacks {missing}"
+
+
+def test_store_url_postgres_password_env_and_instance():
+    base = "upstreams: {primary: http://a:1}\n"
+    cfg = loads(base + "instance: pod-7\nstore: {url: 'postgresql://sp@db:5432/shadow?sslmode="
+                "require', password_env: PGPW}\n", env={"PGPW": "x"})
+    assert cfg.instance == "pod-7" and cfg.store.password_env == "PGPW"
+    assert loads(base + "store: {url: 'postgres://sp@db/shadow'}\n").store.url.startswith(
+        "postgres://")
+    import os
+    import socket
+    assert loads(base).instance == (os.environ.get("POD_NAME") or socket.gethostname())
+    for text, key in [
+            ("store: {url: 'mysql://a/b'}\n", "store.url"),
+            ("store: {url: 'postgresql://sp@db:5432/'}\n", "store.url"),
+            ("store: {url: 'postgresql://sp@db:5432/x', password_env: NOPE}\n",
+             "store.password_env"),
+            ("store: {password_env: PGPW}\n", "store.password_env"),
+            ("instance: 'a b'\n", "instance")]:
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            loads(base + text, env={"PGPW": "x"})

@@ -117,15 +117,16 @@ def parse_window(since: str | None, from_: str | None, to: str | None, now: floa
 
 
 def run(cfg: Config, *, since: float | None, until: float | None, endpoint: str = "*",
-        now: float | None = None) -> Report:
-    """Evaluate ``cfg.checks`` against the configured store (opened read-only)."""
-    from ..store import open_store
+        now: float | None = None, instance: str | None = None) -> Report:
+    """Evaluate ``cfg.checks`` against the configured store (opened read-only), over
+    every instance's results or only ``instance``'s."""
+    from ..store.open import open_configured
 
-    store = open_store(cfg.store.url, readonly=True)
+    store = open_configured(cfg, readonly=True, read_instance=instance)
     try:
         with store.snapshot():        # every figure from one state of the store
             report = evaluate(cfg.checks, StoreSource(store, since, until), endpoint,
-                              since=since, until=until, store=cfg.store.url,
+                              since=since, until=until, store=store.url,
                               generated_at=time.time() if now is None else now,
                               shadow=shadow_counts(store.outcome_counts(since, until,
                                                                         endpoint)))
@@ -176,7 +177,8 @@ def main(cfg: Config, args: Any) -> int:
         _err(str(exc))
         return EXIT_USAGE
     try:
-        report = run(cfg, since=since, until=until, endpoint=endpoint, now=now)
+        report = run(cfg, since=since, until=until, endpoint=endpoint, now=now,
+                     instance=getattr(args, "instance", None))
     except StoreError as exc:
         _err(f"cannot read the result store: {exc}")
         return EXIT_USAGE

@@ -34,7 +34,11 @@ class Control:
         self.gauges: dict[int, dict[str, float]] = {}          # by worker
         self.shadow_gauges: dict[int, dict[str, float]] = {}   # by shadow process
         # a store that cannot be opened now never keeps primary from serving: retried
-        self.store = open_or_retry(cfg.store.url, samples_per_field=cfg.store.samples_per_field)
+        from ..store.open import store_options
+
+        opts = store_options(cfg)
+        self.store = open_or_retry(cfg.store.url, samples_per_field=cfg.store.samples_per_field,
+                                   instance=opts["instance"], password=opts["password"])
         self.writer = StoreWriter(self.store, cfg.store)
         self.redactor = Redactor(cfg.redact, redact_key) if redact_key is not None \
             else Redactor.from_config(cfg.redact)

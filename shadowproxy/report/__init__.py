@@ -75,9 +75,12 @@ def write_atomic(path: str, text: str) -> None:
         raise
 
 
-def _open_store(url: str) -> Any:
-    from ..store import open_store
-    return open_store(url, readonly=True)
+def _open_store(cfg: Any, instance: str | None = None) -> Any:
+    from ..store.open import open_configured
+    if not hasattr(cfg, "instance") or not hasattr(cfg.store, "password_env"):
+        from ..store import open_store  # a stand-in config (tests)
+        return open_store(cfg.store.url, readonly=True, read_instance=instance)
+    return open_configured(cfg, readonly=True, read_instance=instance)
 
 
 def main(cfg: Any, args: Any) -> int:
@@ -114,7 +117,7 @@ def main(cfg: Any, args: Any) -> int:
 
     # -- the store
     try:
-        store = _open_store(cfg.store.url)
+        store = _open_store(cfg, getattr(args, "instance", None))
     except StoreError as exc:
         _err(f"cannot open the store: {exc}")
         return EXIT_USAGE

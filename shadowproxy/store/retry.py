@@ -30,9 +30,10 @@ class RetryingStore:
     """Stands in for the store at ``url`` until it can be opened."""
 
     def __init__(self, url: str, error: str, *, samples_per_field: int = 5,
-                 interval: float = RETRY_INTERVAL) -> None:
+                 interval: float = RETRY_INTERVAL, **options: Any) -> None:
         self.url = url
         self.samples_per_field = samples_per_field
+        self._options = options     # open_store's (instance, password)
         self.interval = interval
         self.unavailable: str | None = error     # the cause, while it is not open
         self._inner: Store | None = None
@@ -51,7 +52,8 @@ class RetryingStore:
         with self._lock:
             if self._inner is None and time.monotonic() >= self._next:
                 try:
-                    self._inner = open_store(self.url, samples_per_field=self.samples_per_field)
+                    self._inner = open_store(self.url, samples_per_field=self.samples_per_field,
+                                             **self._options)
                 except StoreError as exc:
                     self.unavailable = str(exc)
                     self._next = time.monotonic() + self.interval
@@ -79,12 +81,13 @@ class RetryingStore:
 
 
 def open_or_retry(url: str, *, samples_per_field: int = 5,
-                  interval: float = RETRY_INTERVAL) -> Store:
-    """The store at ``url``, or a :class:`RetryingStore` when it cannot be opened now."""
+                  interval: float = RETRY_INTERVAL, **options: Any) -> Store:
+    """The store at ``url``, or a :class:`RetryingStore` when it cannot be opened now
+    (``options``: :func:`~shadowproxy.store.open.open_store`'s instance and password)."""
     try:
-        return open_store(url, samples_per_field=samples_per_field)
+        return open_store(url, samples_per_field=samples_per_field, **options)
     except StoreError as exc:
         log.error("%s; the proxy serves without storing results until it can be opened "
                   "(retried every %gs)", exc, interval)
         return RetryingStore(url, str(exc), samples_per_field=samples_per_field,
-                             interval=interval)
+                             interval=interval, **options)

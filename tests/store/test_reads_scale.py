@@ -247,17 +247,17 @@ def test_store_migrate_command_upgrades_a_schema_1_store(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("per_minute", [40, 400])
 def test_a_large_windows_pair_sample_is_its_pairs_of_smallest_key(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, per_minute: int) -> None:
+        store_url: str, monkeypatch: pytest.MonkeyPatch, per_minute: int) -> None:
     """Beyond PAIR_ROWS pairs a window is sampled from the minutes' samples with a bound
     estimated from its pair count: the sample is still exactly its pairs of smallest key
     (or, where minutes kept only part of theirs, every pair below their bound)."""
+    from shadowproxy.store import reads  # the engines' shared reads
     from shadowproxy.store.rollup import PAIR_SAMPLE, pair_key
-    from shadowproxy.store.sqlite import reads
 
     monkeypatch.setattr(reads, "PAIR_ROWS", 100)
     monkeypatch.setattr(reads, "PAIR_WINDOW", 64)
     rs = results(per_minute * 20, 21, span=20 * 60)
-    store = open_store(f"sqlite:///{tmp_path / 'p.db'}")
+    store = open_store(store_url)       # on each engine (the shared reads)
     store.write_results(rs)
     ok = sorted((pair_key(r.exchange.id), r.exchange.primary.latency) for r in rs
                 if pair_ok(r.exchange.primary.status, r.exchange.primary.error,

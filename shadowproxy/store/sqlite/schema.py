@@ -11,6 +11,7 @@ import sqlite3
 from urllib.parse import quote
 
 from ...errors import StoreError
+from ..window import ROLLUP_BLOBS, ROLLUP_COLS
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT = 5.0
@@ -145,14 +146,9 @@ _EX_COLS = ("id", "time", "endpoint", "route", "method", "path", "query", "verdi
             "primary_status", "candidate_status", "secondary_status", "primary_latency",
             "candidate_latency", "secondary_latency", "primary_size", "candidate_size",
             "primary_error", "candidate_error", "diff_count", "noise_count", "sampled")
-# the rollups' counters, in :data:`shadowproxy.store.rollup.COUNTS`' order, and the sums
-_ROLLUP_COLS = ("exchanges", "matches", "diffs", "noise", "errors", "candidate_5xx",
-                "primary_5xx", "candidate_errors", "primary_errors", "latency_pairs",
-                "both_failed", "candidate_only_failed", "primary_only_failed",
-                "primary_latency_sum", "candidate_latency_sum")
-# the kinds of rollup_blobs: a latency sketch per side and the pair sample (apart from the
-# counters, so that reading counts never reads the blobs' pages)
-_ROLLUP_BLOBS = ("primary", "candidate", "secondary", "pairs")
+# the rollups' counters and sums, and the kinds of rollup_blobs (shared by the engines)
+_ROLLUP_COLS = ROLLUP_COLS
+_ROLLUP_BLOBS = ROLLUP_BLOBS
 
 
 # ------------------------------------------------------------------ URL handling

@@ -1,0 +1,179 @@
+"""The PostgreSQL store's schema: the DDL, its version and the forward migrations.
+
+Tables (every result row and every aggregate row carries the ``instance`` that wrote it)
+    ``exchanges``, ``differences``, ``samples``   partitioned by day on ``time`` (unix
+        seconds; declarative RANGE partitioning, :mod:`.partitions`); the exchanges'
+        primary key is ``(id, time)`` (a partitioned table's key holds the partition
+        key); ``differences.seq`` keeps their insertion order.
+    ``sample_keys``  which (endpoint, field) each sample was kept for, with its time.
+    ``rollups``, ``field_rollups``, ``diff_sets``, ``outcomes``   per minute, endpoint
+        and instance (and field/kind, field set, outcome/reason): each instance writes
+        only its own rows, readers sum across instances.
+    ``rollup_blobs``  per kind (a latency sketch per side, the pair sample), minute,
+        endpoint and instance: the aggregates' blobs, apart from the counters so that
+        reading counts never reads them; readers merge across instances.
+    ``noise``        the noise learners' evidence per (endpoint, field), last writer wins.
+    ``schema_version``  the versions applied (the highest is the store's).
+
+Migrations run at open for writing (``shadowproxy run``, ``shadowproxy store migrate``),
+one transaction each under an advisory lock, so two instances starting together apply
+each once; a migration only adds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+SCHEMA_VERSION = 1
+MIGRATION_LOCK = 0x5348_4144_0001      # pg_advisory_xact_lock key of schema changes
+PARTITION_LOCK = 0x5348_4144_0002      # ... of partition creation and dropping
+
+# the partitioned tables (by day on time)
+PARTITIONED = ("exchanges", "differences", "samples")
+# per-minute tables kept by age
+BY_AGE = ("rollups", "rollup_blobs", "field_rollups", "diff_sets", "outcomes")
+
+_COUNTERS = ("exchanges", "matches", "diffs", "noise", "errors", "candidate_5xx",
+             "primary_5xx", "candidate_errors", "primary_errors", "latency_pairs",
+             "both_failed", "candidate_only_failed", "primary_only_failed")
+
+DDL = f"""
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER NOT NULL,
+    applied DOUBLE PRECISION NOT NULL DEFAULT extract(epoch FROM now())
+);
+CREATE TABLE IF NOT EXISTS exchanges (
+    id TEXT NOT NULL,
+    time DOUBLE PRECISION NOT NULL,
+    instance TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    route TEXT,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    query TEXT NOT NULL DEFAULT '',
+    verdict TEXT NOT NULL,
+    primary_status INTEGER NOT NULL,
+    candidate_status INTEGER NOT NULL,
+    secondary_status INTEGER,
+    primary_latency DOUBLE PRECISION NOT NULL,
+    candidate_latency DOUBLE PRECISION NOT NULL,
+    secondary_latency DOUBLE PRECISION,
+    primary_size BIGINT NOT NULL,
+    candidate_size BIGINT NOT NULL,
+    primary_error TEXT,
+    candidate_error TEXT,
+    diff_count INTEGER NOT NULL,
+    noise_count INTEGER NOT NULL,
+    sampled SMALLINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (id, time)
+) PARTITION BY RANGE (time);
+CREATE INDEX IF NOT EXISTS exchanges_time ON exchanges(time);
+CREATE INDEX IF NOT EXISTS exchanges_endpoint_time ON exchanges(endpoint, time);
+CREATE INDEX IF NOT EXISTS exchanges_verdict_time ON exchanges(verdict, time);
+CREATE TABLE IF NOT EXISTS differences (
+    seq BIGSERIAL,
+    exchange_id TEXT NOT NULL,
+    time DOUBLE PRECISION NOT NULL,
+    instance TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    section TEXT NOT NULL,
+    path TEXT NOT NULL,
+    field TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    a TEXT,
+    b TEXT,
+    noise SMALLINT NOT NULL DEFAULT 0
+) PARTITION BY RANGE (time);
+CREATE INDEX IF NOT EXISTS differences_endpoint_field_time
+    ON differences(endpoint, field, time);
+CREATE INDEX IF NOT EXISTS differences_exchange ON differences(exchange_id);
+CREATE TABLE IF NOT EXISTS samples (
+    exchange_id TEXT NOT NULL,
+    time DOUBLE PRECISION NOT NULL,
+    instance TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    data BYTEA NOT NULL,
+    PRIMARY KEY (exchange_id, time)
+) PARTITION BY RANGE (time);
+CREATE TABLE IF NOT EXISTS sample_keys (
+    endpoint TEXT NOT NULL,
+    field TEXT NOT NULL,
+    exchange_id TEXT NOT NULL,
+    time DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (endpoint, field, exchange_id)
+);
+CREATE INDEX IF NOT EXISTS sample_keys_exchange ON sample_keys(exchange_id);
+CREATE INDEX IF NOT EXISTS sample_keys_time ON sample_keys(time);
+CREATE TABLE IF NOT EXISTS rollups (
+    minute BIGINT NOT NULL,
+    endpoint TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in _COUNTERS)},
+    primary_latency_sum DOUBLE PRECISION NOT NULL DEFAULT 0,
+    candidate_latency_sum DOUBLE PRECISION NOT NULL DEFAULT 0,
+    PRIMARY KEY (minute, endpoint, instance)
+);
+CREATE TABLE IF NOT EXISTS rollup_blobs (
+    kind TEXT NOT NULL,
+    minute BIGINT NOT NULL,
+    endpoint TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    data BYTEA NOT NULL,
+    PRIMARY KEY (kind, minute, endpoint, instance)
+);
+CREATE TABLE IF NOT EXISTS field_rollups (
+    minute BIGINT NOT NULL,
+    endpoint TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    field TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    rows INTEGER NOT NULL DEFAULT 0,
+    noise_rows INTEGER NOT NULL DEFAULT 0,
+    exchanges INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (minute, endpoint, instance, field, kind)
+);
+CREATE TABLE IF NOT EXISTS diff_sets (
+    minute BIGINT NOT NULL,
+    endpoint TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    count INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (minute, endpoint, instance, fields)
+);
+CREATE TABLE IF NOT EXISTS outcomes (
+    minute BIGINT NOT NULL,
+    endpoint TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    count BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (minute, endpoint, instance, outcome, reason)
+);
+CREATE TABLE IF NOT EXISTS noise (
+    endpoint TEXT NOT NULL,
+    field TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    r INTEGER NOT NULL,
+    s INTEGER NOT NULL,
+    p_value DOUBLE PRECISION NOT NULL,
+    noise SMALLINT NOT NULL,
+    provisional SMALLINT NOT NULL DEFAULT 0,
+    decided_at DOUBLE PRECISION NOT NULL,
+    updated DOUBLE PRECISION NOT NULL,
+    instance TEXT NOT NULL,
+    PRIMARY KEY (endpoint, field)
+);
+"""
+
+TABLES = frozenset({"schema_version", "exchanges", "differences", "samples", "sample_keys",
+                    "rollups", "rollup_blobs", "field_rollups", "diff_sets", "outcomes", "noise"})
+
+# version → the migration that brings a store from version - 1 to it (given a cursor,
+# inside the migration's transaction; → what it did, for the log)
+MIGRATIONS: dict[int, Callable[[Any], str]] = {}
+
+
+def statements(ddl: str = DDL) -> list[str]:
+    return [s.strip() for s in ddl.split(";") if s.strip()]

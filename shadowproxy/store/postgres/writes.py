@@ -1,0 +1,255 @@
+"""The PostgreSQL store's writes: judged results (exchanges, differences and samples by
+binary COPY into their day partitions, the instance's own per-minute aggregates
+read-merged-written, all in one transaction per batch), outcome counters and noise
+evidence (upserts).
+
+Idempotent: the ids of a batch already stored (a retried batch, one whose commit was
+not acknowledged) are looked up first, inside the transaction, and skipped, so nothing is
+counted twice. Many writers: each instance writes only the aggregate rows keyed by its
+own name (``instance``), so writers never race on a row; readers sum them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from ...models import Result
+from ..base import OutcomeRow
+from ..documents import _json_text, _sample_keys, sample_document
+from ..reads import EX_COLS
+from ..rollup import Minute, rollup
+from ..window import ROLLUP_BLOBS, ROLLUP_COLS, blobs, merge_blob
+from . import partitions
+from .connection import PgConnection
+
+_EX_TYPES = ("text", "float8", "text", "text", "text", "text", "text", "text", "int4",
+             "int4", "int4", "float8", "float8", "float8", "int8", "int8", "text", "text",
+             "int4", "int4", "int2", "text")
+_DIFF_COLS = ("exchange_id", "endpoint", "time", "section", "path", "field", "kind", "a",
+              "b", "noise", "instance")
+_DIFF_TYPES = ("text", "text", "float8", "text", "text", "text", "text", "text", "text",
+               "int2", "text")
+_SAMPLE_COLS = ("exchange_id", "endpoint", "time", "verdict", "data", "instance")
+_SAMPLE_TYPES = ("text", "text", "float8", "text", "bytea", "text")
+
+
+def _copy(cur: Any, table: str, cols: Sequence[str], types: Sequence[str],
+          rows: Sequence[Sequence[Any]]) -> None:
+    if not rows:
+        return
+    with cur.copy(f"COPY {table} ({','.join(cols)}) FROM STDIN (FORMAT BINARY)") as cp:
+        cp.set_types(list(types))
+        for row in rows:
+            cp.write_row(row)
+
+
+class WritesMixin(PgConnection):
+    """:class:`~shadowproxy.store.postgres.store.PostgresStore`'s writes."""
+
+    def write_results(self, results: Sequence[Result]) -> int:
+        if not results:
+            return 0
+        self._partitions_for(r.exchange.started for r in results)
+        n: int = self._write("write to", self._write_results, results)
+        return n
+
+    def _partitions_for(self, times: Any) -> None:
+        """Create the day partitions the times need (and today's and tomorrow's)."""
+        today = partitions.day_of(time.time())
+        wanted = {partitions.day_of(t) for t in times} | {today, today + 1}
+        if wanted <= self._days:
+            return
+        self._days |= self._write("create partitions in", partitions.create, wanted)
+
+    def keeps_sample(self, res: Result) -> bool:
+        """As :meth:`SqliteStore.keeps_sample
+        <shadowproxy.store.sqlite.store.SqliteStore.keeps_sample>`."""
+        if self.samples_per_field <= 0:
+            return False
+        endpoint, full = res.exchange.endpoint, self._full
+        return not all((endpoint, key) in full for key in _sample_keys(res))
+
+    def _sample_counts(self, cur: Any, results: Sequence[Result]) -> dict[tuple[str, str], int]:
+        """(endpoint, key) → samples kept so far, for the keys of ``results`` not known
+        to be full."""
+        if self.samples_per_field <= 0:
+            return {}
+        want = {(r.exchange.endpoint, k) for r in results if not r.summary_only
+                for k in _sample_keys(r)} - self._full
+        if not want:
+            return {}
+        eps = sorted({e for e, _k in want})
+        keys = sorted({k for _e, k in want})
+        cur.execute("SELECT endpoint, field, count(*) FROM sample_keys WHERE endpoint = ANY(%s) "
+                    "AND field = ANY(%s) GROUP BY endpoint, field", (eps, keys))
+        counts = dict.fromkeys(want, 0)
+        for ep, key, n in cur.fetchall():
+            if (ep, key) in counts:
+                counts[(ep, key)] = int(n)
+        return counts
+
+    def _choose_samples(self, res: Result, counts: dict[tuple[str, str], int]) -> list[str]:
+        k = self.samples_per_field
+        if k <= 0 or res.summary_only:
+            return []
+        ep = res.exchange.endpoint
+        chosen = []
+        for key in _sample_keys(res):
+            ck = (ep, key)
+            if ck in self._full:
+                continue
+            n = counts.get(ck, 0)
+            if n < k:
+                chosen.append(key)
+                n += 1
+                counts[ck] = n
+            if n >= k:
+                if len(self._full) > 1_000_000:
+                    self._full.clear()
+                self._full.add(ck)
+        return chosen
+
+    def _write_results(self, cur: Any, results: Sequence[Result]) -> int:
+        inst = self.instance
+        ids = list({r.exchange.id for r in results})
+        times = [r.exchange.started for r in results]
+        # the batch's ids already stored (inside the transaction: a retried batch)
+        cur.execute("SELECT id FROM exchanges WHERE id = ANY(%s) AND time >= %s AND time <= %s",
+                    (ids, min(times), max(times)))
+        existing = {r[0] for r in cur.fetchall()}
+        counts = self._sample_counts(cur, [r for r in results if r.exchange.id not in existing])
+        ex_rows: list[tuple[Any, ...]] = []
+        diff_rows: list[tuple[Any, ...]] = []
+        sample_rows: list[tuple[Any, ...]] = []
+        key_rows: list[tuple[Any, ...]] = []
+        new: list[Result] = []
+        for res in results:
+            ex = res.exchange
+            if ex.id in existing:
+                continue
+            existing.add(ex.id)
+            p, cand, sec = ex.primary, ex.candidate, ex.secondary
+            nf = res.noise_fields
+            noise_count = sum(1 for d in res.differences if d.field in nf)
+            chosen = self._choose_samples(res, counts)
+            ex_rows.append((
+                ex.id, float(ex.started), ex.endpoint, ex.route, ex.request.method,
+                ex.request.path, ex.request.query or "", res.verdict, p.status, cand.status,
+                sec.status if sec else None, float(p.latency), float(cand.latency),
+                float(sec.latency) if sec else None, p.size, cand.size, p.error, cand.error,
+                len(res.differences), noise_count, 1 if chosen else 0, inst))
+            diff_rows.extend((ex.id, ex.endpoint, float(ex.started), d.section, d.path, d.field,
+                              d.kind, _json_text(d.a), _json_text(d.b),
+                              1 if d.field in nf else 0, inst) for d in res.differences)
+            if chosen:
+                sample_rows.append((ex.id, ex.endpoint, float(ex.started), res.verdict,
+                                    orjson.dumps(sample_document(res), default=str,
+                                                 option=orjson.OPT_NON_STR_KEYS), inst))
+                key_rows.extend((ex.endpoint, key, ex.id, float(ex.started)) for key in chosen)
+            new.append(res)
+        _copy(cur, "exchanges", (*EX_COLS, "instance"), _EX_TYPES, ex_rows)
+        _copy(cur, "differences", _DIFF_COLS, _DIFF_TYPES, diff_rows)
+        _copy(cur, "samples", _SAMPLE_COLS, _SAMPLE_TYPES, sample_rows)
+        if key_rows:
+            cur.executemany("INSERT INTO sample_keys(endpoint, field, exchange_id, time) "
+                            "VALUES (%s,%s,%s,%s) ON CONFLICT DO NOTHING", key_rows)
+        self._write_rollups(cur, rollup(new))
+        return len(ex_rows)
+
+    def _write_rollups(self, cur: Any, minutes: dict[tuple[int, str], Minute]) -> None:
+        """Merge ``minutes`` into this instance's own aggregate rows."""
+        if not minutes:
+            return
+        inst = self.instance
+        # this instance's blobs for these minutes: one range of the (kind, minute,
+        # endpoint, instance) key a kind (a batch spans a few minutes); locked, so that a
+        # second process under the same instance name waits rather than losing a merge
+        lo, hi = min(k[0] for k in minutes), max(k[0] for k in minutes)
+        cur.execute(
+            "SELECT kind, minute, endpoint, data FROM rollup_blobs WHERE kind = ANY(%s) AND "
+            "minute BETWEEN %s AND %s AND instance = %s FOR UPDATE",
+            (list(ROLLUP_BLOBS), lo, hi, inst))
+        have = {(kind, int(minute), endpoint): data
+                for kind, minute, endpoint, data in cur.fetchall()}
+        rows: list[tuple[Any, ...]] = []
+        blob_rows: list[tuple[Any, ...]] = []
+        for (minute, endpoint), m in minutes.items():
+            for kind in ROLLUP_BLOBS:
+                merge_blob(m, kind, have.get((kind, minute, endpoint)))
+            rows.append((minute, endpoint, inst, *m.counts, *m.sums))
+            blob_rows.extend((kind, minute, endpoint, inst, data)
+                             for kind, data in zip(ROLLUP_BLOBS, blobs(m), strict=True)
+                             if data is not None)
+        cols = ",".join(ROLLUP_COLS)
+        sets = ",".join(f"{k}=rollups.{k}+excluded.{k}" for k in ROLLUP_COLS)
+        marks = ",".join(["%s"] * (3 + len(ROLLUP_COLS)))
+        cur.executemany(f"INSERT INTO rollups(minute, endpoint, instance, {cols}) VALUES "
+                        f"({marks}) ON CONFLICT (minute, endpoint, instance) DO UPDATE SET "
+                        f"{sets}", rows)
+        if blob_rows:
+            cur.executemany(
+                "INSERT INTO rollup_blobs(kind, minute, endpoint, instance, data) "
+                "VALUES (%s,%s,%s,%s,%s) ON CONFLICT (kind, minute, endpoint, instance) "
+                "DO UPDATE SET data=excluded.data", blob_rows)
+        field_rows = [(minute, endpoint, inst, fld, kind, *row)
+                      for (minute, endpoint), m in minutes.items()
+                      for (fld, kind), row in m.fields.items()]
+        if field_rows:
+            cur.executemany(
+                "INSERT INTO field_rollups(minute, endpoint, instance, field, kind, rows, "
+                "noise_rows, exchanges) VALUES (%s,%s,%s,%s,%s,%s,%s,%s) "
+                "ON CONFLICT (minute, endpoint, instance, field, kind) DO UPDATE SET "
+                "rows=field_rollups.rows+excluded.rows, "
+                "noise_rows=field_rollups.noise_rows+excluded.noise_rows, "
+                "exchanges=field_rollups.exchanges+excluded.exchanges", field_rows)
+        set_rows = [(minute, endpoint, inst, key, n)
+                    for (minute, endpoint), m in minutes.items()
+                    for key, n in m.diff_sets.items()]
+        if set_rows:
+            cur.executemany(
+                "INSERT INTO diff_sets(minute, endpoint, instance, fields, count) "
+                "VALUES (%s,%s,%s,%s,%s) ON CONFLICT (minute, endpoint, instance, fields) "
+                "DO UPDATE SET count=diff_sets.count+excluded.count", set_rows)
+
+    def add_outcomes(self, rows: Sequence[OutcomeRow]) -> None:
+        if not rows:
+            return
+        merged: dict[tuple[int, str, str, str], int] = defaultdict(int)
+        for minute, endpoint, outcome, reason, count in rows:
+            merged[(int(minute // 60) * 60, endpoint, outcome, reason or "")] += int(count)
+        inst = self.instance
+
+        def run(cur: Any) -> None:
+            cur.executemany(
+                "INSERT INTO outcomes(minute, endpoint, instance, outcome, reason, count) "
+                "VALUES (%s,%s,%s,%s,%s,%s) "
+                "ON CONFLICT (minute, endpoint, instance, outcome, reason) "
+                "DO UPDATE SET count = outcomes.count + excluded.count",
+                [(k[0], k[1], inst, k[2], k[3], v) for k, v in merged.items()])
+
+        self._write("write outcomes to", run)
+
+    def save_noise(self, evidence: Sequence[Any]) -> None:
+        if not evidence:
+            return
+        now = time.time()
+        rows = [(e.endpoint, e.field, e.n, e.r, e.s, float(e.p_value), 1 if e.noise else 0,
+                 1 if getattr(e, "provisional", False) else 0,
+                 float(getattr(e, "decided_at", now) or now), now, self.instance)
+                for e in evidence]
+
+        def run(cur: Any) -> None:
+            cur.executemany(
+                "INSERT INTO noise(endpoint, field, n, r, s, p_value, noise, provisional, "
+                "decided_at, updated, instance) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+                "ON CONFLICT (endpoint, field) DO UPDATE SET n=excluded.n, r=excluded.r, "
+                "s=excluded.s, p_value=excluded.p_value, noise=excluded.noise, "
+                "provisional=excluded.provisional, decided_at=excluded.decided_at, "
+                "updated=excluded.updated, instance=excluded.instance", rows)
+
+        self._write("write noise to", run)
