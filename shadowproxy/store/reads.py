@@ -31,13 +31,9 @@ from .base import (
 from .documents import _json_value
 from .rollup import MAX_KEY, PAIR_WINDOW, Minute, Pairs, pair_key
 from .sketch import Sketch
-from .window import ALL, ROLLUP_COLS, SQLITE, Dialect, Query, Scope, range_clauses
+from .window import ALL, EX_COLS, ROLLUP_COLS, SQLITE, Dialect, Query, Scope, range_clauses
 from .window import read as read_window
 
-EX_COLS = ("id", "time", "endpoint", "route", "method", "path", "query", "verdict",
-           "primary_status", "candidate_status", "secondary_status", "primary_latency",
-           "candidate_latency", "secondary_latency", "primary_size", "candidate_size",
-           "primary_error", "candidate_error", "diff_count", "noise_count", "sampled")
 _EX_COLS = EX_COLS
 _ROLLUP_COLS = ROLLUP_COLS
 

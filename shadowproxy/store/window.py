@@ -33,6 +33,11 @@ ROLLUP_COLS = ("exchanges", "matches", "diffs", "noise", "errors", "candidate_5x
 # the kinds of rollup_blobs: a latency sketch per side and the pair sample (apart from the
 # counters, so that reading counts never reads the blobs' pages)
 ROLLUP_BLOBS = ("primary", "candidate", "secondary", "pairs")
+# the exchanges table's columns, the same in both engines (PostgreSQL adds an instance)
+EX_COLS = ("id", "time", "endpoint", "route", "method", "path", "query", "verdict",
+           "primary_status", "candidate_status", "secondary_status", "primary_latency",
+           "candidate_latency", "secondary_latency", "primary_size", "candidate_size",
+           "primary_error", "candidate_error", "diff_count", "noise_count", "sampled")
 COUNT_COLS = ROLLUP_COLS[:-2]      # the counters (the last two are latency sums)
 EDGE_COLS = ("id", "endpoint", "verdict", "primary_status", "primary_error",
              "primary_latency", "candidate_status", "candidate_error", "candidate_latency",

@@ -21,9 +21,8 @@ import orjson
 from ...models import Result
 from ..base import OutcomeRow
 from ..documents import _json_text, _sample_keys, sample_document
-from ..reads import EX_COLS
 from ..rollup import Minute, rollup
-from ..window import ROLLUP_BLOBS, ROLLUP_COLS, blobs, merge_blob
+from ..window import EX_COLS, ROLLUP_BLOBS, ROLLUP_COLS, blobs, merge_blob
 from . import partitions
 from .connection import PgConnection
 

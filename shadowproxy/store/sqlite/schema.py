@@ -11,7 +11,7 @@ import sqlite3
 from urllib.parse import quote
 
 from ...errors import StoreError
-from ..window import ROLLUP_BLOBS, ROLLUP_COLS
+from ..window import EX_COLS, ROLLUP_BLOBS, ROLLUP_COLS
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT = 5.0
@@ -142,10 +142,7 @@ CREATE TABLE IF NOT EXISTS noise (
 _TABLES = {"schema_version", "exchanges", "differences", "samples", "sample_keys", "rollups",
            "rollup_blobs", "field_rollups", "diff_sets", "outcomes", "noise"}
 
-_EX_COLS = ("id", "time", "endpoint", "route", "method", "path", "query", "verdict",
-            "primary_status", "candidate_status", "secondary_status", "primary_latency",
-            "candidate_latency", "secondary_latency", "primary_size", "candidate_size",
-            "primary_error", "candidate_error", "diff_count", "noise_count", "sampled")
+_EX_COLS = EX_COLS
 # the rollups' counters and sums, and the kinds of rollup_blobs (shared by the engines)
 _ROLLUP_COLS = ROLLUP_COLS
 _ROLLUP_BLOBS = ROLLUP_BLOBS
