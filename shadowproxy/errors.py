@@ -3,6 +3,8 @@
     ShadowProxyError
     ├── ConfigError        a configuration file is malformed (file, line and key named)
     ├── StoreError         the result store cannot be opened, read or written
+    │   └── StoreUnavailable   for now: the server is down, restarting or unreachable
+    │                      (the writer keeps the batch and retries it with backoff)
     ├── DeliveryError      a report could not be delivered (report/deliver.py)
     ├── ProtocolError      bytes that are not acceptable HTTP/1.1, from either side: the
     │   │                  parser shared by requests and responses raises it; from an
@@ -48,6 +50,13 @@ class ConfigError(ShadowProxyError):
 
 class StoreError(ShadowProxyError):
     """The result store cannot be opened, read or written."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached for now (a database server down, restarting or
+    unreachable, its connection lost): the same write may succeed later, so the
+    store writer keeps the batch and retries it, where it drops one for any other
+    :class:`StoreError` (a full disk, a read-only database, bad data)."""
 
 
 class ProtocolError(ShadowProxyError):

@@ -217,33 +217,74 @@ class PgServer:
         self._initdb()
         for attempt in range(3):           # the free port may be taken meanwhile
             self.port = _free_port()
-            argv = [str(self.bindir / "postgres"), "-D", str(self.data),
-                    "-p", str(self.port), "-k", self.socket_dir]
-            for k, v in self.settings.items():
-                argv += ["-c", f"{k}={v}"]
-            kw: dict[str, object] = {}
-            if self._run_as is not None:
-                kw = {"user": self._run_as.pw_uid, "group": self._run_as.pw_gid,
-                      "extra_groups": []}
-            with open(self.log_path, "ab") as log:
-                # own session: a ^C to pytest must not stop it before the fixture does
-                self.proc = subprocess.Popen(  # type: ignore[call-overload]
-                    argv, cwd=self.root, env=_clean_env(), stdin=subprocess.DEVNULL,
-                    stdout=log, stderr=log, start_new_session=True, **kw)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if self._ready():
-                    self._createdb(self.database)
-                    return self
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.02)
-            else:
-                self.stop()
-                raise RuntimeError(f"postgres did not get ready in {timeout}s: {self.log()}")
+            if self._launch(timeout):
+                self._createdb(self.database)
+                return self
             if "could not bind" not in self.log() or attempt == 2:
-                raise RuntimeError(f"postgres exited ({self.proc.returncode}): {self.log()}")
+                raise RuntimeError(f"postgres exited ({self.proc.returncode}): "  # type: ignore[union-attr]
+                                   f"{self.log()}")
         raise AssertionError("unreachable")
+
+    def _launch(self, timeout: float) -> bool:
+        """Start ``postgres`` on :attr:`port` over :attr:`data`; → True once ready,
+        False when it exited (raises when it did not get ready in time)."""
+        argv = [str(self.bindir / "postgres"), "-D", str(self.data),
+                "-p", str(self.port), "-k", self.socket_dir]
+        for k, v in self.settings.items():
+            argv += ["-c", f"{k}={v}"]
+        kw: dict[str, object] = {}
+        if self._run_as is not None:
+            kw = {"user": self._run_as.pw_uid, "group": self._run_as.pw_gid,
+                  "extra_groups": []}
+        with open(self.log_path, "ab") as log:
+            # own session: a ^C to pytest must not stop it before the fixture does
+            self.proc = subprocess.Popen(  # type: ignore[call-overload]
+                argv, cwd=self.root, env=_clean_env(), stdin=subprocess.DEVNULL,
+                stdout=log, stderr=log, start_new_session=True, **kw)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._ready():
+                return True
+            if self.proc.poll() is not None:
+                return False
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"postgres did not get ready in {timeout}s: {self.log()}")
+
+    def halt(self, mode: str = "fast", timeout: float = 30.0) -> None:
+        """Stop the server but keep its data directory and port (:meth:`resume` starts
+        it again): ``fast`` (SIGINT: backends told to quit, a checkpoint), ``immediate``
+        (SIGQUIT: like a crash, recovery at the next start) or ``kill`` (SIGKILL of the
+        postmaster and its backends)."""
+        p = self.proc
+        if p is None or p.poll() is not None:
+            return
+        if mode == "kill":
+            os.killpg(p.pid, signal.SIGKILL)
+        else:
+            p.send_signal(signal.SIGINT if mode == "fast" else signal.SIGQUIT)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        if mode == "kill":    # orphaned backends may linger a moment: wait for them
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and \
+                    (self.data / "postmaster.pid").exists() and _pid_alive_any(self.data):
+                time.sleep(0.05)
+
+    def resume(self, timeout: float = 60.0) -> None:
+        """Start the server again on the same port and data directory after
+        :meth:`halt` (a port taken meanwhile by someone else is an error)."""
+        for _attempt in range(50):      # the old socket may linger in TIME_WAIT briefly
+            if self._launch(timeout):
+                return
+            if "could not bind" not in self.log(4000) and \
+                    "already in use" not in self.log(4000):
+                break
+            time.sleep(0.1)
+        raise RuntimeError(f"postgres did not start again on port {self.port}: {self.log()}")
 
     def log(self, tail: int = 2000) -> str:
         try:
@@ -279,6 +320,16 @@ class PgServer:
                 p.wait()
         if self._owned_root:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _pid_alive_any(data: Path) -> bool:
+    """Is the postmaster named in ``data/postmaster.pid`` still running?"""
+    try:
+        pid = int((data / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return False
+    return True
 
 
 def start_postgres(tmpdir: Path | str, **kw: object) -> PgServer:

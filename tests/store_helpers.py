@@ -1,8 +1,10 @@
 """Builders of realistic results for the store, redaction and crash tests.
 
-Also runnable as a script: ``python tests/store_helpers.py crash-writer DB_URL`` writes
-results through a StoreWriter forever and prints the acknowledged count after every
-commit (the crash-safety test kills it with SIGKILL).
+Also runnable as a script: ``python tests/store_helpers.py crash-writer DB_URL [PREFIX
+START]`` writes results through a StoreWriter forever and prints the acknowledged count
+after every commit (the crash-safety test kills it with SIGKILL); with PREFIX and START
+the results are :func:`crash_result` ``(PREFIX, i, START)`` for i = 1, 2, ..., the same
+ones another writer can resubmit.
 """
 
 from __future__ import annotations
@@ -133,7 +135,16 @@ def secret_result(id: str | None = None, started: float | None = None) -> Result
     return Result(ex, "diff", diffs, frozenset(), [diffs[0]])
 
 
-def crash_writer(url: str) -> None:
+def crash_result(prefix: str, i: int, start: float) -> Result:
+    """The ``i``-th result of a crash writer: the same for the same arguments."""
+    verdict = "diff" if i % 3 == 0 else "match"
+    diffs = [diff("$.items[0].price", 1.0, 1.5), diff("header.x-version", "1", "2")] \
+        if verdict == "diff" else []
+    return result(verdict, diffs=diffs, id=f"{prefix}-{i:09d}", started=start + i * 0.0001,
+                  endpoint=f"GET /e{i % 5}")
+
+
+def crash_writer(url: str, prefix: str | None = None, start: float | None = None) -> None:
     """Write results forever; print the acknowledged count after every commit."""
     from shadowproxy.config import StoreConfig
     from shadowproxy.store import StoreWriter
@@ -149,11 +160,14 @@ def crash_writer(url: str) -> None:
     i = 0
     while True:
         i += 1
-        verdict = "diff" if i % 3 == 0 else "match"
-        diffs = [diff("$.items[0].price", 1.0, 1.5), diff("header.x-version", "1", "2")] \
-            if verdict == "diff" else []
-        r = result(verdict, diffs=diffs, id=f"crash-{os.getpid()}-{i:09d}", started=time.time(),
-                   endpoint=f"GET /e{i % 5}")
+        if prefix is not None and start is not None:
+            r = crash_result(prefix, i, start)
+        else:
+            verdict = "diff" if i % 3 == 0 else "match"
+            diffs = [diff("$.items[0].price", 1.0, 1.5), diff("header.x-version", "1", "2")] \
+                if verdict == "diff" else []
+            r = result(verdict, diffs=diffs, id=f"crash-{os.getpid()}-{i:09d}",
+                       started=time.time(), endpoint=f"GET /e{i % 5}")
         while not w.submit(r):
             time.sleep(0.001)
         if i % 50 == 0:
@@ -163,5 +177,7 @@ def crash_writer(url: str) -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "crash-writer":
         crash_writer(sys.argv[2])
+    elif len(sys.argv) == 5 and sys.argv[1] == "crash-writer":
+        crash_writer(sys.argv[2], sys.argv[3], float(sys.argv[4]))
     else:
-        sys.exit("usage: store_helpers.py crash-writer DB_URL")
+        sys.exit("usage: store_helpers.py crash-writer DB_URL [PREFIX START]")

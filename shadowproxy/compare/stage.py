@@ -9,7 +9,8 @@ control process fills it from the channel). For each exchange it:
    route's compiled rules;
 3. feeds the noise learner and splits the differences into real ones and noise;
 4. redacts the result and submits it to the store writer (dropped and counted
-   as ``store_full`` when the writer's queue is full): whole when the store may
+   as ``store_full`` when the writer's queue is full, ``store_down`` when it is full
+   because the store is down and the writer is retrying): whole when the store may
    keep it as a sample, else only what the summary rows store (see
    :meth:`Redactor.redact_result <shadowproxy.redact.redactor.Redactor.redact_result>`).
 """
@@ -117,7 +118,8 @@ class CompareStage:
                 stored = self.redactor.redact_result(  # type: ignore[attr-defined]
                     result, whole=whole)
             if not self.writer.submit(stored):  # type: ignore[attr-defined]
-                self.stats.add("store_dropped", "store_full", ex.endpoint)
+                reason = getattr(self.writer, "drop_reason", "store_full")
+                self.stats.add("store_dropped", reason, ex.endpoint)
         return result
 
     async def run(self) -> None:

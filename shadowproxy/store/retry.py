@@ -7,7 +7,9 @@ seconds whenever it is used (by the store writer's thread, which uses it every
 batch, or by a reader). Until it opens, every call raises :class:`StoreError` with
 the cause: the writer counts the results it could not write as failed and logs the
 cause (once a minute), the admin API answers 503 for reads, and ``/readyz`` reports
-the store as degraded with the reason (:attr:`RetryingStore.unavailable`).
+the store as degraded with the reason (:attr:`RetryingStore.unavailable`). When the
+cause is a database server that is down or out of reach (:class:`StoreUnavailable`),
+that is what is raised: the writer keeps its results and retries them instead.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import threading
 import time
 from typing import Any
 
-from ..errors import StoreError
+from ..errors import StoreError, StoreUnavailable
 from .base import Store
 from .open import open_store
 
@@ -30,8 +32,10 @@ class RetryingStore:
     """Stands in for the store at ``url`` until it can be opened."""
 
     def __init__(self, url: str, error: str, *, samples_per_field: int = 5,
-                 interval: float = RETRY_INTERVAL, **options: Any) -> None:
+                 interval: float = RETRY_INTERVAL, down: bool = False,
+                 **options: Any) -> None:
         self.url = url
+        self.down = down        # the cause is the server being down (StoreUnavailable)
         self.samples_per_field = samples_per_field
         self._options = options     # open_store's (instance, password)
         self.interval = interval
@@ -56,13 +60,15 @@ class RetryingStore:
                                              **self._options)
                 except StoreError as exc:
                     self.unavailable = str(exc)
+                    self.down = isinstance(exc, StoreUnavailable)
                     self._next = time.monotonic() + self.interval
                 else:
                     log.warning("store %s is open now; results are stored again",
                                 getattr(self._inner, "path", None) or self.url)
                     self.unavailable = None
             if self._inner is None:
-                raise StoreError(f"the store cannot be opened (retried every "
+                cls = StoreUnavailable if self.down else StoreError
+                raise cls(f"the store cannot be opened (retried every "
                                  f"{self.interval:g}s): {self.unavailable}")
             return self._inner
 
@@ -90,4 +96,5 @@ def open_or_retry(url: str, *, samples_per_field: int = 5,
         log.error("%s; the proxy serves without storing results until it can be opened "
                   "(retried every %gs)", exc, interval)
         return RetryingStore(url, str(exc), samples_per_field=samples_per_field,
-                             interval=interval, **options)
+                             interval=interval, down=isinstance(exc, StoreUnavailable),
+                             **options)

@@ -21,9 +21,20 @@ store and never see its errors:
   cap (``store.maintain_wal()``, the SQLite store: a ``wal_checkpoint(TRUNCATE)`` that
   never waits on readers), so the WAL is back under the cap within a second or so of
   the last reader that held it ending;
-* when SQLite fails (disk full, read-only file, locked past the busy timeout) the
-  batch is dropped and counted in :attr:`failed`, one clear error line is logged per
-  distinct cause at most every ``log_interval`` seconds, and the thread goes on.
+* when the store is down (:class:`~shadowproxy.errors.StoreUnavailable`: a database
+  server stopped, restarting or out of reach) the batch is kept and retried with
+  backoff (``retry_min`` doubling up to ``retry_max`` seconds) until the store takes
+  it, and the thread resumes by itself; meanwhile :attr:`down` says why, results still
+  queue up to ``store.queue`` and :meth:`submit` refuses the rest (the caller counts
+  ``store_dropped{store_down}``, :attr:`dropped_down` here). Writes are idempotent by
+  exchange id, so a retried batch whose commit did reach the store is not stored twice.
+  Closing while the store is down gives up after most of ``close``'s timeout: what is
+  still held is counted in :attr:`failed`;
+* when the store fails otherwise (disk full, read-only file, locked past the busy
+  timeout) the batch is dropped and counted in :attr:`failed`, one clear error line is
+  logged per distinct cause at most every ``log_interval`` seconds, and the thread
+  goes on; a batch with a result the store cannot take (bad data) is written one
+  result at a time, the bad ones dropped.
 """
 
 from __future__ import annotations
@@ -36,7 +47,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..config import StoreConfig
-from ..errors import StoreError
+from ..errors import StoreError, StoreUnavailable
 from ..models import Result
 from .base import OutcomeRow, Store
 from .open import open_store
@@ -64,7 +75,8 @@ class StoreWriter:
                  on_commit: Callable[[int], None] | None = None,
                  cleanup_interval: float = 60.0, cleanup_chunks: int = 10,
                  wal_check_interval: float = 1.0,
-                 log_interval: float = 60.0, name: str = "shadowproxy-store-writer") -> None:
+                 log_interval: float = 60.0, retry_min: float = 0.1, retry_max: float = 5.0,
+                 name: str = "shadowproxy-store-writer") -> None:
         self.cfg = cfg if cfg is not None else StoreConfig()
         if isinstance(store, str):
             self.store: Store = open_store(store, samples_per_field=self.cfg.samples_per_field)
@@ -79,6 +91,8 @@ class StoreWriter:
         self.cleanup_chunks = cleanup_chunks
         self.wal_check_interval = wal_check_interval
         self.log_interval = log_interval
+        self.retry_min = retry_min
+        self.retry_max = max(retry_min, retry_max)
         # (time submitted, result), at most _limit; guarded by _lock
         self._queue: deque[tuple[float, Result]] = deque()
         self._limit = max(1, self.cfg.queue)
@@ -90,6 +104,9 @@ class StoreWriter:
         self.rejected = 0       # submit() returned False (queue full or closed)
         self.acknowledged = 0   # results in committed transactions
         self.failed = 0         # results dropped because the store failed
+        self.dropped_down = 0   # submit() refused them: queue full while the store is down
+        self.down: str | None = None     # why, while the store is down (batch held)
+        self.retries = 0        # held batches retried
         self.cleaned = 0        # exchanges deleted by retention
         self.last_error: str | None = None       # cause of the latest failure
         self.last_error_at: float | None = None  # time.time() of it
@@ -97,6 +114,10 @@ class StoreWriter:
         self._pending_outcomes: dict[tuple[int, str, str, str], int] = {}
         self._pending_noise: dict[tuple[str, str], Any] = {}
         self._inflight_since: float | None = None
+        self._held: list[tuple[float, Result]] = []   # the batch kept while down
+        self._delay = retry_min                         # next backoff
+        self._give_up_at = float("inf")                 # closing: stop retrying then
+        self._down_since = 0.0                          # monotonic start of the outage
         self._side_failed_at = 0.0     # monotonic time the store last refused side data
         self._logged: dict[str, list[float]] = {}   # cause → [last logged, suppressed]
         self._closed = False
@@ -115,6 +136,8 @@ class StoreWriter:
             q = self._queue
             if self._closed or len(q) >= self._limit:
                 self.rejected += 1
+                if self.down is not None and not self._closed:
+                    self.dropped_down += 1
                 return False
             q.append((time.monotonic(), result))
             self.submitted += 1
@@ -145,8 +168,13 @@ class StoreWriter:
 
     @property
     def depth(self) -> int:
-        """Results waiting in the queue."""
-        return len(self._queue)
+        """Results waiting: in the queue, and the batch held while the store is down."""
+        return len(self._queue) + len(self._held)
+
+    @property
+    def drop_reason(self) -> str:
+        """The ``store_dropped`` reason of a result :meth:`submit` refuses now."""
+        return "store_down" if self.down is not None else "store_full"
 
     @property
     def lag(self) -> float:
@@ -166,6 +194,8 @@ class StoreWriter:
         with self._lock:
             out: dict[str, float] = {"submitted": self.submitted, "rejected": self.rejected,
                    "acknowledged": self.acknowledged, "failed": self.failed,
+                   "dropped_down": self.dropped_down, "retries": self.retries,
+                   "down": 1.0 if self.down is not None else 0.0,
                    "cleaned": self.cleaned}
         out["depth"] = self.depth
         out["lag"] = self.lag
@@ -197,8 +227,10 @@ class StoreWriter:
     def close(self, timeout: float = 10.0) -> bool:
         """Stop accepting, write what is queued, stop the thread. → False when the
         thread did not finish within ``timeout`` (it is a daemon; what it still held
-        is lost at exit)."""
+        is lost at exit). A store that is down is retried for most of ``timeout``;
+        what it still has not taken then is counted in :attr:`failed`."""
         with self._lock:
+            self._give_up_at = time.monotonic() + max(0.0, timeout * 0.8 - 0.1)
             self._closed = True
             self._stop.set()
             self._ready.notify()
@@ -215,13 +247,23 @@ class StoreWriter:
         cleanup_more = False
         try:
             while True:
-                batch = self._take()
+                if self._held:              # the store is down: retry after a backoff
+                    if not self._backoff():
+                        self._give_up()
+                        break
+                    with self._lock:
+                        batch, self._held = self._held, []
+                    self.retries += 1
+                else:
+                    batch = self._take()
                 # the counts handed over so far first: those of a batch's results came
                 # with them or just before (a crash between the two commits leaves the
                 # counts ahead by at most a batch, never the results ahead by more)
                 side_ok = self._write_side()
                 if batch:
                     self._write_batch(batch)
+                if self._held:
+                    continue                # no maintenance while the store is down
                 if cleanup_more or time.monotonic() >= self._next_cleanup:
                     cleanup_more = self._cleanup()
                 if time.monotonic() >= self._next_wal_check:
@@ -268,28 +310,82 @@ class StoreWriter:
                 self._ready.wait(left)
             return [q.popleft() for _ in range(min(len(q), self._batch))]
 
+    def _backoff(self) -> bool:
+        """Wait before retrying the held batch (the delay doubles each time, up to
+        ``retry_max``). → False when closing and out of time: give up."""
+        delay = self._delay
+        self._delay = min(self.retry_max, delay * 2)
+        if self._stop.is_set():
+            left = self._give_up_at - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(delay, left))
+        else:
+            self._stop.wait(delay)      # close() cuts it short
+        return True
+
+    def _give_up(self) -> None:
+        """Closing while the store is still down: count what it never took as failed."""
+        with self._cv:
+            n = len(self._held) + len(self._queue)
+            self._held = []
+            self._queue.clear()
+            self.failed += n
+            self._inflight_since = None
+            self._cv.notify_all()
+        if n:
+            log.error("store %s: still down at shutdown (%s); dropped %d result%s",
+                      self._where(), self.down, n, "s" if n != 1 else "")
+
+    def _hold(self, batch: list[tuple[float, Result]], exc: StoreError) -> None:
+        """The store is down: keep ``batch`` to retry it after a backoff."""
+        with self._cv:
+            self._held = batch
+            first = self.down is None
+            self.down = _cause(exc)
+            if first:
+                self._delay = self.retry_min
+                self._down_since = time.monotonic()
+        self._failure(exc, 0, kept=len(batch))
+
     def _write_batch(self, batch: list[tuple[float, Result]]) -> None:
         results = [r for _t, r in batch]
         ok = 0
+        held = 0
         try:
             self.store.write_results(results)
             ok = len(results)
-        except StoreError as exc:          # SQLite failed: drop the batch
+        except StoreUnavailable as exc:    # the server is down: keep it, retry later
+            self._hold(batch, exc)
+            return
+        except StoreError as exc:          # the store refused it (disk full, ...): drop
             self._failure(exc, len(results))
         except Exception:  # noqa: BLE001 - a result the store cannot take: one by one
-            for r in results:
+            for i, r in enumerate(results):
                 try:
                     self.store.write_results([r])
                     ok += 1
+                except StoreUnavailable as exc:
+                    held = len(results) - i
+                    self._hold(batch[i:], exc)
+                    break
                 except Exception as exc:   # noqa: BLE001
                     self._failure(exc, 1, bad_result=not isinstance(exc, StoreError))
+        recovered = None
         with self._cv:
             if ok:
                 self.last_ok_at = time.time()
+                if self.down is not None and not held:
+                    recovered, self.down = self.down, None
+                    self._delay = self.retry_min
             self.acknowledged += ok
-            self.failed += len(results) - ok
-            self._inflight_since = None
+            self.failed += len(results) - ok - held
+            if not held:
+                self._inflight_since = None
             self._cv.notify_all()
+        if recovered is not None:
+            log.warning("store %s: writing again; it was down for %.1fs (%s)",
+                        self._where(), time.monotonic() - self._down_since, recovered)
         if ok and self.on_commit is not None:
             try:
                 self.on_commit(ok)
@@ -358,8 +454,11 @@ class StoreWriter:
         except Exception as exc:  # noqa: BLE001 - a failed checkpoint
             self._failure(exc, 0, what="WAL checkpoint")
 
+    def _where(self) -> str:
+        return str(getattr(self.store, "path", None) or getattr(self.store, "url", "?"))
+
     def _failure(self, exc: BaseException, n: int, *, what: str = "results",
-                 bad_result: bool = False) -> None:
+                 bad_result: bool = False, kept: int = 0) -> None:
         cause = _cause(exc)
         self.last_error = f"{what}: {cause}"
         self.last_error_at = time.time()
@@ -372,7 +471,7 @@ class StoreWriter:
         self._logged[cause] = [now, 0]
         if len(self._logged) > 100:
             self._logged = {cause: [now, 0]}
-        where = getattr(self.store, "path", None) or getattr(self.store, "url", "?")
+        where = self._where()
         hint = next((h for k, h in _HINTS.items() if k in cause.lower()), None)
         if bad_result:
             msg = f"store {where}: could not write a result ({type(exc).__name__}: {cause})"
@@ -380,6 +479,9 @@ class StoreWriter:
             msg = f"store {where}: writing {what} failed: {cause}"
         if n:
             msg += f"; dropped {n} result{'s' if n != 1 else ''}"
+        if kept:
+            msg += (f"; the store is down: keeping {kept} result{'s' if kept != 1 else ''} "
+                    f"and retrying with backoff (up to every {self.retry_max:g}s)")
         if hint:
             msg += f" ({hint})"
         if suppressed:

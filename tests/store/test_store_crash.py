@@ -29,9 +29,11 @@ def _reader(stream, q: queue.Queue) -> None:
     q.put(None)
 
 
-def run_and_kill(db: str, want_acks: int) -> int:
-    """Start the writer, wait for ``want_acks`` commits, SIGKILL it; → last ack read."""
-    proc = subprocess.Popen([sys.executable, HELPER, "crash-writer", f"sqlite:///{db}"],
+def run_and_kill(db: str, want_acks: int, *extra: str) -> int:
+    """Start the writer (on an SQLite file, or a store URL; ``extra``: the helper's
+    PREFIX START), wait for ``want_acks`` commits, SIGKILL it; → last ack read."""
+    url = db if "://" in db else f"sqlite:///{db}"
+    proc = subprocess.Popen([sys.executable, HELPER, "crash-writer", url, *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     q: queue.Queue = queue.Queue()
     threading.Thread(target=_reader, args=(proc.stdout, q), daemon=True).start()

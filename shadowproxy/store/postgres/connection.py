@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ...errors import StoreError
+from ...errors import StoreError, StoreUnavailable
 from ..window import ALL, Dialect, Query, Scope
 from . import schema
 from .url import default_instance, redact, redact_url, url_password
@@ -26,6 +26,10 @@ _T = TypeVar("_T")
 log = logging.getLogger("shadowproxy.store")
 
 CONNECT_TIMEOUT = 10      # seconds, unless the URL sets connect_timeout
+# SQLSTATEs of a server that is going away or not there yet (the same statement may
+# succeed later): admin/crash shutdown, cannot connect now (starting up, shutting
+# down, in recovery), idle session timeout, too many connections
+_UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03", "57P05", "53300"})
 PG_DIALECT = Dialect(diff_order="seq", diff_time=True)
 
 
@@ -84,10 +88,27 @@ class PgConnection:
     # -- errors
 
     def _error(self, exc: BaseException, what: str) -> StoreError:
-        err = StoreError(f"cannot {what} the store {self.url}: "
-                         f"{redact(str(exc).strip(), self._secret)}")
+        cls = StoreUnavailable if self._unavailable(exc) else StoreError
+        err = cls(f"cannot {what} the store {self.url}: "
+                  f"{redact(str(exc).strip(), self._secret)}")
         err.__cause__ = None
         return err
+
+    def _unavailable(self, exc: BaseException) -> bool:
+        """Is ``exc`` the server being down, restarting or out of reach (retrying the
+        same statement may succeed), rather than a refusal of what was written (a full
+        disk, a read-only database, bad data)?"""
+        pg = self._pg
+        if isinstance(exc, pg.OperationalError):
+            state = getattr(exc, "sqlstate", None)
+            # no SQLSTATE: libpq's own (connection refused, timed out, lost)
+            if state is None or state.startswith("08") or state in _UNAVAILABLE_STATES:
+                return True
+        if isinstance(exc, pg.InterfaceError):
+            return True         # the connection is closed or broken
+        conn = self._conn
+        return conn is not None and bool(conn.broken) and \
+            not isinstance(exc, pg.errors.DiskFull)
 
     # -- connecting
 
