@@ -538,9 +538,11 @@ def test_cronjob_runs_the_report_nightly() -> None:
     assert "shadowproxy report -c /etc/shadowproxy/config.yaml --since 24h --format html" in script
     assert "-o /reports/" in script and "$(date" in script and "--webhook" in script
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
-    assert {"/etc/shadowproxy", "/reports", "/var/lib/shadowproxy"} <= mounts
+    # the config and the reports; the store is the fleet's PostgreSQL, not a volume
+    assert {"/etc/shadowproxy", "/reports"} <= mounts
     env = {e["name"]: e for e in c["env"]}
     assert "secretKeyRef" in env["SHADOWPROXY_REPORT_WEBHOOK"]["valueFrom"]
+    assert "secretKeyRef" in env["SHADOWPROXY_DB_PASSWORD"]["valueFrom"]
 
 
 def test_cron_line_file() -> None:
