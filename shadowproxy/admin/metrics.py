@@ -17,7 +17,8 @@ one admin listener gives the totals of every worker:
   ``shadowproxy_compare_queue_depth``, ``shadowproxy_store_write_lag_seconds``,
   ``shadowproxy_store_queue_depth``, ``shadowproxy_mirror_enabled``,
   ``shadowproxy_mirror_sample_ratio``; and ``shadowproxy_store_results_total{status}``
-  (written, failed, rejected) from the store writer.
+  (written, failed, rejected) from the store writer, ``shadowproxy_store_down`` and
+  ``shadowproxy_store_retries_total`` (a store that cannot be reached).
 
 Label values are bounded: endpoints are the router's bounded keys (a cap plus the
 ``(other)`` overflow), verdicts, outcomes, reasons and kinds are fixed sets.
@@ -220,6 +221,14 @@ class Metrics:
                              ("rejected", "rejected")):
             results.add_metric([status], float(getattr(writer, attr, 0)))
         yield results
+        yield _gauge("shadowproxy_store_down",
+                     "1 while the store cannot be reached (the writer holds its batch and "
+                     "retries; what does not fit is counted store_dropped{store_down})",
+                     1.0 if getattr(writer, "down", None) is not None else 0.0)
+        retries = CounterMetricFamily(
+            "shadowproxy_store_retries", "Batches written again after the store was down")
+        retries.add_metric([], float(getattr(writer, "retries", 0)))
+        yield retries
         enabled, sample = control.mirror_state
         yield _gauge("shadowproxy_mirror_enabled",
                      "1 when mirroring is switched on (config or PUT /api/v1/mirror)",

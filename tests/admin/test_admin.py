@@ -333,15 +333,17 @@ async def test_metrics_after_traffic(demo: Demo) -> None:
     # the names follow the conventions: counters end in _total, durations in _seconds
     for name in ("shadowproxy_requests", "shadowproxy_mirrored", "shadowproxy_dropped",
                  "shadowproxy_primary_errors", "shadowproxy_verdicts",
-                 "shadowproxy_store_results"):
+                 "shadowproxy_store_results", "shadowproxy_store_retries"):
         assert fams[name].type == "counter", name
         assert f"# TYPE {name}_total counter" in text or f"# TYPE {name} counter" in text
     assert fams["shadowproxy_upstream_latency_seconds"].type == "histogram"
     for g in ("shadowproxy_mirror_queue_depth", "shadowproxy_compare_queue_depth",
               "shadowproxy_store_write_lag_seconds", "shadowproxy_store_queue_depth",
-              "shadowproxy_mirror_enabled", "shadowproxy_mirror_sample_ratio"):
+              "shadowproxy_mirror_enabled", "shadowproxy_mirror_sample_ratio",
+              "shadowproxy_store_down"):
         assert fams[g].type == "gauge", g
         assert len(fams[g].samples) == 1
+    assert fams["shadowproxy_store_down"].samples[0].value == 0     # the store is up
 
     # requests: one series per (endpoint, outcome, reason); they add up to what was sent
     req = _samples(fams["shadowproxy_requests"], "shadowproxy_requests_total")
