@@ -117,3 +117,36 @@ def _sample_keys(res: Result) -> list[str]:
     keys.extend(sorted({d.field for d in res.differences}))
     return keys
 
+
+# ------------------------------------------------------------------ rows (both engines)
+
+
+def exchange_row(res: Result, sampled: bool) -> tuple[Any, ...]:
+    """The exchanges row of ``res``, in :data:`shadowproxy.store.window.EX_COLS`' order."""
+    ex = res.exchange
+    p, c, s = ex.primary, ex.candidate, ex.secondary
+    nf = res.noise_fields
+    return (ex.id, float(ex.started), ex.endpoint, ex.route, ex.request.method,
+            ex.request.path, ex.request.query or "", res.verdict, p.status, c.status,
+            s.status if s else None, float(p.latency), float(c.latency),
+            float(s.latency) if s else None, p.size, c.size, p.error, c.error,
+            len(res.differences), sum(1 for d in res.differences if d.field in nf),
+            1 if sampled else 0)
+
+
+def difference_rows(res: Result) -> list[tuple[Any, ...]]:
+    """The differences rows of ``res``: (exchange_id, endpoint, time, section, path,
+    field, kind, a, b, noise)."""
+    ex, nf = res.exchange, res.noise_fields
+    out = []
+    for d in res.differences:
+        f = d.field
+        out.append((ex.id, ex.endpoint, float(ex.started), d.section, d.path, f, d.kind,
+                    _json_text(d.a), _json_text(d.b), 1 if f in nf else 0))
+    return out
+
+
+def sample_blob(res: Result) -> bytes:
+    """The stored form of a sample: :func:`sample_document` as orjson."""
+    return orjson.dumps(sample_document(res), default=str, option=orjson.OPT_NON_STR_KEYS)
+

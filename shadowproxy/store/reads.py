@@ -387,14 +387,19 @@ class SharedReads:
             d[reason] = d.get(reason, 0) + int(n)
         return out
 
+    def _minutes_where(self, since: float | None, until: float | None, glob: str
+                       ) -> tuple[str, list[Any]] | None:
+        """The WHERE of the minutes a range touches (from the minute ``since`` falls in)."""
+        return self._where(None if since is None else _minute(since), until, glob,
+                           col="minute")
+
     def diff_rate_series(self, since: float | None = None, until: float | None = None,
                          bucket_seconds: int = 60, endpoint_glob: str = "*"
                          ) -> dict[str, list[SeriesPoint]]:
         """endpoint → points (bucket start ascending) from the minute rollups;
         ``bucket_seconds`` is rounded up to whole minutes."""
         bucket = max(60, math.ceil(bucket_seconds / 60.0) * 60)
-        w = self._where(None if since is None else _minute(since), until, endpoint_glob,
-                        col="minute")
+        w = self._minutes_where(since, until, endpoint_glob)
         if w is None:
             return {}
         where, params = w
@@ -428,8 +433,7 @@ class SharedReads:
     def rollup_totals(self, since: float | None = None, until: float | None = None,
                       endpoint_glob: str = "*") -> dict[str, dict[str, float]]:
         """endpoint → summed rollup columns over whole minutes in the range."""
-        w = self._where(None if since is None else _minute(since), until, endpoint_glob,
-                        col="minute")
+        w = self._minutes_where(since, until, endpoint_glob)
         if w is None:
             return {}
         where, params = w

@@ -94,7 +94,7 @@ class Sketch:
             for us in other._raw:
                 self._add_us(us)
         elif other.count:
-            self._hist().add(other._bounds())
+            self._hist().add(other._h)
         return self
 
     def merge_bytes(self, blob: bytes | memoryview | None) -> Sketch:
@@ -146,7 +146,7 @@ class Sketch:
             return bytes((_RAW,)) + array("Q", self._raw).tobytes()
         # encode() gives the V2 compressed encoding wrapped in base64 (its "HISTF..."
         # log form); the store keeps the binary it wraps
-        return bytes((_HDR,)) + base64.b64decode(self._bounds().encode())
+        return bytes((_HDR,)) + base64.b64decode(self._h.encode())
 
     @classmethod
     def from_bytes(cls, blob: bytes | memoryview | None) -> Sketch:
@@ -175,23 +175,16 @@ class Sketch:
                 h.get_value_from_index(index))) / 1e6)
         return out
 
-    def _bounds(self) -> HdrHistogram:
-        """The histogram, its min and max right: record_value() keeps them, a merge of
-        stored bytes (:meth:`_merge_hdr`) sets them from the indexes it decoded."""
-        h = self._h
-        assert h is not None
-        return h
-
     def min(self) -> float | None:
         """The smallest value (to the sketch's precision); None when empty."""
         if self._h is None:
             return min(self._raw) / 1e6 if self._raw else None
-        return float(self._bounds().get_min_value()) / 1e6 if self.count else None
+        return float(self._h.get_min_value()) / 1e6 if self.count else None
 
     def max(self) -> float | None:
         if self._h is None:
             return max(self._raw) / 1e6 if self._raw else None
-        return float(self._bounds().get_max_value()) / 1e6 if self.count else None
+        return float(self._h.get_max_value()) / 1e6 if self.count else None
 
     def mean(self) -> float | None:
         if self._h is None:

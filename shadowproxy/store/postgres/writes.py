@@ -16,11 +16,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
 from ...models import Result
 from ..base import OutcomeRow
-from ..documents import _json_text, _sample_keys, sample_document
+from ..documents import _sample_keys, difference_rows, exchange_row, sample_blob
 from ..rollup import Minute, rollup
 from ..window import EX_COLS, ROLLUP_BLOBS, ROLLUP_COLS, blobs, merge_blob
 from . import partitions
@@ -132,23 +130,12 @@ class WritesMixin(PgConnection):
             if ex.id in existing:
                 continue
             existing.add(ex.id)
-            p, cand, sec = ex.primary, ex.candidate, ex.secondary
-            nf = res.noise_fields
-            noise_count = sum(1 for d in res.differences if d.field in nf)
             chosen = self._choose_samples(res, counts)
-            ex_rows.append((
-                ex.id, float(ex.started), ex.endpoint, ex.route, ex.request.method,
-                ex.request.path, ex.request.query or "", res.verdict, p.status, cand.status,
-                sec.status if sec else None, float(p.latency), float(cand.latency),
-                float(sec.latency) if sec else None, p.size, cand.size, p.error, cand.error,
-                len(res.differences), noise_count, 1 if chosen else 0, inst))
-            diff_rows.extend((ex.id, ex.endpoint, float(ex.started), d.section, d.path, d.field,
-                              d.kind, _json_text(d.a), _json_text(d.b),
-                              1 if d.field in nf else 0, inst) for d in res.differences)
+            ex_rows.append((*exchange_row(res, bool(chosen)), inst))
+            diff_rows.extend((*row, inst) for row in difference_rows(res))
             if chosen:
                 sample_rows.append((ex.id, ex.endpoint, float(ex.started), res.verdict,
-                                    orjson.dumps(sample_document(res), default=str,
-                                                 option=orjson.OPT_NON_STR_KEYS), inst))
+                                    sample_blob(res), inst))
                 key_rows.extend((ex.endpoint, key, ex.id, float(ex.started)) for key in chosen)
             new.append(res)
         _copy(cur, "exchanges", (*EX_COLS, "instance"), _EX_TYPES, ex_rows)

@@ -14,14 +14,13 @@ from typing import Any
 
 from .. import window
 from ..rollup import Minute, rollup
-from ..sketch import Sketch
 from ..window import COUNT_COLS as _COUNT_COLS
 from ..window import ROLLUP_BLOBS as _ROLLUP_BLOBS
 from ..window import ROLLUP_COLS as _ROLLUP_COLS
 from ..window import Window, merge_blob, range_clauses
 from ..window import blobs as _blobs
 
-__all__ = ["Window", "backfill", "edge", "range_clauses", "read", "sketch_or_none", "write"]
+__all__ = ["Window", "backfill", "edge", "range_clauses", "read", "write"]
 
 
 def write(c: sqlite3.Connection, results: Iterable[Any]) -> None:
@@ -123,7 +122,3 @@ def backfill(c: sqlite3.Connection, step: int = 3600) -> int:
         _write_fields(c, parts)
         t += step
     return done
-
-
-def sketch_or_none(s: Sketch, q: float) -> float | None:
-    return s.quantile(q) if s.count else None

@@ -10,11 +10,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
 from ...models import Result
 from ..base import OutcomeRow
-from ..documents import _json_text, _sample_keys, sample_document
+from ..documents import _sample_keys, difference_rows, exchange_row, sample_blob
 from . import rollups
 from .connection import SqliteConnection
 from .schema import _EX_COLS, _minute
@@ -81,23 +79,12 @@ class WritesMixin(SqliteConnection):
             if ex.id in existing:
                 continue
             existing.add(ex.id)
-            p, cand, sec = ex.primary, ex.candidate, ex.secondary
-            nf = res.noise_fields
-            noise_count = sum(1 for d in res.differences if d.field in nf)
             chosen = self._choose_samples(res)
-            ex_rows.append((
-                ex.id, ex.started, ex.endpoint, ex.route, ex.request.method, ex.request.path,
-                ex.request.query or "", res.verdict, p.status, cand.status,
-                sec.status if sec else None, p.latency, cand.latency,
-                sec.latency if sec else None, p.size, cand.size, p.error, cand.error,
-                len(res.differences), noise_count, 1 if chosen else 0))
-            diff_rows.extend((ex.id, ex.endpoint, ex.started, d.section, d.path, d.field,
-                              d.kind, _json_text(d.a), _json_text(d.b),
-                              1 if d.field in nf else 0) for d in res.differences)
+            ex_rows.append(exchange_row(res, bool(chosen)))
+            diff_rows.extend(difference_rows(res))
             if chosen:
                 sample_rows.append((ex.id, ex.endpoint, ex.started, res.verdict,
-                                    orjson.dumps(sample_document(res), default=str,
-                                                 option=orjson.OPT_NON_STR_KEYS)))
+                                    sample_blob(res)))
                 for key in chosen:   # rows are inserted below: count them in this batch
                     c.execute("INSERT OR IGNORE INTO sample_keys(endpoint, field, exchange_id) "
                               "VALUES (?, ?, ?)", (ex.endpoint, key, ex.id))
