@@ -39,10 +39,13 @@ from __future__ import annotations
 import hashlib
 from array import array
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import and_
+from typing import Any
 
-from ..models import Result
 from .sketch import Sketch
 
 PAIR_SAMPLE = 128         # latency pairs a minute keeps (of smallest key)
@@ -93,6 +96,13 @@ class Pairs:
         if len(self.items) > 2 * k:
             self.trim(k)
 
+    def add_many(self, items: Iterable[tuple[int, float, float]], k: int = PAIR_SAMPLE) -> None:
+        """:meth:`add` of many ``(key, primary, candidate)``."""
+        bound = self.bound
+        self.items.extend(it for it in items if it[0] < bound)
+        if len(self.items) > 2 * k:
+            self.trim(k)
+
     def trim(self, k: int) -> None:
         """Keep the ``k`` of smallest key (and lower the bound accordingly)."""
         below = [it for it in self.items if it[0] < self.bound]
@@ -139,12 +149,10 @@ class Pairs:
 
     def to_bytes(self) -> bytes:
         self.trim(PAIR_SAMPLE)
+        items = self.items      # trim left them ascending by key
         keys = array("Q", [self.bound if self.bound <= MAX_KEY else MAX_KEY])
-        vals = array("d")
-        for k, p, c in sorted(self.items):
-            keys.append(k)
-            vals.append(p)
-            vals.append(c)
+        keys.extend([it[0] for it in items])
+        vals = array("d", [x for it in items for x in it[1:]])
         flag = b"\x01" if self.bound <= MAX_KEY else b"\x00"
         return flag + keys.tobytes() + vals.tobytes()
 
@@ -188,78 +196,80 @@ class Minute:
                      s_error: str | None, s_latency: float | None) -> None:
         """One exchange's part in the counts, sketches and pair sample (the differences
         go in with :meth:`add_differences`)."""
+        if s_error is not None:
+            s_status = None
+        self.add_columns((exchange_id,), (verdict,), (p_status,), (p_error,), (p_latency,),
+                         (c_status,), (c_error,), (c_latency,), (s_status,), (s_latency,))
+
+    def add_columns(self, ids: Sequence[str], verdicts: Sequence[str],
+                    p_status: Sequence[int], p_error: Sequence[str | None],
+                    p_latency: Sequence[float], c_status: Sequence[int],
+                    c_error: Sequence[str | None], c_latency: Sequence[float],
+                    s_status: Sequence[int | None], s_latency: Sequence[float | None]) -> None:
+        """Many exchanges' part in the counts, sketches and pair sample, one sequence a
+        column (a writer's batch of a minute and endpoint, or a ragged end's rows):
+        the counts by C-level passes over columns (``count``, ``Counter``, ``compress``)
+        rather than a Python step per exchange and counter. A secondary counts where its
+        status is positive and it has a latency."""
         n = self.counts
-        n[0] += 1
-        n[_VERDICT_COL.get(verdict, 4)] += 1
-        n[5] += 500 <= c_status <= 599
-        n[6] += 500 <= p_status <= 599
-        n[7] += c_error is not None
-        n[8] += p_error is not None
-        cf, pf = failed(c_status, c_error), failed(p_status, p_error)
-        n[10] += cf and pf
-        n[11] += cf and not pf
-        n[12] += pf and not cf
-        if pair_ok(p_status, p_error, c_status, c_error):
-            n[9] += 1
-            self.sums[0] += p_latency
-            self.sums[1] += c_latency
-            self.primary.add(p_latency)
-            self.candidate.add(c_latency)
-            self.pairs.add(pair_key(exchange_id), p_latency, c_latency)
-        if s_status is not None and s_latency is not None and s_error is None and s_status > 0:
-            self.secondary.add(s_latency)
+        k = len(ids)
+        n[0] += k
+        for verdict, m in Counter(verdicts).items():
+            n[_VERDICT_COL.get(verdict, 4)] += m
+        c5 = [500 <= st <= 599 for st in c_status]
+        p5 = [500 <= st <= 599 for st in p_status]
+        n[5] += sum(c5)
+        n[6] += sum(p5)
+        n[7] += k - c_error.count(None)
+        n[8] += k - p_error.count(None)
+        cf = [e is not None or st <= 0 or f for st, e, f in zip(c_status, c_error, c5,
+                                                                 strict=True)]
+        pf = [e is not None or st <= 0 or f for st, e, f in zip(p_status, p_error, p5,
+                                                                 strict=True)]
+        ncf, npf = sum(cf), sum(pf)
+        if ncf or npf:
+            both = sum(map(and_, cf, pf))
+            n[10] += both
+            n[11] += ncf - both
+            n[12] += npf - both
+        ok = [pe is None and ce is None and ps > 0 and cs > 0
+              for ps, pe, cs, ce in zip(p_status, p_error, c_status, c_error, strict=True)]
+        if all(ok):
+            pl, cl, pids = p_latency, c_latency, ids
+        else:
+            pl, cl = list(compress(p_latency, ok)), list(compress(c_latency, ok))
+            pids = list(compress(ids, ok))
+        if pl:
+            n[9] += len(pl)
+            self.sums[0] += sum(pl)
+            self.sums[1] += sum(cl)
+            self.primary.add_many(pl)
+            self.candidate.add_many(cl)
+            self.pairs.add_many(zip(map(pair_key, pids), pl, cl, strict=True))
+        if any(st is not None for st in s_status):
+            self.secondary.add_many([lat for st, lat in zip(s_status, s_latency, strict=True)
+                                     if st is not None and lat is not None and st > 0])
 
     def add_differences(self, verdict: str, diffs: Sequence[tuple[str, str, bool]]) -> None:
         """One exchange's differences: ``(field, kind, noise)`` each."""
         seen: set[str] = set()
+        fields = self.fields
+        real: list[str] = []
         for fld, kind, noise in diffs:
-            row = self.fields.get((fld, kind))
+            row = fields.get((fld, kind))
             if row is None:
-                row = self.fields[(fld, kind)] = [0, 0, 0]
+                row = fields[(fld, kind)] = [0, 0, 0]
             row[0] += 1
-            row[1] += noise
+            if noise:
+                row[1] += 1
+            else:
+                real.append(fld)
             if fld not in seen:
                 seen.add(fld)
                 row[2] += 1
         if verdict == "diff":
-            key = set_key(f for f, _k, noise in diffs if not noise)
+            key = set_key(real)
             self.diff_sets[key] = self.diff_sets.get(key, 0) + 1
-
-    def add_result(self, res: Result) -> None:
-        """:meth:`add_exchange` and :meth:`add_differences` of one result, inlined (the
-        store's writer runs this for every result it writes)."""
-        ex = res.exchange
-        p, c, s = ex.primary, ex.candidate, ex.secondary
-        n = self.counts
-        ps, pe, cs, ce = p.status, p.error, c.status, c.error
-        n[0] += 1
-        n[_VERDICT_COL.get(res.verdict, 4)] += 1
-        if 500 <= cs <= 599:
-            n[5] += 1
-        if 500 <= ps <= 599:
-            n[6] += 1
-        if ce is not None:
-            n[7] += 1
-        if pe is not None:
-            n[8] += 1
-        cf = ce is not None or cs <= 0 or 500 <= cs <= 599
-        pf = pe is not None or ps <= 0 or 500 <= ps <= 599
-        if cf or pf:
-            n[10 if cf and pf else 11 if cf else 12] += 1
-        if pe is None and ce is None and ps > 0 and cs > 0:
-            n[9] += 1
-            pl, cl = p.latency, c.latency
-            self.sums[0] += pl
-            self.sums[1] += cl
-            self.primary.add(pl)
-            self.candidate.add(cl)
-            self.pairs.add(pair_key(ex.id), pl, cl)
-        if s is not None and s.error is None and s.status > 0:
-            self.secondary.add(s.latency)
-        if res.differences:
-            nf = res.noise_fields
-            self.add_differences(res.verdict, [(f, d.kind, f in nf) for d in res.differences
-                                               for f in (d.field,)])
 
     def merge(self, other: Minute) -> Minute:
         for i, v in enumerate(other.counts):
@@ -287,15 +297,31 @@ def minute_of(t: float) -> int:
     return int(t // 60) * 60
 
 
-def rollup(results: Iterable[Result]) -> dict[tuple[int, str], Minute]:
-    """(minute, endpoint) → the aggregate of ``results`` falling there."""
+def rollup(rows: Sequence[Sequence[Any]],
+           diffs: Sequence[Sequence[tuple[str, str, bool]] | None]) -> dict[tuple[int, str],
+                                                                         Minute]:
+    """(minute, endpoint) → the aggregate of a writer's new rows: ``rows`` are exchanges
+    rows (:data:`shadowproxy.store.window.EX_COLS`' order, as
+    :func:`shadowproxy.store.documents.exchange_row` makes them), ``diffs[i]`` the
+    ``(field, kind, noise)`` of row ``i``'s differences (None or empty for none)."""
+    groups: dict[tuple[int, str], list[int]] = {}
+    for i, row in enumerate(rows):
+        key = (int(row[1] // 60) * 60, row[2])
+        g = groups.get(key)
+        if g is None:
+            groups[key] = [i]
+        else:
+            g.append(i)
     out: dict[tuple[int, str], Minute] = {}
-    for res in results:
-        key = (minute_of(res.exchange.started), res.exchange.endpoint)
-        m = out.get(key)
-        if m is None:
-            m = out[key] = Minute()
-        m.add_result(res)
+    for key, idx in groups.items():
+        m = out[key] = Minute()
+        cols = list(zip(*[rows[i] for i in idx], strict=True))
+        m.add_columns(cols[0], cols[7], cols[8], cols[16], cols[11], cols[9], cols[17],
+                      cols[12], cols[10], cols[13])
+        for i in idx:
+            d = diffs[i]
+            if d:
+                m.add_differences(rows[i][7], d)
     return out
 
 

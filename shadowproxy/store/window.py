@@ -79,6 +79,22 @@ def blobs(m: Minute) -> tuple[bytes | None, ...]:
             m.pairs.to_bytes() if m.pairs.items else None)
 
 
+def added_blobs(m: Minute, stored: Callable[[str], bytes | memoryview | None]
+                ) -> tuple[bytes | None, ...]:
+    """What a writer stores for a minute after adding ``m`` (a batch's part of it) to
+    what is stored (``stored(kind)``, one of :data:`ROLLUP_BLOBS`): per kind the new
+    bytes, or None where nothing changes (``m`` has nothing of that kind)."""
+    sides = (m.primary, m.candidate, m.secondary)
+    out: list[bytes | None] = [s.fold_into(stored(kind)) if s.count else None
+                               for kind, s in zip(ROLLUP_BLOBS, sides, strict=False)]
+    if m.pairs.items:
+        m.pairs.merge_bytes(stored("pairs"))
+        out.append(m.pairs.to_bytes())
+    else:
+        out.append(None)
+    return tuple(out)
+
+
 def merge_blob(m: Minute, kind: str, blob: bytes | memoryview | None) -> None:
     """Merge one stored blob of ``kind`` (one of :data:`ROLLUP_BLOBS`) into ``m``."""
     if blob is None:
@@ -215,15 +231,17 @@ def edge(q: Query, t0: float | None, t1: float | None, endpoints: Sequence[str] 
                 f"{dwhere} AND exchange_id IN (SELECT id FROM exchanges WHERE {where}) "
                 f"ORDER BY {dialect.diff_order}", dparams + params):
             diffs.setdefault(xid, []).append((fld, kind, bool(nz)))
+    by_endpoint: dict[str, list[tuple[Any, ...]]] = {}
+    for row in q(f"SELECT {','.join(EDGE_COLS)} FROM exchanges WHERE {where}", params):
+        by_endpoint.setdefault(row[1], []).append(tuple(row))
     out: dict[str, Minute] = {}
-    for (xid, ep, verdict, ps, pe, pl, cs, ce, cl, ss, sl) in q(
-            f"SELECT {','.join(EDGE_COLS)} FROM exchanges WHERE {where}", params):
-        m = out.get(ep)
-        if m is None:
-            m = out[ep] = Minute()
-        m.add_exchange(exchange_id=xid, verdict=verdict, p_status=ps, p_error=pe,
-                       p_latency=pl, c_status=cs, c_error=ce, c_latency=cl, s_status=ss,
-                       s_error=None, s_latency=sl)
+    for ep, rows in by_endpoint.items():
+        m = out[ep] = Minute()
+        (xid, _ep, verdict, ps, pe, pl, cs, ce, cl, ss, sl) = zip(*rows, strict=True)
+        m.add_columns(xid, verdict, ps, pe, pl, cs, ce, cl, ss, sl)
         if with_differences:
-            m.add_differences(verdict, diffs.get(xid, ()))
+            for x, v in zip(xid, verdict, strict=True):
+                d = diffs.get(x)
+                if d:
+                    m.add_differences(v, d)
     return out

@@ -146,3 +146,71 @@ def test_minute_counts_failures_on_the_same_exchange() -> None:
     other = Minute()
     other.merge(m).merge(m)
     assert other.count("exchanges") == 8 and other.primary.count == 6
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(min_value=-1.0, max_value=2e3, allow_nan=False), max_size=60),
+       st.lists(st.floats(min_value=0.0, max_value=5.0, allow_nan=False), max_size=60))
+def test_sketch_fold_is_hdrhistograms_own_record_and_encode(stored: list[float],
+                                                             batch: list[float]) -> None:
+    """The writer's fast path (values binned and encoded without a histogram object)
+    stores what HdrHistogram's own record_value + encode store, byte for byte."""
+    import base64
+
+    from hdrh.histogram import HdrHistogram
+
+    def us(x: float) -> int:
+        return min(max(int(x * 1e6 + 0.5), 1), 1_000_000_000)
+
+    old = Sketch()
+    old.add_many(stored)
+    new = Sketch()
+    new.add_many(batch)
+    got = new.fold_into(old.to_bytes() if stored else None)
+    if not stored and not batch:
+        assert got is None
+        return
+    assert got is not None
+    ref = HdrHistogram(1, 1_000_000_000, 2)
+    for x in stored + batch:
+        ref.record_value(us(x))
+    back = Sketch.from_bytes(got)
+    assert back.count == len(stored) + len(batch)
+    if len(stored) + len(batch) > 16:
+        # the stored form: tag 1, then the library's V2 compressed encoding (decoded by
+        # the library itself: counts equal)
+        lib = HdrHistogram.decode(base64.b64encode(got[1:]))
+        assert list(lib.counts) == list(ref.counts)
+    for q in (0.01, 0.5, 0.9, 0.999, 1.0):
+        want = Sketch()
+        want.add_many(stored + batch)
+        assert back.quantile(q) == want.quantile(q)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["match", "diff", "noise", "error"]),
+                          st.sampled_from([0, 200, 404, 500, 503]),
+                          st.sampled_from([None, "timeout"]),
+                          st.sampled_from([0, 200, 502]),
+                          st.sampled_from([None, "reset"]),
+                          st.sampled_from([None, 0, 200])), max_size=40))
+def test_columns_count_what_exchanges_one_by_one_count(rows: list[tuple[object, ...]]) -> None:
+    """The writer's columnar pass gives the same minute as one exchange at a time."""
+    one, cols = Minute(), Minute()
+    rnd = random.Random(len(rows))
+    full = []
+    for i, (verdict, ps, pe, cs, ce, ss) in enumerate(rows):
+        r = (f"x{i}", str(verdict), int(ps), pe, rnd.random(), int(cs), ce, rnd.random(),
+             ss, rnd.random())
+        full.append(r)
+        one.add_exchange(exchange_id=r[0], verdict=r[1], p_status=r[2], p_error=r[3],  # type: ignore[arg-type]
+                         p_latency=r[4], c_status=r[5], c_error=r[6], c_latency=r[7],  # type: ignore[arg-type]
+                         s_status=r[8], s_error=None, s_latency=r[9])  # type: ignore[arg-type]
+    if full:
+        cols.add_columns(*zip(*full, strict=True))  # type: ignore[arg-type]
+    assert cols.counts == one.counts
+    assert cols.sums == one.sums
+    for a, b in ((cols.primary, one.primary), (cols.candidate, one.candidate),
+                 (cols.secondary, one.secondary)):
+        assert a.count == b.count and a.to_bytes() == b.to_bytes()
+    assert cols.pairs.to_bytes() == one.pairs.to_bytes()

@@ -20,7 +20,7 @@ from ...models import Result
 from ..base import OutcomeRow
 from ..documents import _sample_keys, difference_rows, exchange_row, sample_blob
 from ..rollup import Minute, rollup
-from ..window import EX_COLS, ROLLUP_BLOBS, ROLLUP_COLS, blobs, merge_blob
+from ..window import EX_COLS, ROLLUP_BLOBS, ROLLUP_COLS, added_blobs
 from . import partitions
 from .connection import PgConnection
 
@@ -124,7 +124,7 @@ class WritesMixin(PgConnection):
         diff_rows: list[tuple[Any, ...]] = []
         sample_rows: list[tuple[Any, ...]] = []
         key_rows: list[tuple[Any, ...]] = []
-        new: list[Result] = []
+        diffs: list[list[tuple[str, str, bool]] | None] = []   # of each row, for rollups
         for res in results:
             ex = res.exchange
             if ex.id in existing:
@@ -132,19 +132,23 @@ class WritesMixin(PgConnection):
             existing.add(ex.id)
             chosen = self._choose_samples(res, counts)
             ex_rows.append((*exchange_row(res, bool(chosen)), inst))
-            diff_rows.extend((*row, inst) for row in difference_rows(res))
+            if res.differences:
+                rows = difference_rows(res)
+                diff_rows.extend((*row, inst) for row in rows)
+                diffs.append([(r[5], r[6], r[9] == 1) for r in rows])
+            else:
+                diffs.append(None)
             if chosen:
                 sample_rows.append((ex.id, ex.endpoint, float(ex.started), res.verdict,
                                     sample_blob(res), inst))
                 key_rows.extend((ex.endpoint, key, ex.id, float(ex.started)) for key in chosen)
-            new.append(res)
         _copy(cur, "exchanges", (*EX_COLS, "instance"), _EX_TYPES, ex_rows)
         _copy(cur, "differences", _DIFF_COLS, _DIFF_TYPES, diff_rows)
         _copy(cur, "samples", _SAMPLE_COLS, _SAMPLE_TYPES, sample_rows)
         if key_rows:
             cur.executemany("INSERT INTO sample_keys(endpoint, field, exchange_id, time) "
                             "VALUES (%s,%s,%s,%s) ON CONFLICT DO NOTHING", key_rows)
-        self._write_rollups(cur, rollup(new))
+        self._write_rollups(cur, rollup(ex_rows, diffs))
         return len(ex_rows)
 
     def _write_rollups(self, cur: Any, minutes: dict[tuple[int, str], Minute]) -> None:
@@ -165,11 +169,10 @@ class WritesMixin(PgConnection):
         rows: list[tuple[Any, ...]] = []
         blob_rows: list[tuple[Any, ...]] = []
         for (minute, endpoint), m in minutes.items():
-            for kind in ROLLUP_BLOBS:
-                merge_blob(m, kind, have.get((kind, minute, endpoint)))
             rows.append((minute, endpoint, inst, *m.counts, *m.sums))
+            new = added_blobs(m, lambda kind: have.get((kind, minute, endpoint)))  # noqa: B023
             blob_rows.extend((kind, minute, endpoint, inst, data)
-                             for kind, data in zip(ROLLUP_BLOBS, blobs(m), strict=True)
+                             for kind, data in zip(ROLLUP_BLOBS, new, strict=True)
                              if data is not None)
         cols = ",".join(ROLLUP_COLS)
         sets = ",".join(f"{k}=rollups.{k}+excluded.{k}" for k in ROLLUP_COLS)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from .. import window
@@ -17,15 +17,17 @@ from ..rollup import Minute, rollup
 from ..window import COUNT_COLS as _COUNT_COLS
 from ..window import ROLLUP_BLOBS as _ROLLUP_BLOBS
 from ..window import ROLLUP_COLS as _ROLLUP_COLS
-from ..window import Window, merge_blob, range_clauses
+from ..window import Window, added_blobs, range_clauses
 from ..window import blobs as _blobs
 
 __all__ = ["Window", "backfill", "edge", "range_clauses", "read", "write"]
 
 
-def write(c: sqlite3.Connection, results: Iterable[Any]) -> None:
-    """Add ``results`` (already known to be new) to their minutes' aggregates."""
-    minutes = rollup(results)
+def write(c: sqlite3.Connection, rows: Sequence[Sequence[Any]],
+          diffs: Sequence[Sequence[tuple[str, str, bool]] | None]) -> None:
+    """Add new exchanges rows (and their differences: :func:`rollup`) to their minutes'
+    aggregates."""
+    minutes = rollup(rows, diffs)
     if not minutes:
         return
     # the blobs these minutes have already: one range of the (kind, minute, endpoint)
@@ -38,20 +40,19 @@ def write(c: sqlite3.Connection, results: Iterable[Any]) -> None:
                 "minute BETWEEN ? AND ?", (kind, lo, hi)):
             if (minute, endpoint) in minutes:
                 have[(kind, minute, endpoint)] = data
-    rows: list[tuple[Any, ...]] = []
+    out: list[tuple[Any, ...]] = []
     blobs: list[tuple[str, int, str, bytes]] = []
     for (minute, endpoint), m in minutes.items():
-        for kind in _ROLLUP_BLOBS:
-            merge_blob(m, kind, have.get((kind, minute, endpoint)))
-        rows.append((minute, endpoint, *m.counts, *m.sums))
+        out.append((minute, endpoint, *m.counts, *m.sums))
+        new = added_blobs(m, lambda kind: have.get((kind, minute, endpoint)))  # noqa: B023
         blobs.extend((kind, minute, endpoint, data)
-                     for kind, data in zip(_ROLLUP_BLOBS, _blobs(m), strict=True)
+                     for kind, data in zip(_ROLLUP_BLOBS, new, strict=True)
                      if data is not None)
     cols = ",".join(_ROLLUP_COLS)
     sets = ",".join(f"{k}={k}+excluded.{k}" for k in _ROLLUP_COLS)
     c.executemany(f"INSERT INTO rollups(minute, endpoint, {cols}) VALUES "
                   f"(?,?,{','.join('?' * len(_ROLLUP_COLS))}) "
-                  f"ON CONFLICT(minute, endpoint) DO UPDATE SET {sets}", rows)
+                  f"ON CONFLICT(minute, endpoint) DO UPDATE SET {sets}", out)
     c.executemany("INSERT INTO rollup_blobs(kind, minute, endpoint, data) VALUES (?,?,?,?) "
                   "ON CONFLICT(kind, minute, endpoint) DO UPDATE SET data=excluded.data",
                   blobs)

@@ -73,7 +73,7 @@ class WritesMixin(SqliteConnection):
                 f"SELECT id FROM exchanges WHERE id IN ({','.join('?' * len(part))})", part))
         ex_rows, sample_rows = [], []
         diff_rows: list[tuple[Any, ...]] = []
-        new: list[Result] = []
+        diffs: list[list[tuple[str, str, bool]] | None] = []   # of each row, for rollups
         for res in results:
             ex = res.exchange
             if ex.id in existing:
@@ -81,14 +81,18 @@ class WritesMixin(SqliteConnection):
             existing.add(ex.id)
             chosen = self._choose_samples(res)
             ex_rows.append(exchange_row(res, bool(chosen)))
-            diff_rows.extend(difference_rows(res))
+            if res.differences:
+                rows = difference_rows(res)
+                diff_rows.extend(rows)
+                diffs.append([(r[5], r[6], r[9] == 1) for r in rows])
+            else:
+                diffs.append(None)
             if chosen:
                 sample_rows.append((ex.id, ex.endpoint, ex.started, res.verdict,
                                     sample_blob(res)))
                 for key in chosen:   # rows are inserted below: count them in this batch
                     c.execute("INSERT OR IGNORE INTO sample_keys(endpoint, field, exchange_id) "
                               "VALUES (?, ?, ?)", (ex.endpoint, key, ex.id))
-            new.append(res)
         if ex_rows:
             c.executemany(f"INSERT INTO exchanges({','.join(_EX_COLS)}) VALUES "
                           f"({','.join('?' * len(_EX_COLS))})", ex_rows)
@@ -98,7 +102,7 @@ class WritesMixin(SqliteConnection):
         if sample_rows:
             c.executemany("INSERT OR REPLACE INTO samples(exchange_id, endpoint, time, verdict, "
                           "data) VALUES (?,?,?,?,?)", sample_rows)
-        rollups.write(c, new)
+        rollups.write(c, ex_rows, diffs)
         return len(ex_rows)
 
     def add_outcomes(self, rows: Sequence[OutcomeRow]) -> None:
