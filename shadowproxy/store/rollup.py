@@ -42,9 +42,7 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import compress
-from operator import and_
-from typing import Any
+from typing import Any, TypeVar
 
 from .sketch import Sketch
 
@@ -54,6 +52,7 @@ MAX_SET_FIELDS = 16       # real fields of one diff exchange kept as a set
 MANY_FIELDS = "*"         # the set of an exchange with more fields (never forgiven)
 SEP = "\n"                # joins a set's fields (a field name never holds a newline)
 MAX_KEY = (1 << 64) - 1
+K = TypeVar("K")                # what :func:`aggregate` groups by
 
 COUNTS = ("exchanges", "matches", "diffs", "noise", "errors", "candidate_5xx",
           "primary_5xx", "candidate_errors", "primary_errors", "latency_pairs",
@@ -207,48 +206,9 @@ class Minute:
                     c_error: Sequence[str | None], c_latency: Sequence[float],
                     s_status: Sequence[int | None], s_latency: Sequence[float | None]) -> None:
         """Many exchanges' part in the counts, sketches and pair sample, one sequence a
-        column (a writer's batch of a minute and endpoint, or a ragged end's rows):
-        the counts by C-level passes over columns (``count``, ``Counter``, ``compress``)
-        rather than a Python step per exchange and counter. A secondary counts where its
-        status is positive and it has a latency."""
-        n = self.counts
-        k = len(ids)
-        n[0] += k
-        for verdict, m in Counter(verdicts).items():
-            n[_VERDICT_COL.get(verdict, 4)] += m
-        c5 = [500 <= st <= 599 for st in c_status]
-        p5 = [500 <= st <= 599 for st in p_status]
-        n[5] += sum(c5)
-        n[6] += sum(p5)
-        n[7] += k - c_error.count(None)
-        n[8] += k - p_error.count(None)
-        cf = [e is not None or st <= 0 or f for st, e, f in zip(c_status, c_error, c5,
-                                                                 strict=True)]
-        pf = [e is not None or st <= 0 or f for st, e, f in zip(p_status, p_error, p5,
-                                                                 strict=True)]
-        ncf, npf = sum(cf), sum(pf)
-        if ncf or npf:
-            both = sum(map(and_, cf, pf))
-            n[10] += both
-            n[11] += ncf - both
-            n[12] += npf - both
-        ok = [pe is None and ce is None and ps > 0 and cs > 0
-              for ps, pe, cs, ce in zip(p_status, p_error, c_status, c_error, strict=True)]
-        if all(ok):
-            pl, cl, pids = p_latency, c_latency, ids
-        else:
-            pl, cl = list(compress(p_latency, ok)), list(compress(c_latency, ok))
-            pids = list(compress(ids, ok))
-        if pl:
-            n[9] += len(pl)
-            self.sums[0] += sum(pl)
-            self.sums[1] += sum(cl)
-            self.primary.add_many(pl)
-            self.candidate.add_many(cl)
-            self.pairs.add_many(zip(map(pair_key, pids), pl, cl, strict=True))
-        if any(st is not None for st in s_status):
-            self.secondary.add_many([lat for st, lat in zip(s_status, s_latency, strict=True)
-                                     if st is not None and lat is not None and st > 0])
+        column (:func:`aggregate`, into this one)."""
+        aggregate({None: self}, [None] * len(ids), ids, verdicts, p_status, p_error,
+                  p_latency, c_status, c_error, c_latency, s_status, s_latency)
 
     def add_differences(self, verdict: str, diffs: Sequence[tuple[str, str, bool]]) -> None:
         """One exchange's differences: ``(field, kind, noise)`` each."""
@@ -297,6 +257,74 @@ def minute_of(t: float) -> int:
     return int(t // 60) * 60
 
 
+def aggregate(out: dict[K, Minute], keys: Sequence[K], ids: Sequence[str],
+              verdicts: Sequence[str], p_status: Sequence[int], p_error: Sequence[str | None],
+              p_latency: Sequence[float], c_status: Sequence[int],
+              c_error: Sequence[str | None], c_latency: Sequence[float],
+              s_status: Sequence[int | None], s_latency: Sequence[float | None]) -> None:
+    """Adds exchanges, one sequence a column, to ``out[keys[i]]`` (made as needed): a
+    writer's batch keyed by (minute, endpoint), or a ragged end's rows by endpoint.
+
+    The cost is per exchange, not per minute and endpoint (a batch of a quiet service,
+    or of one with hundreds of endpoints, has few exchanges in each): each exchange's
+    flags come out of one pass over the whole batch, ``Counter`` counts the distinct
+    (key, flags) combinations in C, and only those are added to the counters; latencies
+    go to their sketches as lists (binned when stored, :mod:`.sketch`). A secondary
+    counts where its status is positive and it has a latency."""
+    flags = [(v, 500 <= cs <= 599, 500 <= ps <= 599, ce is not None, pe is not None,
+              ce is not None or cs <= 0 or 500 <= cs <= 599,
+              pe is not None or ps <= 0 or 500 <= ps <= 599)
+             for v, ps, pe, cs, ce in zip(verdicts, p_status, p_error, c_status, c_error,
+                                          strict=True)]
+    for (key, (v, c5, p5, cerr, perr, cf, pf)), m in Counter(zip(keys, flags, strict=True)).items():
+        mm = out.get(key)
+        if mm is None:
+            mm = out[key] = Minute()
+        n = mm.counts
+        n[0] += m
+        n[_VERDICT_COL.get(v, 4)] += m
+        if c5:
+            n[5] += m
+        if p5:
+            n[6] += m
+        if cerr:
+            n[7] += m
+        if perr:
+            n[8] += m
+        if cf or pf:
+            n[10 if cf and pf else 11 if cf else 12] += m
+    # latency pairs (both answered) and the secondary's latencies, per key
+    lat: dict[K, tuple[list[str], list[float], list[float]]] = {}
+    for key, x, ps, pe, pl, cs, ce, cl in zip(keys, ids, p_status, p_error, p_latency,
+                                              c_status, c_error, c_latency, strict=True):
+        if pe is None and ce is None and ps > 0 and cs > 0:
+            got = lat.get(key)
+            if got is None:
+                got = lat[key] = ([], [], [])
+            got[0].append(x)
+            got[1].append(pl)
+            got[2].append(cl)
+    for key, (xs, pls, cls) in lat.items():
+        mm = out[key]
+        mm.counts[9] += len(xs)
+        mm.sums[0] += sum(pls)
+        mm.sums[1] += sum(cls)
+        mm.primary.add_many(pls)
+        mm.candidate.add_many(cls)
+        mm.pairs.add_many(zip(map(pair_key, xs), pls, cls, strict=True))
+    if any(st is not None for st in s_status):
+        sec: dict[K, list[float]] = {}
+        for key, st, sl in zip(keys, s_status, s_latency, strict=True):
+            if st is not None and sl is not None and st > 0:
+                got_s = sec.get(key)
+                if got_s is None:
+                    sec[key] = [sl]
+                else:
+                    got_s.append(sl)
+        for key, values in sec.items():
+            out[key].secondary.add_many(values)
+
+
 def rollup(rows: Sequence[Sequence[Any]],
            diffs: Sequence[Sequence[tuple[str, str, bool]] | None]) -> dict[tuple[int, str],
                                                                          Minute]:
@@ -304,24 +332,16 @@ def rollup(rows: Sequence[Sequence[Any]],
     rows (:data:`shadowproxy.store.window.EX_COLS`' order, as
     :func:`shadowproxy.store.documents.exchange_row` makes them), ``diffs[i]`` the
     ``(field, kind, noise)`` of row ``i``'s differences (None or empty for none)."""
-    groups: dict[tuple[int, str], list[int]] = {}
-    for i, row in enumerate(rows):
-        key = (int(row[1] // 60) * 60, row[2])
-        g = groups.get(key)
-        if g is None:
-            groups[key] = [i]
-        else:
-            g.append(i)
     out: dict[tuple[int, str], Minute] = {}
-    for key, idx in groups.items():
-        m = out[key] = Minute()
-        cols = list(zip(*[rows[i] for i in idx], strict=True))
-        m.add_columns(cols[0], cols[7], cols[8], cols[16], cols[11], cols[9], cols[17],
-                      cols[12], cols[10], cols[13])
-        for i in idx:
-            d = diffs[i]
-            if d:
-                m.add_differences(rows[i][7], d)
+    if not rows:
+        return out
+    cols = list(zip(*rows, strict=True))
+    keys = [(int(t // 60) * 60, ep) for t, ep in zip(cols[1], cols[2], strict=True)]
+    aggregate(out, keys, cols[0], cols[7], cols[8], cols[16], cols[11], cols[9], cols[17],
+              cols[12], cols[10], cols[13])
+    for key, verdict, d in zip(keys, cols[7], diffs, strict=True):
+        if d:
+            out[key].add_differences(verdict, d)
     return out
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .rollup import Minute
+from .rollup import Minute, aggregate
 
 # run one statement (``?`` placeholders) and give its rows
 Query = Callable[[str, Sequence[Any]], Iterable[Sequence[Any]]]
@@ -231,17 +231,15 @@ def edge(q: Query, t0: float | None, t1: float | None, endpoints: Sequence[str] 
                 f"{dwhere} AND exchange_id IN (SELECT id FROM exchanges WHERE {where}) "
                 f"ORDER BY {dialect.diff_order}", dparams + params):
             diffs.setdefault(xid, []).append((fld, kind, bool(nz)))
-    by_endpoint: dict[str, list[tuple[Any, ...]]] = {}
-    for row in q(f"SELECT {','.join(EDGE_COLS)} FROM exchanges WHERE {where}", params):
-        by_endpoint.setdefault(row[1], []).append(tuple(row))
+    rows = list(q(f"SELECT {','.join(EDGE_COLS)} FROM exchanges WHERE {where}", params))
     out: dict[str, Minute] = {}
-    for ep, rows in by_endpoint.items():
-        m = out[ep] = Minute()
-        (xid, _ep, verdict, ps, pe, pl, cs, ce, cl, ss, sl) = zip(*rows, strict=True)
-        m.add_columns(xid, verdict, ps, pe, pl, cs, ce, cl, ss, sl)
-        if with_differences:
-            for x, v in zip(xid, verdict, strict=True):
-                d = diffs.get(x)
-                if d:
-                    m.add_differences(v, d)
+    if not rows:
+        return out
+    (xid, ep, verdict, ps, pe, pl, cs, ce, cl, ss, sl) = zip(*rows, strict=True)
+    aggregate(out, ep, xid, verdict, ps, pe, pl, cs, ce, cl, ss, sl)
+    if with_differences:
+        for x, e, v in zip(xid, ep, verdict, strict=True):
+            d = diffs.get(x)
+            if d:
+                out[e].add_differences(v, d)
     return out
