@@ -49,7 +49,14 @@ class ConfigError(ShadowProxyError):
 
 
 class StoreError(ShadowProxyError):
-    """The result store cannot be opened, read or written."""
+    """The result store cannot be opened, read or written. ``cause``: what makes two
+    errors "the same cause" for the writer's once-per-cause log (a database server's
+    error class, e.g. ``DiskFull (SQLSTATE 53100)``, where the text names a file or a
+    table that differs from one statement to the next); None: the text itself."""
+
+    def __init__(self, *args: object, cause: str | None = None) -> None:
+        super().__init__(*args)
+        self.cause = cause
 
 
 class StoreUnavailable(StoreError):

@@ -68,6 +68,13 @@ def _cause(exc: BaseException) -> str:
     return str(root).strip() or type(root).__name__
 
 
+def _cause_key(exc: BaseException) -> str:
+    """What the once-per-cause log groups by: the error's class where the store gives
+    one (:attr:`StoreError.cause`), else its text."""
+    key = exc.cause if isinstance(exc, StoreError) else None
+    return key or _cause(exc)
+
+
 class StoreWriter:
     """Writes results, outcome counts and noise evidence to a store from one thread."""
 
@@ -459,18 +466,18 @@ class StoreWriter:
 
     def _failure(self, exc: BaseException, n: int, *, what: str = "results",
                  bad_result: bool = False, kept: int = 0) -> None:
-        cause = _cause(exc)
+        cause, key = _cause(exc), _cause_key(exc)
         self.last_error = f"{what}: {cause}"
         self.last_error_at = time.time()
         now = time.monotonic()
-        entry = self._logged.get(cause)
+        entry = self._logged.get(key)
         if entry is not None and now - entry[0] < self.log_interval:
             entry[1] += n
             return
         suppressed = int(entry[1]) if entry else 0
-        self._logged[cause] = [now, 0]
+        self._logged[key] = [now, 0]
         if len(self._logged) > 100:
-            self._logged = {cause: [now, 0]}
+            self._logged = {key: [now, 0]}
         where = self._where()
         hint = next((h for k, h in _HINTS.items() if k in cause.lower()), None)
         if bad_result:

@@ -89,8 +89,10 @@ class PgConnection:
 
     def _error(self, exc: BaseException, what: str) -> StoreError:
         cls = StoreUnavailable if self._unavailable(exc) else StoreError
+        state = getattr(exc, "sqlstate", None)
         err = cls(f"cannot {what} the store {self.url}: "
-                  f"{redact(str(exc).strip(), self._secret)}")
+                  f"{redact(str(exc).strip(), self._secret)}",
+                  cause=f"{type(exc).__name__} (SQLSTATE {state})" if state else None)
         err.__cause__ = None
         return err
 
