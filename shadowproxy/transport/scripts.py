@@ -1,0 +1,75 @@
+"""The server-side scripts of the transport: each runs atomically in Redis, so what it
+checks still holds when it acts on it.
+
+:data:`ADD`
+    A sidecar's batch of entries, added only while the consumer group's lag (entries
+    not yet delivered to a comparator) leaves room below ``transport.max_len``: the
+    ones beyond are refused, and the sidecar counts them ``dropped{compare_full}``.
+    Each ``XADD`` also trims the stream to about ``max_len`` entries (``MAXLEN ~``); as
+    the unread entries are at most ``max_len`` that removes only delivered ones.
+    Returns ``{added, lag before}``.
+
+:data:`TRIMMED`
+    Entries trimmed before the group read them (a stream shared with other writers, a
+    lowered ``max_len``): when the stream's ``max-deleted-entry-id`` is past the
+    group's ``last-delivered-id``, the entries in between are gone unread. Their count
+    is the entries ever added up to that id (``entries-added − length``, trimming
+    removes from the head) less those the group read (``entries-read``); the group is
+    moved past them (``XGROUP SETID … ENTRIESREAD``) so they are counted once. Returns
+    that count (``-1`` when Redis cannot tell how many).
+"""
+
+from __future__ import annotations
+
+ADD = """
+local n = #ARGV - 3
+local lag = 0
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if ok then
+  for _, g in ipairs(groups) do
+    local name, glag
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'lag' then glag = g[i + 1] end
+    end
+    if name == ARGV[1] then
+      if not glag then glag = redis.call('XLEN', KEYS[1]) end
+      lag = glag
+    end
+  end
+end
+local room = tonumber(ARGV[2]) - lag
+if room < n then n = math.max(room, 0) end
+for i = 4, 3 + n do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'v', ARGV[3], 'x', ARGV[i])
+end
+return {n, lag}
+"""
+
+TRIMMED = """
+local function id(s)
+  local ms, seq = string.match(s, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function after(a, b)
+  local am, as = id(a)
+  local bm, bs = id(b)
+  return am > bm or (am == bm and as > bs)
+end
+local ok, info = pcall(redis.call, 'XINFO', 'STREAM', KEYS[1])
+if not ok then return 0 end
+local s = {}
+for i = 1, #info, 2 do s[info[i]] = info[i + 1] end
+local maxdel = s['max-deleted-entry-id']
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local f = {}
+  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+  if f['name'] == ARGV[1] and maxdel and after(maxdel, f['last-delivered-id']) then
+    local gone = s['entries-added'] - s['length']
+    local lost = -1
+    if f['entries-read'] then lost = gone - f['entries-read'] end
+    redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], maxdel, 'ENTRIESREAD', gone)
+    return lost
+  end
+end
+return 0
+"""
