@@ -62,9 +62,11 @@ def connect(cfg: TransportConfig, *, timeout: float = SOCKET_TIMEOUT,
 
 async def ensure_group(r: aioredis.Redis, cfg: TransportConfig) -> None:
     """The stream and its consumer group, created when missing (from the stream's
-    first entry: a group created after entries were added reads them too)."""
+    first entry: a group created after entries were added reads them too; with a read
+    count of 0, which Redis keeps exact so that trimmed entries can be counted, see
+    :data:`~.scripts.TRIMMED`)."""
     try:
-        await r.xgroup_create(cfg.stream, cfg.group, id="0", mkstream=True)
+        await r.xgroup_create(cfg.stream, cfg.group, id="0", mkstream=True, entries_read=0)
     except aioredis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise

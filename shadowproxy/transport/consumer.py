@@ -166,22 +166,42 @@ class Consumer:
     # ------------------------------------------------------------ the loops
 
     async def _read_forever(self) -> None:
+        """Entries new to the group. Each read runs in one transaction after the
+        :data:`~.scripts.TRIMMED` check, so no entry trimmed unread is skipped over
+        uncounted; only when that finds nothing does a blocking read wait for more (a
+        new entry is handed to a blocked reader before anything can trim it)."""
+        trimmed = self.redis.register_script(TRIMMED)
+        stream, group = self.keys.stream, self.tcfg.group
         while not self.stop.is_set():
             room = min(self.tcfg.batch, self._room())
             if room == 0:
                 await asyncio.sleep(0.05)
                 continue
-            resp = await self.redis.xreadgroup(self.tcfg.group, self.name,
-                                               {self.keys.stream: ">"}, count=room,
-                                               block=BLOCK_MS)
+            async with self.redis.pipeline(transaction=True) as p:
+                await trimmed(keys=[stream], args=[group], client=p)
+                p.xreadgroup(group, self.name, {stream: ">"}, count=room)
+                lost, resp = await p.execute()
+            self._count_trimmed(int(lost))
+            if not resp:
+                resp = await self.redis.xreadgroup(group, self.name, {stream: ">"},
+                                                   count=room, block=BLOCK_MS)
             for _stream, entries in resp or ():
                 await self._handle(entries)
 
+    def _count_trimmed(self, lost: int) -> None:
+        if not lost:
+            return
+        n = max(lost, 0)
+        self.stats.add("dropped", "transport_trimmed", "", n)
+        log.error("comparator: %s unread entries were trimmed from the stream before a "
+                  "comparator read them (counted dropped{transport_trimmed}); another writer "
+                  "trims it, or transport.max_len differs between sidecars",
+                  n if lost > 0 else "some")
+
     async def _claim_forever(self) -> None:
-        """Dead letters, claims and trimmed entries, every ``claim_after`` / 2 (≤ 5 s)."""
+        """Dead letters and claims, every ``claim_after`` / 2 (≤ 5 s)."""
         tcfg = self.tcfg
         idle_ms = int(tcfg.claim_after * 1000)
-        trimmed = self.redis.register_script(TRIMMED)
         while not self.stop.is_set():
             await asyncio.sleep(min(5.0, tcfg.claim_after / 2))
             # entries delivered max_deliveries times without an ack: dead letters
@@ -210,14 +230,6 @@ class Consumer:
                     await self._handle(entries, claimed=True)
                 if start in (b"0-0", "0-0"):
                     break
-            lost = int(await trimmed(keys=[self.keys.stream], args=[tcfg.group]))
-            if lost:
-                n = max(lost, 0)
-                self.stats.add("dropped", "transport_trimmed", "", n)
-                log.error("comparator: %s unread entries were trimmed from the stream before "
-                          "a comparator read them (counted dropped{transport_trimmed}); "
-                          "transport.max_len is too small for the lag",
-                          n if lost > 0 else "some")
 
     async def _autoclaim(self, start: Any, idle_ms: int, count: int
                          ) -> tuple[Any, list[Any], list[Any]]:

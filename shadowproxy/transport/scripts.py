@@ -10,13 +10,15 @@ checks still holds when it acts on it.
     Returns ``{added, lag before}``.
 
 :data:`TRIMMED`
-    Entries trimmed before the group read them (a stream shared with other writers, a
-    lowered ``max_len``): when the stream's ``max-deleted-entry-id`` is past the
-    group's ``last-delivered-id``, the entries in between are gone unread. Their count
-    is the entries ever added up to that id (``entries-added − length``, trimming
-    removes from the head) less those the group read (``entries-read``); the group is
-    moved past them (``XGROUP SETID … ENTRIESREAD``) so they are counted once. Returns
-    that count (``-1`` when Redis cannot tell how many).
+    Entries trimmed before the group read them (another writer, an ``XTRIM`` by hand):
+    trimming removes from the head, so when the stream's first entry is past the
+    group's ``last-delivered-id``, every entry trimmed after that id went unread. The
+    group is created with ``ENTRIESREAD 0`` and Redis adds one for each entry it
+    delivers, so the unread ones trimmed are the entries trimmed in all
+    (``entries-added − length``) less those the group read (``entries-read``). The
+    group is then moved to just before the first entry (``XGROUP SETID …
+    ENTRIESREAD``) so that they are counted once. Returns that count (``-1`` when Redis
+    cannot tell how many).
 """
 
 from __future__ import annotations
@@ -55,19 +57,35 @@ local function after(a, b)
   local bm, bs = id(b)
   return am > bm or (am == bm and as > bs)
 end
+local function before(a)
+  local ms, seq = string.match(a, '^(%d+)-(%d+)$')
+  if seq ~= '0' then return ms .. '-' .. tostring(tonumber(seq) - 1) end
+  return tostring(tonumber(ms) - 1) .. '-18446744073709551615'
+end
 local ok, info = pcall(redis.call, 'XINFO', 'STREAM', KEYS[1])
 if not ok then return 0 end
 local s = {}
 for i = 1, #info, 2 do s[info[i]] = info[i + 1] end
-local maxdel = s['max-deleted-entry-id']
+local gone = s['entries-added'] - s['length']
+if gone == 0 then return 0 end
 for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   local f = {}
   for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
-  if f['name'] == ARGV[1] and maxdel and after(maxdel, f['last-delivered-id']) then
-    local gone = s['entries-added'] - s['length']
+  if f['name'] == ARGV[1] then
+    local last = f['last-delivered-id']
+    local to, past
+    if s['first-entry'] then
+      past = after(s['first-entry'][1], last)
+      if past then to = before(s['first-entry'][1]) end
+    else
+      past = after(s['last-generated-id'], last)
+      to = s['last-generated-id']
+    end
+    if not past then return 0 end
     local lost = -1
     if f['entries-read'] then lost = gone - f['entries-read'] end
-    redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], maxdel, 'ENTRIESREAD', gone)
+    if lost == 0 then return 0 end
+    redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], to, 'ENTRIESREAD', gone)
     return lost
   end
 end
