@@ -19,6 +19,12 @@ checks still holds when it acts on it.
     group is then moved to just before the first entry (``XGROUP SETID …
     ENTRIESREAD``) so that they are counted once. Returns that count (``-1`` when Redis
     cannot tell how many).
+
+    It also mends the group's read count when the group has read everything:
+    Redis 7.0 does not keep ``entries-read`` across a restart (the AOF replays reads
+    as ``XCLAIM … LASTID``, which leaves it behind), which would overstate the lag (and
+    the sidecars' bound with it) until it is mended here, as soon as the comparators
+    have caught up (``XGROUP SETID … ENTRIESREAD entries-added``).
 """
 
 from __future__ import annotations
@@ -67,12 +73,18 @@ if not ok then return 0 end
 local s = {}
 for i = 1, #info, 2 do s[info[i]] = info[i + 1] end
 local gone = s['entries-added'] - s['length']
-if gone == 0 then return 0 end
 for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   local f = {}
   for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
   if f['name'] == ARGV[1] then
     local last = f['last-delivered-id']
+    if last == s['last-generated-id'] then
+      if f['entries-read'] ~= s['entries-added'] then
+        redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], last, 'ENTRIESREAD', s['entries-added'])
+      end
+      return 0
+    end
+    if gone == 0 then return 0 end
     local to, past
     if s['first-entry'] then
       past = after(s['first-entry'][1], last)
