@@ -4,8 +4,9 @@ started by the tests on loopback.
 
 * two sidecars and two comparator pools compare and store everything, a kill -9 of
   a comparator mid-stream loses nothing (its entries are claimed by the others) and
-  stores nothing twice, and a planted secret appears nowhere in Redis (the stream,
-  its AOF and RDB files);
+  stores nothing twice, a planted secret appears nowhere in Redis (the stream, its AOF
+  and RDB files), and `shadowproxy mirror off|on` switches both sidecars within a
+  second;
 * a Redis restart under load leaves primary answering with no error and every shadow
   counted.
 """
@@ -198,6 +199,27 @@ async def _secret_nowhere_in(redis: RedisServer) -> None:
         assert SECRET.encode() not in p.read_bytes(), p
 
 
+async def _mirror_states(cars: list[Running]) -> list[tuple[bool, float]]:
+    out = []
+    async with aiohttp.ClientSession() as s:
+        for c in cars:
+            async with s.get(f"http://127.0.0.1:{c.admin}/api/v1/mirror") as r:
+                doc = await r.json()
+            out.append((doc["enabled"], doc["sample"]))
+    return out
+
+
+async def _switch_reaches_every_sidecar(cars: list[Running]) -> None:
+    """`shadowproxy mirror off|on` switches both sidecars within a second of returning."""
+    for args, want in ((["off"], (False, 1.0)), (["on", "--sample", "0.5"], (True, 0.5))):
+        done = _cli("mirror", *args, "-c", str(cars[0].cfg))
+        assert done.returncode == 0, done.stdout + done.stderr
+        t0 = time.monotonic()
+        while await _mirror_states(cars) != [want, want]:
+            assert time.monotonic() - t0 < 1.0, await _mirror_states(cars)
+            await asyncio.sleep(0.05)
+
+
 async def test_two_sidecars_two_comparators_kill_9_loses_nothing(
         pg_url: str, redis: RedisServer, tmp_path: Path) -> None:
     primary = await Upstream(_app(10)).start()
@@ -218,6 +240,7 @@ async def test_two_sidecars_two_comparators_kill_9_loses_nothing(
         assert [_total(o) for o in outcomes] == [n, n]
         await _drained(redis.url)
         await _secret_nowhere_in(redis)
+        await _switch_reaches_every_sidecar(cars)
         codes = [c.stop() for c in cars]
         assert codes == [0, 0], [c.log.read_text()[-3000:] for c in cars]
         assert [p.stop() for p in pools] == [0, 0]
