@@ -220,6 +220,22 @@ async def _switch_reaches_every_sidecar(cars: list[Running]) -> None:
             await asyncio.sleep(0.05)
 
 
+async def _stream_state_is_shown(car: Running) -> None:
+    """The admin API and /metrics show the stream: drained, two comparator pools (and
+    the one the pool started again), no dead letters."""
+    await asyncio.sleep(1.2)       # read every second
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"http://127.0.0.1:{car.admin}/api/v1/status") as r:
+            t = (await r.json())["transport"]
+        async with s.get(f"http://127.0.0.1:{car.admin}/metrics") as r:
+            metrics = await r.text()
+    assert t["up"] and t["lag"] == 0 and t["pending"] == 0 and t["dead_letters"] == 0, t
+    assert t["consumers"] >= 2 and t["length"] > 0, t
+    assert "shadowproxy_transport_lag 0.0" in metrics
+    assert "shadowproxy_transport_dead_letters 0.0" in metrics
+    assert "shadowproxy_transport_up 1.0" in metrics
+
+
 async def test_two_sidecars_two_comparators_kill_9_loses_nothing(
         pg_url: str, redis: RedisServer, tmp_path: Path) -> None:
     primary = await Upstream(_app(10)).start()
@@ -241,6 +257,7 @@ async def test_two_sidecars_two_comparators_kill_9_loses_nothing(
         await _drained(redis.url)
         await _secret_nowhere_in(redis)
         await _switch_reaches_every_sidecar(cars)
+        await _stream_state_is_shown(cars[0])
         codes = [c.stop() for c in cars]
         assert codes == [0, 0], [c.log.read_text()[-3000:] for c in cars]
         assert [p.stop() for p in pools] == [0, 0]
