@@ -132,12 +132,16 @@ async def _shadow(cfg: Config, path: str, control_path: str, index: int, nice: i
     stats = Stats()
     stop = asyncio.Event()
     mirror: Mirror | None = None
+    publisher: Any = None     # a fleet's sidecar: the stream's publisher
 
     def on_message(msg: tuple[Any, ...]) -> None:
         if mirror is None:
             return
         if msg[0] == "cfg":
             mirror.configure(msg[1])
+            if publisher is not None:   # the reloaded redaction rules, under the run's key
+                from ..redact import Redactor
+                publisher.redactor = Redactor(msg[1].redact, publisher.redactor.key)
         elif msg[0] == "mirror":
             mirror.enabled = bool(msg[1]) and mirror.candidate is not None
 
@@ -154,7 +158,6 @@ async def _shadow(cfg: Config, path: str, control_path: str, index: int, nice: i
     control = ChannelClient(control_path, on_message=on_message, on_close=stop.set,
                             on_dropped=dropped, before_frame=counts)
     await control.connect()
-    publisher = None
     if cfg.transport.url is not None:
         # a fleet's sidecar: exchanges go, redacted, to the stream; the comparators judge
         from ..redact import Redactor

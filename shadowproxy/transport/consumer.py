@@ -32,6 +32,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections import deque
 from typing import Any
 
@@ -70,8 +71,8 @@ class Consumer:
         self.stats = self.control.stats
         self.writer = self.control.writer
         self.writer.on_committed = self._committed
-        # exchange id → stream ids waiting for the store's commit, in order
-        self.waiting: dict[str, list[bytes]] = {}
+        # exchange id → (monotonic time read, stream ids) waiting for the store's commit
+        self.waiting: dict[str, tuple[float, list[bytes]]] = {}
         self._acks: deque[bytes] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ack_ready = asyncio.Event()
@@ -91,8 +92,18 @@ class Consumer:
 
     def _ack(self, ids: list[str]) -> None:
         for ex_id in ids:
-            self._acks.extend(self.waiting.pop(ex_id, ()))
+            got = self.waiting.pop(ex_id, None)
+            if got is not None:
+                self._acks.extend(got[1])
         self._ack_ready.set()
+
+    def _forget_stale(self) -> None:
+        """Exchanges whose result the store never committed (it refused them): their
+        entries are left to be claimed again (and dead-lettered if they keep failing);
+        holding them longer would only shrink :meth:`_room`."""
+        cutoff = time.monotonic() - 2 * self.tcfg.claim_after
+        for ex_id in [k for k, (t, _ids) in self.waiting.items() if t < cutoff]:
+            del self.waiting[ex_id]
 
     async def _ack_forever(self) -> None:
         while True:
@@ -136,12 +147,16 @@ class Consumer:
             except wire.RefusedFrame as exc:
                 await self._dead(entry_id, fields, f"refused: {exc}")
                 continue
+            mine = self.waiting.get(ex.id)
+            if mine is not None:      # claimed back while its result is on its way here
+                mine[1].append(entry_id)
+                continue
             if claimed and await self._stored(ex.id):
                 self.redelivered += 1
                 self._acks.append(entry_id)
                 self._ack_ready.set()
                 continue
-            self.waiting.setdefault(ex.id, []).append(entry_id)
+            self.waiting[ex.id] = (time.monotonic(), [entry_id])
             try:
                 stage.process(ex)
             except Exception:  # one bad exchange must not stop the comparator
@@ -204,6 +219,8 @@ class Consumer:
         idle_ms = int(tcfg.claim_after * 1000)
         while not self.stop.is_set():
             await asyncio.sleep(min(5.0, tcfg.claim_after / 2))
+            self._forget_stale()
+            await self._drop_idle_consumers()
             # entries delivered max_deliveries times without an ack: dead letters
             pending = await self.redis.xpending_range(
                 self.keys.stream, tcfg.group, min="-", max="+", count=100, idle=idle_ms)
@@ -230,6 +247,16 @@ class Consumer:
                     await self._handle(entries, claimed=True)
                 if start in (b"0-0", "0-0"):
                     break
+
+    async def _drop_idle_consumers(self) -> None:
+        """Consumers of the group that hold nothing and have not read for
+        10 × ``claim_after`` (comparators that stopped or were replaced) leave it, so the
+        group lists the comparators there are."""
+        idle_ms = int(10 * self.tcfg.claim_after * 1000)
+        for c in await self.redis.xinfo_consumers(self.keys.stream, self.tcfg.group):
+            name = c["name"]
+            if c["pending"] == 0 and c["idle"] > idle_ms and name != self.name.encode():
+                await self.redis.xgroup_delconsumer(self.keys.stream, self.tcfg.group, name)
 
     async def _autoclaim(self, start: Any, idle_ms: int, count: int
                          ) -> tuple[Any, list[Any], list[Any]]:

@@ -195,8 +195,8 @@ async def test_entries_trimmed_unread_are_counted(redis: RedisServer, tmp_path: 
     r = aioredis.Redis.from_url(redis.url)
     from shadowproxy.transport.client import ensure_group
     await ensure_group(r, cfg.transport)
-    ex = exchange(response(item(1)), response(item(1)))
     for _ in range(40):       # another writer trims the stream past the group: 30 unread lost
+        ex = exchange(response(item(1)), response(item(1)))
         await r.xadd(cfg.transport.stream, wire.fields(ex), maxlen=10, approximate=False)
     c = Consumer(cfg)
     task = asyncio.create_task(c.run())
