@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 LINTED := $(VENV)/.lint-installed
 
-.PHONY: demo demo-ui test bench lint clean venv
+.PHONY: demo demo-ui demo-fleet test bench lint clean venv
 
 venv: $(STAMP)
 
@@ -22,6 +22,10 @@ demo: $(STAMP)
 # the admin UI over the last demo's store (upstreams are gone; the stored results stay)
 demo-ui: $(STAMP)
 	DEMO_DIR=$(CURDIR)/out/demo DEMO_ADMIN_PORT=8081 $(BIN)/python -m shadowproxy run -c config/demo.yaml
+
+# a fleet on loopback: Debian's redis-server and PostgreSQL, two sidecars, two comparators
+demo-fleet: $(STAMP)
+	$(BIN)/python -m shadowproxy.demo.fleet
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

@@ -1,4 +1,5 @@
-"""Command line: ``shadowproxy run|validate|check|report|store`` (also ``python -m shadowproxy``).
+"""Command line: ``shadowproxy run|compare|mirror|validate|check|report|store`` (also
+``python -m shadowproxy``).
 
 Exit codes: 0 success; 1 failure (a failed check, a runtime error); 2 usage or
 config error; 3 inconclusive check.
@@ -26,6 +27,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", required=True, metavar="FILE")
     run.add_argument("--workers", type=int, default=None,
                      help="proxy processes (default: workers: in the config, else one per core)")
+
+    cmp_ = sub.add_parser("compare", help="run comparators for a fleet: read the exchanges "
+                          "the sidecars put on transport.url's stream, compare, store")
+    cmp_.add_argument("-c", "--config", required=True, metavar="FILE")
+    cmp_.add_argument("--processes", type=int, default=1, metavar="N",
+                      help="comparator processes (default 1)")
+
+    mir = sub.add_parser("mirror", help="switch mirroring on or off for every sidecar that "
+                         "shares transport.url (within a second)")
+    mir.add_argument("state", choices=("on", "off"))
+    mir.add_argument("--sample", type=float, default=None, metavar="R",
+                     help="the sample rate 0..1 (default: each sidecar keeps its own)")
+    mir.add_argument("-c", "--config", required=True, metavar="FILE")
 
     val = sub.add_parser("validate", help="check a config file (exit 0 valid, 2 invalid)")
     val.add_argument("-c", "--config", required=True, metavar="FILE")
@@ -79,6 +93,31 @@ def _store_main(cfg: Config, action: str) -> int:
     return EXIT_OK
 
 
+def _mirror_main(cfg: Config, enabled: bool, sample: float | None) -> int:
+    if sample is not None and not 0.0 <= sample <= 1.0:
+        print("shadowproxy: --sample must be between 0 and 1", file=sys.stderr)
+        return EXIT_USAGE
+    if cfg.transport.url is None:
+        print(f"shadowproxy: {cfg.where('transport.url')}: not set; switch one instance "
+              "with PUT /api/v1/mirror on its admin server", file=sys.stderr)
+        return EXIT_USAGE
+    import asyncio
+
+    from redis.exceptions import RedisError
+
+    from .transport.client import Keys, safe_url
+    from .transport.switch import set_switch
+    try:
+        asyncio.run(set_switch(cfg.transport, enabled, sample))
+    except (RedisError, OSError) as exc:
+        print(f"shadowproxy: {safe_url(cfg.transport.url)}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    rate = "" if sample is None else f" at sample {sample:g}"
+    print(f"mirroring {'on' if enabled else 'off'}{rate} for every sidecar on "
+          f"{Keys.of(cfg.transport).mirror}")
+    return EXIT_OK
+
+
 def _load(path: str) -> Config:
     return load(path)
 
@@ -100,6 +139,14 @@ def main(argv: list[str] | None = None) -> int:
                 print("shadowproxy: --workers must be at least 1", file=sys.stderr)
                 return EXIT_USAGE
             return run(cfg, args.workers)
+        if args.command == "compare":
+            if args.processes < 1:
+                print("shadowproxy: --processes must be at least 1", file=sys.stderr)
+                return EXIT_USAGE
+            from .transport.pool import run_pool
+            return run_pool(cfg, args.processes)
+        if args.command == "mirror":
+            return _mirror_main(cfg, args.state == "on", args.sample)
         if args.command == "check":
             from .checks import main as check_main
             return check_main(cfg, args)

@@ -317,6 +317,23 @@ class ComparatorConfig:
 
 
 @dataclass(frozen=True)
+class TransportConfig:
+    """The fleet's network transport (Redis Streams, see docs/fleet.md). Without a
+    ``url`` the sidecar compares in its own control process over the local channel."""
+
+    # redis://[USER[:PASSWORD]@]HOST:PORT/DB or rediss:// (TLS); None: the local channel
+    url: str | None = None
+    password_env: str | None = None   # the variable holding the password (not in the file)
+    stream: str = "shadowproxy:exchanges"
+    group: str = "comparators"        # the comparators' consumer group
+    max_len: int = 1_000_000          # entries kept at most; sidecars stop adding at this lag
+    claim_after: Duration = 30.0      # a comparator's unacknowledged entries go to another
+    max_deliveries: int = 5           # deliveries of an entry before the dead-letter stream
+    buffer: Size = 16 * 1024 * 1024   # bytes a shadow process holds for the stream
+    batch: int = 64                   # entries in one pipelined write (and one read)
+
+
+@dataclass(frozen=True)
 class EndpointsConfig:
     max: int = 200                   # distinct endpoint keys before the overflow bucket
 
@@ -409,6 +426,7 @@ class Config:
     redact: RedactConfig = field(default_factory=RedactConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     endpoints: EndpointsConfig = field(default_factory=EndpointsConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     checks: tuple[CheckConfig, ...] = ()
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -493,6 +511,7 @@ def _check_semantics(cfg: Config, pos: _Positions, env: typing.Mapping[str, str]
         if cfg.store.password_env not in env:
             fail("store.password_env",
                  f"environment variable {cfg.store.password_env} is not set")
+    _check_transport(cfg.transport, fail, env)
     if not _INSTANCE.fullmatch(cfg.instance):
         fail("instance", f"{cfg.instance!r} is not an instance name (letters, digits and "
              "._:@- , at most 128, starting with a letter or digit)")
@@ -554,6 +573,32 @@ def _check_semantics(cfg: Config, pos: _Positions, env: typing.Mapping[str, str]
             fail(f"timeouts.{name}", "must be greater than 0")
     if t.shutdown < 0:
         fail("timeouts.shutdown", "must be 0 or more")
+
+
+def _check_transport(tr: TransportConfig, fail: typing.Callable[[str, str], typing.NoReturn],
+                     env: typing.Mapping[str, str]) -> None:
+    if tr.url is not None:
+        if not re.match(r"^rediss?://[^/\s]", tr.url):
+            fail("transport.url", "expected redis://HOST:PORT/DB or rediss:// (TLS)")
+        try:
+            parts = urlsplit(tr.url)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            fail("transport.url", f"not a valid redis:// URL ({exc})")
+    if tr.password_env and tr.password_env not in env:
+        fail("transport.password_env", f"environment variable {tr.password_env} is not set")
+    if not tr.stream:
+        fail("transport.stream", "must not be empty")
+    if not tr.group:
+        fail("transport.group", "must not be empty")
+    if tr.max_len < 1:
+        fail("transport.max_len", "must be at least 1")
+    if tr.max_deliveries < 1:
+        fail("transport.max_deliveries", "must be at least 1")
+    if tr.claim_after <= 0:
+        fail("transport.claim_after", "must be greater than 0")
+    if tr.batch < 1:
+        fail("transport.batch", "must be at least 1")
 
 
 # ---------------------------------------------------------------- the loader

@@ -23,7 +23,10 @@ FINAL = ("not_eligible", "sampled_out", "dropped", "compared", "candidate_error"
 # dropped reasons that happen after the request was mirrored
 AFTER_MIRROR_DROPS = frozenset({"primary_error", "primary_incomplete", "compare_full",
                                 "shutdown", "channel_error", "internal_error",
-                                "queue_timeout", "shadow_crash"})
+                                "queue_timeout", "shadow_crash",
+                                # the fleet's transport (docs/fleet.md)
+                                "transport_down", "transport_refused", "dead_letter",
+                                "transport_trimmed"})
 
 Key = tuple[str, str, str]   # (outcome, reason, endpoint)
 

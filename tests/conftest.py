@@ -21,6 +21,9 @@ async def upstreams():
 # a PostgreSQL for the session (started on first use) and a fresh database per test
 from tests.pg_server import pg_url, postgres  # noqa: E402, F401
 
+# a redis-server of each test's own (the fleet's transport)
+from tests.redis_server import redis  # noqa: E402, F401
+
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.server)])
 def store_url(request, tmp_path) -> str:

@@ -69,4 +69,59 @@ def test_dockerfile_runs_the_cli_with_the_mounted_config() -> None:
     assert 'ENTRYPOINT ["shadowproxy"]' in text
     assert '"/etc/shadowproxy/config.yaml"' in text
     assert "STOPSIGNAL SIGTERM" in text
-    assert "'.[postgres]'" in text         # psycopg, for the fleet's store
+    assert "'.[postgres,fleet]'" in text   # psycopg, for the fleet's store; the transport
+
+
+_FLEET_ENV = {"SHADOWPROXY_ADMIN_TOKEN": "t", "SHADOWPROXY_DB_PASSWORD": "p",
+              "SHADOWPROXY_REDIS_PASSWORD": "r", "SHADOWPROXY_REDACT_KEY": "k",
+              "POD_NAME": "orders-7f9c-abcde"}
+
+
+def test_kubernetes_fleet_sidecars_and_comparators_share_a_valid_config() -> None:
+    fleet = ROOT / "deploy/kubernetes/fleet"
+    docs = list(yaml.safe_load_all((fleet / "config.yaml").read_text()))
+    cm = next(d for d in docs if d["kind"] == "ConfigMap")
+    cfg = loads(cm["data"]["config.yaml"], file="fleet/config.yaml#config.yaml",
+                env=_FLEET_ENV)
+    assert cfg.transport.url is not None and cfg.transport.url.startswith("redis://redis.")
+    assert "@" not in cfg.transport.url          # the password from a Secret
+    assert cfg.transport.password_env == "SHADOWPROXY_REDIS_PASSWORD"
+    assert cfg.redact.key_env == "SHADOWPROXY_REDACT_KEY"
+    assert "postgres.default.svc" in cfg.store.url
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    side = next(d for d in yaml.safe_load_all((fleet / "sidecar.yaml").read_text())
+                if d["kind"] == "Deployment")
+    comp_docs = list(yaml.safe_load_all((fleet / "comparators.yaml").read_text()))
+    comp = next(d for d in comp_docs if d["kind"] == "Deployment")
+    for deploy, args in ((side, ["run", "-c", "/etc/shadowproxy/config.yaml"]),
+                         (comp, ["compare", "-c", "/etc/shadowproxy/config.yaml",
+                                 "--processes", "2"])):
+        containers = deploy["spec"]["template"]["spec"]["containers"]
+        sp = next(c for c in containers if c.get("args", [""])[0] in ("run", "compare"))
+        assert sp["args"] == args
+        env = {e["name"]: e["valueFrom"] for e in sp["env"]}
+        for name in ("SHADOWPROXY_REDIS_PASSWORD", "SHADOWPROXY_REDACT_KEY",
+                     "SHADOWPROXY_DB_PASSWORD"):
+            ref = env[name]["secretKeyRef"]
+            assert ref["key"] in secrets[ref["name"]]["stringData"], name
+        vols = deploy["spec"]["template"]["spec"]["volumes"]
+        assert vols[0]["configMap"]["name"] == "shadowproxy-fleet-config"
+    # the autoscaler scales on a metric the sidecars export
+    hpa = next(d for d in comp_docs if d["kind"] == "HorizontalPodAutoscaler")
+    metric = hpa["spec"]["metrics"][0]["external"]["metric"]["name"]
+    assert metric == "shadowproxy_transport_lag"
+    assert f'"{metric}"' in (ROOT / "shadowproxy/admin/metrics.py").read_text()
+    assert hpa["spec"]["scaleTargetRef"]["name"] == comp["metadata"]["name"]
+
+
+def test_compose_fleet_runs_sidecars_comparators_redis_and_postgres() -> None:
+    compose = yaml.safe_load((ROOT / "deploy/compose/fleet.yaml").read_text())
+    services = compose["services"]
+    assert {"redis", "postgres", "sidecar-a", "sidecar-b", "comparators"} <= set(services)
+    assert services["comparators"]["command"][0] == "compare"
+    text = (ROOT / "deploy/compose/fleet-shadowproxy.yaml").read_text()
+    cfg = loads(text, file="compose/fleet-shadowproxy.yaml",
+                env={**_FLEET_ENV, "INSTANCE": "sidecar-a", "PRIMARY": "http://p:9000",
+                     "CANDIDATE": "http://c:9001"})
+    assert cfg.transport.url == "redis://redis:6379/0"
+    assert cfg.store.url == "postgresql://shadowproxy@postgres:5432/shadowproxy"

@@ -62,6 +62,9 @@ class ApiHandlers(StoreAccess):
             "store": {"url": redact_url(getattr(c.store, "url", None)), **ws},
             "workers": len(c.gauges),
         }
+        transport = getattr(c, "transport_info", None)
+        if transport is not None:   # the fleet's stream, lag and dead letters
+            body["transport"] = dict(transport)
         return _json(body)
 
     async def outcomes(self, request: web.Request) -> web.Response:

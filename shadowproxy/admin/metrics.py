@@ -229,12 +229,36 @@ class Metrics:
             "shadowproxy_store_retries", "Batches written again after the store was down")
         retries.add_metric([], float(getattr(writer, "retries", 0)))
         yield retries
+        yield from _transport_gauges(getattr(control, "transport_info", None))
         enabled, sample = control.mirror_state
         yield _gauge("shadowproxy_mirror_enabled",
                      "1 when mirroring is switched on (config or PUT /api/v1/mirror)",
                      1.0 if enabled else 0.0)
         yield _gauge("shadowproxy_mirror_sample_ratio",
                      "The global mirror sample rate (0..1)", float(sample))
+
+
+_TRANSPORT_GAUGES = (
+    ("lag", "shadowproxy_transport_lag", "Stream entries not yet delivered to a comparator "
+     "(the fleet's comparators scale on it)"),
+    ("pending", "shadowproxy_transport_pending",
+     "Stream entries delivered to a comparator and not yet acknowledged"),
+    ("length", "shadowproxy_transport_length", "Entries the stream holds"),
+    ("dead_letters", "shadowproxy_transport_dead_letters",
+     "Entries in the dead-letter stream (refused, or failed transport.max_deliveries times)"),
+    ("consumers", "shadowproxy_transport_consumers", "Comparators in the consumer group"),
+)
+
+
+def _transport_gauges(info: Any) -> Iterator[Metric]:
+    """The fleet's stream (a sidecar with a transport.url reads it every second)."""
+    if info is None:
+        return
+    yield _gauge("shadowproxy_transport_up", "1 while Redis answers the sidecar",
+                 1.0 if info.get("up") else 0.0)
+    for key, name, doc in _TRANSPORT_GAUGES:
+        if key in info:
+            yield _gauge(name, doc, float(info[key]))
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

@@ -111,7 +111,8 @@ def skew_gauges(skews: Any) -> dict[str, float]:
             "shadow_skew_max": xs[-1], "shadow_skew_n": float(len(xs))}
 
 
-def shadow_entry(cfg: Config, path: str, control_path: str, index: int) -> None:
+def shadow_entry(cfg: Config, path: str, control_path: str, index: int,
+                 redact_key: bytes = b"") -> None:
     """A shadow process (started by the supervisor with the spawn method)."""
 
     name_process(f"shadowproxy-s{index}")
@@ -120,22 +121,27 @@ def shadow_entry(cfg: Config, path: str, control_path: str, index: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the supervisor decides
     nice = lower_priority(cfg.shadow.nice)
     try:
-        asyncio.run(_shadow(cfg, path, control_path, index, nice))
+        asyncio.run(_shadow(cfg, path, control_path, index, nice, redact_key))
     except KeyboardInterrupt:  # pragma: no cover
         pass
 
 
-async def _shadow(cfg: Config, path: str, control_path: str, index: int, nice: int) -> None:
+async def _shadow(cfg: Config, path: str, control_path: str, index: int, nice: int,
+                  redact_key: bytes = b"") -> None:
     loop = asyncio.get_running_loop()
     stats = Stats()
     stop = asyncio.Event()
     mirror: Mirror | None = None
+    publisher: Any = None     # a fleet's sidecar: the stream's publisher
 
     def on_message(msg: tuple[Any, ...]) -> None:
         if mirror is None:
             return
         if msg[0] == "cfg":
             mirror.configure(msg[1])
+            if publisher is not None:   # the reloaded redaction rules, under the run's key
+                from ..redact import Redactor
+                publisher.redactor = Redactor(msg[1].redact, publisher.redactor.key)
         elif msg[0] == "mirror":
             mirror.enabled = bool(msg[1]) and mirror.candidate is not None
 
@@ -152,7 +158,15 @@ async def _shadow(cfg: Config, path: str, control_path: str, index: int, nice: i
     control = ChannelClient(control_path, on_message=on_message, on_close=stop.set,
                             on_dropped=dropped, before_frame=counts)
     await control.connect()
-    mirror = Mirror(cfg, stats, control.queue)
+    if cfg.transport.url is not None:
+        # a fleet's sidecar: exchanges go, redacted, to the stream; the comparators judge
+        from ..redact import Redactor
+        from ..transport.publisher import Publisher
+
+        publisher = Publisher(cfg, stats, Redactor(cfg.redact, redact_key) if redact_key
+                              else Redactor.from_config(cfg.redact))
+        publisher.start()
+    mirror = Mirror(cfg, stats, control.queue if publisher is None else publisher.offer)
     await mirror.start()
     intake = Intake(mirror)
     if os.path.exists(path):
@@ -168,6 +182,7 @@ async def _shadow(cfg: Config, path: str, control_path: str, index: int, nice: i
                 "mirror_pending": m.pending,
                 "mirror_buffered_bytes": m.budget.used,
                 "channel_buffered_bytes": control.buffered, "nice": nice,
+                **(publisher.gauges() if publisher is not None else {}),
                 **skew_gauges(m.skews)}
 
     reporter = asyncio.create_task(report_forever(control, stats.take_delta,
@@ -179,6 +194,8 @@ async def _shadow(cfg: Config, path: str, control_path: str, index: int, nice: i
     server.close()
     await intake.wait_closed(cfg.timeouts.shutdown)
     await mirror.drain(loop.time() + cfg.timeouts.shutdown)
+    if publisher is not None:
+        await publisher.close(max(1.0, cfg.timeouts.shutdown))
     reporter.cancel()
     control.send(("gs", index, gauges()), force=True)
     control.send(("s", stats.take_delta()), force=True)

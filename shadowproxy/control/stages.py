@@ -53,6 +53,9 @@ class Control:
         self.ready_workers: set[int] = set()   # workers listening now
         self.ready_shadows: set[int] = set()   # shadow processes taking shadows
         self._run_open = False                 # open_run() recorded a start
+        # a sidecar of a fleet (transport.url): the stream's state, read every second
+        self.transport_info: dict[str, Any] | None = None
+        self._transport_tasks: list[asyncio.Task[None]] = []
 
     async def start(self, channel_path: str | None = None) -> None:
         self.stage.after_burst = self._flush_counts
@@ -60,7 +63,26 @@ class Control:
         if channel_path is not None:
             self.channel = ChannelServer(channel_path, self.on_message)
             await self.channel.start()
+            if self.cfg.transport.url is not None:
+                self._start_transport()
         self._tick = asyncio.create_task(self._persist_counts(), name="persist-counts")
+
+    def _start_transport(self) -> None:
+        """A sidecar of a fleet: its shadow processes write to the stream; here the
+        stream's state is read for the admin API and the fleet's mirror switch watched."""
+        from ..transport.info import info_forever
+        from ..transport.switch import watch
+
+        if not self.cfg.redact.key_env:
+            log.warning("transport.url without redact.key_env: this sidecar masks with a key "
+                        "of its own, so masks and digests do not compare across the fleet's "
+                        "instances (set redact.key_env to one secret shared by all)")
+        self.transport_info = {}
+        self._transport_tasks = [
+            asyncio.create_task(info_forever(self.cfg.transport, self.transport_info),
+                                name="transport-info"),
+            asyncio.create_task(watch(self.cfg.transport, self.set_mirror),
+                                name="transport-mirror-switch")]
 
     def on_message(self, msg: tuple[Any, ...]) -> Any:
         kind = msg[0]
@@ -185,6 +207,8 @@ class Control:
         self._run_open = True
 
     async def stop(self, timeout: float) -> None:
+        for task in self._transport_tasks:
+            task.cancel()
         if self.channel is not None:
             await self.channel.wait_closed(timeout)
             await self.channel.close()

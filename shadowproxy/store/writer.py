@@ -94,6 +94,9 @@ class StoreWriter:
             if hasattr(store, "samples_per_field"):   # the writer's config rules
                 store.samples_per_field = self.cfg.samples_per_field
         self.on_commit = on_commit
+        # told the results of each committed transaction (from the writer's thread): a
+        # fleet's comparator acknowledges their stream entries then
+        self.on_committed: Callable[[list[Result]], None] | None = None
         self.cleanup_interval = cleanup_interval
         self.cleanup_chunks = cleanup_chunks
         self.wal_check_interval = wal_check_interval
@@ -359,6 +362,7 @@ class StoreWriter:
         results = [r for _t, r in batch]
         ok = 0
         held = 0
+        committed = results
         try:
             self.store.write_results(results)
             ok = len(results)
@@ -368,10 +372,12 @@ class StoreWriter:
         except StoreError as exc:          # the store refused it (disk full, ...): drop
             self._failure(exc, len(results))
         except Exception:  # noqa: BLE001 - a result the store cannot take: one by one
+            committed = []
             for i, r in enumerate(results):
                 try:
                     self.store.write_results([r])
                     ok += 1
+                    committed.append(r)
                 except StoreUnavailable as exc:
                     held = len(results) - i
                     self._hold(batch[i:], exc)
@@ -398,6 +404,11 @@ class StoreWriter:
                 self.on_commit(ok)
             except Exception:
                 log.exception("store: the on_commit callback failed")
+        if ok and self.on_committed is not None:
+            try:
+                self.on_committed(committed)
+            except Exception:
+                log.exception("store: the on_committed callback failed")
 
     def _write_side(self) -> bool:
         """Write the pending outcome counts and noise evidence; False when the store

@@ -1,0 +1,143 @@
+"""The fleet's wire format: one :class:`~shadowproxy.models.Exchange` per stream entry.
+
+The stream is a network boundary: anyone who can write to Redis can write an entry,
+so what a comparator reads off it must be data, never code (pickle would run
+whatever it was given). An entry has two fields:
+
+``v``
+    the format's version, ASCII digits (``1``). A comparator reads only the versions
+    it knows (:data:`VERSION`); any other entry is refused, counted
+    ``dropped{transport_refused}`` and moved to the dead-letter stream, never guessed at.
+``x``
+    the exchange as MessagePack (bodies are raw ``bin``, text is ``str``), version 1::
+
+        [id, started, endpoint, route, request, primary, candidate, secondary]
+        request  = [method, path, query, headers, body]
+        response = [status, reason, headers, body, size, sha256, truncated, latency, error]
+        headers  = [[name, value], ...]
+
+    ``route``, ``secondary`` and ``error`` may be nil. Every field is checked for its
+    type on the way in; a frame that does not match is refused like an unknown version.
+
+Everything in an entry has been redacted by the sidecar (see
+:meth:`Redactor.redact_for_transport <shadowproxy.redact.redactor.Redactor.redact_for_transport>`),
+so the stream, Redis's RDB and AOF files and the comparators never hold a secret.
+docs/wire-format.md describes the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from ..models import Exchange, RequestRecord, ResponseRecord
+
+VERSION = b"1"
+MAX_ENTRY = 64 * 1024 * 1024     # bytes of one packed exchange a comparator unpacks
+
+
+class RefusedFrame(ValueError):
+    """An entry a comparator will not read: ``reason`` is ``version`` or ``malformed``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def _response(r: ResponseRecord) -> list[Any]:
+    return [r.status, r.reason, [list(h) for h in r.headers], r.body, r.size, r.sha256,
+            r.truncated, r.latency, r.error]
+
+
+def pack(ex: Exchange) -> bytes:
+    """The ``x`` field of ``ex``'s entry."""
+    q = ex.request
+    sec = ex.secondary
+    data: bytes = msgpack.packb(
+        [ex.id, ex.started, ex.endpoint, ex.route,
+         [q.method, q.path, q.query, [list(h) for h in q.headers], q.body],
+         _response(ex.primary), _response(ex.candidate),
+         None if sec is None else _response(sec)], use_bin_type=True)
+    return data
+
+
+def fields(ex: Exchange) -> dict[bytes, bytes]:
+    """The entry of ``ex`` (what XADD adds)."""
+    return {b"v": VERSION, b"x": pack(ex)}
+
+
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        raise RefusedFrame("malformed", what)
+
+
+def _str(v: Any, what: str) -> str:
+    _check(isinstance(v, str), what)
+    return str(v)
+
+
+def _headers(v: Any, what: str) -> tuple[tuple[str, str], ...]:
+    _check(isinstance(v, list), what)
+    out = []
+    for h in v:
+        _check(isinstance(h, list) and len(h) == 2 and isinstance(h[0], str)
+               and isinstance(h[1], str), what)
+        out.append((h[0], h[1]))
+    return tuple(out)
+
+
+def _num(v: Any, what: str) -> float:
+    _check(isinstance(v, (int, float)) and not isinstance(v, bool), what)
+    return float(v)
+
+
+def _resp(v: Any, what: str) -> ResponseRecord:
+    _check(isinstance(v, list) and len(v) == 9, what)
+    status, reason, headers, body, size, sha, truncated, latency, error = v
+    _check(isinstance(status, int) and not isinstance(status, bool), f"{what}.status")
+    _check(isinstance(body, bytes), f"{what}.body")
+    _check(isinstance(size, int) and not isinstance(size, bool), f"{what}.size")
+    _check(isinstance(truncated, bool), f"{what}.truncated")
+    _check(error is None or isinstance(error, str), f"{what}.error")
+    return ResponseRecord(status=status, reason=_str(reason, f"{what}.reason"),
+                          headers=_headers(headers, f"{what}.headers"), body=body, size=size,
+                          sha256=_str(sha, f"{what}.sha256"), truncated=truncated,
+                          latency=_num(latency, f"{what}.latency"), error=error)
+
+
+def unpack(data: bytes) -> Exchange:
+    """The exchange of an ``x`` field; :class:`RefusedFrame` when it is not one."""
+    if len(data) > MAX_ENTRY:
+        raise RefusedFrame("malformed", f"{len(data)} bytes, more than {MAX_ENTRY}")
+    try:
+        t = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise RefusedFrame("malformed", f"not MessagePack ({exc})") from None
+    _check(isinstance(t, list) and len(t) == 8, "not an exchange")
+    id_, started, endpoint, route, req, pri, cand, sec = t
+    _check(route is None or isinstance(route, str), "route")
+    _check(isinstance(req, list) and len(req) == 5, "request")
+    method, path, query, headers, body = req
+    _check(isinstance(body, bytes), "request.body")
+    request = RequestRecord(_str(method, "request.method"), _str(path, "request.path"),
+                            _str(query, "request.query"),
+                            _headers(headers, "request.headers"), body)
+    return Exchange(id=_str(id_, "id"), started=_num(started, "started"),
+                    endpoint=_str(endpoint, "endpoint"), route=route, request=request,
+                    primary=_resp(pri, "primary"), candidate=_resp(cand, "candidate"),
+                    secondary=None if sec is None else _resp(sec, "secondary"))
+
+
+def read_entry(entry: dict[bytes, bytes]) -> Exchange:
+    """The exchange of a stream entry; :class:`RefusedFrame` for an unknown version or a
+    malformed one."""
+    version = entry.get(b"v")
+    if version != VERSION:
+        shown = version[:16].decode("ascii", "replace") if isinstance(version, bytes) else None
+        raise RefusedFrame("version", f"version {shown!r} (this comparator reads "
+                           f"{VERSION.decode()})")
+    data = entry.get(b"x")
+    if not isinstance(data, bytes):
+        raise RefusedFrame("malformed", "no x field")
+    return unpack(data)
