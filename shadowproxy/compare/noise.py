@@ -30,6 +30,13 @@ otherwise it is noise. Rules around the test:
 
 Decisions are computed lazily: a field's decision is cached with the ``(N, R, S)``
 it was computed from and recomputed only when asked after those changed.
+
+Learning together: every learner (each comparator of a fleet, and a control process
+across restarts) saves its own counts to the store (:meth:`NoiseLearner.own_counts`,
+keyed by a name of its own) and reads the others' sums back
+(:meth:`NoiseLearner.set_others`); its decisions use its counts plus theirs. Each
+exchange is observed by one learner, so the sums count it once: noise learned from any
+comparator's share of the traffic serves all of them.
 """
 
 from __future__ import annotations
@@ -151,12 +158,24 @@ class _Field:
 
 
 class _Endpoint:
-    __slots__ = ("n", "fields", "overflowed")
+    __slots__ = ("n", "fields", "overflowed", "other_n", "others")
 
     def __init__(self) -> None:
         self.n = 0
         self.fields: dict[str, _Field] = {}
         self.overflowed = False
+        self.other_n = 0                                # N of the other learners
+        self.others: dict[str, tuple[int, int]] = {}    # field → their (R, S)
+
+    def totals(self, name: str, f: _Field | None) -> tuple[int, int, int]:
+        """(N, R, S) of this learner and the others together."""
+        r, s = self.others.get(name, (0, 0))
+        if f is not None:
+            r, s = r + f.r, s + f.s
+        return self.n + self.other_n, r, s
+
+
+Counts = tuple[str, str, int, int, int]     # (endpoint, field or "", N, R, S)
 
 
 class NoiseLearner:
@@ -202,12 +221,12 @@ class NoiseLearner:
                 if f is not None:
                     f.s += 1
 
-    def _decide(self, endpoint: str, ep: _Endpoint, f: _Field) -> None:
-        key = (ep.n, f.r, f.s)
+    def _decide(self, endpoint: str, ep: _Endpoint, name: str, f: _Field) -> None:
+        key = ep.totals(name, f)
         if f.key == key:
             return
         was_noise = f.key is not None and f.noise and not f.provisional
-        noise, p, provisional = judge(ep.n, f.r, f.s, self.cfg, was_noise=was_noise)
+        noise, p, provisional = judge(*key, self.cfg, was_noise=was_noise)
         if f.key is None or noise != f.noise:
             f.decided_at = self._clock()
         f.key, f.noise, f.p_value, f.provisional = key, noise, p, provisional
@@ -224,9 +243,15 @@ class NoiseLearner:
             out = []
             for name in fields:
                 f = ep.fields.get(name)
-                if f is None or f.s == 0:
+                if f is None:
+                    if ep.others.get(name, (0, 0))[1] == 0:
+                        continue
+                    f = self._field(ep, endpoint, name)     # shown by another learner
+                    if f is None:
+                        continue
+                elif f.s == 0 and ep.others.get(name, (0, 0))[1] == 0:
                     continue
-                self._decide(endpoint, ep, f)
+                self._decide(endpoint, ep, name, f)
                 if f.noise:
                     out.append(name)
             return frozenset(out)
@@ -241,21 +266,51 @@ class NoiseLearner:
         out = []
         with self._lock:
             for endpoint, ep in self._endpoints.items():
+                for name in [n for n, (_r, s) in ep.others.items() if s and n not in ep.fields]:
+                    self._field(ep, endpoint, name)
                 for name, f in ep.fields.items():
-                    if f.s == 0:
+                    n, r, s = ep.totals(name, f)
+                    if s == 0:
                         continue
-                    self._decide(endpoint, ep, f)
+                    self._decide(endpoint, ep, name, f)
                     if f.noise or include_not_noise:
-                        out.append(NoiseEvidence(endpoint, name, ep.n, f.r, f.s, f.p_value,
+                        out.append(NoiseEvidence(endpoint, name, n, r, s, f.p_value,
                                                  f.noise, f.provisional, f.decided_at))
         out.sort(key=lambda e: (e.endpoint, e.field))
         return out
 
     def counts(self, endpoint: str, field: str) -> tuple[int, int, int]:
-        """(N, R, S) as counted so far."""
+        """(N, R, S) as counted so far, the other learners' included."""
         with self._lock:
             ep = self._endpoints.get(endpoint)
             if ep is None:
                 return (0, 0, 0)
-            f = ep.fields.get(field)
-            return (ep.n, f.r if f else 0, f.s if f else 0)
+            return ep.totals(field, ep.fields.get(field))
+
+    def own_counts(self) -> list[Counts]:
+        """This learner's own counts, to save for the others: per endpoint a row with
+        field "" (its N), and per field its (R, S) with the endpoint's N."""
+        with self._lock:
+            out: list[Counts] = []
+            for endpoint, ep in self._endpoints.items():
+                if not ep.n:
+                    continue
+                out.append((endpoint, "", ep.n, 0, 0))
+                out.extend((endpoint, name, ep.n, f.r, f.s)
+                           for name, f in ep.fields.items() if f.r or f.s)
+            return out
+
+    def set_others(self, rows: Iterable[Counts]) -> None:
+        """The other learners' summed counts (as :meth:`own_counts` gives them, summed
+        over learners): they replace what was set before."""
+        with self._lock:
+            for known in self._endpoints.values():
+                known.other_n, known.others = 0, {}
+            for endpoint, name, n, r, s in rows:
+                ep = self._endpoints.get(endpoint)
+                if ep is None:
+                    ep = self._endpoints[endpoint] = _Endpoint()
+                if name == "":
+                    ep.other_n = int(n)
+                elif len(ep.others) < MAX_FIELDS_PER_ENDPOINT:
+                    ep.others[name] = (int(r), int(s))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
@@ -56,6 +57,9 @@ class Control:
         # a sidecar of a fleet (transport.url): the stream's state, read every second
         self.transport_info: dict[str, Any] | None = None
         self._transport_tasks: list[asyncio.Task[None]] = []
+        # this process's noise learner in the store's noise_counts: a name of its own, so
+        # the learners of a fleet (and of this instance's earlier runs) add up
+        self.learner_name = f"{opts['instance']}/{os.getpid()}/{time.time_ns():x}"
 
     async def start(self, channel_path: str | None = None) -> None:
         self.stage.after_burst = self._flush_counts
@@ -174,12 +178,28 @@ class Control:
         of results: what a crash leaves of one and the other differs by at most that
         and a batch), noise evidence every 5 s."""
         ticks = 0
+        await self.share_noise()
         while True:
             await asyncio.sleep(COUNTS_INTERVAL)
             self._flush_counts()
             ticks += 1
             if ticks % 10 == 0:
+                await self.share_noise()
                 self.writer.save_noise(self.stage.learner.evidence())
+
+    async def share_noise(self) -> None:
+        """Save this learner's own counts and learn the others' sums from the store:
+        noise learned by any comparator of a fleet, or by this instance before a
+        restart, counts here too (:mod:`shadowproxy.compare.noise`)."""
+        learner = self.stage.learner
+        self.writer.save_noise_counts(self.learner_name, learner.own_counts())
+        try:
+            others = await asyncio.get_running_loop().run_in_executor(
+                None, self.store.noise_counts, self.learner_name)
+        except StoreError as exc:
+            log.debug("noise counts not read: %s", exc)
+            return
+        learner.set_others(others)
 
     async def open_run(self) -> None:
         """Record this run's start in the store, and an ``incident{unclean_stop}`` when
@@ -216,6 +236,7 @@ class Control:
         if self._tick is not None:
             self._tick.cancel()
         self._flush_counts()
+        self.writer.save_noise_counts(self.learner_name, self.stage.learner.own_counts())
         self.writer.save_noise(self.stage.learner.evidence())
         if self._run_open:
             self.writer.add_outcomes([(float(int(time.time() // 60 * 60)), "", "run",

@@ -27,6 +27,7 @@ from ..models import Result
 from .sketch import Sketch
 
 # (minute start, endpoint, outcome, reason, count): the proxy's request outcome counters
+NoiseCounts = tuple[str, str, int, int, int]    # (endpoint, field or "", N, R, S)
 OutcomeRow = tuple[float, str, str, str, int]
 
 # pseudo-fields under which the first K exchanges with these verdicts are sampled
@@ -191,6 +192,16 @@ class Store(Protocol):
 
     def save_noise(self, evidence: Sequence[Any]) -> None:
         """Upsert noise evidence (:class:`shadowproxy.compare.noise.NoiseEvidence`)."""
+        ...
+
+    def save_noise_counts(self, learner: str, rows: Sequence[NoiseCounts]) -> None:
+        """Replace noise learner ``learner``'s own counts (``(endpoint, field or "", N,
+        R, S)``, :meth:`shadowproxy.compare.noise.NoiseLearner.own_counts`)."""
+        ...
+
+    def noise_counts(self, exclude: str | None = None) -> list[NoiseCounts]:
+        """Every noise learner's counts summed per (endpoint, field), but
+        ``exclude``'s (a learner reads the others')."""
         ...
 
     def cleanup(self, now: float, max_age: float | None, max_bytes: int | None, *,

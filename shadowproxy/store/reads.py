@@ -24,6 +24,7 @@ from .base import (
     EndpointStats,
     ExchangeRow,
     FieldStats,
+    NoiseCounts,
     NoiseRow,
     SeriesPoint,
     with_quantiles,
@@ -368,6 +369,14 @@ class SharedReads:
         if endpoint is not None and endpoint != "*":
             out = [x for x in out if fnmatch.fnmatchcase(x.endpoint, endpoint)]
         return out
+
+    def noise_counts(self, exclude: str | None = None) -> list[NoiseCounts]:
+        """Every noise learner's counts summed per (endpoint, field), but ``exclude``'s."""
+        rows = self._read(
+            "SELECT endpoint, field, sum(n), sum(r), sum(s) FROM noise_counts"
+            + (" WHERE learner <> ?" if exclude is not None else "")
+            + " GROUP BY endpoint, field", [exclude] if exclude is not None else [])
+        return [(e, f, int(n), int(r), int(s)) for e, f, n, r, s in rows]
 
     def outcome_counts(self, since: float | None = None, until: float | None = None,
                        endpoint_glob: str = "*") -> dict[str, dict[str, int]]:

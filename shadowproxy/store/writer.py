@@ -123,6 +123,7 @@ class StoreWriter:
         self.last_ok_at: float | None = None     # time.time() of the latest successful write
         self._pending_outcomes: dict[tuple[int, str, str, str], int] = {}
         self._pending_noise: dict[tuple[str, str], Any] = {}
+        self._pending_counts: tuple[str, list[Any]] | None = None   # a learner's own counts
         self._inflight_since: float | None = None
         self._held: list[tuple[float, Result]] = []   # the batch kept while down
         self._delay = retry_min                         # next backoff
@@ -176,6 +177,12 @@ class StoreWriter:
             for e in evidence:
                 self._pending_noise[(e.endpoint, e.field)] = e
 
+    def save_noise_counts(self, learner: str, rows: Sequence[Any]) -> None:
+        """Record a noise learner's own counts (:meth:`NoiseLearner.own_counts`; the
+        latest replaces what is still pending)."""
+        with self._lock:
+            self._pending_counts = (learner, list(rows))
+
     @property
     def depth(self) -> int:
         """Results waiting: in the queue, and the batch held while the store is down."""
@@ -222,7 +229,8 @@ class StoreWriter:
             self._ready.notify()
         with self._cv:
             while True:
-                side = (not self._pending_outcomes and not self._pending_noise) or \
+                side = (not self._pending_outcomes and not self._pending_noise
+                        and self._pending_counts is None) or \
                     self._side_failed_at > t0     # kept for later: the store refused them
                 done = (self.acknowledged + self.failed >= target and side
                         and self._inflight_since is None)
@@ -295,7 +303,8 @@ class StoreWriter:
 
     def _has_side(self) -> bool:
         with self._lock:
-            return bool(self._pending_outcomes or self._pending_noise)
+            return bool(self._pending_outcomes or self._pending_noise
+                        or self._pending_counts is not None)
 
     def _take(self) -> list[tuple[float, Result]]:
         """The next batch: up to ``store.batch`` results, waiting at most
@@ -416,6 +425,7 @@ class StoreWriter:
         with self._lock:
             outcomes, self._pending_outcomes = self._pending_outcomes, {}
             noise, self._pending_noise = self._pending_noise, {}
+            counts, self._pending_counts = self._pending_counts, None
         failed = False
         if outcomes:
             try:
@@ -435,7 +445,16 @@ class StoreWriter:
                 with self._lock:    # kept unless newer evidence came meanwhile
                     for key, evidence in noise.items():
                         self._pending_noise.setdefault(key, evidence)
-        if outcomes or noise:
+        if counts is not None:
+            try:
+                self.store.save_noise_counts(*counts)
+            except Exception as exc:  # noqa: BLE001
+                failed = True
+                self._failure(exc, 0, what="noise counts")
+                with self._lock:    # kept unless newer counts came meanwhile
+                    if self._pending_counts is None:
+                        self._pending_counts = counts
+        if outcomes or noise or counts is not None:
             with self._cv:
                 if failed:
                     self._side_failed_at = time.monotonic()

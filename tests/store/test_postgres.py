@@ -198,3 +198,29 @@ def test_check_and_report_commands_read_all_instances_or_one(pg_url, tmp_path, c
         counts.append(json.loads((tmp_path / "r.json").read_text()))
     text = [json.dumps(c) for c in counts]
     assert '"exchanges": 80' in text[0] and '"exchanges": 30' in text[1]
+
+
+def test_a_schema_1_store_upgrades_in_place_and_keeps_what_it_holds(pg_url):
+    """The previous release's schema (1) is today's without what schema 2 added (the
+    noise learners' counts): such a store is refused by a reader with the command that
+    upgrades it, and upgraded by a writer without losing a row."""
+    import psycopg
+
+    s = open_store(pg_url, instance="pod-a")
+    s.write_results([result("diff", diffs=[diff("$.price")], started=time.time() - 60 - i)
+                     for i in range(20)])
+    s.close()
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("DROP TABLE noise_counts")
+        c.execute("UPDATE schema_version SET version = 1")
+    with pytest.raises(StoreError, match="store migrate"):
+        open_store(pg_url, readonly=True)
+    s = open_store(pg_url, instance="pod-b")           # a writer upgrades it
+    try:
+        assert s.info().schema_version == SCHEMA_VERSION == 2
+        assert s.info().exchanges == 20
+        assert s._read("SELECT max(version) FROM schema_version") == [(2,)]
+        s.save_noise_counts("pod-b/1", [("GET /x", "", 10, 0, 0), ("GET /x", "$.a", 10, 3, 2)])
+        assert sorted(s.noise_counts()) == [("GET /x", "", 10, 0, 0), ("GET /x", "$.a", 10, 3, 2)]
+    finally:
+        s.close()

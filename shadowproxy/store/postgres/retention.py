@@ -59,6 +59,8 @@ class RetentionMixin(PgConnection):
                             "WHERE minute <= %s LIMIT %s)", (cutoff - 60, AGG_CHUNK))
                 if cur.rowcount >= AGG_CHUNK:
                     done = False
+            # a noise learner not heard of since the cutoff
+            cur.execute("DELETE FROM noise_counts WHERE updated < %s", (cutoff,))
             return done
 
         done: bool = self._write("clean up", run)

@@ -13,6 +13,8 @@ Tables (every result row and every aggregate row carries the ``instance`` that w
         endpoint and instance: the aggregates' blobs, apart from the counters so that
         reading counts never reads them; readers merge across instances.
     ``noise``        the noise learners' evidence per (endpoint, field), last writer wins.
+    ``noise_counts``  each noise learner's own (N, R, S) per (endpoint, field): a
+        learner decides on the sum of everyone's (schema 2).
     ``schema_version``  the versions applied (the highest is the store's).
 
 Migrations run at open for writing (``shadowproxy run``, ``shadowproxy store migrate``),
@@ -25,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIGRATION_LOCK = 0x5348_4144_0001      # pg_advisory_xact_lock key of schema changes
 PARTITION_LOCK = 0x5348_4144_0002      # ... of partition creation and dropping
 
@@ -37,6 +39,17 @@ BY_AGE = ("rollups", "rollup_blobs", "field_rollups", "diff_sets", "outcomes")
 _COUNTERS = ("exchanges", "matches", "diffs", "noise", "errors", "candidate_5xx",
              "primary_5xx", "candidate_errors", "primary_errors", "latency_pairs",
              "both_failed", "candidate_only_failed", "primary_only_failed")
+
+NOISE_COUNTS = """CREATE TABLE IF NOT EXISTS noise_counts (
+    endpoint TEXT NOT NULL,
+    field TEXT NOT NULL,
+    learner TEXT NOT NULL,
+    n BIGINT NOT NULL,
+    r BIGINT NOT NULL,
+    s BIGINT NOT NULL,
+    updated DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (endpoint, field, learner)
+)"""
 
 DDL = f"""
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -165,14 +178,31 @@ CREATE TABLE IF NOT EXISTS noise (
     instance TEXT NOT NULL,
     PRIMARY KEY (endpoint, field)
 );
+CREATE TABLE IF NOT EXISTS noise_counts (
+    endpoint TEXT NOT NULL,
+    field TEXT NOT NULL,
+    learner TEXT NOT NULL,
+    n BIGINT NOT NULL,
+    r BIGINT NOT NULL,
+    s BIGINT NOT NULL,
+    updated DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (endpoint, field, learner)
+);
 """
 
 TABLES = frozenset({"schema_version", "exchanges", "differences", "samples", "sample_keys",
-                    "rollups", "rollup_blobs", "field_rollups", "diff_sets", "outcomes", "noise"})
+                    "rollups", "rollup_blobs", "field_rollups", "diff_sets", "outcomes", "noise",
+                    "noise_counts"})
 
 # version → the migration that brings a store from version - 1 to it (given a cursor,
 # inside the migration's transaction; → what it did, for the log)
-MIGRATIONS: dict[int, Callable[[Any], str]] = {}
+def _to_2(cur: Any) -> str:
+    """Noise learners' own counts (``noise_counts``), summed across learners."""
+    cur.execute(NOISE_COUNTS)
+    return "table noise_counts added"
+
+
+MIGRATIONS: dict[int, Callable[[Any], str]] = {2: _to_2}
 
 
 def statements(ddl: str = DDL) -> list[str]:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...models import Result
-from ..base import OutcomeRow
+from ..base import NoiseCounts, OutcomeRow
 from ..documents import _sample_keys, difference_rows, exchange_row, sample_blob
 from ..rollup import Minute, rollup
 from ..window import EX_COLS, ROLLUP_BLOBS, ROLLUP_COLS, added_blobs
@@ -242,3 +242,18 @@ class WritesMixin(PgConnection):
                 "updated=excluded.updated, instance=excluded.instance", rows)
 
         self._write("write noise to", run)
+
+    def save_noise_counts(self, learner: str, rows: Sequence[NoiseCounts]) -> None:
+        if not rows:
+            return
+        now = time.time()
+        data = [(e, f, learner, int(n), int(r), int(s), now) for e, f, n, r, s in rows]
+
+        def run(cur: Any) -> None:
+            cur.executemany(
+                "INSERT INTO noise_counts(endpoint, field, learner, n, r, s, updated) "
+                "VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (endpoint, field, learner) DO "
+                "UPDATE SET n=excluded.n, r=excluded.r, s=excluded.s, updated=excluded.updated",
+                data)
+
+        self._write("write noise counts to", run)

@@ -40,7 +40,15 @@ def _to_2(c: sqlite3.Connection) -> str:
     return f"aggregates of {backfill(c):,} stored exchanges computed"
 
 
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], str]] = {2: _to_2}
+def _to_3(c: sqlite3.Connection) -> str:
+    """Noise learners' own counts (``noise_counts``), summed across learners."""
+    for stmt in _SCHEMA.split(";"):       # the new table (CREATE ... IF NOT EXISTS)
+        if stmt.strip():
+            c.execute(stmt)
+    return "table noise_counts added"
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], str]] = {2: _to_2, 3: _to_3}
 
 
 def migrate(c: sqlite3.Connection, version: int, where: str, readonly: bool) -> int:

@@ -75,6 +75,8 @@ class RetentionMixin(SqliteConnection):
                 if table in have:
                     self._conn.execute(f"DELETE FROM {table} WHERE minute + 60 <= ?",
                                        (cutoff,))
+            if "noise_counts" in have:      # a learner not heard of since the cutoff
+                self._conn.execute("DELETE FROM noise_counts WHERE updated < ?", (cutoff,))
 
         self._write("clean up", run)
 

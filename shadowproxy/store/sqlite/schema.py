@@ -13,7 +13,7 @@ from urllib.parse import quote
 from ...errors import StoreError
 from ..window import EX_COLS, ROLLUP_BLOBS, ROLLUP_COLS
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT = 5.0
 
 _SCHEMA = """
@@ -138,9 +138,19 @@ CREATE TABLE IF NOT EXISTS noise (
     updated REAL NOT NULL,
     PRIMARY KEY (endpoint, field)
 );
+CREATE TABLE IF NOT EXISTS noise_counts (
+    endpoint TEXT NOT NULL,
+    field TEXT NOT NULL,
+    learner TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    r INTEGER NOT NULL,
+    s INTEGER NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (endpoint, field, learner)
+) WITHOUT ROWID;
 """
 _TABLES = {"schema_version", "exchanges", "differences", "samples", "sample_keys", "rollups",
-           "rollup_blobs", "field_rollups", "diff_sets", "outcomes", "noise"}
+           "rollup_blobs", "field_rollups", "diff_sets", "outcomes", "noise", "noise_counts"}
 
 _EX_COLS = EX_COLS
 # the rollups' counters and sums, and the kinds of rollup_blobs (shared by the engines)

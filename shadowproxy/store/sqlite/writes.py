@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...models import Result
-from ..base import OutcomeRow
+from ..base import NoiseCounts, OutcomeRow
 from ..documents import _sample_keys, difference_rows, exchange_row, sample_blob
 from . import rollups
 from .connection import SqliteConnection
@@ -139,3 +139,16 @@ class WritesMixin(SqliteConnection):
                 "updated=excluded.updated", rows)
 
         self._write("write noise to", run)
+
+    def save_noise_counts(self, learner: str, rows: Sequence[NoiseCounts]) -> None:
+        now = time.time()
+
+        def run() -> None:
+            self._conn.executemany(
+                "INSERT INTO noise_counts(endpoint, field, learner, n, r, s, updated) "
+                "VALUES (?,?,?,?,?,?,?) ON CONFLICT(endpoint, field, learner) DO UPDATE SET "
+                "n=excluded.n, r=excluded.r, s=excluded.s, updated=excluded.updated",
+                [(e, f, learner, int(n), int(r), int(s), now) for e, f, n, r, s in rows])
+
+        if rows:
+            self._write("write noise counts to", run)
