@@ -132,7 +132,8 @@ async def _supervise(cfg: Config, n: int) -> int:
 
     def spawn_shadow(i: int) -> None:
         control.ready_shadows.discard(i)
-        p = ctx.Process(target=shadow_entry, args=(control.cfg, shadow_paths[i], path, i),
+        p = ctx.Process(target=shadow_entry, args=(control.cfg, shadow_paths[i], path, i,
+                                                   control.redactor.key),
                         name=f"shadowproxy-shadow-{i}", daemon=False)
         p.start()
         shadows[i] = p
