@@ -54,6 +54,7 @@ class Proxy:
         self.stats = stats
         self.mirror = mirror
         self.recorder: Recorder | None = None     # set when `record:` is configured
+        self._replicas: set[asyncio.Task[None]] = set()   # mode receiver: primary's copies
         self.session: aiohttp.ClientSession | None = None   # WebSocket upgrades only
         self.pool: Pool | None = None
         self._ids = _ids()
@@ -74,6 +75,7 @@ class Proxy:
         self.trust: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n)
                                                 for n in cfg.forwarded.trust)
         self.max_body = cfg.mirror.max_body
+        self.replica_limit = cfg.mirror.queue
         self.connect_timeout = cfg.timeouts.connect
         self.read_timeout = cfg.timeouts.primary
         self._timeout = aiohttp.ClientTimeout(total=None, connect=cfg.timeouts.connect,
@@ -89,6 +91,10 @@ class Proxy:
         )
 
     async def close(self) -> None:
+        for task in list(self._replicas):   # past the drain's deadline
+            task.cancel()
+        if self._replicas:
+            await asyncio.wait(list(self._replicas), timeout=1.0)
         if self.pool is not None:
             await self.pool.close()
         if self.session is not None:
@@ -242,6 +248,13 @@ class Proxy:
             block: bytes | None = encode_headers(method, headers, len(body))
         except ValueError:
             block = None
+        if len(self._replicas) >= self.replica_limit:
+            # primary's copies in flight are bounded like the shadows' queue
+            if shadow:
+                self.stats.add("dropped", "queue_full", endpoint)
+            if record:
+                self.stats.add("record_dropped", "queue_full", endpoint)
+            return
         fut: asyncio.Future[ResponseRecord] | None = None
         if shadow:
             rec = RequestRecord(method, path, query, tuple(headers), body)
@@ -251,8 +264,20 @@ class Proxy:
             fut = self._record(fut, method, target, headers, body, endpoint)
         if fut is None:
             return
+        # a task of its own: the mirroring proxy may close the connection once it has
+        # the 202, which must not cancel primary's copy (the drain waits for it)
+        task = asyncio.get_running_loop().create_task(
+            self._replica(method, target, headers, body, block, fut))
+        self._replicas.add(task)
+        task.add_done_callback(self._replicas.discard)
+
+    async def _replica(self, method: str, target: str, headers: list[tuple[str, str]],
+                       body: bytes, block: bytes | None,
+                       fut: asyncio.Future[ResponseRecord]) -> None:
         try:
             await self.fetch_primary(method, target, headers, body, block, fut)
+        except Exception:
+            log.exception("receiver: primary's copy failed")
         finally:
             if not fut.done():
                 fut.set_result(ResponseRecord(status=0, error="incomplete"))

@@ -165,12 +165,18 @@ class RecordWriter:
             return
         req = red.request
         target = req.path + ("?" + req.query if req.query or "?" in target else "")
+        rheaders = list(req.headers)
+        if not any(k.lower() == "host" for k, _ in rheaders):
+            # GoReplay's readers expect the Host a client sent: the one the proxy saw
+            fwd = [v for k, v in rheaders if k.lower() == "x-forwarded-host"]
+            if fwd:
+                rheaders.insert(0, ("Host", fwd[-1].rsplit(",", 1)[-1].strip()))
         try:
             if self._file is None:
                 self._new_file()
             assert self._file is not None
             self._size += goreplay.write_exchange(
-                self._file, os.urandom(12).hex(), started, req.method, target, req.headers,
+                self._file, os.urandom(12).hex(), started, req.method, target, rheaders,
                 req.body, red.primary)
         except OSError as exc:
             self._failed(exc, endpoint)
