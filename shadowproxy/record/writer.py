@@ -181,6 +181,9 @@ class RecordWriter:
         except OSError as exc:
             self._failed(exc, endpoint)
             return
+        if self._full:
+            log.warning("recording: writing to %s again", self.cfg.dir)
+            self._full = False
         self._count("recorded", "", endpoint)
         if self._size >= self.cfg.rotate.size:
             self._flush()
@@ -193,10 +196,6 @@ class RecordWriter:
             # buffered exchanges already counted recorded are lost with the buffer
             self._failed(exc, "")
             self._close_quietly()
-        else:
-            if self._full:
-                log.warning("recording: writing to %s again", self.cfg.dir)
-                self._full = False
 
     def _failed(self, exc: OSError, endpoint: str) -> None:
         if exc.errno in _FULL:

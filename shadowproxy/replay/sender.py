@@ -109,8 +109,8 @@ class Replayer:
                 while mirror.in_flight + mirror.depth + mirror.pending >= limit or \
                         stage.queue.qsize() >= room:
                     await asyncio.sleep(0.001)
-                self._send(item, mirror, router, proxy, primaries)
-                self.summary.sent_at.append(loop.time())
+                if self._send(item, mirror, router, proxy, primaries):
+                    self.summary.sent_at.append(loop.time())
                 self._tick(False)
             await mirror.drain(loop.time() + cfg.mirror.timeout * 2 + cfg.timeouts.primary)
             if primaries:
@@ -146,7 +146,8 @@ class Replayer:
             self.on_progress(self._done, self._diffs, final)
 
     def _send(self, item: Recorded, mirror: Mirror, router: Router, proxy: Proxy | None,
-              primaries: set[asyncio.Task[None]]) -> None:
+              primaries: set[asyncio.Task[None]]) -> bool:
+        """Send one recorded request; False when it is not sent (counted why)."""
         req = item.request
         route = router.route(req.method, req.path)
         endpoint = router.endpoint(route, req.method, req.path)
@@ -156,13 +157,13 @@ class Replayer:
             reason = "no_reference"     # no live primary and no recorded answer
         if reason is not None:
             stats.add("not_eligible", reason, endpoint)
-            return
+            return False
         headers = end_to_end_text(inject(req.headers, self.creds), _DROP)
         rec = RequestRecord(req.method, req.path, req.query, tuple(headers), req.body)
         fut = mirror.submit(next(self._ids), endpoint, route.key if route else None, rec,
                             item.target, started=time.time())
         if fut is None:
-            return
+            return True         # dropped by the mirror, and counted
         if proxy is None:
             answer = item.response
             assert answer is not None
@@ -172,7 +173,7 @@ class Replayer:
                 status=answer.status, reason=answer.reason, headers=answer.headers,
                 body=answer.body, size=answer.size, sha256=answer.sha256,
                 truncated=answer.truncated, latency=answer.latency))
-            return
+            return True
         try:
             block: bytes | None = encode_headers(req.method, headers, len(req.body))
         except ValueError:
@@ -181,4 +182,5 @@ class Replayer:
             proxy.fetch_primary(req.method, item.target, headers, req.body, block, fut))
         primaries.add(task)
         task.add_done_callback(primaries.discard)
+        return True
 

@@ -10,10 +10,11 @@ COOKIE = "sess-0d1e2f3a4b5c6d7e8f90"           # production's session cookie
 TEST_CRED = "test-cred-for-the-candidate"       # what a replay injects instead
 
 
-def item_app(price: int, accept: str = SECRET) -> web.Application:
-    """``/api/items/{id}``: JSON with ``price``; 401 without ``Bearer <accept>``."""
+def item_app(price: int, accept: str | None = SECRET) -> web.Application:
+    """``/api/items/{id}``: JSON with ``price``; 401 without ``Bearer <accept>`` (when
+    ``accept`` is not None)."""
     async def item(request: web.Request) -> web.Response:
-        if request.headers.get("Authorization") != f"Bearer {accept}":
+        if accept is not None and request.headers.get("Authorization") != f"Bearer {accept}":
             return web.json_response({"error": "unauthorized"}, status=401)
         resp = web.json_response({"id": int(request.match_info["id"]), "price": price,
                                   "q": request.query.get("q", "")})
