@@ -3,6 +3,7 @@ the CLI."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import yaml
@@ -84,7 +85,7 @@ def test_replay_cronjob_replays_the_last_day_and_reports_the_run() -> None:
     steps = [s.strip() for s in script.split(";") if s.strip().startswith("shadowproxy ")]
     assert [s.split()[1] for s in steps] == ["replay", "report", "check"]
     for step in steps:
-        argv = [a.strip('"\'') for a in step.split()[1:] if "REPORT_WEBHOOK" not in a]
+        argv = [a for a in shlex.split(step)[1:] if "REPORT_WEBHOOK" not in a]
         argv = [a.replace("$files", "x.gor").replace("$run", "r") for a in argv]
         _parser().parse_args(argv)                # exits on an unknown option
         assert "--run" in argv
