@@ -84,6 +84,16 @@ async def test_record_live_then_replay_and_check(tmp_path: Path,
         await run.ready()
         assert await _traffic(listen, N) == N          # clients got primary's answers
         await run.wait_total(N)
+        # the shadow process's writer counts what it wrote; /metrics shows it
+        metrics = ""
+        async with aiohttp.ClientSession() as s:
+            for _ in range(100):
+                async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
+                    metrics = await r.text()
+                if f"shadowproxy_recorded_total {N}.0" in metrics:
+                    break
+                await asyncio.sleep(0.1)
+        assert f"shadowproxy_recorded_total {N}.0" in metrics, metrics[-2000:]
         assert run.stop() == 0, run.log.read_text()[-3000:]
     finally:
         if run.proc.poll() is None:
