@@ -5,6 +5,8 @@ a full queue counted; and the replay's pacing."""
 from __future__ import annotations
 
 import asyncio
+import gzip
+import io
 import logging
 import os
 from pathlib import Path
@@ -50,8 +52,8 @@ async def test_rotation_compression_and_masks(tmp_path: Path) -> None:
     items = load([str(tmp_path / f) for f in files])
     assert sorted(int(i.request.path.rsplit("/", 1)[1]) for i in items) == list(range(40))
     for f in files:
-        import gzip
-        data = gzip.open(tmp_path / f).read()
+        with gzip.open(tmp_path / f) as fh:
+            data = fh.read()
         assert b"tok-abcdef123456" not in data and b"[redacted:" in data
 
 
@@ -72,7 +74,7 @@ async def test_full_disk_is_logged_once_and_counted(tmp_path: Path,
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full")
     stats = Stats()
-    w = _writer(tmp_path, stats, opener=lambda _p: open("/dev/full", "wb", buffering=0))
+    w = _writer(tmp_path, stats, opener=lambda _p: open("/dev/full", "wb", buffering=0))  # noqa: SIM115
     w.start()
     with caplog.at_level(logging.ERROR, logger="shadowproxy.record"):
         for i in range(20):
@@ -102,3 +104,49 @@ def test_pacing() -> None:
     assert offsets(started, speed=2.0) == [0.0, 0.25, 0.5, 1.5]     # the spacing, halved
     assert offsets(started, rate=4.0) == [0.0, 0.25, 0.5, 0.75]
     assert offsets(started) is None
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal_and_lines_otherwise() -> None:
+    from shadowproxy.replay.progress import Progress
+    tty = _Terminal()
+    bar = Progress(200, tty, interval=0.0)
+    bar.update(50, 3)
+    bar.update(200, 7, final=True)
+    text = tty.getvalue()
+    assert text.startswith("\r[") and "#" in text and "200/200 sent" in text
+    assert "7 with differences" in text and "ETA" in text and text.endswith("\n")
+    plain = io.StringIO()
+    lines = Progress(200, plain, interval=0.0)
+    lines.update(50, 3)
+    lines.update(200, 7, final=True)
+    out = plain.getvalue().splitlines()
+    assert out[0].startswith("replay: 50/200 sent, ") and "3 with differences" in out[0]
+    assert "\r" not in plain.getvalue() and len(out) == 2
+
+
+def test_credentials_and_run_names() -> None:
+    from shadowproxy.config import loads
+    from shadowproxy.errors import ConfigError
+    from shadowproxy.replay.command import credentials
+    from shadowproxy.replay.sender import inject
+    from shadowproxy.store.runs import for_run
+    creds = credentials(["Authorization: Bearer ${T}"], env={"T": "abc"})
+    assert creds == {"authorization": "Bearer abc"}
+    with pytest.raises(ValueError, match="T2 is not set"):
+        credentials(["X-Key: ${T2}"], env={})
+    recorded = [("Authorization", "Bearer [redacted:0123456789ab]"), ("Accept", "*/*")]
+    assert inject(recorded, creds) == [("Authorization", "Bearer abc"), ("Accept", "*/*")]
+    # a header the recording has in clear is left as it is
+    assert inject([("Authorization", "Basic public")], creds) == \
+        [("Authorization", "Basic public")]
+    cfg = loads("upstreams: {primary: 'http://127.0.0.1:1'}\n"
+                "store: {url: 'sqlite:///./out/results.db'}\n")
+    run_cfg, inst = for_run(cfg, "pr-7")
+    assert run_cfg.store.url == "sqlite:///./out/results.run-pr-7.db" and inst is None
+    with pytest.raises(ConfigError):
+        for_run(cfg, "../etc")
