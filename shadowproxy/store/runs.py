@@ -5,8 +5,10 @@ run's own results. A run is a writer of its own, which both engines already keep
 apart without a schema change: an SQLite store holds one writer's results, so a run
 gets a file of its own beside the configured one (``results.db`` →
 ``results.run-NAME.db``); a PostgreSQL store labels every row and aggregate with its
-writer's instance name, so a run writes and is read as the instance ``run-NAME``
-(``check`` without ``--run`` then counts it among the fleet's, as any instance).
+writer's instance name, so a run writes and is read as the instance ``run:NAME``. No
+pod or host name has a colon, and the reads of a PostgreSQL store leave the ``run:``
+instances out unless asked for one (:data:`RUN_PREFIX`): a fleet's ``check`` never
+counts a replay's results with the live traffic's.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from ..config import Config
 
 _RUN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+RUN_PREFIX = "run:"    # the instance label of a run in a PostgreSQL store
 _POSTGRES = ("postgresql://", "postgres://")
 
 
@@ -45,6 +48,6 @@ def for_run(cfg: Config, run: str) -> tuple[Config, str | None]:
         raise ConfigError(f"{run!r} is not a run name (letters, digits and ._- , at most "
                           "100, starting with a letter or digit)")
     if cfg.store.url.startswith(_POSTGRES):
-        return cfg.replace(instance=f"run-{run}"), f"run-{run}"
+        return cfg.replace(instance=RUN_PREFIX + run), RUN_PREFIX + run
     store = dataclasses.replace(cfg.store, url=run_url(cfg.store.url, run))
     return cfg.replace(store=store), None

@@ -80,7 +80,9 @@ async def _cli(*args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True, text=True, timeout=120, check=False, env=dict(os.environ))
 
 
-async def test_replay_goreplay_and_har_files(tmp_path: Path) -> None:
+async def test_replay_goreplay_and_har_files(tmp_path: Path, store_url: str) -> None:
+    """On both engines: each run's results apart, under its name, and apart from the
+    live traffic's (a plain `check` sees none of them)."""
     cfg = tmp_path / "replay.yaml"
     cfg.write_text(f"""\
 upstreams:
@@ -89,7 +91,7 @@ routes:
   - name: item
     match: /api/items/{{id}}
 store:
-  url: sqlite:///{tmp_path}/results.db
+  url: '{store_url}'
 checks:
   - name: diff-rate
     max_diff_rate: 0.10
@@ -113,3 +115,10 @@ checks:
         check = await _cli("check", "-c", str(cfg), "--run", run)
         assert check.returncode == 1, check.stdout + check.stderr
         assert "$.price" in check.stdout and "compared 12" in check.stdout, check.stdout
+    live = await _cli("check", "-c", str(cfg))
+    if store_url.startswith("sqlite"):    # the runs have files of their own
+        assert live.returncode == 2 and "does not exist" in live.stderr, live.stderr
+        assert (tmp_path / "results.run-gor.db").exists()
+    else:                                 # the run: instances are not read by default
+        assert live.returncode == 3, live.stdout + live.stderr
+        assert "compared 12" not in live.stdout and "(0 of 0)" in live.stdout, live.stdout
