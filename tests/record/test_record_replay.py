@@ -22,6 +22,7 @@ from tests.record.apps import COOKIE, SECRET, TEST_CRED, item_app
 from tests.support import Upstream, free_port
 
 N = 60
+QUERY_SECRET = "qtok-93c1d2e4f5a6b7c8"
 KEY = "record-replay-test-key"
 
 
@@ -66,7 +67,8 @@ async def _traffic(port: int, n: int) -> int:
     ok = 0
     async with aiohttp.ClientSession() as s:
         for i in range(n):
-            async with s.get(f"http://127.0.0.1:{port}/api/items/{i % 20}?q=x{i}",
+            async with s.get(f"http://127.0.0.1:{port}/api/items/{i % 20}?q=x{i}"
+                             f"&token={QUERY_SECRET}",
                              headers={"Authorization": f"Bearer {SECRET}"}) as r:
                 body = await r.json()
                 ok += r.status == 200 and body["price"] == 10
@@ -108,14 +110,16 @@ async def test_record_live_then_replay_and_check(tmp_path: Path,
     assert raw.count(goreplay.SEPARATOR) == 2 * N
     assert raw.startswith(b"1 ")
     # no planted secret in any recording file; masks stand in their place
-    for secret in (SECRET, COOKIE):
+    for secret in (SECRET, COOKIE, QUERY_SECRET):
         assert secret.encode() not in raw
     assert b"Authorization: Bearer [redacted:" in raw
     items = load(files)
     assert len(items) == N
     assert all(i.response is not None and i.response.status == 200 for i in items)
-    assert sorted(i.target for i in items) == sorted(f"/api/items/{i % 20}?q=x{i}"
-                                                     for i in range(N))
+    assert sorted(i.target.split("&")[0] for i in items) == \
+        sorted(f"/api/items/{i % 20}?q=x{i}" for i in range(N))
+    assert all("&token=%5Bredacted%3A" in i.target or "&token=[redacted:" in i.target
+               for i in items), items[0].target
 
     # replay: a candidate with a regression, then a copy of primary; both accept only
     # the test credential the replay injects where the recording has a mask
