@@ -54,7 +54,6 @@ class Proxy:
         self.stats = stats
         self.mirror = mirror
         self.recorder: Recorder | None = None     # set when `record:` is configured
-        self._replicas: set[asyncio.Task[None]] = set()   # mode receiver: primary's copies
         self.session: aiohttp.ClientSession | None = None   # WebSocket upgrades only
         self.pool: Pool | None = None
         self._ids = _ids()
@@ -75,7 +74,6 @@ class Proxy:
         self.trust: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n)
                                                 for n in cfg.forwarded.trust)
         self.max_body = cfg.mirror.max_body
-        self.replica_limit = cfg.mirror.queue
         self.connect_timeout = cfg.timeouts.connect
         self.read_timeout = cfg.timeouts.primary
         self._timeout = aiohttp.ClientTimeout(total=None, connect=cfg.timeouts.connect,
@@ -91,10 +89,6 @@ class Proxy:
         )
 
     async def close(self) -> None:
-        for task in list(self._replicas):   # past the drain's deadline
-            task.cancel()
-        if self._replicas:
-            await asyncio.wait(list(self._replicas), timeout=1.0)
         if self.pool is not None:
             await self.pool.close()
         if self.session is not None:
@@ -182,151 +176,6 @@ class Proxy:
         finally:
             if fut is not None and not fut.done():
                 fut.set_result(ResponseRecord(status=0, error="incomplete"))
-
-    # ------------------------------------------------------------ mode: receiver
-
-    async def receive(self, request: Request) -> None:
-        """``mode: receiver``: the request is a mirror's copy (nginx ``mirror``, an Istio
-        VirtualService's ``mirror:``), whose answer the mirroring proxy throws away. Once
-        its body is in, it gets an empty 202 at once; then, if it is eligible and
-        sampled, it goes to primary (a replica of production) here and to the candidate
-        and secondary through the shadow stage, and is compared as any shadow. The
-        ``-shadow`` suffix Envoy adds to the Host is taken off. Outcomes are counted as
-        for the proxy; primary's answer is read whole (its first ``capture_max`` bytes
-        kept) and then dropped: nobody waits for it."""
-        method = request.method
-        target = origin_form(request.target)
-        if target is None or method == "CONNECT":
-            self.stats.add("not_eligible", "bad_target" if target is None else "method")
-            return request.reply(400, "bad request target")
-        path, _, query = target.partition("?")
-        route = self.router.route(method, path)
-        endpoint = self.router.endpoint(route, method, path)
-        raw = [(k, unshadow_host(v)) if k.lower() == "host" else (k, v)
-               for k, v in request.headers]
-        headers = end_to_end_text(raw, _DROP_REQUEST, underscores=False)
-        self._forwarded(request.remote, raw, headers)
-        mirror = self.mirror
-        shadow = False
-        if mirror is None:
-            reason: str | None = "no_candidate"
-        else:
-            reason = mirror.eligible(method, route)
-            length = request.content_length
-            if reason is None and length is not None and length > self.max_body:
-                reason = "body_too_large"
-        if reason is not None:
-            self.stats.add("not_eligible", reason, endpoint)
-        elif not mirror.sampled(route, headers, query):  # type: ignore[union-attr]
-            self.stats.add("sampled_out", "", endpoint)
-        else:
-            shadow = True
-        try:
-            body, _prefix = await self._read_body(request)
-            if body is None:
-                while await request.read():   # the rest, thrown away
-                    pass
-        except BodyError as exc:
-            if shadow:
-                self.stats.add("not_eligible", "bad_body", endpoint)
-            if exc.status is not None:
-                request.reply(exc.status, "bad request body")
-            return
-        except asyncio.CancelledError:
-            if shadow:
-                self.stats.add("not_eligible", "bad_body", endpoint)
-            raise
-        request.respond(202, "Accepted", [("Content-Length", "0")], b"", end=True, length="0")
-        record = self.recorder is not None and self.recorder.sampled(route, headers, query)
-        if body is None:
-            if shadow:
-                self.stats.add("not_eligible", "body_too_large", endpoint)
-            return
-        if not (shadow or record):
-            return
-        try:
-            block: bytes | None = encode_headers(method, headers, len(body))
-        except ValueError:
-            block = None
-        if len(self._replicas) >= self.replica_limit:
-            # primary's copies in flight are bounded like the shadows' queue
-            if shadow:
-                self.stats.add("dropped", "queue_full", endpoint)
-            if record:
-                self.stats.add("record_dropped", "queue_full", endpoint)
-            return
-        fut: asyncio.Future[ResponseRecord] | None = None
-        if shadow:
-            rec = RequestRecord(method, path, query, tuple(headers), body)
-            fut = mirror.submit(next(self._ids), endpoint,  # type: ignore[union-attr]
-                                route.key if route is not None else None, rec, target, block)
-        if record:
-            fut = self._record(fut, method, target, headers, body, endpoint)
-        if fut is None:
-            return
-        # a task of its own: the mirroring proxy may close the connection once it has
-        # the 202, which must not cancel primary's copy (the drain waits for it)
-        task = asyncio.get_running_loop().create_task(
-            self._replica(method, target, headers, body, block, fut))
-        self._replicas.add(task)
-        task.add_done_callback(self._replicas.discard)
-
-    async def _replica(self, method: str, target: str, headers: list[tuple[str, str]],
-                       body: bytes, block: bytes | None,
-                       fut: asyncio.Future[ResponseRecord]) -> None:
-        try:
-            await self.fetch_primary(method, target, headers, body, block, fut)
-        except Exception:
-            log.exception("receiver: primary's copy failed")
-        finally:
-            if not fut.done():
-                fut.set_result(ResponseRecord(status=0, error="incomplete"))
-
-    async def fetch_primary(self, method: str, target: str, headers: list[tuple[str, str]],
-                       body: bytes, block: bytes | None,
-                       fut: asyncio.Future[ResponseRecord]) -> None:
-        """Send a request to primary and resolve ``fut`` with its captured answer (a
-        received mirror copy; a replayed request when the replay has a live primary)."""
-        pool = self.pool
-        assert pool is not None and self.mirror is not None
-        t0 = perf_counter()
-        try:
-            if block is None:
-                raise ProtocolError("a header the request line cannot carry")
-            up = await pool.open(method, target, block, body,
-                                 host=not (headers and headers[0][0] == "Host"),
-                                 connect_timeout=self.connect_timeout,
-                                 read_timeout=self.read_timeout)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - every failure is counted by its kind
-            kind = classify_error(exc)
-            self.stats.add("primary_error", kind)
-            fut.set_result(ResponseRecord(status=0, error=kind))
-            return
-        capture: Capture | None = Capture(self.mirror.cfg.capture_max, self.mirror.budget)
-        try:
-            head = up.head
-            assert head is not None and capture is not None
-            chunk = await up.read() if up.ready else b""
-            capture.feed(chunk)
-            done = up.complete
-            while not done:
-                chunk = await up.read()
-                capture.feed(chunk)
-                done = up.complete or not chunk
-            fut.set_result(ResponseRecord(
-                status=head.status, reason=head.reason, headers=head.headers,
-                body=capture.body, size=capture.size, sha256=capture.sha256,
-                truncated=capture.truncated, latency=perf_counter() - t0))
-            capture = None      # its bytes now belong to the shadow job
-        except (TimeoutError, UpstreamError, ProtocolError) as exc:
-            self.stats.add("primary_error", "mid_body_" + classify_error(exc))
-            fut.set_result(ResponseRecord(status=0, error="incomplete"))
-        finally:
-            if capture is not None:
-                capture.release()
-            up.release()
 
     def _record(self, fut: asyncio.Future[ResponseRecord] | None, method: str, target: str,
                 headers: list[tuple[str, str]], body: bytes, endpoint: str
@@ -534,17 +383,6 @@ class Proxy:
             if capture is not None:
                 capture.release()
             up.release()
-
-
-def unshadow_host(host: str) -> str:
-    """The Host a mirror copied, without the ``-shadow`` suffix Envoy (Istio) adds to its
-    name (``reviews-shadow:9080`` → ``reviews:9080``; ``reviews:9080-shadow`` too)."""
-    if host[-7:].lower() == "-shadow":
-        return host[:-7]
-    name, colon, port = host.rpartition(":")
-    if colon and port.isdigit() and name[-7:].lower() == "-shadow":
-        return f"{name[:-7]}:{port}"
-    return host
 
 
 def origin_form(target: str) -> str | None:

@@ -28,6 +28,7 @@ from ..record.writer import RecordWriter
 from ..stats import Stats
 from .handler import Proxy
 from .mirror import Mirror
+from .receiver import Receiver
 from .routes import Router
 from .tee import Tee
 
@@ -67,7 +68,8 @@ class ProxyServer:
         else:
             assert sink is not None
             self.mirror = Mirror(cfg, stats, sink)
-        self.proxy = Proxy(cfg, stats, self.router, self.mirror)
+        proxy_cls = Receiver if cfg.mode == "receiver" else Proxy
+        self.proxy = proxy_cls(cfg, stats, self.router, self.mirror)
         self.record_writer: RecordWriter | None = None
         if cfg.record is not None:
             if tee is not None:     # a worker: the shadow processes write
@@ -107,7 +109,7 @@ class ProxyServer:
 
     def _handler(self, cfg: Config) -> Callable[[Request], Awaitable[None]]:
         """The proxy's handler, wrapped by the access log when ``log.access`` is on."""
-        if cfg.mode == "receiver":
+        if isinstance(self.proxy, Receiver):
             return self.proxy.receive       # the target of a mirror: no access log of ours
         if not cfg.log.access:
             return self.proxy.handle
@@ -122,6 +124,8 @@ class ProxyServer:
         """Apply a new config to routes, sampling and mirroring without dropping connections."""
         self.cfg = cfg
         self.router = Router(cfg.routes, cfg.endpoints.max)
+        if (cfg.mode == "receiver") != isinstance(self.proxy, Receiver):
+            log.warning("mode: a change takes effect on restart only")
         self.proxy.configure(cfg, self.router)
         self.mirror.configure(cfg)
         if self.proxy.recorder is not None and cfg.record is not None:

@@ -3,7 +3,7 @@
 It is the live pipeline run over a recording instead of a client's requests: a
 :class:`~shadowproxy.proxy.mirror.Mirror` sends each request to the candidate (and
 the secondary), primary's answer is the recorded one or a live primary's
-(:meth:`Proxy.fetch_primary <shadowproxy.proxy.handler.Proxy.fetch_primary>`), and the
+(:meth:`Receiver.fetch_primary <shadowproxy.proxy.receiver.Receiver.fetch_primary>`), and the
 control process's stages (:class:`~shadowproxy.control.stages.Control`: comparator,
 masks, store writer, outcome counts) judge and store it. Nothing is dropped for
 speed: a request waits for a free slot (``--concurrency``) and for room in the
@@ -25,8 +25,8 @@ from ..control.stages import Control
 from ..http.framing import encode_headers
 from ..http.headers import end_to_end_text
 from ..models import Exchange, RequestRecord, ResponseRecord, Result
-from ..proxy.handler import Proxy
 from ..proxy.mirror import Mirror
+from ..proxy.receiver import Receiver
 from ..proxy.routes import Router
 from ..record.recorded import Recorded
 from ..redact import Redactor
@@ -94,7 +94,7 @@ class Replayer:
         mirror = Mirror(cfg, stats, sink)
         await mirror.start()
         router = Router(cfg.routes, cfg.endpoints.max)
-        proxy = Proxy(cfg, stats, router, mirror) if self.live_primary else None
+        proxy = Receiver(cfg, stats, router, mirror) if self.live_primary else None
         loop = asyncio.get_running_loop()
         limit = cfg.mirror.concurrency
         room = max(1, cfg.comparator.queue // 2)
@@ -145,7 +145,7 @@ class Replayer:
         if self.on_progress is not None:
             self.on_progress(self._done, self._diffs, final)
 
-    def _send(self, item: Recorded, mirror: Mirror, router: Router, proxy: Proxy | None,
+    def _send(self, item: Recorded, mirror: Mirror, router: Router, proxy: Receiver | None,
               primaries: set[asyncio.Task[None]]) -> bool:
         """Send one recorded request; False when it is not sent (counted why)."""
         req = item.request

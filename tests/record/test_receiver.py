@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from shadowproxy.proxy.handler import unshadow_host
+from shadowproxy.proxy.receiver import unshadow_host
 from tests.control.test_process import ROOT, Running
 from tests.record.apps import SECRET, item_app
 from tests.servers import Nginx
