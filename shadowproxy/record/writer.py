@@ -24,6 +24,7 @@ import gzip
 import logging
 import os
 import queue
+import re
 import shutil
 import threading
 import time
@@ -41,6 +42,8 @@ log = logging.getLogger("shadowproxy.record")
 
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 PREFIX = "shadowproxy-"
+# shadowproxy-WRITER-YYYYmmddTHHMMSSZ[-N].gor[.gz]
+_NAME = re.compile(r"^shadowproxy-(.+)-\d{8}T\d{6}Z(?:-\d+)?\.gor(\.gz)?$")
 
 # what a worker hands over: ("r", started, method, target, headers, body,
 # primary's ResponseRecord fields, endpoint)
@@ -259,7 +262,7 @@ class RecordWriter:
         except OSError:
             return
         for name in names:
-            if not name.startswith(PREFIX) or not name.endswith((".gor", ".gor.gz")):
+            if not _NAME.match(name):
                 continue
             p = os.path.join(self.cfg.dir, name)
             if p == self.path:
@@ -271,7 +274,17 @@ class RecordWriter:
             files.append((st.st_mtime, st.st_size, p))
         files.sort()
         total = sum(s for _m, s, _p in files)
+        # the newest uncompressed file of each other writer (shadow process) may be
+        # open: it is left to that writer
+        newest: dict[str, str] = {}
+        for _m, _s, p in files:
+            m = _NAME.match(os.path.basename(p))
+            if m and not m.group(2) and m.group(1) != self.name:
+                newest[m.group(1)] = p
+        busy = set(newest.values())
         for mtime, size, p in files:
+            if p in busy:
+                continue
             if now - mtime > keep.age or total > keep.size:
                 try:
                     os.unlink(p)

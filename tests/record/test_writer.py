@@ -58,14 +58,19 @@ async def test_rotation_compression_and_masks(tmp_path: Path) -> None:
 
 
 async def test_keep_by_size_deletes_the_oldest(tmp_path: Path) -> None:
+    # another shadow process's file, still being written: never deleted under it
+    other = tmp_path / "shadowproxy-pod-s1-20200101T000000Z.gor"
+    other.write_bytes(b"x" * 1000)
+    os.utime(other, (1e9, 1e9))
     stats = Stats()
-    w = _writer(tmp_path, stats, keep=3000)
+    w = _writer(tmp_path, stats, keep=4000)
     w.start()
     for i in range(40):
         w.offer(_item(i))
     await w.close()
     total = sum(p.stat().st_size for p in tmp_path.iterdir())
-    assert 0 < total <= 3000
+    assert 1000 < total <= 4000
+    assert other.exists()
     assert stats.total("recorded") == 40
 
 
