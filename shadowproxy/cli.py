@@ -1,5 +1,5 @@
-"""Command line: ``shadowproxy run|compare|mirror|validate|check|report|store`` (also
-``python -m shadowproxy``).
+"""Command line: ``shadowproxy run|compare|mirror|validate|check|report|store|replay``
+(also ``python -m shadowproxy``).
 
 Exit codes: 0 success; 1 failure (a failed check, a runtime error); 2 usage or
 config error; 3 inconclusive check.
@@ -67,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="only the results this instance wrote (PostgreSQL store; "
                           "default: all instances together)")
 
+    from .replay.command import add_parser as add_replay
+    add_replay(sub)
+    for sp in (chk, rep):
+        sp.add_argument("--run", default=None, metavar="NAME",
+                        help="only the results `shadowproxy replay --run NAME` stored")
+
     sto = sub.add_parser("store", help="store maintenance: migrate (upgrade the schema to "
                          "this version's, keeping every result), vacuum (rewrite the file "
                          "without its free pages; switches an old store to incremental vacuum)")
@@ -132,6 +138,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate":
         print(f"{args.config}: ok")
         return EXIT_OK
+    if args.command in ("check", "report") and args.run is not None:
+        if args.instance is not None:
+            print("shadowproxy: --run and --instance cannot be given together",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        from .store.runs import for_run
+        try:
+            cfg, args.instance = for_run(cfg, args.run)
+        except ConfigError as exc:
+            print(f"shadowproxy: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         if args.command == "run":
             from .control.supervisor import run
@@ -155,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
             return report_main(cfg, args)
         if args.command == "store":
             return _store_main(cfg, args.action)
+        if args.command == "replay":
+            from .replay.command import main as replay_main
+            return replay_main(cfg, args)
     except ConfigError as exc:
         print(f"shadowproxy: invalid config: {exc}", file=sys.stderr)
         return EXIT_USAGE

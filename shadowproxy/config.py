@@ -352,6 +352,33 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class RotateConfig:
+    size: Size = 256 * 1024**2      # a recording file is closed at this size ...
+    age: Duration = 3600.0          # ... or this age, whichever comes first
+    compress: bool = False          # gzip a file once it is closed (name.gor.gz)
+
+
+@dataclass(frozen=True)
+class KeepConfig:
+    age: Duration = 7 * 86400.0     # closed files older than this are deleted
+    size: Size = 10 * 1024**3       # and the oldest while all of them together exceed this
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    """``record:``: production exchanges written to GoReplay-format files, off the
+    primary path (a worker hands each over; a shadow process's thread writes)."""
+
+    dir: str
+    sample: Ratio = 0.05
+    sample_by: SampleBy | None = None
+    max_body: Size = 1024 * 1024    # request bodies beyond this are not recorded; answers cut
+    queue: int = 10000              # exchanges waiting for the writer thread
+    rotate: RotateConfig = field(default_factory=RotateConfig)
+    keep: KeepConfig = field(default_factory=KeepConfig)
+
+
+@dataclass(frozen=True)
 class CheckConfig:
     name: str
     endpoints: str = "*"
@@ -413,6 +440,9 @@ class Config:
     listen: Address = "127.0.0.1:8080"
     # the writing instance: labels every stored row (several sidecars, one PostgreSQL)
     instance: str = field(default_factory=default_instance)
+    # proxy: in front of primary; receiver: the target of a mirror that exists (nginx
+    # mirror, Istio/Envoy): answer 202 at once, then send to primary, candidate, secondary
+    mode: Literal["proxy", "receiver"] = "proxy"
     workers: int | None = None
     preserve_host: bool = False
     forwarded: ForwardedConfig = field(default_factory=ForwardedConfig)
@@ -431,6 +461,7 @@ class Config:
     checks: tuple[CheckConfig, ...] = ()
     report: ReportConfig = field(default_factory=ReportConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    record: RecordConfig | None = None
     source: str | None = field(default=None, compare=False)   # file it came from
     # key path → line in ``source``, so that errors found later still point at the line
     lines: typing.Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
@@ -483,6 +514,13 @@ def _check_semantics(cfg: Config, pos: _Positions, env: typing.Mapping[str, str]
                  "(no control characters)")
     if cfg.workers is not None and cfg.workers < 1:
         fail("workers", "must be at least 1")
+    if cfg.record is not None:
+        if not cfg.record.dir:
+            fail("record.dir", "names no directory")
+        if cfg.record.queue < 1:
+            fail("record.queue", "must be at least 1")
+        if cfg.record.rotate.size < 1024 or cfg.record.rotate.age <= 0:
+            fail("record.rotate", "size must be at least 1KiB and age greater than 0")
     if cfg.shadow.processes < 1:
         fail("shadow.processes", "must be at least 1")
     if not 0 <= cfg.shadow.nice <= 19:

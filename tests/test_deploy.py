@@ -3,6 +3,7 @@ the CLI."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import yaml
@@ -125,3 +126,29 @@ def test_compose_fleet_runs_sidecars_comparators_redis_and_postgres() -> None:
                      "CANDIDATE": "http://c:9001"})
     assert cfg.transport.url == "redis://redis:6379/0"
     assert cfg.store.url == "postgresql://shadowproxy@postgres:5432/shadowproxy"
+
+
+def test_replay_cronjob_replays_the_last_day_and_reports_the_run() -> None:
+    docs = list(yaml.safe_load_all(
+        (ROOT / "deploy/kubernetes/replay-cronjob.yaml").read_text()))
+    job = next(d for d in docs if d["kind"] == "CronJob")
+    pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (replay,) = pod["containers"]
+    script = replay["args"][0]
+    # the commands and options the CLI has, in order: replay, report by webhook, check
+    from shadowproxy.cli import _parser
+    steps = [s.strip() for s in script.split(";") if s.strip().startswith("shadowproxy ")]
+    assert [s.split()[1] for s in steps] == ["replay", "report", "check"]
+    for step in steps:
+        argv = [a for a in shlex.split(step)[1:] if "REPORT_WEBHOOK" not in a]
+        argv = [a.replace("$files", "x.gor").replace("$run", "r") for a in argv]
+        _parser().parse_args(argv)                # exits on an unknown option
+        assert "--run" in argv
+    assert "--webhook" in steps[1] and "Bearer ${REPLAY_TOKEN}" in steps[0]
+    env = {e["name"]: e.get("valueFrom") for e in replay["env"]}
+    assert env["REPLAY_TOKEN"]["secretKeyRef"]["name"] == "shadowproxy-replay"
+    assert env["SHADOWPROXY_DB_PASSWORD"]["secretKeyRef"]["name"] == "shadowproxy-db"
+    mounts = {m["name"]: m["mountPath"] for m in replay["volumeMounts"]}
+    assert mounts["recordings"] == "/recordings"
+    claim = next(d for d in docs if d["kind"] == "PersistentVolumeClaim")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]

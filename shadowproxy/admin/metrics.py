@@ -158,10 +158,21 @@ class Metrics:
         perr = CounterMetricFamily(
             "shadowproxy_primary_errors", "Primary failures (answered 502/504 or cut short)",
             labels=["kind"])
+        recorded = CounterMetricFamily(
+            "shadowproxy_recorded", "Exchanges written to recordings (record:)")
+        rdropped = CounterMetricFamily(
+            "shadowproxy_record_dropped", "Exchanges sampled for recording and not written, "
+            "by reason", labels=["reason"])
         drops: dict[str, int] = {}
+        rdrops: dict[str, int] = {}
+        nrec = 0
         for (outcome, reason, endpoint), n in sorted(control.stats.counts.items()):
             if outcome == "mirrored":
                 mirrored.add_metric([endpoint], n)
+            elif outcome == "recorded":
+                nrec += n
+            elif outcome == "record_dropped":
+                rdrops[reason] = rdrops.get(reason, 0) + n
             elif outcome == "primary_error":
                 perr.add_metric([reason], n)
             elif outcome in FINAL:
@@ -174,6 +185,12 @@ class Metrics:
         yield mirrored
         yield dropped
         yield perr
+        if nrec or rdrops:
+            recorded.add_metric([], nrec)
+            for reason, n in sorted(rdrops.items()):
+                rdropped.add_metric([reason], n)
+            yield recorded
+            yield rdropped
 
         obs = self.observer
         verdicts = CounterMetricFamily(

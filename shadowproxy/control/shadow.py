@@ -28,12 +28,15 @@ import logging
 import os
 import signal
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 from ..config import Config
 from ..models import RequestRecord, ResponseRecord
 from ..process import install_uvloop, lower_priority, name_process, setup_logging
 from ..proxy.mirror import Mirror
+from ..record.writer import RecordWriter
+from ..redact import Redactor
 from ..stats import Stats
 from .channel import ChannelClient, read_frame, report_forever
 
@@ -42,8 +45,11 @@ log = logging.getLogger("shadowproxy.shadow")
 class Intake:
     """Reads the workers' items into the mirror."""
 
-    def __init__(self, mirror: Mirror) -> None:
+    def __init__(self, mirror: Mirror, record: Callable[[tuple[Any, ...]], bool] | None = None
+                 ) -> None:
+        """``record``: the recording writer's hand-over (``record:`` configured)."""
         self.mirror = mirror
+        self.record = record
         self.waiting: dict[str, asyncio.Future[ResponseRecord]] = {}
         self.conns: set[asyncio.Task[Any]] = set()
 
@@ -62,6 +68,8 @@ class Intake:
                         self._request(item, mine)
                     elif item[0] == "p":
                         self._primary(item, mine)
+                    elif item[0] == "r" and self.record is not None:
+                        self.record(item)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         except Exception:  # a bad frame closes that worker's link only
@@ -112,8 +120,9 @@ def skew_gauges(skews: Any) -> dict[str, float]:
 
 
 def shadow_entry(cfg: Config, path: str, control_path: str, index: int,
-                 redact_key: bytes = b"") -> None:
-    """A shadow process (started by the supervisor with the spawn method)."""
+                 redact_key: bytes | None = None) -> None:
+    """A shadow process (started by the supervisor with the spawn method). ``redact_key``:
+    the run's, with which recordings are masked as the store's results are."""
 
     name_process(f"shadowproxy-s{index}")
     setup_logging(cfg)
@@ -127,7 +136,7 @@ def shadow_entry(cfg: Config, path: str, control_path: str, index: int,
 
 
 async def _shadow(cfg: Config, path: str, control_path: str, index: int, nice: int,
-                  redact_key: bytes = b"") -> None:
+                  redact_key: bytes | None = None) -> None:
     loop = asyncio.get_running_loop()
     stats = Stats()
     stop = asyncio.Event()
@@ -140,7 +149,6 @@ async def _shadow(cfg: Config, path: str, control_path: str, index: int, nice: i
         if msg[0] == "cfg":
             mirror.configure(msg[1])
             if publisher is not None:   # the reloaded redaction rules, under the run's key
-                from ..redact import Redactor
                 publisher.redactor = Redactor(msg[1].redact, publisher.redactor.key)
         elif msg[0] == "mirror":
             mirror.enabled = bool(msg[1]) and mirror.candidate is not None
@@ -160,7 +168,6 @@ async def _shadow(cfg: Config, path: str, control_path: str, index: int, nice: i
     await control.connect()
     if cfg.transport.url is not None:
         # a fleet's sidecar: exchanges go, redacted, to the stream; the comparators judge
-        from ..redact import Redactor
         from ..transport.publisher import Publisher
 
         publisher = Publisher(cfg, stats, Redactor(cfg.redact, redact_key) if redact_key
@@ -168,7 +175,13 @@ async def _shadow(cfg: Config, path: str, control_path: str, index: int, nice: i
         publisher.start()
     mirror = Mirror(cfg, stats, control.queue if publisher is None else publisher.offer)
     await mirror.start()
-    intake = Intake(mirror)
+    writer: RecordWriter | None = None
+    if cfg.record is not None:
+        redactor = Redactor(cfg.redact, redact_key) if redact_key \
+            else Redactor.from_config(cfg.redact)
+        writer = RecordWriter(cfg.record, redactor, f"{cfg.instance}-s{index}", stats)
+        writer.start()
+    intake = Intake(mirror, writer.offer if writer is not None else None)
     if os.path.exists(path):
         os.unlink(path)      # a socket left by a predecessor that died
     server = await asyncio.start_unix_server(intake.serve, path)
@@ -183,6 +196,7 @@ async def _shadow(cfg: Config, path: str, control_path: str, index: int, nice: i
                 "mirror_buffered_bytes": m.budget.used,
                 "channel_buffered_bytes": control.buffered, "nice": nice,
                 **(publisher.gauges() if publisher is not None else {}),
+                **({"record_queue_depth": writer.depth} if writer is not None else {}),
                 **skew_gauges(m.skews)}
 
     reporter = asyncio.create_task(report_forever(control, stats.take_delta,
@@ -196,6 +210,8 @@ async def _shadow(cfg: Config, path: str, control_path: str, index: int, nice: i
     await mirror.drain(loop.time() + cfg.timeouts.shutdown)
     if publisher is not None:
         await publisher.close(max(1.0, cfg.timeouts.shutdown))
+    if writer is not None:
+        await writer.close(cfg.timeouts.shutdown or 1.0)
     reporter.cancel()
     control.send(("gs", index, gauges()), force=True)
     control.send(("s", stats.take_delta()), force=True)

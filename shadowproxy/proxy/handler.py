@@ -30,6 +30,7 @@ from ..http.headers import end_to_end_text
 from ..http.pool import ClientBodyError, Pool
 from ..http.request import BodyError, Request
 from ..models import RequestRecord, ResponseRecord
+from ..record.hook import Recorder
 from ..stats import Stats
 from .capture import Capture
 from .mirror import SKIP_AUTO_HEADERS, UPSTREAM_LIMITS, Mirror, classify_error
@@ -52,6 +53,7 @@ class Proxy:
                  ) -> None:
         self.stats = stats
         self.mirror = mirror
+        self.recorder: Recorder | None = None     # set when `record:` is configured
         self.session: aiohttp.ClientSession | None = None   # WebSocket upgrades only
         self.pool: Pool | None = None
         self._ids = _ids()
@@ -118,6 +120,7 @@ class Proxy:
         fut: asyncio.Future[ResponseRecord] | None = None
         prefix: bytes | None = None
         block: bytes | None = None
+        shadow = False
         if mirror is None:
             reason: str | None = "no_candidate"
         else:
@@ -131,36 +134,64 @@ class Proxy:
         elif not mirror.sampled(route, headers, query):  # type: ignore[union-attr]
             self.stats.add("sampled_out", "", endpoint)
         else:
+            shadow = True
+        recorder = self.recorder     # None unless `record:` is configured
+        record = recorder is not None and recorder.sampled(route, headers, query)
+        if shadow or record:
             try:
                 body, prefix = await self._read_body(request)
             except BodyError as exc:
                 # malformed, stalled or abandoned by the client: it reaches no upstream
-                self.stats.add("not_eligible", "bad_body", endpoint)
+                if shadow:
+                    self.stats.add("not_eligible", "bad_body", endpoint)
                 if exc.status is not None:
                     request.reply(exc.status, "bad request body")
                 return
             except asyncio.CancelledError:
                 # the client's connection was lost (or the drain's deadline came) before
                 # the body was all here: no upstream saw it, and it is counted as such
-                self.stats.add("not_eligible", "bad_body", endpoint)
+                if shadow:
+                    self.stats.add("not_eligible", "bad_body", endpoint)
                 raise
             if body is None:
-                self.stats.add("not_eligible", "body_too_large", endpoint)
+                if shadow:
+                    self.stats.add("not_eligible", "body_too_large", endpoint)
+                if record:
+                    self.stats.add("record_dropped", "body_too_large", endpoint)
             else:
-                rec = RequestRecord(method, path, query, tuple(headers), body)
                 try:   # primary's header block; the shadows reuse it when theirs are alike
                     block = encode_headers(method, headers, len(body))
                 except ValueError:
                     block = None
-                fut = mirror.submit(next(self._ids), endpoint,  # type: ignore[union-attr]
-                                    route.key if route is not None else None, rec, target,
-                                    block)
+                if shadow:
+                    rec = RequestRecord(method, path, query, tuple(headers), body)
+                    fut = mirror.submit(next(self._ids), endpoint,  # type: ignore[union-attr]
+                                        route.key if route is not None else None, rec,
+                                        target, block)
+                if record:
+                    fut = self._record(fut, method, target, headers, body, endpoint)
 
         try:
             await self._forward(request, method, target, headers, body, prefix, fut, block)
         finally:
             if fut is not None and not fut.done():
                 fut.set_result(ResponseRecord(status=0, error="incomplete"))
+
+    def _record(self, fut: asyncio.Future[ResponseRecord] | None, method: str, target: str,
+                headers: list[tuple[str, str]], body: bytes, endpoint: str
+                ) -> asyncio.Future[ResponseRecord]:
+        """The future primary's captured answer resolves (the shadow's, else a new one);
+        when it does, the recorder hands the exchange over."""
+        recorder = self.recorder
+        assert recorder is not None and self.mirror is not None
+        own = fut is None     # no shadow job owns the capture: give its bytes back
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(functools.partial(
+            recorder.done, started=time.time(), method=method, target=target,
+            headers=list(headers), body=body, endpoint=endpoint,
+            budget=self.mirror.budget if own else None))
+        return fut
 
     async def handle_upgrade(self, request: web.BaseRequest) -> web.StreamResponse:
         """A WebSocket upgrade, which the server hands to aiohttp: passed through to

@@ -23,9 +23,12 @@ from ..http.request import MAX_LINE as REQUEST_MAX_LINE
 from ..http.request import Request
 from ..http.server import Server
 from ..models import Exchange
+from ..record.hook import Recorder
+from ..record.writer import RecordWriter
 from ..stats import Stats
 from .handler import Proxy
 from .mirror import Mirror
+from .receiver import Receiver
 from .routes import Router
 from .tee import Tee
 
@@ -65,7 +68,19 @@ class ProxyServer:
         else:
             assert sink is not None
             self.mirror = Mirror(cfg, stats, sink)
-        self.proxy = Proxy(cfg, stats, self.router, self.mirror)
+        proxy_cls = Receiver if cfg.mode == "receiver" else Proxy
+        self.proxy = proxy_cls(cfg, stats, self.router, self.mirror)
+        self.record_writer: RecordWriter | None = None
+        if cfg.record is not None:
+            if tee is not None:     # a worker: the shadow processes write
+                send = tee.record
+            else:                   # one process: written here, by the writer's thread
+                from ..redact import Redactor
+                redactor = Redactor(cfg.redact, redact_key) if redact_key \
+                    else Redactor.from_config(cfg.redact)
+                self.record_writer = RecordWriter(cfg.record, redactor, cfg.instance, stats)
+                send = self.record_writer.send
+            self.proxy.recorder = Recorder(cfg.record, stats, send)
         self._server: Server | None = None
         self._upgrades: web.Server | None = None
         self.sock: socket.socket | None = None
@@ -79,6 +94,8 @@ class ProxyServer:
         self.sock = sock if sock is not None else bind(self.cfg.listen)
         await self.proxy.start()
         await self.mirror.start()
+        if self.record_writer is not None:
+            self.record_writer.start()
         # WebSocket upgrades are handed, connection and all, to aiohttp's server
         self._upgrades = web.Server(self.proxy.handle_upgrade, handler_cancellation=True,
                                     auto_decompress=False, max_line_size=MAX_LINE,
@@ -92,6 +109,8 @@ class ProxyServer:
 
     def _handler(self, cfg: Config) -> Callable[[Request], Awaitable[None]]:
         """The proxy's handler, wrapped by the access log when ``log.access`` is on."""
+        if isinstance(self.proxy, Receiver):
+            return self.proxy.receive       # the target of a mirror: no access log of ours
         if not cfg.log.access:
             return self.proxy.handle
         from ..redact import Redactor
@@ -105,8 +124,14 @@ class ProxyServer:
         """Apply a new config to routes, sampling and mirroring without dropping connections."""
         self.cfg = cfg
         self.router = Router(cfg.routes, cfg.endpoints.max)
+        if (cfg.mode == "receiver") != isinstance(self.proxy, Receiver):
+            log.warning("mode: a change takes effect on restart only")
         self.proxy.configure(cfg, self.router)
         self.mirror.configure(cfg)
+        if self.proxy.recorder is not None and cfg.record is not None:
+            self.proxy.recorder.configure(cfg.record)
+        elif (self.proxy.recorder is None) != (cfg.record is None):
+            log.warning("record: added or removed takes effect on restart only")
         if self._server is not None:
             self._server.handler = self._handler(cfg)
 
@@ -121,3 +146,5 @@ class ProxyServer:
             await self._upgrades.shutdown(max(0.0, deadline - loop.time()))
         await self.mirror.drain(deadline)
         await self.proxy.close()
+        if self.record_writer is not None:
+            await self.record_writer.close(max(1.0, deadline - loop.time()))

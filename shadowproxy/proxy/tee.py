@@ -86,6 +86,8 @@ class Link:
         for item in items:
             if item[0] == "q":
                 self.stats.add("dropped", "shadow_down", item[3])
+            elif item[0] == "r":
+                self.stats.add("record_dropped", "shadow_down", item[-1])
 
     def queue(self, item: tuple[Any, ...], force: bool = False, linger: float = 0.0
               ) -> str | None:
@@ -173,6 +175,11 @@ class Tee(Policy):
         self.open += 1
         fut.add_done_callback(lambda f: self._primary_done(link, id_, f))
         return fut
+
+    def record(self, item: tuple[Any, ...]) -> str | None:
+        """Hand a recorded exchange (:mod:`shadowproxy.record.hook`) to the shadow process
+        of its endpoint, whose writer thread writes it; None, else the drop reason."""
+        return self._link(item[-1]).queue(item)
 
     def _primary_done(self, link: Link, id_: str, fut: asyncio.Future[ResponseRecord]) -> None:
         rec = ResponseRecord(status=0, error="incomplete") if fut.cancelled() else fut.result()

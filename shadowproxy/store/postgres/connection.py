@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ...errors import StoreError, StoreUnavailable
-from ..window import ALL, Dialect, Query, Scope
+from ..runs import RUN_PREFIX
+from ..window import Dialect, Query, Scope
 from . import schema
 from .url import default_instance, redact, redact_url, url_password
 
@@ -66,8 +67,9 @@ class PgConnection:
         self.samples_per_field = samples_per_field
         self.instance = instance or default_instance()
         self.read_instance = read_instance
+        # without an instance: the live instances, never a replay's run (store/runs.py)
         self.scope: Scope = Scope(("instance = ?",), (read_instance,)) if read_instance \
-            else ALL
+            else Scope(("instance NOT LIKE ?",), (RUN_PREFIX + "%",))
         self._lock = threading.RLock()
         self._full: set[tuple[str, str]] = set()     # (endpoint, field) with K samples
         self._days: set[int] = set()                 # day partitions known to exist

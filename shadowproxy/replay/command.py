@@ -1,0 +1,131 @@
+"""The ``replay`` subcommand: options to a configured :class:`~shadowproxy.replay.sender.Replayer`.
+
+Exit codes: 0 the replay ran (the verdict is ``check --run``'s to give), 1 a recording
+could not be read or nothing could be sent, 2 usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import re
+import sys
+import time
+from typing import Any
+
+from ..config import Config, parse_url
+from ..errors import ConfigError, ShadowProxyError
+from ..record import source
+from ..store.runs import for_run
+from .pacing import offsets, parse_rate, parse_speed
+from .progress import Progress
+from .sender import Replayer
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def add_parser(sub: Any) -> None:
+    rp = sub.add_parser("replay", help="send recorded traffic (GoReplay files, HAR) to a "
+                        "candidate, compare and store the results under a run name")
+    rp.add_argument("-c", "--config", required=True, metavar="FILE")
+    rp.add_argument("recordings", nargs="+", metavar="RECORDING",
+                    help="GoReplay files (.gor, .gor.gz) or HAR 1.2 files (.har)")
+    rp.add_argument("--candidate", default=None, metavar="URL",
+                    help="default: upstreams.candidate")
+    rp.add_argument("--primary", default=None, metavar="URL", help="a live primary to "
+                    "compare with (default: the recorded answers)")
+    rp.add_argument("--secondary", default=None, metavar="URL",
+                    help="a second live copy of primary, to learn noise")
+    pace = rp.add_mutually_exclusive_group()
+    pace.add_argument("--speed", default=None, metavar="FACTOR",
+                      help="keep the recorded spacing, sped up by FACTOR (2x)")
+    pace.add_argument("--rate", default=None, metavar="N/s",
+                      help="a fixed rate (500/s); default: as fast as --concurrency allows")
+    rp.add_argument("--concurrency", type=int, default=None, metavar="N",
+                    help="requests in flight at most (default: mirror.concurrency)")
+    rp.add_argument("--run", default=None, metavar="NAME",
+                    help="the run's name, for check/report --run (default: replay-TIME)")
+    rp.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                    help="a credential put where the recording has a mask; ${VAR} is "
+                         "read from the environment (repeatable)")
+
+
+def _err(msg: str) -> None:
+    print(f"shadowproxy replay: {msg}", file=sys.stderr)
+
+
+def credentials(specs: list[str], env: Any = None) -> dict[str, str]:
+    """``--header 'Authorization: Bearer ${TOKEN}'`` → {"authorization": "Bearer …"}."""
+    env = os.environ if env is None else env
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, colon, value = spec.partition(":")
+        name = name.strip()
+        if not colon or not name or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+            raise ValueError(f"--header {spec!r}: expected 'Name: value'")
+
+        missing = [v for v in _VAR.findall(value) if v not in env]
+        if missing:
+            raise ValueError(f"--header {name}: environment variable {missing[0]} is not set")
+        value = _VAR.sub(lambda m: str(env[m.group(1)]), value.strip())
+        if any(c in value for c in "\r\n\0"):
+            raise ValueError(f"--header {name}: the value has a line break")
+        out[name.lower()] = value
+    return out
+
+
+def configure(cfg: Config, args: Any) -> Config:
+    """The replay's config: upstreams from the options, every request mirrored."""
+    up = cfg.upstreams
+    changes: dict[str, Any] = {}
+    for name in ("candidate", "primary", "secondary"):
+        value = getattr(args, name, None)
+        if value is not None:
+            try:
+                changes[name] = parse_url(value)
+            except ValueError as exc:
+                raise ConfigError(f"--{name}: {exc}") from None
+    up = dataclasses.replace(up, **changes)
+    if up.candidate is None:
+        raise ConfigError("no candidate: give --candidate URL or upstreams.candidate")
+    conc = args.concurrency if args.concurrency is not None else cfg.mirror.concurrency
+    if conc < 1:
+        raise ConfigError("--concurrency must be at least 1")
+    mirror = dataclasses.replace(cfg.mirror, enabled=True, sample=1.0, concurrency=conc,
+                                 queue=max(cfg.mirror.queue, conc))
+    return cfg.replace(upstreams=up, mirror=mirror)
+
+
+def main(cfg: Config, args: Any) -> int:
+    try:
+        run = args.run or time.strftime("replay-%Y%m%dT%H%M%SZ", time.gmtime())
+        cfg = configure(cfg, args)
+        cfg, _ = for_run(cfg, run)
+        creds = credentials(args.header)
+        speed = parse_speed(args.speed) if args.speed else None
+        rate = parse_rate(args.rate) if args.rate else None
+    except (ConfigError, ValueError) as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    try:
+        items = source.load(args.recordings)
+    except ShadowProxyError as exc:
+        _err(str(exc))
+        return EXIT_FAIL
+    if not items:
+        _err("the recordings hold no request")
+        return EXIT_FAIL
+    progress = Progress(len(items))
+    replayer = Replayer(cfg, items, live_primary=args.primary is not None, creds=creds,
+                        offsets=offsets([i.started for i in items], speed=speed, rate=rate),
+                        on_progress=lambda done, diffs, final: progress.update(
+                            done, diffs, final=final))
+    summary = asyncio.run(replayer.run())
+    verdicts = ", ".join(f"{k} {v}" for k, v in sorted(summary.verdicts.items())) or "none"
+    print(f"run {run}: {summary.sent} of {summary.total} requests sent in "
+          f"{summary.elapsed:.1f}s; verdicts: {verdicts}")
+    print(f"outcomes: {', '.join(f'{k} {v}' for k, v in summary.outcomes.items())}")
+    print(f"check it: shadowproxy check -c {args.config} --run {run}")
+    return EXIT_OK if summary.sent else EXIT_FAIL
