@@ -4,6 +4,7 @@ writer and the counters (the admin server reads them)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -14,6 +15,7 @@ from ..config import Config
 from ..errors import StoreError
 from ..models import Exchange
 from ..stats import Stats
+from ..store.runs import RUN_PREFIX
 from .channel import ChannelServer
 
 log = logging.getLogger("shadowproxy")
@@ -193,9 +195,11 @@ class Control:
         restart, counts here too (:mod:`shadowproxy.compare.noise`)."""
         learner = self.stage.learner
         self.writer.save_noise_counts(self.learner_name, learner.own_counts())
+        inst = self.learner_name.split("/", 1)[0]
+        run = inst[len(RUN_PREFIX):] if inst.startswith(RUN_PREFIX) else None
         try:
             others = await asyncio.get_running_loop().run_in_executor(
-                None, self.store.noise_counts, self.learner_name)
+                None, functools.partial(self.store.noise_counts, self.learner_name, run=run))
         except StoreError as exc:
             log.debug("noise counts not read: %s", exc)
             return

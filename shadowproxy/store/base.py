@@ -199,9 +199,10 @@ class Store(Protocol):
         R, S)``, :meth:`shadowproxy.compare.noise.NoiseLearner.own_counts`)."""
         ...
 
-    def noise_counts(self, exclude: str | None = None) -> list[NoiseCounts]:
-        """Every noise learner's counts summed per (endpoint, field), but
-        ``exclude``'s (a learner reads the others')."""
+    def noise_counts(self, exclude: str | None = None, *, run: str | None = None
+                     ) -> list[NoiseCounts]:
+        """The live traffic's noise learners' counts (or ``run``'s) summed per
+        (endpoint, field), but ``exclude``'s (a learner reads the others')."""
         ...
 
     def cleanup(self, now: float, max_age: float | None, max_bytes: int | None, *,

@@ -31,6 +31,7 @@ from .base import (
 )
 from .documents import _json_value
 from .rollup import MAX_KEY, PAIR_WINDOW, Minute, Pairs, pair_key
+from .runs import RUN_PREFIX
 from .sketch import Sketch
 from .window import ALL, EX_COLS, ROLLUP_COLS, SQLITE, Dialect, Query, Scope, range_clauses
 from .window import read as read_window
@@ -370,12 +371,26 @@ class SharedReads:
             out = [x for x in out if fnmatch.fnmatchcase(x.endpoint, endpoint)]
         return out
 
-    def noise_counts(self, exclude: str | None = None) -> list[NoiseCounts]:
-        """Every noise learner's counts summed per (endpoint, field), but ``exclude``'s."""
+    def noise_counts(self, exclude: str | None = None, *, run: str | None = None
+                     ) -> list[NoiseCounts]:
+        """Noise learners' counts summed per (endpoint, field), but ``exclude``'s: the
+        live traffic's learners, or those of ``run`` (a replay's, whose names start
+        with its instance label ``run:NAME/``): a replay against a pull request's build
+        never teaches the live comparators, nor they it."""
+        clauses, params = [], []
+        if run is None:
+            clauses.append(f"substr(learner, 1, {len(RUN_PREFIX)}) <> ?")
+            params.append(RUN_PREFIX)
+        else:
+            prefix = f"{RUN_PREFIX}{run}/"
+            clauses.append(f"substr(learner, 1, {len(prefix)}) = ?")
+            params.append(prefix)
+        if exclude is not None:
+            clauses.append("learner <> ?")
+            params.append(exclude)
         rows = self._read(
-            "SELECT endpoint, field, sum(n), sum(r), sum(s) FROM noise_counts"
-            + (" WHERE learner <> ?" if exclude is not None else "")
-            + " GROUP BY endpoint, field", [exclude] if exclude is not None else [])
+            "SELECT endpoint, field, sum(n), sum(r), sum(s) FROM noise_counts WHERE "
+            + " AND ".join(clauses) + " GROUP BY endpoint, field", params)
         return [(e, f, int(n), int(r), int(s)) for e, f, n, r, s in rows]
 
     def outcome_counts(self, since: float | None = None, until: float | None = None,

@@ -100,3 +100,23 @@ def test_counts_of_a_learner_replace_its_earlier_ones(store_url: str) -> None:
         assert {row[2] for row in store.noise_counts(exclude="a")} == {50}  # the restarted one
     finally:
         store.close()
+
+
+def test_a_replay_runs_learners_and_the_live_ones_do_not_mix(store_url: str) -> None:
+    """A replay (instance ``run:NAME``) learns with its own run's learners only."""
+    store = open_store(store_url)
+    try:
+        live, replay = NoiseLearner(NoiseConfig()), NoiseLearner(NoiseConfig())
+        feed(live, 300, 0.3, 0.3, "$.ts", seed=8)
+        feed(replay, 300, 0.9, 0.0, "$.ts", seed=9)
+        store.save_noise_counts("pod-a/1/x", live.own_counts())
+        store.save_noise_counts("run:pr-42/2/y", replay.own_counts())
+        store.save_noise_counts("run:pr-7/3/z", replay.own_counts())
+        live_sums = {(e, f): (n, r, s) for e, f, n, r, s in store.noise_counts()}
+        assert live_sums[(EP, "")][0] == 300 and live_sums[(EP, "$.ts")][1:] == \
+            live.counts(EP, "$.ts")[1:]
+        run_sums = {(e, f): n for e, f, n, _r, _s in store.noise_counts(run="pr-42")}
+        assert run_sums[(EP, "")] == 300                 # pr-42's alone, not pr-7's
+        assert store.noise_counts("run:pr-42/2/y", run="pr-42") == []
+    finally:
+        store.close()
