@@ -22,7 +22,8 @@ mixture*, Howard et al. 2021 §3; the mixture SPRT of Robbins 1970):
 * :func:`e_below` — evidence that ``p < t``; null ``p ≥ t``; alternatives ``p' = 0``
   with half the weight (a healthy candidate's rate is usually near 0, and with no event
   at all ``n`` exchanges give ``(1 − t)^−n``) and ``t·r`` for ``r`` in
-  :data:`PASS_RATIOS` (``1/64 .. 1/2`` and ``1 − 1/4 .. 1 − 1/64``) sharing the rest.
+  :data:`PASS_RATIOS` (``1/64 .. 1/4`` and ``1 − 2^−j``, ``j = 1..GRID``) sharing
+  the rest.
 
 Both are monotone in ``t`` (more evidence against a threshold further from the data),
 so inverting them gives a confidence sequence ``[lo, hi]`` (:func:`rate_bounds`).
@@ -36,6 +37,7 @@ at once, exactly conservative at the sketch's bucket edges.
 
 from __future__ import annotations
 
+import functools
 import math
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
@@ -75,8 +77,10 @@ def log_e_above(k: int, n: int, t: float) -> float:
     return _logsumexp(terms) - _LOG_GRID
 
 
-PASS_RATIOS = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 7 / 8, 15 / 16, 31 / 32,
-               63 / 64)
+# alternatives p' = t·r of the pass side (besides p' = 0): far below t, and 1 − 2^−j
+# towards t (as close as the fail side's grid comes from above)
+PASS_RATIOS = tuple([2.0 ** -j for j in range(6, 1, -1)]
+                    + [1.0 - 2.0 ** -j for j in range(1, GRID + 1)])
 
 
 def log_e_below(k: int, n: int, t: float) -> float:
@@ -253,3 +257,54 @@ def cumulative_index(cumulative: Sequence[tuple[float, int]], value: float) -> i
     if i < len(cumulative) and cumulative[i][0] == value:
         return cumulative[i][1]
     return cumulative[i - 1][1] if i else 0
+
+
+# ------------------------------------------------------------------ traffic to decide
+
+
+def _smallest(pred: Callable[[int], bool], limit: int = 1 << 24) -> int:
+    """The smallest ``n ≥ 1`` with ``pred(n)`` (monotone), or ``limit``."""
+    hi = 1
+    while not pred(hi):
+        hi *= 2
+        if hi >= limit:
+            return limit
+    lo = hi // 2 + 1 if hi > 1 else 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if pred(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+@functools.lru_cache(maxsize=512)
+def samples_to_decide(metric: str, threshold: float, confidence: float) -> int:
+    """The fewest samples with which the best possible data could pass ``metric``
+    at ``threshold``: a unit with fewer has too little traffic to be judged alone.
+
+    * ``max_diff_rate``: no diff at all and the upper bound below the threshold;
+    * ``max_error_rate_increase``: no failure on either side and the upper bound of
+      the difference below the threshold;
+    * ``max_p50_ratio``/``max_p99_ratio``: the quantile located within its own tail,
+      i.e. bounded between the ``q − (1 − q)/2`` and ``q + (1 − q)/2`` ranks (a
+      p99 needs about 1,900 pairs, a p50 about 30)."""
+    if metric == "max_diff_rate":
+        a = (1.0 - confidence) / 2
+        return _smallest(lambda n: shows_below(0, n, threshold, a))
+    if metric == "max_error_rate_increase":
+        a = (1.0 - confidence) / 4
+        return _smallest(lambda n: shows_below(0, n, threshold, a))
+    q = {"max_p50_ratio": 0.5, "max_p99_ratio": 0.99}.get(metric)
+    if q is None:
+        return 1
+    a = (1.0 - confidence) / 4
+    band = (1.0 - q) / 2
+
+    def located(n: int) -> bool:
+        below = math.floor((q - band) * n)
+        above = math.ceil((q + band) * n)
+        return shows_below(below, n, q, a) and above <= n and shows_above(above, n, q, a)
+
+    return _smallest(located)

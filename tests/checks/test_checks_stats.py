@@ -30,7 +30,8 @@ from shadowproxy.checks import (
     render_text,
     stats,
 )
-from shadowproxy.checks.evaluate import combine, effective_diffs
+from shadowproxy.checks.evaluate import effective_diffs
+from shadowproxy.checks.judge import combine
 from shadowproxy.config import CheckConfig
 
 
