@@ -56,7 +56,7 @@ __all__ = [
     "FAIL", "INCONCLUSIVE", "PASS", "CheckResult", "Counts", "ErrorPairs", "FieldInfo",
     "ForbiddenHit", "MemorySource", "Report", "Source", "StoreSource", "SubCheck",
     "UnitResult", "UsageError", "decide", "evaluate", "evaluate_check", "glob_escape", "main",
-    "parse_time", "parse_window", "render_json", "render_junit", "render_text",
+    "parse_time", "parse_window", "render_json", "watch_start", "render_junit", "render_text",
     "report_doc", "run", "summary_line",
 ]
 
@@ -113,6 +113,16 @@ def parse_window(since: str | None, from_: str | None, to: str | None, now: floa
     if start is not None and start >= end:
         raise UsageError(f"--from ({from_}) must be before --to ({to or 'now'})")
     return start, end
+
+
+def watch_start(since: str | None, from_: str | None, now: float) -> float | None:
+    """The fixed start of a ``--watch`` window (None: the beginning of the store); its
+    end is each look's moment, so ``--from now`` is allowed."""
+    if since is not None and from_ is not None:
+        raise UsageError("use either --since or --from, not both")
+    if since is not None:
+        return parse_window(since, None, None, now)[0]
+    return None if from_ is None else parse_time(from_, now)
 
 
 def run(cfg: Config, *, since: float | None, until: float | None, endpoint: str = "*",
@@ -191,16 +201,20 @@ def main(cfg: Config, args: Any) -> int:
         return EXIT_USAGE
     now = time.time()
     try:
-        since, until = parse_window(getattr(args, "since", None),
-                                    getattr(args, "from_", None), getattr(args, "to", None),
-                                    now)
         interval = timeout = 0.0
         if getattr(args, "watch", False):
             if getattr(args, "to", None) is not None:
                 raise UsageError("--watch reads a window that grows as results arrive: "
                                  "--to cannot be used with it")
+            # the start is fixed now; the end is each look's moment (--from now is fine)
+            since = watch_start(getattr(args, "since", None), getattr(args, "from_", None),
+                                now)
             interval = _duration("--interval", getattr(args, "interval", None) or "10s")
             timeout = _duration("--timeout", getattr(args, "timeout", None) or "30m")
+        else:
+            since, until = parse_window(getattr(args, "since", None),
+                                        getattr(args, "from_", None),
+                                        getattr(args, "to", None), now)
     except UsageError as exc:
         _err(str(exc))
         return EXIT_USAGE

@@ -1,0 +1,106 @@
+"""``shadowproxy check --watch`` against a real ``shadowproxy run``: real upstreams on
+loopback (the demo's services), real worker and shadow processes, the real store.
+
+A/A: the candidate is a second copy of the primary (volatile fields: a millisecond
+timestamp and a request id in every response): the watch exits 0. A/B: the demo's
+candidate, which gives ~4 % of users another plan: the watch exits 1 naming the
+endpoint and the field. Load runs until the watch has exited."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from shadowproxy.demo.upstreams import make_app
+from tests.control.test_process import Running
+from tests.support import Upstream, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+CHECKS = """\
+checks:
+  - name: correctness
+    max_diff_rate: 0.01
+    forbid_kinds: [removed, type_changed]
+  - name: reliability
+    max_error_rate_increase: 0.02
+"""
+
+
+def _config(path: Path, ups: dict[str, Upstream], db: Path, listen: int, admin: int) -> None:
+    path.write_text(f"""\
+listen: 127.0.0.1:{listen}
+workers: 2
+admin: {{listen: 127.0.0.1:{admin}}}
+upstreams:
+  primary: {ups['primary'].url}
+  candidate: {ups['candidate'].url}
+  secondary: {ups['secondary'].url}
+timeouts: {{shutdown: 5s}}
+mirror: {{sample: 1.0, timeout: 2s}}
+routes:
+  - name: user
+    match: /api/users/{{id}}
+store:
+  url: sqlite:///{db}
+{CHECKS}""")
+
+
+async def _watch_under_load(tmp_path: Path, candidate_role: str) -> tuple[int, str, int]:
+    """→ (the watch's exit code, its output, requests sent)."""
+    ups = {"primary": await Upstream(make_app("primary")).start(),
+           "candidate": await Upstream(make_app(candidate_role)).start(),
+           "secondary": await Upstream(make_app("secondary")).start()}
+    listen, admin = free_port(), free_port()
+    cfg = tmp_path / "c.yaml"
+    _config(cfg, ups, tmp_path / "r.db", listen, admin)
+    proxy = Running(cfg, listen, admin, tmp_path / "log")
+    sent = 0
+    try:
+        await proxy.ready()
+        watch = subprocess.Popen(
+            [sys.executable, "-m", "shadowproxy", "check", "-c", str(cfg), "--from", "now",
+             "--watch", "--interval", "1s", "--timeout", "90s"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        async with aiohttp.ClientSession() as s:
+            async def one(i: int) -> None:
+                async with s.get(f"http://127.0.0.1:{listen}/api/users/{i % 200}") as r:
+                    await r.read()
+                    assert r.status == 200
+
+            t0 = time.monotonic()
+            while watch.poll() is None and time.monotonic() - t0 < 120:
+                await asyncio.gather(*(one(sent + i) for i in range(20)))
+                sent += 20
+        code = watch.wait(30)
+        out = watch.stdout.read().decode() if watch.stdout else ""
+    finally:
+        assert proxy.stop() == 0
+        for u in ups.values():
+            await u.stop()
+    return code, out, sent
+
+
+async def test_watch_exits_0_on_a_real_aa_run(tmp_path: Path) -> None:
+    code, out, sent = await _watch_under_load(tmp_path, "secondary")
+    assert code == 0, out
+    lines = out.splitlines()
+    looks = [line for line in lines if line.startswith("look ")]
+    assert looks and looks[-1].split(": ")[1].startswith("PASS"), out
+    assert any("waiting for data" in line for line in looks[:-1]), out   # it did wait
+    assert lines[-1].startswith("verdict: PASS"), out
+    print(f"A/A: PASS after {len(looks)} looks, {sent} requests sent")
+
+
+async def test_watch_exits_1_on_a_real_ab_run(tmp_path: Path) -> None:
+    code, out, sent = await _watch_under_load(tmp_path, "candidate")
+    assert code == 1, out
+    looks = [line for line in out.splitlines() if line.startswith("look ")]
+    assert "FAIL" in looks[-1] and "correctness" in looks[-1], out
+    assert "[user]" in looks[-1], out          # the endpoint (the route's name)
+    assert "$.plan" in out and "verdict: FAIL" in out, out
+    print(f"A/B: FAIL after {len(looks)} looks, {sent} requests sent")
