@@ -3,9 +3,9 @@
 A sub-check **fails** when its aggregate or any endpoint fails; **passes** when its
 aggregate passes and so does every endpoint with enough traffic to be judged alone;
 is **inconclusive** otherwise (:func:`combine`). An endpoint has too little traffic to
-be judged alone (*low traffic*) while it has fewer samples than ``min_samples`` or than
-the fewest with which the best possible data could pass
-(:func:`~.sequential.samples_to_decide`); the check's ``low_traffic`` policy says what
+be judged alone (*low traffic*) while it has fewer samples than ``min_samples``, or so
+few that even a candidate identical to the primary could not pass (no diff at all; the
+discordant failures split evenly; the primary's latencies on both sides); the check's ``low_traffic`` policy says what
 such endpoints do: ``aggregate`` (the default) judges them inside the aggregate only,
 ``inconclusive`` holds the sub-check inconclusive until they pass on their own,
 ``ignore`` leaves them out of the aggregate too. A failure shown on a low-traffic
@@ -132,26 +132,29 @@ def check_endpoints(check: CheckConfig, all_endpoints: Iterable[str], endpoint_f
                   and fnmatch.fnmatchcase(e, endpoint_filter))
 
 
-def _mark_low(units: list[UnitResult], alone: int, check: CheckConfig) -> list[str]:
-    """Flag the units with fewer than ``alone`` samples as low traffic; → the endpoints
-    the aggregate covers (all, or without them under ``ignore``)."""
+def _mark_low(units: list[UnitResult], could_pass: Callable[[UnitResult], bool],
+              check: CheckConfig) -> list[str]:
+    """Flag the units with too little traffic to be judged alone: fewer than
+    ``min_samples`` samples, or so few that even a candidate identical to the primary
+    could not pass (``could_pass``); → the endpoints the aggregate covers (all, or
+    without those under ``ignore``)."""
     keep = []
     for u in units:
-        if u.samples < alone:
+        low = u.samples < check.min_samples or not could_pass(u)
+        if low:
             u.details["low_traffic"] = True
             if u.verdict != FAIL:
-                u.reason += (f" [too little traffic to be judged alone: fewer than {alone} "
-                             "samples]")
-        if not (check.low_traffic == "ignore" and u.samples < alone):
+                u.reason += (" [too little traffic to be judged alone: an identical "
+                             f"candidate could not pass with {u.samples} samples]")
+        if not (check.low_traffic == "ignore" and low):
             keep.append(u.endpoint)  # type: ignore[arg-type]
     return keep
 
 
-def _alone(metric: str, threshold: Any, check: CheckConfig) -> int:
-    if metric == "forbid_kinds":
-        return check.min_samples
-    return max(check.min_samples,
-               sequential.samples_to_decide(metric, float(threshold), check.confidence))
+def _enough(metric: str, threshold: float, check: CheckConfig) -> Callable[[UnitResult], bool]:
+    """Rates: as many samples as a unit with no event at all needs to pass."""
+    need = sequential.samples_to_decide(metric, threshold, check.confidence)
+    return lambda u: u.samples >= need
 
 
 def _diff_rate(check: CheckConfig, source: Source, eps: list[str],
@@ -159,7 +162,7 @@ def _diff_rate(check: CheckConfig, source: Source, eps: list[str],
     t = check.max_diff_rate
     assert t is not None
     units = [diff_rate_unit(ep, cs[ep], t, check) for ep in eps]
-    inside = _mark_low(units, _alone("max_diff_rate", t, check), check)
+    inside = _mark_low(units, _enough("max_diff_rate", t, check), check)
     total = Counts(sum(cs[e].exchanges for e in inside), sum(cs[e].compared for e in inside),
                    sum(cs[e].diffs for e in inside), sum(cs[e].forgiven for e in inside))
     agg = diff_rate_unit(None, total, t, check)
@@ -187,7 +190,14 @@ def _errors(check: CheckConfig, source: Source, eps: list[str]) -> SubCheck:
     assert t is not None
     pairs = {ep: source.error_pairs(ep) for ep in eps}
     units = [error_unit(ep, pairs[ep], t, check) for ep in eps]
-    inside = _mark_low(units, _alone("max_error_rate_increase", t, check), check)
+
+    def identical_passes(u: UnitResult) -> bool:
+        """The same exchanges with the discordant failures split evenly."""
+        p = pairs[u.endpoint]  # type: ignore[index]
+        m = (p.candidate_only + p.primary_only) // 2
+        return sequential.difference_bounds(m, m, p.n, check.confidence)[1] < t
+
+    inside = _mark_low(units, identical_passes, check)
     examples = tuple(x for ep in inside for x in pairs[ep].examples)[:MAX_EXAMPLES]
     total = ErrorPairs(sum(pairs[e].n for e in inside), sum(pairs[e].both for e in inside),
                        sum(pairs[e].candidate_only for e in inside),
@@ -210,7 +220,14 @@ def _latency(check: CheckConfig, source: Source, eps: list[str], metric: str,
              cums: dict[str, Any], aggregate: Callable[[list[str]], Any]) -> SubCheck:
     t = getattr(check, metric)
     units = [latency_unit(ep, cums[ep][0], cums[ep][1], metric, t, check) for ep in eps]
-    inside = _mark_low(units, _alone(metric, t, check), check)
+    q = QUANTILE[metric]
+
+    def identical_passes(u: UnitResult) -> bool:
+        """The primary's latencies on both sides."""
+        prim = cums[u.endpoint][0]  # type: ignore[index]
+        return bool(prim) and sequential.ratio_bounds(prim, prim, q, check.confidence)[1] < t
+
+    inside = _mark_low(units, identical_passes, check)
     if len(inside) == 1 and len(units) == 1:   # one endpoint: the aggregate is the same data
         agg = dataclasses.replace(units[0], endpoint=None, details=dict(units[0].details))
         agg.details.pop("low_traffic", None)
@@ -268,7 +285,7 @@ def evaluate_check(check: CheckConfig, source: Source, endpoint_filter: str = "*
         cs = get_counts()
         hits = {ep: source.forbidden(ep, kinds) for ep in eps}
         units = [forbidden_unit(ep, hits[ep], cs[ep].compared, kinds, check) for ep in eps]
-        inside = _mark_low(units, _alone("forbid_kinds", kinds, check), check)
+        inside = _mark_low(units, lambda u: True, check)
         # a forbidden difference on any endpoint is shown, whatever its traffic
         agg = forbidden_unit(None, [h for ep in eps for h in hits[ep]],
                              sum(cs[e].compared for e in inside), kinds, check)

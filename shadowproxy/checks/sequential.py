@@ -149,15 +149,74 @@ def rate_bounds(k: int, n: int, confidence: float) -> tuple[float, float]:
 # ------------------------------------------------------------------ paired difference
 
 
+# constant bets λ = f/(1 − t) (pass side) or f/(1 + t) (fail side), as fractions f of the
+# largest bet that cannot lose everything, with their weights: two bold ones (a healthy
+# candidate with no failure at all passes soonest) and a geometric grid of careful ones
+BETS = ((0.99, 0.25), (0.9, 0.25)) + tuple((2.0 ** -j, 0.05) for j in range(1, 11))
+
+
+def log_e_difference(b: int, c: int, n: int, t: float, side: str) -> float:
+    """log e-value of a betting test on the mean of ``X ∈ {−1, 0, 1}`` per exchange (1:
+    only the candidate failed, −1: only the primary, 0: neither or both) from its counts
+    ``b`` (X = 1), ``c`` (X = −1) of ``n``.
+
+    ``side="above"``: evidence that ``E[X] > t``; the capital ``Π (1 + λ(X − t))`` has
+    expectation ≤ 1 whenever ``E[X] ≤ t``. ``side="below"``: evidence that
+    ``E[X] < t``; capital ``Π (1 + λ(t − X))``. A mixture over the constant bets
+    :data:`BETS` (Waudby-Smith & Ramdas 2024, betting confidence sequences; the
+    capital depends on the three counts only)."""
+    rest = n - b - c
+    terms = []
+    for f, w in BETS:
+        if side == "above":
+            lam = f / (1.0 + t)
+            v = (b * math.log1p(lam * (1.0 - t)) + c * math.log1p(-lam * (1.0 + t))
+                 + rest * math.log1p(-lam * t))
+        else:
+            lam = f / (1.0 - t)
+            v = (b * math.log1p(lam * (t - 1.0)) + c * math.log1p(lam * (t + 1.0))
+                 + rest * math.log1p(lam * t))
+        terms.append(math.log(w) + v)
+    return _logsumexp(terms)
+
+
 def difference_bounds(b: int, c: int, n: int, confidence: float) -> tuple[float, float]:
     """Bounds on ``P(only the candidate fails) − P(only the primary fails)`` from ``n``
-    exchanges with ``b`` and ``c`` of each. Each side of the difference is the
-    difference of two one-sided sequences at ``(1 − confidence)/4`` (Bonferroni): the
-    lower bound ``lo(b) − hi(c)`` is wrong with probability at most ``(1 − c)/2``, as is
-    the upper bound; it needs no model of how the two kinds of failure are related."""
-    a = (1.0 - confidence) / 4
-    lo = lower_bound(b, n, a) - upper_bound(c, n, a)
-    hi = upper_bound(b, n, a) - lower_bound(c, n, a)
+    exchanges with ``b`` and ``c`` of each: the thresholds the betting tests of
+    :func:`log_e_difference` reject, each side at ``(1 − confidence)/2`` (the capital
+    is monotone in the threshold, so the bounds are found by bisection)."""
+    if n <= 0:
+        return -1.0, 1.0
+    need = -math.log((1.0 - confidence) / 2)
+    eps = 1e-9
+    lo_t, hi_t = -1.0 + eps, 1.0 - eps
+
+    def above(t: float) -> bool:
+        return log_e_difference(b, c, n, t, "above") >= need
+
+    def below(t: float) -> bool:
+        return log_e_difference(b, c, n, t, "below") >= need
+
+    lo = -1.0
+    if above(lo_t):
+        x, y = lo_t, (b - c) / n
+        for _ in range(50):
+            mid = (x + y) / 2
+            if above(mid):
+                x = mid
+            else:
+                y = mid
+        lo = x
+    hi = 1.0
+    if below(hi_t):
+        x, y = (b - c) / n, hi_t
+        for _ in range(50):
+            mid = (x + y) / 2
+            if below(mid):
+                y = mid
+            else:
+                x = mid
+        hi = y
     return lo, hi
 
 
@@ -294,8 +353,9 @@ def samples_to_decide(metric: str, threshold: float, confidence: float) -> int:
         a = (1.0 - confidence) / 2
         return _smallest(lambda n: shows_below(0, n, threshold, a))
     if metric == "max_error_rate_increase":
-        a = (1.0 - confidence) / 4
-        return _smallest(lambda n: shows_below(0, n, threshold, a))
+        a = (1.0 - confidence) / 2
+        return _smallest(lambda n: log_e_difference(0, 0, n, threshold, "below")
+                         >= -math.log(a))
     q = {"max_p50_ratio": 0.5, "max_p99_ratio": 0.99}.get(metric)
     if q is None:
         return 1
