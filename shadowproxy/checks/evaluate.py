@@ -56,8 +56,11 @@ class Counts:
     exchanges: int      # all judged exchanges
     compared: int       # exchanges with a comparison (verdict match, diff or noise)
     diffs: int          # verdict diff, less the forgiven ones (see effective_diffs)
-    forgiven: int = 0   # verdict diff whose real differences are all on fields learned
-                        # as noise since they were written
+    forgiven: int = 0   # verdict diff whose real differences are all on fields that do
+                        # not count against the candidate (learned as noise since they
+                        # were written, or not shown beyond the secondary)
+    uncertain: int = 0  # of those, the ones not on learned noise: not (yet) shown beyond
+                        # the secondary; they keep a unit from passing, never fail it
 
 
 def effective_diffs(real_fields: Iterable[Iterable[str]], noise_now: set[str] | frozenset[str]
@@ -340,21 +343,28 @@ def decide(lo: float, hi: float, threshold: float, n: int, min_samples: int,
 def diff_rate_unit(endpoint: str | None, c: Counts, threshold: float, check: CheckConfig
                    ) -> UnitResult:
     """Share of compared exchanges with verdict diff; an always-valid interval
-    (:func:`.sequential.rate_bounds`)."""
-    lo, hi = sequential.rate_bounds(c.diffs, c.compared, check.confidence)
+    (:func:`.sequential.rate_bounds`). The lower bound counts the diffs against the
+    candidate; the upper bound those and the ``uncertain`` ones (fields not yet shown to
+    differ more than with the secondary): doubt never fails a candidate, and never
+    passes one either."""
+    lo = sequential.rate_bounds(c.diffs, c.compared, check.confidence)[0]
+    hi = sequential.rate_bounds(c.diffs + c.uncertain, c.compared, check.confidence)[1]
     value = c.diffs / c.compared if c.compared else None
     if c.compared == 0:
         verdict, reason = INCONCLUSIVE, "no compared exchanges"
     else:
         verdict, reason = decide(lo, hi, threshold, c.compared, check.min_samples,
                                  check.critical, check.confidence, "max_diff_rate")
-    forgiven = (f", {c.forgiven} more on fields learned as noise since" if c.forgiven
-                else "")
+    learned = c.forgiven - c.uncertain
+    extra = (f", {learned} more on fields learned as noise since" if learned else "")
+    if c.uncertain:
+        extra += (f", {c.uncertain} more on fields not shown to differ more often than "
+                  "with the secondary")
     return UnitResult(endpoint, verdict, value, lo, hi, c.compared,
-                      f"diff rate {fmt_pct(value)} ({c.diffs} of {c.compared}{forgiven}): "
+                      f"diff rate {fmt_pct(value)} ({c.diffs} of {c.compared}{extra}): "
                       f"{reason}",
                       {"diffs": c.diffs, "compared": c.compared, "exchanges": c.exchanges,
-                       "forgiven": c.forgiven})
+                       "forgiven": c.forgiven, "uncertain": c.uncertain})
 
 
 def error_unit(endpoint: str | None, p: ErrorPairs, threshold: float, check: CheckConfig

@@ -164,7 +164,8 @@ def _diff_rate(check: CheckConfig, source: Source, eps: list[str],
     units = [diff_rate_unit(ep, cs[ep], t, check) for ep in eps]
     inside = _mark_low(units, _enough("max_diff_rate", t, check), check)
     total = Counts(sum(cs[e].exchanges for e in inside), sum(cs[e].compared for e in inside),
-                   sum(cs[e].diffs for e in inside), sum(cs[e].forgiven for e in inside))
+                   sum(cs[e].diffs for e in inside), sum(cs[e].forgiven for e in inside),
+                   sum(cs[e].uncertain for e in inside))
     agg = diff_rate_unit(None, total, t, check)
     for u in units:
         if u.verdict == FAIL:

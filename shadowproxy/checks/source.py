@@ -58,10 +58,12 @@ class StoreSource:
         return sorted(self._all_stats())
 
     def counts(self, endpoint: str) -> Counts:
-        """Verdict counts; diff exchanges whose real differences are all on fields the
-        noise learner has learned as noise since are forgiven (:func:`effective_diffs`,
-        computed from the stored sets of real fields: :func:`shadowproxy.store.rollup.
-        forgiven`)."""
+        """Verdict counts; diff exchanges whose real differences are all on fields that
+        do not count against the candidate (learned as noise since, or not shown to
+        differ more often than with the secondary: :meth:`_counts_against`) are
+        forgiven (:func:`effective_diffs`, computed from the stored sets of real fields:
+        :func:`shadowproxy.store.rollup.forgiven`); those of them not on learned noise
+        are ``uncertain``: they cannot fail the candidate, and keep it from passing."""
         s = self._all_stats().get(endpoint)
         if s is None:
             return Counts(0, 0, 0)
@@ -69,15 +71,19 @@ class StoreSource:
         if not s.diffs:
             return Counts(s.exchanges, compared, 0)
         # fields with differences written as real that do not count against the
-        # candidate now: learned as noise since, or not beyond the secondary's
-        noise_now = {f.field for f in self._field_stats(endpoint)
-                     if f.count > f.noise_count and not self._counts_against(endpoint, f)}
-        if not noise_now:
+        # candidate now: learned as noise since, or not (yet) beyond the secondary's
+        fields = self._field_stats(endpoint)
+        learned = {f.field for f in fields if f.noise and f.count > f.noise_count}
+        not_counted = {f.field for f in fields
+                       if f.count > f.noise_count and not self._counts_against(endpoint, f)}
+        if not not_counted:
             return Counts(s.exchanges, compared, s.diffs)
         if self._sets is None:
             self._sets = self.store.diff_sets(self.since, self.until, "*")
-        n = forgiven(self._sets.get(endpoint, {}), noise_now)
-        return Counts(s.exchanges, compared, s.diffs - n, n)
+        sets = self._sets.get(endpoint, {})
+        n = forgiven(sets, not_counted)
+        n_learned = forgiven(sets, learned) if learned else 0
+        return Counts(s.exchanges, compared, s.diffs - n, n, n - n_learned)
 
     def error_pairs(self, endpoint: str) -> ErrorPairs:
         """From the aggregates' counts of failures on the same exchanges; examples from

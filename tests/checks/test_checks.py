@@ -207,7 +207,7 @@ def test_diff_rate_counts_only_compared_exchanges(tmp_path):
     _c, sub = only_sub(report)
     assert sub.aggregate.samples == 500
     assert sub.aggregate.details == {"diffs": 0, "compared": 500, "exchanges": 550,
-                                     "forgiven": 0}
+                                     "forgiven": 0, "uncertain": 0}
 
 
 # ------------------------------------------------------------------ max_error_rate_increase
