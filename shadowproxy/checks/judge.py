@@ -67,20 +67,30 @@ def low_traffic(u: UnitResult, min_samples: int) -> bool:
     return u.samples < min_samples or bool(u.details.get("low_traffic"))
 
 
+def _looks_bad(u: UnitResult, threshold: Any) -> bool:
+    """A unit whose point estimate is above the threshold (not shown: estimated)."""
+    return (isinstance(threshold, (int, float)) and u.value is not None
+            and u.value > threshold)
+
+
 def combine(agg: UnitResult, units: Sequence[UnitResult], min_samples: int,
-            policy: str = "aggregate") -> str:
+            policy: str = "aggregate", threshold: Any = None) -> str:
     """The verdict of a sub-check from its aggregate and endpoint units:
 
     * fail when the aggregate or any endpoint fails;
     * pass when the aggregate passes and so does every endpoint with enough traffic to
-      be judged alone (:func:`low_traffic`); under the ``inconclusive`` policy every
-      endpoint must pass;
+      be judged alone (:func:`low_traffic`), and no low-traffic endpoint's estimate is
+      above the threshold (a regression on a small endpoint is not passed on the
+      strength of the others while it is too young to be shown); under the
+      ``inconclusive`` policy every endpoint must pass;
     * inconclusive otherwise."""
     if agg.verdict == FAIL or any(u.verdict == FAIL for u in units):
         return FAIL
     if agg.verdict == PASS and all(
             u.verdict == PASS for u in units
-            if policy == "inconclusive" or not low_traffic(u, min_samples)):
+            if policy == "inconclusive" or not low_traffic(u, min_samples)) and not any(
+            _looks_bad(u, threshold) for u in units
+            if policy == "aggregate" and low_traffic(u, min_samples)):
         return PASS
     return INCONCLUSIVE
 
@@ -88,10 +98,11 @@ def combine(agg: UnitResult, units: Sequence[UnitResult], min_samples: int,
 def _combine(metric: str, threshold: Any, method: str, agg: UnitResult,
              units: list[UnitResult], check: CheckConfig) -> SubCheck:
     min_samples, policy = check.min_samples, check.low_traffic
-    verdict = combine(agg, units, min_samples, policy)
+    verdict = combine(agg, units, min_samples, policy, threshold)
     failing = [u for u in units if u.verdict == FAIL]
     blocking = [u for u in units if u.verdict == INCONCLUSIVE
-                and (policy == "inconclusive" or not low_traffic(u, min_samples))]
+                and (policy == "inconclusive" or not low_traffic(u, min_samples)
+                     or (policy == "aggregate" and _looks_bad(u, threshold)))]
     small = [u for u in units if u.verdict != FAIL and low_traffic(u, min_samples)]
     parts = [f"all endpoints: {agg.reason}"]
     if failing:
@@ -100,7 +111,9 @@ def _combine(metric: str, threshold: Any, method: str, agg: UnitResult,
                      + (" ..." if len(failing) > 10 else ""))
     if blocking:
         parts.append(f"{len(blocking)} endpoints are inconclusive: "
-                     + ", ".join(u.label for u in blocking[:10])
+                     + ", ".join(u.label + (" (estimate above the threshold)"
+                                            if _looks_bad(u, threshold) else "")
+                                 for u in blocking[:10])
                      + (" ..." if len(blocking) > 10 else ""))
     if small:
         how = {"aggregate": "judged only within the aggregate",
