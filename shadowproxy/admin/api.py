@@ -15,6 +15,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..config import Config
+from ..checks.source import against_candidate
 from ..store.base import glob_escape
 from .config_redaction import redact_config, redact_url
 from .documents import _detail, _evidence_doc, _section
@@ -119,7 +120,9 @@ class ApiHandlers(StoreAccess):
                           until: float | None, glob: str = "*") -> dict[str, Any]:
         """Runs in a thread: ``live`` (the counters) is snapshotted on the loop."""
         store = self._store()
-        stats = store.endpoint_stats(since, until, glob)
+        # the diffs check counts against the candidate: one diff rate everywhere
+        stats = against_candidate(store, store.endpoint_stats(since, until, glob), since,
+                                  until)
         fields = store.field_stats(None if glob == "*" else glob, since, until)
         now = time.time()
         lo = since if since is not None else (store.time_range() or (now, now))[0]

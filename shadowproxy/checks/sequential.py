@@ -341,14 +341,12 @@ def _smallest(pred: Callable[[int], bool], limit: int = 1 << 24) -> int:
 @functools.lru_cache(maxsize=512)
 def samples_to_decide(metric: str, threshold: float, confidence: float) -> int:
     """The fewest samples with which the best possible data could pass ``metric``
-    at ``threshold``: a unit with fewer has too little traffic to be judged alone.
+    at ``threshold`` (1 for the metrics where that depends on the data): a unit with
+    fewer has too little traffic to be judged alone.
 
     * ``max_diff_rate``: no diff at all and the upper bound below the threshold;
     * ``max_error_rate_increase``: no failure on either side and the upper bound of
-      the difference below the threshold;
-    * ``max_p50_ratio``/``max_p99_ratio``: the quantile located within its own tail,
-      i.e. bounded between the ``q − (1 − q)/2`` and ``q + (1 − q)/2`` ranks (a
-      p99 needs about 1,900 pairs, a p50 about 30)."""
+      the difference below the threshold."""
     if metric == "max_diff_rate":
         a = (1.0 - confidence) / 2
         return _smallest(lambda n: shows_below(0, n, threshold, a))
@@ -356,15 +354,4 @@ def samples_to_decide(metric: str, threshold: float, confidence: float) -> int:
         a = (1.0 - confidence) / 2
         return _smallest(lambda n: log_e_difference(0, 0, n, threshold, "below")
                          >= -math.log(a))
-    q = {"max_p50_ratio": 0.5, "max_p99_ratio": 0.99}.get(metric)
-    if q is None:
-        return 1
-    a = (1.0 - confidence) / 4
-    band = (1.0 - q) / 2
-
-    def located(n: int) -> bool:
-        below = math.floor((q - band) * n)
-        above = math.ceil((q + band) * n)
-        return shows_below(below, n, q, a) and above <= n and shows_above(above, n, q, a)
-
-    return _smallest(located)
+    return 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +32,25 @@ def beyond_secondary(window_real: int, learned: tuple[int, int] | None) -> bool:
     do)."""
     r, s = learned if learned is not None and learned[1] > 0 else (window_real, 0)
     return sequential.more_than_secondary(r, s, FIELD_ALPHA)
+
+
+def against_candidate(store: Store, stats: Sequence[Any], since: float | None,
+                      until: float | None) -> list[Any]:
+    """``stats`` (:class:`~shadowproxy.store.base.EndpointStats` of the window) with
+    ``diffs`` counted as ``check`` counts them: the exchanges whose real differences
+    count against the candidate (:meth:`StoreSource.counts`); the others move to
+    ``noise``, so every count still adds up. ``report``, the admin API and the UI show
+    these, so the same store and window give one diff rate everywhere."""
+    src = StoreSource(store, since, until)
+    out = []
+    for st in stats:
+        c = src.counts(st.endpoint) if st.diffs else None
+        if c is None or c.diffs == st.diffs:
+            out.append(st)
+        else:
+            out.append(dataclasses.replace(st, diffs=c.diffs,
+                                           noise=st.noise + st.diffs - c.diffs))
+    return out
 
 
 class StoreSource:

@@ -234,3 +234,32 @@ def test_low_traffic_policies(tmp_path):
         assert "too little traffic to be judged alone" in sub.summary
     assert verdicts == {"aggregate": PASS, "inconclusive": INCONCLUSIVE,
                         "ignore": INCONCLUSIVE}
+
+
+def test_check_and_report_give_one_diff_rate(tmp_path):
+    """Two rare differences the secondary never showed (S = 0) and a field since learned
+    as noise: the stored verdicts say 12 diffs, the check counts none against the
+    candidate, and the report (and the admin API, through the same function) shows the
+    check's figure, not the stored verdicts'."""
+    from shadowproxy.compare.noise import NoiseEvidence
+    from shadowproxy.report.data import build_report
+    from shadowproxy.store import open_store
+
+    results = ([_result(i, field="$.ts" if i < 2 else None) for i in range(600)]
+               + [_result(1000 + i, field="$.gen") for i in range(10)])
+    ev = [NoiseEvidence(USERS, "$.gen", 610, 600, 590, 0.9, True, False, NOW)]
+    url = write(tmp_path / "r.db", results, ev)
+    cfg = load(config(tmp_path, url, [{"name": "c", "max_diff_rate": 0.01}]))
+    since, until = NOW - 3600, NOW + 1
+    agg = run(cfg, since=since, until=until).checks[0].subchecks[0].aggregate
+    store = open_store(url, readonly=True)
+    try:
+        stored = store.endpoint_stats(since, until)[0]
+        doc = build_report(store, since=since, until=until, checks=None)
+    finally:
+        store.close()
+    assert stored.diffs == 12 and agg.details["diffs"] == 0 and agg.value == 0.0
+    (ep,) = doc["endpoints"]
+    assert ep["diffs"] == 0 and ep["diff_rate"] == agg.value
+    assert doc["totals"]["diff_rate"] == agg.value
+    assert ep["noise"] == stored.noise + 12            # every count still adds up

@@ -50,8 +50,36 @@ store:
 {CHECKS}""")
 
 
-async def _watch_under_load(tmp_path: Path, candidate_role: str) -> tuple[int, str, int]:
-    """→ (the watch's exit code, its output, requests sent)."""
+async def _one_diff_rate(cfg_path: Path, db: Path, admin: int, endpoint: str) -> list[float]:
+    """The diff rate of ``endpoint`` over one window of the store, as ``check``,
+    ``report`` and the admin API (which the UI shows) give it."""
+    from shadowproxy.checks import run
+    from shadowproxy.config import load
+    from shadowproxy.report.data import build_report
+    from shadowproxy.store import open_store
+
+    until = float(int(time.time()) - 1)
+    cfg = load(cfg_path)
+    rep = run(cfg, since=0.0, until=until)
+    sub = next(s for c in rep.checks for s in c.subchecks if s.metric == "max_diff_rate")
+    check_rate = next(u.value for u in sub.endpoints if u.endpoint == endpoint)
+    store = open_store(f"sqlite:///{db}", readonly=True)
+    try:
+        doc = build_report(store, since=0.0, until=until, checks=None)
+    finally:
+        store.close()
+    report_rate = next(e["diff_rate"] for e in doc["endpoints"] if e["endpoint"] == endpoint)
+    async with aiohttp.ClientSession() as s, s.get(
+            f"http://127.0.0.1:{admin}/api/v1/endpoints?from=0&to={until}") as r:
+        api = await r.json()
+    api_rate = next(e["diff_rate"] for e in api["endpoints"] if e["endpoint"] == endpoint)
+    return [check_rate, report_rate, api_rate]
+
+
+async def _watch_under_load(tmp_path: Path, candidate_role: str, rates: list | None = None
+                            ) -> tuple[int, str, int]:
+    """→ (the watch's exit code, its output, requests sent); ``rates``: filled with
+    :func:`_one_diff_rate` once the load has stopped."""
     ups = {"primary": await Upstream(make_app("primary")).start(),
            "candidate": await Upstream(make_app(candidate_role)).start(),
            "secondary": await Upstream(make_app("secondary")).start()}
@@ -78,6 +106,9 @@ async def _watch_under_load(tmp_path: Path, candidate_role: str) -> tuple[int, s
                 sent += 20
         code = watch.wait(30)
         out = watch.stdout.read().decode() if watch.stdout else ""
+        if rates is not None:
+            await asyncio.sleep(3.0)           # the last results reach the store
+            rates.extend(await _one_diff_rate(cfg, tmp_path / "r.db", admin, "user"))
     finally:
         assert proxy.stop() == 0
         for u in ups.values():
@@ -97,10 +128,14 @@ async def test_watch_exits_0_on_a_real_aa_run(tmp_path: Path) -> None:
 
 
 async def test_watch_exits_1_on_a_real_ab_run(tmp_path: Path) -> None:
-    code, out, sent = await _watch_under_load(tmp_path, "candidate")
+    """...and the same store and window give one diff rate in check, report and the
+    admin API (the UI's endpoints table shows the API's figure)."""
+    rates: list[float] = []
+    code, out, sent = await _watch_under_load(tmp_path, "candidate", rates)
     assert code == 1, out
     looks = [line for line in out.splitlines() if line.startswith("look ")]
     assert "FAIL" in looks[-1] and "correctness" in looks[-1], out
     assert "[user]" in looks[-1], out          # the endpoint (the route's name)
     assert "$.plan" in out and "verdict: FAIL" in out, out
-    print(f"A/B: FAIL after {len(looks)} looks, {sent} requests sent")
+    print(f"A/B: FAIL after {len(looks)} looks, {sent} requests sent; diff rates {rates}")
+    assert rates[0] > 0.01 and rates[0] == rates[1] == rates[2], rates
