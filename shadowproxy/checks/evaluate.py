@@ -18,8 +18,6 @@ the worst of its checks (fail > inconclusive > pass).
 
 from __future__ import annotations
 
-import dataclasses
-import fnmatch
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field

@@ -5,8 +5,9 @@ aggregate passes and so does every endpoint with enough traffic to be judged alo
 is **inconclusive** otherwise (:func:`combine`). An endpoint has too little traffic to
 be judged alone (*low traffic*) while it has fewer samples than ``min_samples``, or so
 few that even a candidate identical to the primary could not pass (no diff at all; the
-discordant failures split evenly; the primary's latencies on both sides); the check's ``low_traffic`` policy says what
-such endpoints do: ``aggregate`` (the default) judges them inside the aggregate only,
+discordant failures split evenly; the primary's latencies on both sides); the check's
+``low_traffic`` policy says what such endpoints do: ``aggregate`` (the default) judges
+them inside the aggregate only (unless their estimate is above the threshold),
 ``inconclusive`` holds the sub-check inconclusive until they pass on their own,
 ``ignore`` leaves them out of the aggregate too. A failure shown on a low-traffic
 endpoint fails the sub-check under every policy: a regression is never ignored.
@@ -151,7 +152,7 @@ def _mark_low(units: list[UnitResult], could_pass: Callable[[UnitResult], bool],
     ``min_samples`` samples, or so few that even a candidate identical to the primary
     could not pass (``could_pass``); → the endpoints the aggregate covers (all, or
     without those under ``ignore``)."""
-    keep = []
+    keep: list[str] = []
     for u in units:
         low = u.samples < check.min_samples or not could_pass(u)
         if low:
@@ -159,8 +160,8 @@ def _mark_low(units: list[UnitResult], could_pass: Callable[[UnitResult], bool],
             if u.verdict != FAIL:
                 u.reason += (" [too little traffic to be judged alone: an identical "
                              f"candidate could not pass with {u.samples} samples]")
-        if not (check.low_traffic == "ignore" and low):
-            keep.append(u.endpoint)  # type: ignore[arg-type]
+        if not (check.low_traffic == "ignore" and low) and u.endpoint is not None:
+            keep.append(u.endpoint)
     return keep
 
 
@@ -292,8 +293,8 @@ def evaluate_check(check: CheckConfig, source: Source, endpoint_filter: str = "*
                 merged[key] = source.latency_cumulative(inside)
             return merged[key]
 
-        for metric in sorted(latency_metrics, key=lambda m: QUANTILE[m]):
-            subs.append(_latency(check, source, eps, metric, cums, aggregate))
+        subs.extend(_latency(check, source, eps, metric, cums, aggregate)
+                    for metric in latency_metrics)
     if check.forbid_kinds is not None:
         kinds = tuple(check.forbid_kinds)
         cs = get_counts()

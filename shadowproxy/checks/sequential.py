@@ -300,9 +300,7 @@ def log_e_more_than_secondary(r: int, s: int) -> float:
     ``(2π)^r (2(1 − π))^s``, a function of the two counts alone (a sequential sign
     test; mixture over ``π`` in :data:`SIGN_ALTERNATIVES`). One difference the
     secondary happened not to show gives at most 1.98: never significant."""
-    terms = []
-    for pi in SIGN_ALTERNATIVES:
-        terms.append(r * math.log(2 * pi) + s * math.log(2 * (1 - pi)))
+    terms = [r * math.log(2 * pi) + s * math.log(2 * (1 - pi)) for pi in SIGN_ALTERNATIVES]
     return _logsumexp(terms) - math.log(len(SIGN_ALTERNATIVES))
 
 

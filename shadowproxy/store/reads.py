@@ -387,6 +387,27 @@ class SharedReads:
             d[reason] = d.get(reason, 0) + int(n)
         return out
 
+    def outcome_counts_by_endpoint(self, since: float | None = None,
+                                   until: float | None = None, endpoint_glob: str = "*"
+                                   ) -> dict[str, dict[str, int]]:
+        """endpoint → ``outcome{reason}`` (or ``outcome``) → count, over the minutes of
+        :meth:`outcome_counts` (the window's request accounting, per endpoint)."""
+        clauses, params = self._range(None if since is None else _minute(since), until,
+                                      "minute")
+        rows = self._read(
+            "SELECT endpoint, outcome, reason, sum(count) FROM outcomes"
+            + (" WHERE " + " AND ".join(clauses) if clauses else "")
+            + " GROUP BY endpoint, outcome, reason", params)
+        out: dict[str, dict[str, int]] = {}
+        for ep, outcome, reason, n in rows:
+            if not ep or (endpoint_glob not in (None, "*")
+                          and not fnmatch.fnmatchcase(ep, endpoint_glob)):
+                continue
+            name = f"{outcome}{{{reason}}}" if reason else outcome
+            d = out.setdefault(ep, {})
+            d[name] = d.get(name, 0) + int(n)
+        return out
+
     def _minutes_where(self, since: float | None, until: float | None, glob: str
                        ) -> tuple[str, list[Any]] | None:
         """The WHERE of the minutes a range touches (from the minute ``since`` falls in)."""

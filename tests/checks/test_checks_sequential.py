@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import random
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,7 @@ from shadowproxy.checks import FAIL, INCONCLUSIVE, PASS, run, sequential, stats
 from shadowproxy.cli import main as cli_main
 from shadowproxy.config import load
 from shadowproxy.models import Exchange, RequestRecord, Result
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_checks import NOW, USERS, changed, config, resp, write  # noqa: E402
+from tests.checks.test_checks import NOW, USERS, changed, config, resp, write
 
 RUNS = 300
 

@@ -72,8 +72,15 @@ async def _one_diff_rate(cfg_path: Path, db: Path, admin: int, endpoint: str) ->
     async with aiohttp.ClientSession() as s, s.get(
             f"http://127.0.0.1:{admin}/api/v1/endpoints?from=0&to={until}") as r:
         api = await r.json()
-    api_rate = next(e["diff_rate"] for e in api["endpoints"] if e["endpoint"] == endpoint)
-    return [check_rate, report_rate, api_rate]
+    api_ep = next(e for e in api["endpoints"] if e["endpoint"] == endpoint)
+    # the request accounting beside it covers the same window (the stored outcomes, not
+    # this process's live counters): the compared requests are the compared exchanges,
+    # up to results still on their way to the store when the window was read
+    counters = api_ep["counters"]
+    assert abs(counters["compared"] - api_ep["exchanges"]) <= 0.02 * api_ep["exchanges"], \
+        api_ep
+    assert counters["mirrored"] >= counters["compared"] > 0, api_ep
+    return [check_rate, report_rate, api_ep["diff_rate"]]
 
 
 async def _watch_under_load(tmp_path: Path, candidate_role: str, rates: list | None = None
@@ -108,6 +115,10 @@ async def _watch_under_load(tmp_path: Path, candidate_role: str, rates: list | N
         out = watch.stdout.read().decode() if watch.stdout else ""
         if rates is not None:
             await asyncio.sleep(3.0)           # the last results reach the store
+            # serve the stored run from a new process (its live counters start at 0)
+            assert proxy.stop() == 0
+            proxy = Running(cfg, listen, admin, tmp_path / "log2")
+            await proxy.ready()
             rates.extend(await _one_diff_rate(cfg, tmp_path / "r.db", admin, "user"))
     finally:
         assert proxy.stop() == 0
@@ -128,8 +139,9 @@ async def test_watch_exits_0_on_a_real_aa_run(tmp_path: Path) -> None:
 
 
 async def test_watch_exits_1_on_a_real_ab_run(tmp_path: Path) -> None:
-    """...and the same store and window give one diff rate in check, report and the
-    admin API (the UI's endpoints table shows the API's figure)."""
+    """...and, served again by a new process, the same store and window give one diff
+    rate in check, report and the admin API (the UI's endpoints table shows the API's
+    figure), with the window's request counts beside it."""
     rates: list[float] = []
     code, out, sent = await _watch_under_load(tmp_path, "candidate", rates)
     assert code == 1, out
