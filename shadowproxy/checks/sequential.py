@@ -10,16 +10,16 @@ McAuliffe, Sekhon 2021; Ramdas et al. 2023). Every function here is a function o
 counts only (successes ``k`` of ``n`` trials, the cumulative counts of a latency sketch),
 so the store's per-minute aggregates are all a decision reads.
 
-**Bernoulli rates** (the diff rate; each side of the error increase; the share of
-latencies below a value). For a threshold ``t`` two one-sided tests, each a uniform
-mixture of likelihood ratios against a geometric grid of alternatives (a *discrete
-mixture*, Howard et al. 2021 §3; the mixture SPRT of Robbins 1970):
+**Bernoulli rates** (the diff rate; the share of latencies below a value). For a
+threshold ``t`` two one-sided tests, each a mixture of likelihood ratios against a
+geometric grid of alternatives (a *discrete mixture*, Howard et al. 2021 §3; the
+mixture SPRT of Robbins 1970):
 
-* :func:`e_above` — evidence that ``p > t``; null ``p ≤ t``; alternatives
+* :func:`log_e_above` — evidence that ``p > t``; null ``p ≤ t``; alternatives
   ``t + (1 − t)·2^−j``, ``j = 1..GRID``. Each ratio
   ``(p'/t)^k ((1−p')/(1−t))^(n−k)`` has expectation ≤ 1 under every ``p ≤ t``, so
   the mixture is a supermartingale for the whole composite null.
-* :func:`e_below` — evidence that ``p < t``; null ``p ≥ t``; alternatives ``p' = 0``
+* :func:`log_e_below` — evidence that ``p < t``; null ``p ≥ t``; alternatives ``p' = 0``
   with half the weight (a healthy candidate's rate is usually near 0, and with no event
   at all ``n`` exchanges give ``(1 − t)^−n``) and ``t·r`` for ``r`` in
   :data:`PASS_RATIOS` (``1/64 .. 1/4`` and ``1 − 2^−j``, ``j = 1..GRID``) sharing
@@ -28,9 +28,20 @@ mixture*, Howard et al. 2021 §3; the mixture SPRT of Robbins 1970):
 Both are monotone in ``t`` (more evidence against a threshold further from the data),
 so inverting them gives a confidence sequence ``[lo, hi]`` (:func:`rate_bounds`).
 
+**Paired differences** (the error increase): a betting confidence sequence on the mean
+of ``X ∈ {−1, 0, 1}`` (:func:`log_e_difference`, :func:`difference_bounds`).
+
+**Against the secondary**: a sequential sign test per field
+(:func:`log_e_more_than_secondary`).
+
+What the guarantees assume: each exchange's outcome, given the ones before it, has a
+rate on the null side (the factors' conditional expectations are then at most 1; the
+exchanges need not be identically distributed), and the window grows with a fixed
+start.
+
 **Latency quantiles.** ``Q = inf{x : F(x) ≥ q}``. A bucket edge ``u`` with
-``#{X ≤ u}`` of ``n`` is below ``Q`` when :func:`e_below` shows ``F(u) < q``, above it
-when :func:`e_above` shows ``F(u) > q`` (Howard & Ramdas 2022 use the same reduction):
+``#{X ≤ u}`` of ``n`` is below ``Q`` when :func:`log_e_below` shows ``F(u) < q``, above
+it when :func:`log_e_above` shows ``F(u) > q`` (Howard & Ramdas 2022 use the same reduction):
 :func:`quantile_bounds` reads them off a sketch's cumulative counts, valid for all ``n``
 at once, exactly conservative at the sketch's bucket edges.
 """
