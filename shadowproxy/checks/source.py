@@ -65,6 +65,7 @@ class StoreSource:
         self._sets: dict[str, dict[str, int]] | None = None
         self._pairs: dict[str, tuple[int, int, int, int]] | None = None
         self._noise: dict[tuple[str, str], tuple[int, int]] | None = None
+        self._secondary: set[str] | None = None
         self._sketches: dict[str, tuple[Sketch, Sketch, Sketch]] | None = None
 
     def _all_stats(self) -> dict[str, Any]:
@@ -117,13 +118,13 @@ class StoreSource:
 
     def use_sketches(self, sketches: dict[str, tuple[Sketch, Sketch, Sketch]]) -> None:
         """The window's latency sketches, already read (by a report over the same
-        window and snapshot; the secondary's are read again when missing)."""
+        window and snapshot)."""
         self._sketches = sketches
 
     def _all_sketches(self) -> dict[str, tuple[Sketch, Sketch, Sketch]]:
         if self._sketches is None:
             self._sketches = self.store.latency_sketches(self.since, self.until, "*",
-                                                         secondary=True)
+                                                         secondary=False)
         return self._sketches
 
     def latency_cumulative(self, endpoints: Sequence[str]
@@ -140,8 +141,9 @@ class StoreSource:
 
     def has_secondary(self, endpoint: str) -> bool:
         """The secondary answered exchanges of ``endpoint`` in the window."""
-        got = self._all_sketches().get(endpoint)
-        return got is not None and got[2].count > 0
+        if self._secondary is None:
+            self._secondary = self.store.secondary_endpoints(self.since, self.until)
+        return endpoint in self._secondary
 
     def _learned(self) -> dict[tuple[str, str], tuple[int, int]]:
         """(endpoint, field) → the noise learner's (R, S) (fields the secondary has

@@ -330,7 +330,7 @@ def build_report(store: Store, *, since: float, until: float, cfg: Any = None,
     is used as it is."""
     now = time.time() if now is None else now
     # the window's sketches, read once: the endpoints' quantiles and the latency section
-    sketches = store.latency_sketches(since, until)   # the secondary's: checks judge against it
+    sketches = store.latency_sketches(since, until, secondary=False)
     none = (None, None, None)
     stats = [with_quantiles(s, *sketches.get(s.endpoint, none)[:2])
              for s in store.endpoint_stats(since, until, quantiles=False)]

@@ -260,3 +260,31 @@ def test_check_and_report_give_one_diff_rate(tmp_path):
     assert ep["diffs"] == 0 and ep["diff_rate"] == agg.value
     assert doc["totals"]["diff_rate"] == agg.value
     assert ep["noise"] == stored.noise + 12            # every count still adds up
+
+
+def test_secondary_endpoints_whole_minutes_and_ragged_ends(store_url):
+    """Which endpoints the secondary answered, on both engines: from the aggregates'
+    secondary sketches for whole minutes, from the rows for the ragged ends."""
+    from shadowproxy.config import StoreConfig
+    from shadowproxy.store import StoreWriter, open_store
+
+    t0 = (int(NOW) // 60 - 10) * 60.0
+    out = []
+    for i in range(40):
+        r = _result(i, ago=NOW - t0 - 30.0)         # minute t0, secondary answered
+        ex = r.exchange
+        out.append(r)
+        out.append(Result(Exchange(f"n{i:05d}", t0 + 90.0, "GET /none", None, ex.request,
+                                   ex.primary, ex.candidate, None), "match", [],
+                          frozenset(), []))
+    w = StoreWriter(store_url, StoreConfig(url=store_url))
+    for r in out:
+        assert w.submit(r)
+    assert w.flush(30) and w.close(30)
+    store = open_store(store_url, readonly=True)
+    try:
+        assert store.secondary_endpoints(t0, t0 + 120) == {USERS}          # whole minutes
+        assert store.secondary_endpoints(t0 + 10, t0 + 50) == {USERS}      # ragged only
+        assert store.secondary_endpoints(t0 + 60, t0 + 120) == set()
+    finally:
+        store.close()
