@@ -55,6 +55,14 @@ def _parser() -> argparse.ArgumentParser:
                           "default: all instances together)")
     chk.add_argument("--format", choices=("text", "json", "junit"), default="text")
     chk.add_argument("-o", "--output", default=None, metavar="FILE")
+    chk.add_argument("--watch", action="store_true",
+                     help="look again every --interval until decided: exit 1 the moment a "
+                          "regression is shown, 0 the moment every check passes, 3 at "
+                          "--timeout")
+    chk.add_argument("--interval", default="10s", metavar="DURATION",
+                     help="between looks with --watch (default 10s)")
+    chk.add_argument("--timeout", default="30m", metavar="DURATION",
+                     help="give up with exit 3 after this long with --watch (default 30m)")
 
     rep = sub.add_parser("report", help="write a report of what the shadow saw")
     rep.add_argument("-c", "--config", required=True, metavar="FILE")

@@ -392,6 +392,9 @@ class CheckConfig:
     forbid_kinds: tuple[
         Literal["changed", "type_changed", "added", "removed", "length_changed"], ...
     ] | None = None
+    # endpoints with too little traffic to be judged alone: judged inside the aggregate,
+    # make the check inconclusive, or are left out (docs/checks.md)
+    low_traffic: Literal["aggregate", "inconclusive", "ignore"] = "aggregate"
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 
 from .. import __version__
+from ..checks.source import against_candidate
 from ..config import Config
 from ..store.base import glob_escape
 from .config_redaction import redact_config, redact_url
@@ -122,7 +123,9 @@ class ApiHandlers(StoreAccess):
                           until: float | None, glob: str = "*") -> dict[str, Any]:
         """Runs in a thread: ``live`` (the counters) is snapshotted on the loop."""
         store = self._store()
-        stats = store.endpoint_stats(since, until, glob)
+        # the diffs check counts against the candidate: one diff rate everywhere
+        stats = against_candidate(store, store.endpoint_stats(since, until, glob), since,
+                                  until)
         fields = store.field_stats(None if glob == "*" else glob, since, until)
         now = time.time()
         lo = since if since is not None else (store.time_range() or (now, now))[0]
@@ -130,8 +133,11 @@ class ApiHandlers(StoreAccess):
         bucket = max(60, math.ceil(max(hi - lo, 60) / 30 / 60.0) * 60)
         series = store.diff_rate_series(since, until, bucket, glob)
         docs: dict[str, dict[str, Any]] = {st.endpoint: self._endpoint_doc(st) for st in stats}
+        # the window's request accounting, from the store like the compared counts
+        # beside it (the live counters cover this process's life, not the window)
+        counted = store.outcome_counts_by_endpoint(since, until, glob)
         if glob == "*":
-            for name in live:
+            for name in [*counted, *live]:
                 docs.setdefault(name, self._empty_endpoint(name))
         top: dict[str, list[dict[str, Any]]] = {}
         for f in fields:
@@ -144,7 +150,8 @@ class ApiHandlers(StoreAccess):
             d["top_fields"] = top.get(name, [])
             d["series"] = [[p.time, p.exchanges, p.diffs, p.noise, p.errors]
                            for p in series.get(name, [])]
-            d["counters"] = live.get(name, {})
+            d["counters"] = counted.get(name, {})
+            d["live_counters"] = live.get(name, {})
         ordered = sorted(docs.values(), key=lambda d: (-d["diff_rate"], -d["exchanges"],
                                                        d["endpoint"]))
         return {"window": {"since": since, "until": until, "bucket_seconds": bucket},
@@ -177,7 +184,7 @@ class ApiHandlers(StoreAccess):
             if name not in live:
                 raise ApiError(f"no data for endpoint {name!r}", status=404)
             doc = self._empty_endpoint(name)
-            doc.update(top_fields=[], series=[], counters=live[name])
+            doc.update(top_fields=[], series=[], counters={}, live_counters=live[name])
         else:
             doc = eps[0]
         return _json({"window": report["window"], **doc})

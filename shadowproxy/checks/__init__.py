@@ -40,9 +40,8 @@ from .evaluate import (
     SubCheck,
     UnitResult,
     decide,
-    evaluate,
-    evaluate_check,
 )
+from .judge import evaluate, evaluate_check
 from .render import (
     RENDERERS,
     render_json,
@@ -54,11 +53,35 @@ from .render import (
 from .source import StoreSource
 
 __all__ = [
-    "FAIL", "INCONCLUSIVE", "PASS", "CheckResult", "Counts", "ErrorPairs", "FieldInfo",
-    "ForbiddenHit", "MemorySource", "Report", "Source", "StoreSource", "SubCheck",
-    "UnitResult", "UsageError", "decide", "evaluate", "evaluate_check", "glob_escape", "main",
-    "parse_time", "parse_window", "render_json", "render_junit", "render_text",
-    "report_doc", "run", "summary_line",
+    "FAIL",
+    "INCONCLUSIVE",
+    "PASS",
+    "CheckResult",
+    "Counts",
+    "ErrorPairs",
+    "FieldInfo",
+    "ForbiddenHit",
+    "MemorySource",
+    "Report",
+    "Source",
+    "StoreSource",
+    "SubCheck",
+    "UnitResult",
+    "UsageError",
+    "decide",
+    "evaluate",
+    "evaluate_check",
+    "glob_escape",
+    "main",
+    "parse_time",
+    "parse_window",
+    "render_json",
+    "render_junit",
+    "render_text",
+    "report_doc",
+    "run",
+    "summary_line",
+    "watch_start",
 ]
 
 EXIT_USAGE = 2
@@ -116,6 +139,16 @@ def parse_window(since: str | None, from_: str | None, to: str | None, now: floa
     return start, end
 
 
+def watch_start(since: str | None, from_: str | None, now: float) -> float | None:
+    """The fixed start of a ``--watch`` window (None: the beginning of the store); its
+    end is each look's moment, so ``--from now`` is allowed."""
+    if since is not None and from_ is not None:
+        raise UsageError("use either --since or --from, not both")
+    if since is not None:
+        return parse_window(since, None, None, now)[0]
+    return None if from_ is None else parse_time(from_, now)
+
+
 def run(cfg: Config, *, since: float | None, until: float | None, endpoint: str = "*",
         now: float | None = None, instance: str | None = None) -> Report:
     """Evaluate ``cfg.checks`` against the configured store (opened read-only), over
@@ -156,33 +189,8 @@ def _err(msg: str) -> None:
     print(f"shadowproxy check: {msg}", file=sys.stderr)
 
 
-def main(cfg: Config, args: Any) -> int:
-    """The ``check`` subcommand. → exit code: 0 pass, 1 fail, 3 inconclusive, 2 usage."""
-    fmt = getattr(args, "format", "text") or "text"
-    output = getattr(args, "output", None)
-    endpoint = getattr(args, "endpoint", "*") or "*"
-    if fmt not in RENDERERS:
-        _err(f"unknown format {fmt!r} (text, json or junit)")
-        return EXIT_USAGE
-    if not cfg.checks:
-        where = cfg.source or "the config"
-        _err(f"no checks configured in {where}: add a checks: list (see docs/checks.md)")
-        return EXIT_USAGE
-    now = time.time()
-    try:
-        since, until = parse_window(getattr(args, "since", None),
-                                    getattr(args, "from_", None), getattr(args, "to", None),
-                                    now)
-    except UsageError as exc:
-        _err(str(exc))
-        return EXIT_USAGE
-    try:
-        report = run(cfg, since=since, until=until, endpoint=endpoint, now=now,
-                     instance=getattr(args, "instance", None))
-    except StoreError as exc:
-        _err(f"cannot read the result store: {exc}")
-        return EXIT_USAGE
-    text = RENDERERS[fmt](report)
+def _write(text: str, output: str | None, report: Report, fmt: str) -> int:
+    """The report to ``output`` (atomically; a summary line on stdout) or stdout."""
     if output:
         try:
             parent = os.path.dirname(os.path.abspath(output))
@@ -199,3 +207,69 @@ def main(cfg: Config, args: Any) -> int:
         sys.stdout.write(text)
     sys.stdout.flush()
     return report.exit_code
+
+
+def main(cfg: Config, args: Any) -> int:
+    """The ``check`` subcommand. → exit code: 0 pass, 1 fail, 3 inconclusive (or the
+    ``--watch`` timeout), 2 usage."""
+    fmt = getattr(args, "format", "text") or "text"
+    output = getattr(args, "output", None)
+    endpoint = getattr(args, "endpoint", "*") or "*"
+    instance = getattr(args, "instance", None)
+    if fmt not in RENDERERS:
+        _err(f"unknown format {fmt!r} (text, json or junit)")
+        return EXIT_USAGE
+    if not cfg.checks:
+        where = cfg.source or "the config"
+        _err(f"no checks configured in {where}: add a checks: list (see docs/checks.md)")
+        return EXIT_USAGE
+    now = time.time()
+    try:
+        interval = timeout = 0.0
+        if getattr(args, "watch", False):
+            if getattr(args, "to", None) is not None:
+                raise UsageError("--watch reads a window that grows as results arrive: "
+                                 "--to cannot be used with it")
+            # the start is fixed now; the end is each look's moment (--from now is fine)
+            since = watch_start(getattr(args, "since", None), getattr(args, "from_", None),
+                                now)
+            interval = _duration("--interval", getattr(args, "interval", None) or "10s")
+            timeout = _duration("--timeout", getattr(args, "timeout", None) or "30m")
+        else:
+            since, until = parse_window(getattr(args, "since", None),
+                                        getattr(args, "from_", None),
+                                        getattr(args, "to", None), now)
+    except UsageError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    if getattr(args, "watch", False):
+        from .watch import watch
+
+        # the looks' lines go to stdout unless stdout carries a JSON or JUnit document
+        looks = sys.stdout if fmt == "text" or output else sys.stderr
+        code, report = watch(
+            lambda t: run(cfg, since=since, until=t, endpoint=endpoint, now=t,
+                          instance=instance),
+            interval=interval, timeout=timeout, out=looks)
+        if report is None:
+            _err("the result store could never be read")
+            return EXIT_USAGE
+        written = _write(RENDERERS[fmt](report), output, report, fmt)
+        return written if written == EXIT_USAGE else code
+    try:
+        report = run(cfg, since=since, until=until, endpoint=endpoint, now=now,
+                     instance=instance)
+    except StoreError as exc:
+        _err(f"cannot read the result store: {exc}")
+        return EXIT_USAGE
+    return _write(RENDERERS[fmt](report), output, report, fmt)
+
+
+def _duration(flag: str, value: str) -> float:
+    try:
+        d = parse_duration(value)
+    except ValueError as exc:
+        raise UsageError(f"bad {flag} {value!r}: {exc}") from None
+    if d <= 0:
+        raise UsageError(f"bad {flag} {value!r}: must be longer than 0")
+    return d

@@ -18,16 +18,13 @@ the worst of its checks (fail > inconclusive > pass).
 
 from __future__ import annotations
 
-import dataclasses
-import fnmatch
 import math
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..config import CheckConfig
-from . import stats
+from . import sequential, stats
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 _RANK = {PASS: 0, INCONCLUSIVE: 1, FAIL: 2}
@@ -35,7 +32,6 @@ _RANK = {PASS: 0, INCONCLUSIVE: 1, FAIL: 2}
 METRICS = ("max_diff_rate", "max_error_rate_increase", "max_p50_ratio", "max_p99_ratio",
            "forbid_kinds")
 QUANTILE = {"max_p50_ratio": 0.5, "max_p99_ratio": 0.99}
-BOOTSTRAP_RESAMPLES = 1000
 MAX_FIELDS = 5          # fields listed behind a failing diff-rate unit
 MAX_EXAMPLES = 3        # example exchange ids listed per finding
 
@@ -58,8 +54,11 @@ class Counts:
     exchanges: int      # all judged exchanges
     compared: int       # exchanges with a comparison (verdict match, diff or noise)
     diffs: int          # verdict diff, less the forgiven ones (see effective_diffs)
-    forgiven: int = 0   # verdict diff whose real differences are all on fields learned
-                        # as noise since they were written
+    forgiven: int = 0   # verdict diff whose real differences are all on fields that do
+                        # not count against the candidate (learned as noise since they
+                        # were written, or not shown beyond the secondary)
+    uncertain: int = 0  # of those, the ones not on learned noise: not (yet) shown beyond
+                        # the secondary; they keep a unit from passing, never fail it
 
 
 def effective_diffs(real_fields: Iterable[Iterable[str]], noise_now: set[str] | frozenset[str]
@@ -132,14 +131,10 @@ class Source(Protocol):
     def endpoints(self) -> list[str]: ...
     def counts(self, endpoint: str) -> Counts: ...
     def error_pairs(self, endpoint: str) -> ErrorPairs: ...
-    def latencies(self, endpoint: str) -> tuple[list[float], list[float]]: ...
-    def all_latencies(self, endpoints: Sequence[str]) -> tuple[list[float], list[float]]:
-        """The pairs of ``endpoints`` together (one sample of them all when sampled)."""
-        ...
-    def latency_quantiles(self, endpoints: Sequence[str], q: float
-                          ) -> tuple[int, float | None, float | None]:
-        """(pairs, primary's and candidate's ``q``-quantile) over every pair of
-        ``endpoints``, whether or not :meth:`latencies` gives a sample of them."""
+    def latency_cumulative(self, endpoints: Sequence[str]
+                           ) -> tuple[list[tuple[float, int]], list[tuple[float, int]]]:
+        """Over every pair of ``endpoints`` (exchanges where both answered): the
+        primary's and the candidate's ``(latency, count ≤ latency)`` ascending."""
         ...
     def fields(self, endpoint: str, limit: int) -> list[FieldInfo]: ...
     def forbidden(self, endpoint: str, kinds: Sequence[str]) -> list[ForbiddenHit]: ...
@@ -168,20 +163,11 @@ class MemorySource:
     def error_pairs(self, endpoint: str) -> ErrorPairs:
         return self.pairs_by_endpoint.get(endpoint, ErrorPairs(0, 0, 0, 0))
 
-    def latencies(self, endpoint: str) -> tuple[list[float], list[float]]:
-        return self.latencies_by_endpoint.get(endpoint, ([], []))
-
-    def all_latencies(self, endpoints: Sequence[str]) -> tuple[list[float], list[float]]:
-        lats = [self.latencies(ep) for ep in endpoints]
-        return [x for p, _c in lats for x in p], [x for _p, c in lats for x in c]
-
-    def latency_quantiles(self, endpoints: Sequence[str], q: float
-                          ) -> tuple[int, float | None, float | None]:
-        p, c = self.all_latencies(endpoints)
-        if not p:
-            return 0, None, None
-        return (len(p), stats.quantile_sorted(sorted(p), q),
-                stats.quantile_sorted(sorted(c), q))
+    def latency_cumulative(self, endpoints: Sequence[str]
+                           ) -> tuple[list[tuple[float, int]], list[tuple[float, int]]]:
+        lats = [self.latencies_by_endpoint.get(ep, ([], [])) for ep in endpoints]
+        return (sequential.sorted_cumulative([x for p, _c in lats for x in p]),
+                sequential.sorted_cumulative([x for _p, c in lats for x in c]))
 
     def fields(self, endpoint: str, limit: int) -> list[FieldInfo]:
         return self.fields_by_endpoint.get(endpoint, [])[:limit]
@@ -325,25 +311,27 @@ def fmt_threshold(metric: str, t: Any) -> str:
 
 def decide(lo: float, hi: float, threshold: float, n: int, min_samples: int,
            critical: bool, confidence: float, metric: str) -> tuple[str, str]:
-    """The verdict of an interval against a maximum. → (verdict, reason).
+    """The verdict of an anytime-valid interval against a maximum. → (verdict, reason).
 
-    * fewer than ``min_samples`` samples: inconclusive, whatever the interval;
-    * the interval entirely below the threshold (hi < threshold): pass;
-    * entirely above it (lo > threshold): fail;
-    * straddling it: inconclusive, or fail for a ``critical`` check (it has not shown it
-      is below the threshold although it had ``min_samples`` samples)."""
+    ``[lo, hi]`` is a confidence sequence (:mod:`.sequential`): each side is wrong at
+    most ``(1 − confidence)/2`` of the time *however often it is looked at*, so:
+
+    * the interval entirely above the threshold (lo > threshold): fail, at any number
+      of samples (a regression is shown as soon as the evidence is there);
+    * entirely below it (hi < threshold) with at least ``min_samples`` samples: pass;
+    * otherwise inconclusive: more samples needed. ``critical`` no longer turns doubt
+      into a failure: with a gate polled until it decides, doubt-is-failure would fail
+      every healthy candidate that is still gathering data."""
     t = fmt_threshold(metric, threshold)
-    iv = f"{confidence:.0%} interval [{fmt_value(metric, lo)}, {fmt_value(metric, hi)}]"
+    iv = (f"{confidence:.0%} always-valid interval [{fmt_value(metric, lo)}, "
+          f"{fmt_value(metric, hi)}]")
+    if lo > threshold:
+        return FAIL, f"{iv} is above the threshold {t}"
     if n < min_samples:
         return INCONCLUSIVE, (f"only {n} samples, fewer than min_samples {min_samples} "
                               f"({iv})")
     if hi < threshold:
         return PASS, f"{iv} is below the threshold {t}"
-    if lo > threshold:
-        return FAIL, f"{iv} is above the threshold {t}"
-    if critical:
-        return FAIL, (f"{iv} contains the threshold {t}; a critical check must show it is "
-                      f"below the threshold with {n} samples")
     return INCONCLUSIVE, f"{iv} contains the threshold {t}: more samples needed"
 
 
@@ -352,28 +340,37 @@ def decide(lo: float, hi: float, threshold: float, n: int, min_samples: int,
 
 def diff_rate_unit(endpoint: str | None, c: Counts, threshold: float, check: CheckConfig
                    ) -> UnitResult:
-    """Share of compared exchanges with verdict diff; Clopper–Pearson interval."""
-    lo, hi = stats.clopper_pearson(c.diffs, c.compared, check.confidence)
+    """Share of compared exchanges with verdict diff; an always-valid interval
+    (:func:`.sequential.rate_bounds`). The lower bound counts the diffs against the
+    candidate; the upper bound those and the ``uncertain`` ones (fields not yet shown to
+    differ more than with the secondary): doubt never fails a candidate, and never
+    passes one either."""
+    lo = sequential.rate_bounds(c.diffs, c.compared, check.confidence)[0]
+    hi = sequential.rate_bounds(c.diffs + c.uncertain, c.compared, check.confidence)[1]
     value = c.diffs / c.compared if c.compared else None
     if c.compared == 0:
         verdict, reason = INCONCLUSIVE, "no compared exchanges"
     else:
         verdict, reason = decide(lo, hi, threshold, c.compared, check.min_samples,
                                  check.critical, check.confidence, "max_diff_rate")
-    forgiven = (f", {c.forgiven} more on fields learned as noise since" if c.forgiven
-                else "")
+    learned = c.forgiven - c.uncertain
+    extra = (f", {learned} more on fields learned as noise since" if learned else "")
+    if c.uncertain:
+        extra += (f", {c.uncertain} more on fields not shown to differ more often than "
+                  "with the secondary")
     return UnitResult(endpoint, verdict, value, lo, hi, c.compared,
-                      f"diff rate {fmt_pct(value)} ({c.diffs} of {c.compared}{forgiven}): "
+                      f"diff rate {fmt_pct(value)} ({c.diffs} of {c.compared}{extra}): "
                       f"{reason}",
                       {"diffs": c.diffs, "compared": c.compared, "exchanges": c.exchanges,
-                       "forgiven": c.forgiven})
+                       "forgiven": c.forgiven, "uncertain": c.uncertain})
 
 
 def error_unit(endpoint: str | None, p: ErrorPairs, threshold: float, check: CheckConfig
                ) -> UnitResult:
-    """Candidate failure rate minus primary failure rate on the same exchanges; exact
-    paired interval (McNemar conditional × Clopper–Pearson, Bonferroni)."""
-    lo, hi = stats.paired_difference(p.candidate_only, p.primary_only, p.n, check.confidence)
+    """Candidate failure rate minus primary failure rate on the same exchanges; an
+    always-valid interval (:func:`.sequential.difference_bounds`)."""
+    lo, hi = sequential.difference_bounds(p.candidate_only, p.primary_only, p.n,
+                                          check.confidence)
     value = (p.candidate_only - p.primary_only) / p.n if p.n else None
     pval = stats.mcnemar_exact(p.candidate_only, p.primary_only)
     if p.n == 0:
@@ -395,55 +392,36 @@ def error_unit(endpoint: str | None, p: ErrorPairs, threshold: float, check: Che
     return UnitResult(endpoint, verdict, value, lo, hi, p.n, text, details)
 
 
-def _seed(*parts: str) -> int:
-    return zlib.crc32("\x00".join(parts).encode("utf-8", "surrogatepass"))
+def _nearest_rank(cumulative: Sequence[tuple[float, int]], q: float) -> float:
+    """The smallest value with at least a share ``q`` of the values at or below it."""
+    target = max(1, math.ceil(q * cumulative[-1][1] - 1e-9))
+    for v, c in cumulative:
+        if c >= target:
+            return v
+    return cumulative[-1][0]
 
 
-def latency_unit(endpoint: str | None, primary: list[float], candidate: list[float],
-                 metric: str, threshold: float, check: CheckConfig,
-                 whole: tuple[int, float | None, float | None] | None = None) -> UnitResult:
-    """quantile(candidate) / quantile(primary) over paired latencies; Poisson bootstrap.
-
-    ``whole``: (pairs, primary's and candidate's quantile) over every pair of the window
-    when ``primary``/``candidate`` are a uniform sample of them (a store's reads keep at
-    most :data:`~shadowproxy.store.rollup.PAIR_WINDOW` pairs). The ratio is then the
-    whole window's (from its latency sketches, within 1/128 of each quantile) and the
-    interval the sample's bootstrap interval moved by the same factor (the sample's
-    relative error): a sample is a random subset, so its interval is valid for the
-    whole window, only wider than all the pairs would give."""
+def latency_unit(endpoint: str | None, primary: Sequence[tuple[float, int]],
+                 candidate: Sequence[tuple[float, int]], metric: str, threshold: float,
+                 check: CheckConfig) -> UnitResult:
+    """quantile(candidate) / quantile(primary) over the exchanges where both answered;
+    an always-valid interval from both sides' cumulative counts (the window's latency
+    sketches: every pair, no sample; :func:`.sequential.ratio_bounds`)."""
     q = QUANTILE[metric]
-    n = len(primary)
-    total = n if whole is None else max(n, whole[0])
+    n = primary[-1][1] if primary else 0
     label = f"p{round(q * 100)}"
-    if n == 0:
+    if n == 0 or not candidate:
         return UnitResult(endpoint, INCONCLUSIVE, None, None, None, 0,
                           f"{label} ratio: no latency pairs (exchanges where both answered)")
-    if total < check.min_samples:
-        # no bootstrap on too little data: the verdict cannot be pass or fail anyway
-        qp = stats.quantile_sorted(sorted(primary), q)
-        qc = stats.quantile_sorted(sorted(candidate), q)
-        ratio = stats._ratio(qc, qp)
-        return UnitResult(endpoint, INCONCLUSIVE, ratio, None, None, total,
-                          f"{label} ratio {fmt_ratio(ratio)}: only {total} latency pairs, "
-                          f"fewer than min_samples {check.min_samples}",
-                          {"primary": qp, "candidate": qc, "pairs": total})
-    est = stats.quantile_ratio(primary, candidate, q, check.confidence,
-                               resamples=BOOTSTRAP_RESAMPLES,
-                               seed=_seed(check.name, metric, endpoint or "*"))
-    ratio, lo, hi, qp, qc = est.ratio, est.lo, est.hi, est.primary, est.candidate
-    details: dict[str, Any] = {"pairs": total, "resamples": est.resamples}
-    if whole is not None and total > n and whole[1] and whole[2] and est.ratio > 0:
-        qp, qc = whole[1], whole[2]
-        ratio = qc / qp
-        lo, hi = lo * ratio / est.ratio, hi * ratio / est.ratio
-        details["sampled_pairs"] = n
-    details.update({"primary": qp, "candidate": qc})
-    verdict, reason = decide(lo, hi, threshold, total, check.min_samples,
+    qp, qc = _nearest_rank(primary, q), _nearest_rank(candidate, q)
+    ratio = stats._ratio(qc, qp)
+    lo, hi = sequential.ratio_bounds(primary, candidate, q, check.confidence)
+    details: dict[str, Any] = {"pairs": n, "primary": qp, "candidate": qc}
+    verdict, reason = decide(lo, hi, threshold, n, check.min_samples,
                              check.critical, check.confidence, metric)
-    sampled = f", interval from a sample of {n}" if "sampled_pairs" in details else ""
     text = (f"{label} ratio {fmt_ratio(ratio)} (candidate {qc * 1000:.1f} ms / "
-            f"primary {qp * 1000:.1f} ms, {total} pairs{sampled}): {reason}")
-    return UnitResult(endpoint, verdict, ratio, lo, hi, total, text, details)
+            f"primary {qp * 1000:.1f} ms, {n} pairs): {reason}")
+    return UnitResult(endpoint, verdict, ratio, lo, hi, n, text, details)
 
 
 def forbidden_unit(endpoint: str | None, hits: list[ForbiddenHit], compared: int,
@@ -466,199 +444,3 @@ def forbidden_unit(endpoint: str | None, hits: list[ForbiddenHit], compared: int
                "hits": [{"endpoint": h.endpoint, "field": h.field, "kind": h.kind,
                          "count": h.count, "example_id": h.example_id} for h in hits]}
     return UnitResult(endpoint, verdict, float(count), None, None, compared, reason, details)
-
-
-# ------------------------------------------------------------------ a whole check
-
-
-def _fields_detail(source: Source, endpoints: Sequence[str]) -> list[dict[str, Any]]:
-    out: list[FieldInfo] = []
-    for ep in endpoints:
-        out.extend(source.fields(ep, MAX_FIELDS))
-    out.sort(key=lambda f: (-f.exchanges, f.endpoint, f.field))
-    return [{"endpoint": f.endpoint, "field": f.field, "exchanges": f.exchanges,
-             "kinds": dict(f.kinds), "example_id": f.example_id} for f in out[:MAX_FIELDS]]
-
-
-def _explain_fields(fields: list[dict[str, Any]]) -> str:
-    parts = []
-    for f in fields:
-        kinds = ", ".join(f"{k} x{v}" for k, v in sorted(f["kinds"].items()))
-        ex = f" e.g. exchange {f['example_id']}" if f["example_id"] else ""
-        parts.append(f"{f['endpoint']} {f['field']} ({kinds}; {f['exchanges']} exchanges{ex})")
-    return "; ".join(parts)
-
-
-def combine(agg: UnitResult, units: Sequence[UnitResult], min_samples: int) -> str:
-    """The verdict of a sub-check from its aggregate and endpoint units:
-
-    * fail when the aggregate or any endpoint fails;
-    * pass when the aggregate passes and so does every endpoint that has ``min_samples``
-      samples (an endpoint with less data cannot pass or fail, and does not hold the
-      others back);
-    * inconclusive otherwise."""
-    if agg.verdict == FAIL or any(u.verdict == FAIL for u in units):
-        return FAIL
-    if agg.verdict == PASS and all(u.verdict == PASS for u in units
-                                   if u.samples >= min_samples):
-        return PASS
-    return INCONCLUSIVE
-
-
-def _combine(metric: str, threshold: Any, method: str, agg: UnitResult,
-             units: list[UnitResult], min_samples: int) -> SubCheck:
-    verdict = combine(agg, units, min_samples)
-    failing = [u for u in units if u.verdict == FAIL]
-    blocking = [u for u in units if u.verdict == INCONCLUSIVE and u.samples >= min_samples]
-    small = [u for u in units if u.samples < min_samples]
-    parts = [f"all endpoints: {agg.reason}"]
-    if failing:
-        parts.append(f"{len(failing)} of {len(units)} endpoints fail: "
-                     + ", ".join(u.label for u in failing[:10])
-                     + (" ..." if len(failing) > 10 else ""))
-    if blocking:
-        parts.append(f"{len(blocking)} endpoints with enough samples are inconclusive: "
-                     + ", ".join(u.label for u in blocking[:10])
-                     + (" ..." if len(blocking) > 10 else ""))
-    if small:
-        parts.append(f"{len(small)} endpoints have fewer than {min_samples} samples "
-                     "(judged only within the aggregate)")
-    return SubCheck(metric, threshold, method, verdict, agg, units, "; ".join(parts))
-
-
-_BOOTSTRAP_METHOD = (f"weighted (Poisson-type) bootstrap of pairs ({BOOTSTRAP_RESAMPLES} "
-                     "resamples), percentile interval")
-METHODS = {
-    "max_diff_rate": "Clopper-Pearson exact binomial interval",
-    "max_error_rate_increase": "exact paired interval: McNemar conditional binomial x "
-                               "Clopper-Pearson discordance rate (Bonferroni)",
-    "max_p50_ratio": _BOOTSTRAP_METHOD,
-    "max_p99_ratio": _BOOTSTRAP_METHOD,
-    "forbid_kinds": "any difference of a forbidden kind that is not noise fails",
-}
-
-
-def check_endpoints(check: CheckConfig, all_endpoints: Iterable[str], endpoint_filter: str
-                    ) -> list[str]:
-    return sorted(e for e in all_endpoints
-                  if fnmatch.fnmatchcase(e, check.endpoints)
-                  and fnmatch.fnmatchcase(e, endpoint_filter))
-
-
-def evaluate_check(check: CheckConfig, source: Source, endpoint_filter: str = "*",
-                   all_endpoints: Sequence[str] | None = None) -> CheckResult:
-    """Every configured threshold of ``check`` over its endpoints (and the aggregate)."""
-    eps = check_endpoints(check, source.endpoints() if all_endpoints is None
-                          else all_endpoints, endpoint_filter)
-    subs: list[SubCheck] = []
-    counts: dict[str, Counts] | None = None
-
-    def get_counts() -> dict[str, Counts]:
-        nonlocal counts
-        if counts is None:
-            counts = {ep: source.counts(ep) for ep in eps}
-        return counts
-
-    if check.max_diff_rate is not None:
-        t = check.max_diff_rate
-        cs = get_counts()
-        units = [diff_rate_unit(ep, cs[ep], t, check) for ep in eps]
-        total = Counts(sum(c.exchanges for c in cs.values()),
-                       sum(c.compared for c in cs.values()),
-                       sum(c.diffs for c in cs.values()),
-                       sum(c.forgiven for c in cs.values()))
-        agg = diff_rate_unit(None, total, t, check)
-        for u in units:
-            if u.verdict == FAIL:
-                fs = _fields_detail(source, [u.endpoint])  # type: ignore[list-item]
-                u.details["fields"] = fs
-                if fs:
-                    u.reason += "; fields: " + _explain_fields(fs)
-        if agg.verdict == FAIL:
-            worst_eps = sorted(eps, key=lambda e: -cs[e].diffs)[:MAX_FIELDS]
-            agg.details["endpoints"] = [
-                {"endpoint": e, "diffs": cs[e].diffs, "compared": cs[e].compared,
-                 "diff_rate": cs[e].diffs / cs[e].compared if cs[e].compared else None}
-                for e in worst_eps if cs[e].diffs]
-            fs = _fields_detail(source, worst_eps)
-            agg.details["fields"] = fs
-            if fs:
-                agg.reason += "; fields: " + _explain_fields(fs)
-        subs.append(_combine("max_diff_rate", t, METHODS["max_diff_rate"], agg, units,
-                             check.min_samples))
-
-    if check.max_error_rate_increase is not None:
-        t = check.max_error_rate_increase
-        pairs = {ep: source.error_pairs(ep) for ep in eps}
-        units = [error_unit(ep, pairs[ep], t, check) for ep in eps]
-        examples = tuple(x for ep in eps for x in pairs[ep].examples)[:MAX_EXAMPLES]
-        total_pairs = ErrorPairs(sum(p.n for p in pairs.values()),
-                           sum(p.both for p in pairs.values()),
-                           sum(p.candidate_only for p in pairs.values()),
-                           sum(p.primary_only for p in pairs.values()), examples)
-        agg = error_unit(None, total_pairs, t, check)
-        for u in [agg, *units]:
-            if u.verdict == FAIL and u.details.get("examples"):
-                u.reason += "; e.g. exchange " + ", ".join(u.details["examples"])
-        if agg.verdict == FAIL:
-            agg.details["endpoints"] = [
-                {"endpoint": ep, "candidate_only": pairs[ep].candidate_only,
-                 "primary_only": pairs[ep].primary_only, "exchanges": pairs[ep].n}
-                for ep in sorted(eps, key=lambda e: -(pairs[e].candidate_only
-                                                       - pairs[e].primary_only))[:MAX_FIELDS]]
-        subs.append(_combine("max_error_rate_increase", t, METHODS["max_error_rate_increase"],
-                             agg, units, check.min_samples))
-
-    latency_metrics = [m for m in ("max_p50_ratio", "max_p99_ratio")
-                       if getattr(check, m) is not None]
-    if latency_metrics:
-        lats = {ep: source.latencies(ep) for ep in eps}
-        all_p, all_c = source.all_latencies(eps) if len(eps) > 1 else ([], [])
-        for metric in latency_metrics:
-            t = getattr(check, metric)
-            q = QUANTILE[metric]
-            units = [latency_unit(ep, lats[ep][0], lats[ep][1], metric, t, check,
-                                  source.latency_quantiles([ep], q))
-                     for ep in eps]
-            if len(units) == 1:     # one endpoint: the aggregate is the same data
-                agg = dataclasses.replace(units[0], endpoint=None,
-                                          details=dict(units[0].details))
-            else:
-                agg = latency_unit(None, all_p, all_c, metric, t, check,
-                                   source.latency_quantiles(eps, q))
-            if agg.verdict == FAIL:
-                agg.details["endpoints"] = [
-                    {"endpoint": u.endpoint, "ratio": u.value, "pairs": u.samples}
-                    for u in sorted(units, key=lambda u: -(u.value or 0))[:MAX_FIELDS]]
-                agg.reason += "; slowest endpoints: " + ", ".join(
-                    f"{d['endpoint']} {fmt_ratio(d['ratio'])}" for d in agg.details["endpoints"])
-            for u in units:
-                if u.verdict == FAIL:
-                    ex = source.slow_example(u.endpoint)  # type: ignore[arg-type]
-                    if ex:
-                        u.details["example_id"] = ex
-                        u.reason += f"; e.g. slow exchange {ex}"
-            subs.append(_combine(metric, t, METHODS[metric], agg, units, check.min_samples))
-
-    if check.forbid_kinds is not None:
-        kinds = tuple(check.forbid_kinds)
-        cs = get_counts()
-        hits = {ep: source.forbidden(ep, kinds) for ep in eps}
-        units = [forbidden_unit(ep, hits[ep], cs[ep].compared, kinds, check) for ep in eps]
-        agg = forbidden_unit(None, [h for ep in eps for h in hits[ep]],
-                             sum(c.compared for c in cs.values()), kinds, check)
-        subs.append(_combine("forbid_kinds", list(kinds), METHODS["forbid_kinds"], agg, units,
-                             check.min_samples))
-
-    return CheckResult(check.name, check.critical, check.endpoints, check.min_samples,
-                       check.confidence, worst(s.verdict for s in subs), subs)
-
-
-def evaluate(checks: Sequence[CheckConfig], source: Source, endpoint_filter: str = "*",
-             **report_kw: Any) -> Report:
-    """All checks → a :class:`Report` (fail if any check fails, else inconclusive if any
-    is, else pass)."""
-    all_eps = source.endpoints()
-    results = [evaluate_check(c, source, endpoint_filter, all_eps) for c in checks]
-    verdict = worst(r.verdict for r in results) if results else INCONCLUSIVE
-    return Report(verdict, results, endpoint_filter=endpoint_filter, **report_kw)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 from ..store.base import Store, glob_escape
 from ..store.rollup import failed, forgiven
 from ..store.sketch import Sketch
+from . import sequential
 from .evaluate import (
     MAX_EXAMPLES,
     Counts,
@@ -17,6 +19,38 @@ from .evaluate import (
 )
 
 SLOW_SCAN = 500             # recent exchanges searched for a slow example
+FIELD_ALPHA = 0.01          # a field counts against the candidate at this level
+
+
+def beyond_secondary(window_real: int, learned: tuple[int, int] | None) -> bool:
+    """A field's differences count against the candidate only when it differs from
+    the primary on the field more often than the secondary does, shown by the
+    sequential sign test (:func:`.sequential.more_than_secondary`) at
+    :data:`FIELD_ALPHA`: on the learner's (R, S) when the secondary has shown the
+    field, else on the window's exchanges with a real difference on it against S = 0
+    (one stray difference never counts; about eight with none from the secondary
+    do)."""
+    r, s = learned if learned is not None and learned[1] > 0 else (window_real, 0)
+    return sequential.more_than_secondary(r, s, FIELD_ALPHA)
+
+
+def against_candidate(store: Store, stats: Sequence[Any], since: float | None,
+                      until: float | None) -> list[Any]:
+    """``stats`` (:class:`~shadowproxy.store.base.EndpointStats` of the window) with
+    ``diffs`` counted as ``check`` counts them: the exchanges whose real differences
+    count against the candidate (:meth:`StoreSource.counts`); the others move to
+    ``noise``, so every count still adds up. ``report``, the admin API and the UI show
+    these, so the same store and window give one diff rate everywhere."""
+    src = StoreSource(store, since, until)
+    out = []
+    for st in stats:
+        c = src.counts(st.endpoint) if st.diffs else None
+        if c is None or c.diffs == st.diffs:
+            out.append(st)
+        else:
+            out.append(dataclasses.replace(st, diffs=c.diffs,
+                                           noise=st.noise + st.diffs - c.diffs))
+    return out
 
 
 class StoreSource:
@@ -30,6 +64,8 @@ class StoreSource:
         self._all_fields: dict[str, list[Any]] | None = None
         self._sets: dict[str, dict[str, int]] | None = None
         self._pairs: dict[str, tuple[int, int, int, int]] | None = None
+        self._noise: dict[tuple[str, str], tuple[int, int]] | None = None
+        self._secondary: set[str] | None = None
         self._sketches: dict[str, tuple[Sketch, Sketch, Sketch]] | None = None
 
     def _all_stats(self) -> dict[str, Any]:
@@ -43,25 +79,32 @@ class StoreSource:
         return sorted(self._all_stats())
 
     def counts(self, endpoint: str) -> Counts:
-        """Verdict counts; diff exchanges whose real differences are all on fields the
-        noise learner has learned as noise since are forgiven (:func:`effective_diffs`,
-        computed from the stored sets of real fields: :func:`shadowproxy.store.rollup.
-        forgiven`)."""
+        """Verdict counts; diff exchanges whose real differences are all on fields that
+        do not count against the candidate (learned as noise since, or not shown to
+        differ more often than with the secondary: :meth:`_counts_against`) are
+        forgiven (:func:`effective_diffs`, computed from the stored sets of real fields:
+        :func:`shadowproxy.store.rollup.forgiven`); those of them not on learned noise
+        are ``uncertain``: they cannot fail the candidate, and keep it from passing."""
         s = self._all_stats().get(endpoint)
         if s is None:
             return Counts(0, 0, 0)
         compared = s.matches + s.diffs + s.noise
         if not s.diffs:
             return Counts(s.exchanges, compared, 0)
-        # fields learned as noise now that have differences written as real
-        noise_now = {f.field for f in self._field_stats(endpoint)
-                     if f.noise and f.count > f.noise_count}
-        if not noise_now:
+        # fields with differences written as real that do not count against the
+        # candidate now: learned as noise since, or not (yet) beyond the secondary's
+        fields = self._field_stats(endpoint)
+        learned = {f.field for f in fields if f.noise and f.count > f.noise_count}
+        not_counted = {f.field for f in fields
+                       if f.count > f.noise_count and not self._counts_against(endpoint, f)}
+        if not not_counted:
             return Counts(s.exchanges, compared, s.diffs)
         if self._sets is None:
             self._sets = self.store.diff_sets(self.since, self.until, "*")
-        n = forgiven(self._sets.get(endpoint, {}), noise_now)
-        return Counts(s.exchanges, compared, s.diffs - n, n)
+        sets = self._sets.get(endpoint, {})
+        n = forgiven(sets, not_counted)
+        n_learned = forgiven(sets, learned) if learned else 0
+        return Counts(s.exchanges, compared, s.diffs - n, n, n - n_learned)
 
     def error_pairs(self, endpoint: str) -> ErrorPairs:
         """From the aggregates' counts of failures on the same exchanges; examples from
@@ -73,38 +116,53 @@ class StoreSource:
                                                  MAX_EXAMPLES) if cand else []
         return ErrorPairs(n, both, cand, prim, tuple(examples))
 
-    def _pairs_of(self, endpoints: Sequence[str]) -> int:
-        stats = self._all_stats()
-        return sum(stats[ep].latency_samples for ep in endpoints if ep in stats)
-
-    def latencies(self, endpoint: str) -> tuple[list[float], list[float]]:
-        p, c = self.store.latencies_of([endpoint], self.since, self.until,
-                                       pairs=self._pairs_of([endpoint]))
-        return list(p), list(c)
-
-    def all_latencies(self, endpoints: Sequence[str]) -> tuple[list[float], list[float]]:
-        p, c = self.store.latencies_of(list(endpoints), self.since, self.until,
-                                       pairs=self._pairs_of(endpoints))
-        return list(p), list(c)
-
     def use_sketches(self, sketches: dict[str, tuple[Sketch, Sketch, Sketch]]) -> None:
         """The window's latency sketches, already read (by a report over the same
         window and snapshot)."""
         self._sketches = sketches
 
-    def latency_quantiles(self, endpoints: Sequence[str], q: float
-                          ) -> tuple[int, float | None, float | None]:
-        """From the window's latency sketches (every pair, within 1/128)."""
+    def _all_sketches(self) -> dict[str, tuple[Sketch, Sketch, Sketch]]:
         if self._sketches is None:
             self._sketches = self.store.latency_sketches(self.since, self.until, "*",
                                                          secondary=False)
+        return self._sketches
+
+    def latency_cumulative(self, endpoints: Sequence[str]
+                           ) -> tuple[list[tuple[float, int]], list[tuple[float, int]]]:
+        """From the window's latency sketches (every pair, at the sketches' bucket
+        edges)."""
         ps, cs = Sketch(), Sketch()
         for ep in endpoints:
-            got = self._sketches.get(ep)
+            got = self._all_sketches().get(ep)
             if got is not None:
                 ps.merge(got[0])
                 cs.merge(got[1])
-        return ps.count, ps.quantile(q), cs.quantile(q)
+        return ps.cumulative(), cs.cumulative()
+
+    def has_secondary(self, endpoint: str) -> bool:
+        """The secondary answered exchanges of ``endpoint`` in the window."""
+        if self._secondary is None:
+            self._secondary = self.store.secondary_endpoints(self.since, self.until)
+        return endpoint in self._secondary
+
+    def _learned(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(endpoint, field) → the noise learner's (R, S) (fields the secondary has
+        shown; a field it never showed has no row: S = 0)."""
+        if self._noise is None:
+            self._noise = {(r.endpoint, r.field): (r.r, r.s)
+                           for r in self.store.noise(include_not_noise=True)}
+        return self._noise
+
+    def _counts_against(self, endpoint: str, f: Any) -> bool:
+        """Whether the real differences on field ``f`` count against the candidate:
+        not learned as noise, and — where there is a secondary — shown to differ more
+        often with the candidate than with the secondary (:func:`beyond_secondary`)."""
+        if f.noise or f.count <= f.noise_count:
+            return False
+        if not self.has_secondary(endpoint):
+            return True
+        real = f.exchanges if not f.noise_count else min(f.exchanges, f.count - f.noise_count)
+        return beyond_secondary(real, self._learned().get((endpoint, f.field)))
 
     def _field_stats(self, endpoint: str) -> list[Any]:
         """The endpoint's field stats, from one read of every endpoint's."""
@@ -117,8 +175,7 @@ class StoreSource:
     def fields(self, endpoint: str, limit: int) -> list[FieldInfo]:
         out = [FieldInfo(f.endpoint or endpoint, f.field, f.exchanges, dict(f.kinds),
                          f.example_id)
-               for f in self._field_stats(endpoint)
-               if not f.noise and f.count > f.noise_count]
+               for f in self._field_stats(endpoint) if self._counts_against(endpoint, f)]
         out.sort(key=lambda f: (-f.exchanges, f.field))
         return out[:limit]
 
@@ -128,7 +185,7 @@ class StoreSource:
         since are skipped."""
         hits = []
         for f in self._field_stats(endpoint):
-            if f.noise or f.count <= f.noise_count:
+            if not self._counts_against(endpoint, f):
                 continue
             for kind in kinds:
                 real = f.kinds.get(kind, 0) - f.kinds_noise.get(kind, 0)

@@ -310,6 +310,17 @@ def _verdict(checks: dict[str, Any] | None, endpoints: Sequence[dict[str, Any]],
             "source": "summary"}
 
 
+def _against_candidate(store: Store, stats: list[EndpointStats], since: float,
+                       until: float) -> list[EndpointStats]:
+    """The diffs ``check`` counts against the candidate (one definition of the diff
+    rate); the stored verdicts when the checks module is not installed."""
+    try:
+        from ..checks.source import against_candidate
+    except ImportError:
+        return stats
+    return against_candidate(store, stats, since, until)
+
+
 def build_report(store: Store, *, since: float, until: float, cfg: Any = None,
                  label: str | None = None, top_fields: int = TOP_FIELDS,
                  bucket_seconds: int | None = None, checks: Any = "auto",
@@ -323,6 +334,7 @@ def build_report(store: Store, *, since: float, until: float, cfg: Any = None,
     none = (None, None, None)
     stats = [with_quantiles(s, *sketches.get(s.endpoint, none)[:2])
              for s in store.endpoint_stats(since, until, quantiles=False)]
+    stats = _against_candidate(store, stats, since, until)
     stats.sort(key=lambda s: (-s.diffs, -s.exchanges, s.endpoint))
     endpoints = [_endpoint_row(s) for s in stats]
     by_name = {e["endpoint"]: e for e in endpoints}

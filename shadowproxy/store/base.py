@@ -274,6 +274,13 @@ class Store(Protocol):
     def outcome_counts(self, since: float | None = None, until: float | None = None,
                        endpoint_glob: str = "*") -> dict[str, dict[str, int]]: ...
 
+    def secondary_endpoints(self, since: float | None = None, until: float | None = None
+                            ) -> set[str]: ...
+
+    def outcome_counts_by_endpoint(self, since: float | None = None,
+                                   until: float | None = None, endpoint_glob: str = "*"
+                                   ) -> dict[str, dict[str, int]]: ...
+
     def diff_rate_series(self, since: float | None = None, until: float | None = None,
                          bucket_seconds: int = 60, endpoint_glob: str = "*"
                          ) -> dict[str, list[SeriesPoint]]: ...

@@ -33,7 +33,18 @@ from .documents import _json_value
 from .rollup import MAX_KEY, PAIR_WINDOW, Minute, Pairs, pair_key
 from .runs import RUN_PREFIX
 from .sketch import Sketch
-from .window import ALL, EX_COLS, ROLLUP_COLS, SQLITE, Dialect, Query, Scope, range_clauses
+from .window import (
+    ALL,
+    EX_COLS,
+    ROLLUP_COLS,
+    SQLITE,
+    Dialect,
+    Query,
+    Scope,
+    Window,
+    between,
+    range_clauses,
+)
 from .window import read as read_window
 
 _EX_COLS = EX_COLS
@@ -409,6 +420,48 @@ class SharedReads:
                 continue
             d = out.setdefault(outcome, {})
             d[reason] = d.get(reason, 0) + int(n)
+        return out
+
+    def secondary_endpoints(self, since: float | None = None, until: float | None = None
+                            ) -> set[str]:
+        """The endpoints the secondary answered in the window: whole minutes from the
+        existence of a secondary sketch (the primary key's index; nothing decoded), the
+        ragged ends from their rows."""
+        win = Window.of(since, until)
+        out: set[str] = set()
+        scope, sparams = self.scope.sql(), list(self.scope.params)
+        with self._reading() as q:
+            if win.whole:
+                where, params = between("minute", win.lo, win.hi)
+                out.update(r[0] for r in q(
+                    "SELECT DISTINCT endpoint FROM rollup_blobs WHERE kind = 'secondary' "
+                    f"AND {where}{scope}", params + sparams))
+            for t0, t1 in win.edges:
+                where, params = between("time", t0, t1)
+                out.update(r[0] for r in q(
+                    "SELECT DISTINCT endpoint FROM exchanges WHERE secondary_status IS NOT "
+                    f"NULL AND secondary_status > 0 AND {where}{scope}", params + sparams))
+        return out
+
+    def outcome_counts_by_endpoint(self, since: float | None = None,
+                                   until: float | None = None, endpoint_glob: str = "*"
+                                   ) -> dict[str, dict[str, int]]:
+        """endpoint → ``outcome{reason}`` (or ``outcome``) → count, over the minutes of
+        :meth:`outcome_counts` (the window's request accounting, per endpoint)."""
+        clauses, params = self._range(None if since is None else _minute(since), until,
+                                      "minute")
+        rows = self._read(
+            "SELECT endpoint, outcome, reason, sum(count) FROM outcomes"
+            + (" WHERE " + " AND ".join(clauses) if clauses else "")
+            + " GROUP BY endpoint, outcome, reason", params)
+        out: dict[str, dict[str, int]] = {}
+        for ep, outcome, reason, n in rows:
+            if not ep or (endpoint_glob not in (None, "*")
+                          and not fnmatch.fnmatchcase(ep, endpoint_glob)):
+                continue
+            name = f"{outcome}{{{reason}}}" if reason else outcome
+            d = out.setdefault(ep, {})
+            d[name] = d.get(name, 0) + int(n)
         return out
 
     def _minutes_where(self, since: float | None, until: float | None, glob: str

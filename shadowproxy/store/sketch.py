@@ -311,6 +311,33 @@ class Sketch:
                 h.get_value_from_index(index))) / 1e6)
         return out
 
+    def cumulative(self) -> list[tuple[float, int]]:
+        """``(value, count of values ≤ value)`` ascending, in seconds: every distinct
+        value while the sketch holds them raw, else the top of every non-empty bucket
+        (exact counts at those edges: what an anytime-valid quantile bound needs),
+        after the value just below the smallest, with count 0."""
+        out: list[tuple[float, int]] = []
+        h = self._h
+        if h is None:
+            values = sorted(self._raw)
+            if values:
+                out.append(((values[0] - 1) / 1e6, 0))
+            for i, us in enumerate(values):
+                if out and out[-1][0] == us / 1e6:
+                    out[-1] = (us / 1e6, i + 1)
+                else:
+                    out.append((us / 1e6, i + 1))
+            return out
+        total = 0
+        for i, n in enumerate(h.counts):
+            if n:
+                if not total:
+                    out.append(((h.get_value_from_index(i) - 1) / 1e6, 0))
+                total += n
+                out.append((float(h.get_highest_equivalent_value(
+                    h.get_value_from_index(i))) / 1e6, total))
+        return out
+
     def min(self) -> float | None:
         """The smallest value (to the sketch's precision); None when empty."""
         self._settled()

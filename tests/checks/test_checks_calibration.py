@@ -1,4 +1,9 @@
-"""Calibration of the canary checks on simulated, seeded exchange streams.
+"""Calibration of the canary checks on simulated, seeded exchange streams, at one look.
+
+The checks' intervals are always valid (``checks/sequential.py``): their error bound
+holds over any number of looks, which costs power at any single look compared with the
+fixed-sample intervals used before (figures below). ``bench/calibrate`` measures the
+sequential behaviour: looks every 100 exchanges, time to a decision.
 
 No store and no proxy: the streams are generated in memory and judged by the real noise
 learner where noise matters, then handed to the real evaluation (:func:`evaluate`) as a
@@ -25,6 +30,7 @@ from shadowproxy.checks import (  # noqa: E402 - after the sys.path set-up for s
     ErrorPairs,
     MemorySource,
     evaluate,
+    sequential,
     stats,
 )
 from shadowproxy.checks.evaluate import effective_diffs  # noqa: E402 - as above
@@ -167,25 +173,32 @@ def test_diff_rate_aa_with_noise_and_secondary_rarely_fails():
 
 def test_diff_rate_ab_two_percent_regression_is_caught():
     """2 % of one endpoint's responses regress, 2,000 exchanges per endpoint, threshold
-    1 %. At 95 % confidence the exact power to *fail* is ~96 % (the Clopper-Pearson lower
-    bound must clear 1 %: 31+ diffs of 2,000 where 40 are expected), so a regression is
-    failed in ~96 % of runs and never passes; a critical check fails in ~100 %."""
+    1 %, one look. The always-valid lower bound must clear 1 %: 38+ diffs of 2,000 where
+    40 are expected (the fixed-sample Clopper-Pearson bound needed 31), so the power at
+    this single look is ~65 % (was ~96 %); the rest are inconclusive, never a pass, and
+    a watch that keeps looking fails them as the data grow. ``critical`` no longer turns
+    doubt into a failure."""
     got = verdicts_of([DIFF, DIFF_CRITICAL],
                       lambda s: diff_source(s, regress=EPS[0], n_other=1000), base=10_000)
     plain, critical = got[DIFF.name], got[DIFF_CRITICAL.name]
     assert plain["pass"] == 0, plain
-    assert plain["fail"] >= 0.92 * RUNS, plain
-    assert critical["fail"] >= 0.99 * RUNS, critical
+    assert plain["fail"] >= 0.55 * RUNS, plain
+    assert critical == plain, critical
 
 
 def test_diff_rate_exact_power_of_the_design():
-    """The figure quoted above, computed exactly: P(lower bound > 1 % | p = 2 %, n = 2000)."""
+    """The figure quoted above, computed exactly: P(lower bound > 1 % | p = 2 %, n = 2000)
+    for the always-valid bound (and, for comparison, the fixed-sample one)."""
     n, p = 2000, 0.02
     log_pmf = [math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
                + k * math.log(p) + (n - k) * math.log1p(-p) for k in range(n + 1)]
-    kmin = next(k for k in range(n + 1) if stats.clopper_pearson(k, n, 0.95)[0] > 0.01)
-    power = sum(math.exp(lp) for lp in log_pmf[kmin:])
-    assert 0.94 < power < 0.97
+
+    def power(fails) -> float:
+        kmin = next(k for k in range(n + 1) if fails(k))
+        return sum(math.exp(lp) for lp in log_pmf[kmin:])
+
+    assert 0.62 < power(lambda k: sequential.shows_above(k, n, 0.01, 0.025)) < 0.67
+    assert 0.94 < power(lambda k: stats.clopper_pearson(k, n, 0.95)[0] > 0.01) < 0.97
 
 
 def test_diff_rate_at_the_threshold_fails_at_most_alpha_over_two():
@@ -220,10 +233,11 @@ def test_error_increase_at_the_threshold_fails_rarely():
 
 
 def test_error_increase_ab_is_caught():
-    """Candidate 5xx 4 % vs primary 0.5 % (an increase of 3.5 pp against 1 pp)."""
+    """Candidate 5xx 4 % vs primary 0.5 % (an increase of 3.5 pp against 1 pp), 2,000
+    exchanges, one look: failed in 199 of 200 runs (never passed)."""
     got = verdicts(ERRORS, lambda s: error_source(s, 2000, 0.005, 0.04, (EPS[0],)),
                    base=60_000)
-    assert got["fail"] >= 0.99 * RUNS, got
+    assert got["fail"] >= 0.97 * RUNS and got["pass"] == 0, got
 
 
 # ------------------------------------------------------------------ latency
@@ -235,8 +249,11 @@ def test_latency_aa_rarely_fails():
 
 
 def test_latency_ab_one_and_a_half_times_slower_is_caught():
+    """1,000 pairs of widely spread latencies (log-normal, sigma 0.65 in all), one look:
+    each side's quantile is bounded on its own (the pairing is not used), so ~80 % are
+    failed and none passed."""
     got = verdicts(LATENCY, lambda s: latency_source(s, factor=1.5), runs=50, base=80_000)
-    assert got["fail"] == 50, got
+    assert got["fail"] >= 35 and got["pass"] == 0, got
 
 
 # ------------------------------------------------------------------ figures

@@ -1,0 +1,290 @@
+"""The anytime-valid tests of ``checks/sequential.py``: seeded simulations with a look
+after every few exchanges, and the decisions they give in a store with a secondary."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from shadowproxy.checks import FAIL, INCONCLUSIVE, PASS, run, sequential, stats
+from shadowproxy.cli import main as cli_main
+from shadowproxy.config import load
+from shadowproxy.models import Exchange, RequestRecord, Result
+from tests.checks.test_checks import NOW, USERS, changed, config, resp, write
+
+RUNS = 300
+
+
+def _looks(p: float, t: float, n_max: int, every: int, seed: int,
+           decide: str) -> int | None:
+    """Bernoulli(p) stream, a look every ``every``: the first look at which ``decide``
+    ('fail': rate above t, 'pass': below, 'cp': the fixed-sample Clopper-Pearson lower
+    bound above t) holds; None when none by ``n_max``."""
+    rnd = random.Random(seed)
+    k = 0
+    for n in range(1, n_max + 1):
+        k += rnd.random() < p
+        if n % every:
+            continue
+        if decide == "fail" and sequential.shows_above(k, n, t, 0.025):
+            return n
+        if decide == "pass" and sequential.shows_below(k, n, t, 0.025):
+            return n
+        if decide == "cp" and stats.clopper_pearson(k, n, 0.95)[0] > t:
+            return n
+    return None
+
+
+def test_a_rate_exactly_at_the_threshold_is_failed_at_most_alpha_over_all_looks():
+    """The hardest null (true rate = threshold), a look every 20 exchanges up to 5,000
+    (250 looks): the always-valid test fails at most 2.5 % of the runs; the fixed-sample
+    Clopper-Pearson bound, looked at as often, fails far more (its 2.5 % holds for one
+    look only)."""
+    seq = sum(_looks(0.01, 0.01, 5000, 20, s, "fail") is not None for s in range(RUNS))
+    cp = sum(_looks(0.01, 0.01, 5000, 20, s, "cp") is not None for s in range(RUNS))
+    assert seq <= 0.025 * RUNS, seq
+    assert cp > 2 * max(seq, 0.025 * RUNS), (cp, seq)
+
+
+def test_a_rate_at_the_threshold_is_never_passed_more_than_alpha():
+    passed = sum(_looks(0.01, 0.01, 5000, 20, s, "pass") is not None for s in range(RUNS))
+    assert passed <= 0.025 * RUNS, passed
+
+
+def test_an_identical_candidate_passes_within_a_stated_number_of_exchanges():
+    """No diff at all: a 1 % threshold passes at 416 compared exchanges, 0.5 pp of error
+    increase at 915 (samples_to_decide, stated in docs/checks.md)."""
+    assert sequential.samples_to_decide("max_diff_rate", 0.01, 0.95) == 416
+    assert sequential.shows_below(0, 416, 0.01, 0.025)
+    assert not sequential.shows_below(0, 415, 0.01, 0.025)
+    assert sequential.samples_to_decide("max_error_rate_increase", 0.005, 0.95) == 915
+    assert sequential.difference_bounds(0, 0, 915, 0.95)[1] < 0.005
+    assert sequential.difference_bounds(0, 0, 914, 0.95)[1] >= 0.005
+
+
+def test_a_regression_is_failed_early():
+    """3 % against a 1 % threshold, a look every 20: failed in every run, at a median of
+    at most 800 exchanges (measured: 400)."""
+    at = [_looks(0.03, 0.01, 5000, 20, s, "fail") for s in range(RUNS)]
+    assert all(n is not None for n in at)
+    median = sorted(at)[RUNS // 2]  # type: ignore[type-var]
+    assert median <= 800, median
+
+
+def test_bounds_agree_with_the_tests_and_are_monotone():
+    for k, n in ((0, 100), (3, 1000), (40, 1000), (999, 1000)):
+        lo, hi = sequential.rate_bounds(k, n, 0.95)
+        assert 0.0 <= lo <= k / n <= hi <= 1.0
+        if lo > 0:
+            assert sequential.shows_above(k, n, lo * 0.999, 0.025)
+            assert not sequential.shows_above(k, n, lo * 1.001 + 1e-12, 0.025)
+        if hi < 1:
+            assert sequential.shows_below(k, n, hi * 1.001, 0.025)
+    # wider than one fixed-sample interval (the price of looking any number of times)
+    cp = stats.clopper_pearson(30, 1000, 0.95)
+    lo, hi = sequential.rate_bounds(30, 1000, 0.95)
+    assert lo < cp[0] and hi > cp[1] and hi - lo < 3 * (cp[1] - cp[0])
+
+
+def test_quantile_bounds_cover_the_true_quantile_over_all_looks():
+    """Log-normal latencies, p50 and p99 bounded at every 100th value up to 3,000: the
+    true quantile leaves the bounds in at most alpha (2.5 % per side) of the runs."""
+    runs, misses = 100, {0.5: 0, 0.99: 0}
+    for seed in range(runs):
+        rnd = random.Random(seed)
+        xs: list[float] = []
+        missed = {0.5: False, 0.99: False}
+        for i in range(1, 3001):
+            xs.append(rnd.lognormvariate(0.0, 0.5))
+            if i % 100:
+                continue
+            cum = sequential.sorted_cumulative(xs)
+            for q in missed:
+                true = math.exp(0.5 * {0.5: 0.0, 0.99: 2.3263478740408408}[q])
+                lo, hi = sequential.quantile_bounds(cum, q, 0.025)
+                if (lo is not None and lo >= true) or (hi is not None and hi < true):
+                    missed[q] = True
+        for q, m in missed.items():
+            misses[q] += m
+    assert misses[0.5] <= 0.05 * runs and misses[0.99] <= 0.05 * runs, misses
+
+
+def test_the_sign_test_against_the_secondary():
+    """One difference the secondary happened not to show is never significant; eight
+    with none from the secondary are; equal counts never are."""
+    assert not sequential.more_than_secondary(1, 0, 0.01)
+    assert not sequential.more_than_secondary(3, 0, 0.01)
+    assert sequential.more_than_secondary(9, 0, 0.01)
+    assert not sequential.more_than_secondary(500, 500, 0.01)
+    assert sequential.more_than_secondary(150, 80, 0.01)
+
+
+# ------------------------------------------------------------------ against the secondary
+
+
+def _result(i: int, *, field: str | None = None, ago: float = 60.0) -> Result:
+    """An exchange with a secondary answer; a real difference on ``field`` if given."""
+    ex = Exchange(id=f"s{i:07d}", started=NOW - ago + i * 0.001, endpoint=USERS,
+                  route=None, request=RequestRecord("GET", "/api/users/1", "", (), b""),
+                  primary=resp(), candidate=resp(), secondary=resp())
+    if field is None:
+        return Result(ex, "match", [], frozenset(), [])
+    return Result(ex, "diff", [changed(field)], frozenset(), [])
+
+
+@pytest.mark.parametrize("rare", [1, 3])
+def test_a_rarely_differing_field_does_not_fail_an_aa_run(tmp_path, rare):
+    """A field (a one-second timestamp, a cache flag) the candidate differed on a few
+    times and the secondary happened never to: S = 0, so the learner never calls it
+    noise. The check does not count it against the candidate (the sequential sign test
+    against the secondary is not significant): never a failure, critical or not. It
+    is not forgiven for a pass either (it may be the start of a regression): with 500
+    exchanges the check waits; with 1,500 it passes."""
+    results = [_result(i, field="$.ts" if i < rare else None) for i in range(1500)]
+    url = write(tmp_path / "r.db", results[:500])
+    checks = [{"name": "c", "max_diff_rate": 0.01, "critical": True}]
+    sub = run(load(config(tmp_path, url, checks)), since=None,
+              until=NOW + 1).checks[0].subchecks[0]
+    assert sub.verdict == INCONCLUSIVE, sub.summary
+    agg = sub.aggregate.details
+    assert agg["diffs"] == 0 and agg["forgiven"] == agg["uncertain"] == rare
+    assert "not shown to differ more often than with the secondary" in sub.aggregate.reason
+    url = write(tmp_path / "r2.db", results)
+    sub = run(load(config(tmp_path, url, checks)), since=None,
+              until=NOW + 1).checks[0].subchecks[0]
+    assert sub.verdict == PASS, sub.summary
+
+
+def test_a_field_beyond_the_secondary_fails(tmp_path):
+    """25 of 500 (5 %) with none from the secondary: significant, counted, failed; the
+    same without a secondary is judged on the absolute threshold and fails too."""
+    results = [_result(i, field="$.price" if i % 20 == 0 else None) for i in range(500)]
+    url = write(tmp_path / "r.db", results)
+    cfg = load(config(tmp_path, url, [{"name": "c", "max_diff_rate": 0.01}]))
+    report = run(cfg, since=None, until=NOW + 1)
+    sub = report.checks[0].subchecks[0]
+    assert sub.verdict == FAIL and sub.aggregate.details["diffs"] == 25
+    assert "$.price" in sub.endpoints[0].reason
+
+
+# ------------------------------------------------------------------ --watch on a real store
+
+
+def _cli(tmp_path: Path, url: str, checks: list, *args: str, capsys) -> tuple[int, str]:
+    code = cli_main(["check", "-c", str(config(tmp_path, url, checks)), *args])
+    out, err = capsys.readouterr()
+    return code, out + err
+
+
+WATCH = ("--watch", "--interval", "0.2s", "--timeout", "1s")
+
+
+def test_watch_exit_codes_on_a_real_store(tmp_path, capsys):
+    """Stores written through the real StoreWriter: decided at the first look (0 and
+    1), or undecided until the timeout (3, with a line per look)."""
+    good = write(tmp_path / "good.db", [_result(i) for i in range(600)])
+    code, out = _cli(tmp_path, good, [{"name": "c", "max_diff_rate": 0.01}], *WATCH,
+                     capsys=capsys)
+    assert code == 0 and out.startswith("look 1 (+0s): PASS"), out
+    bad = write(tmp_path / "bad.db",
+                [_result(i, field="$.price" if i % 10 == 0 else None) for i in range(600)])
+    code, out = _cli(tmp_path, bad, [{"name": "c", "max_diff_rate": 0.01}], *WATCH,
+                     capsys=capsys)
+    assert code == 1 and out.startswith("look 1 (+0s): FAIL; fail: c.max_diff_rate"), out
+    few = write(tmp_path / "few.db", [_result(i) for i in range(50)])
+    code, out = _cli(tmp_path, few, [{"name": "c", "max_diff_rate": 0.01}], *WATCH,
+                     capsys=capsys)
+    looks = [line for line in out.splitlines() if line.startswith("look ")]
+    assert code == 3 and len(looks) >= 3, out
+    assert "waiting for data: c.max_diff_rate (50 samples" in looks[0]
+    assert "timeout after" in out and "verdict: INCONCLUSIVE" in out
+    # --to makes no sense for a growing window; a bad --interval is a usage error
+    assert _cli(tmp_path, few, [{"name": "c", "max_diff_rate": 0.01}], "--watch", "--to",
+                "now", capsys=capsys)[0] == 2
+    assert _cli(tmp_path, few, [{"name": "c", "max_diff_rate": 0.01}], "--watch",
+                "--interval", "soon", capsys=capsys)[0] == 2
+
+
+def test_low_traffic_policies(tmp_path):
+    """Four endpoints of 300 clean exchanges each, 0.5 pp error threshold (915 needed to
+    pass alone): `aggregate` passes on the 1,200 together, `inconclusive` waits,
+    `ignore` has nothing left to judge."""
+    results = []
+    for j in range(4):
+        for i in range(300):
+            r = _result(j * 1000 + i)
+            ex = r.exchange
+            results.append(Result(Exchange(ex.id, ex.started, f"GET /e{j}", None, ex.request,
+                                           ex.primary, ex.candidate, ex.secondary),
+                                  "match", [], frozenset(), []))
+    url = write(tmp_path / "r.db", results)
+    verdicts = {}
+    for policy in ("aggregate", "inconclusive", "ignore"):
+        cfg = load(config(tmp_path, url, [{"name": "c", "max_error_rate_increase": 0.005,
+                                           "low_traffic": policy}]))
+        sub = run(cfg, since=None, until=NOW + 1).checks[0].subchecks[0]
+        verdicts[policy] = sub.verdict
+        assert all(u.details.get("low_traffic") for u in sub.endpoints)
+        assert "too little traffic to be judged alone" in sub.summary
+    assert verdicts == {"aggregate": PASS, "inconclusive": INCONCLUSIVE,
+                        "ignore": INCONCLUSIVE}
+
+
+def test_check_and_report_give_one_diff_rate(tmp_path):
+    """Two rare differences the secondary never showed (S = 0) and a field since learned
+    as noise: the stored verdicts say 12 diffs, the check counts none against the
+    candidate, and the report (and the admin API, through the same function) shows the
+    check's figure, not the stored verdicts'."""
+    from shadowproxy.compare.noise import NoiseEvidence
+    from shadowproxy.report.data import build_report
+    from shadowproxy.store import open_store
+
+    results = ([_result(i, field="$.ts" if i < 2 else None) for i in range(600)]
+               + [_result(1000 + i, field="$.gen") for i in range(10)])
+    ev = [NoiseEvidence(USERS, "$.gen", 610, 600, 590, 0.9, True, False, NOW)]
+    url = write(tmp_path / "r.db", results, ev)
+    cfg = load(config(tmp_path, url, [{"name": "c", "max_diff_rate": 0.01}]))
+    since, until = NOW - 3600, NOW + 1
+    agg = run(cfg, since=since, until=until).checks[0].subchecks[0].aggregate
+    store = open_store(url, readonly=True)
+    try:
+        stored = store.endpoint_stats(since, until)[0]
+        doc = build_report(store, since=since, until=until, checks=None)
+    finally:
+        store.close()
+    assert stored.diffs == 12 and agg.details["diffs"] == 0 and agg.value == 0.0
+    (ep,) = doc["endpoints"]
+    assert ep["diffs"] == 0 and ep["diff_rate"] == agg.value
+    assert doc["totals"]["diff_rate"] == agg.value
+    assert ep["noise"] == stored.noise + 12            # every count still adds up
+
+
+def test_secondary_endpoints_whole_minutes_and_ragged_ends(store_url):
+    """Which endpoints the secondary answered, on both engines: from the aggregates'
+    secondary sketches for whole minutes, from the rows for the ragged ends."""
+    from shadowproxy.config import StoreConfig
+    from shadowproxy.store import StoreWriter, open_store
+
+    t0 = (int(NOW) // 60 - 10) * 60.0
+    out = []
+    for i in range(40):
+        r = _result(i, ago=NOW - t0 - 30.0)         # minute t0, secondary answered
+        ex = r.exchange
+        out.append(r)
+        out.append(Result(Exchange(f"n{i:05d}", t0 + 90.0, "GET /none", None, ex.request,
+                                   ex.primary, ex.candidate, None), "match", [],
+                          frozenset(), []))
+    w = StoreWriter(store_url, StoreConfig(url=store_url))
+    for r in out:
+        assert w.submit(r)
+    assert w.flush(30) and w.close(30)
+    store = open_store(store_url, readonly=True)
+    try:
+        assert store.secondary_endpoints(t0, t0 + 120) == {USERS}          # whole minutes
+        assert store.secondary_endpoints(t0 + 10, t0 + 50) == {USERS}      # ragged only
+        assert store.secondary_endpoints(t0 + 60, t0 + 120) == set()
+    finally:
+        store.close()
