@@ -404,18 +404,23 @@ class SharedReads:
             + " AND ".join(clauses) + " GROUP BY endpoint, field", params)
         return [(e, f, int(n), int(r), int(s)) for e, f, n, r, s in rows]
 
+    def _outcome_rows(self, since: float | None, until: float | None
+                      ) -> list[tuple[Any, ...]]:
+        """(endpoint, outcome, reason, count) over the whole minutes of the window: a
+        minute is in it when its start is in [floor_minute(since), until)."""
+        clauses, params = self._range(None if since is None else _minute(since), until,
+                                      "minute")
+        return self._read(
+            "SELECT endpoint, outcome, reason, sum(count) FROM outcomes"
+            + (" WHERE " + " AND ".join(clauses) if clauses else "")
+            + " GROUP BY endpoint, outcome, reason", params)
+
     def outcome_counts(self, since: float | None = None, until: float | None = None,
                        endpoint_glob: str = "*") -> dict[str, dict[str, int]]:
         """outcome → reason ('' when none) → count, over whole minutes: a minute is in
         the range when its start is in [floor_minute(since), until)."""
-        clauses, params = self._range(None if since is None else _minute(since), until,
-                                      "minute")
-        rows = self._read(
-            "SELECT endpoint, outcome, reason, sum(count) FROM outcomes"
-            + (" WHERE " + " AND ".join(clauses) if clauses else "")
-            + " GROUP BY endpoint, outcome, reason", params)
         out: dict[str, dict[str, int]] = {}
-        for ep, outcome, reason, n in rows:
+        for ep, outcome, reason, n in self._outcome_rows(since, until):
             if endpoint_glob not in (None, "*") and not fnmatch.fnmatchcase(ep, endpoint_glob):
                 continue
             d = out.setdefault(outcome, {})
@@ -448,14 +453,8 @@ class SharedReads:
                                    ) -> dict[str, dict[str, int]]:
         """endpoint → ``outcome{reason}`` (or ``outcome``) → count, over the minutes of
         :meth:`outcome_counts` (the window's request accounting, per endpoint)."""
-        clauses, params = self._range(None if since is None else _minute(since), until,
-                                      "minute")
-        rows = self._read(
-            "SELECT endpoint, outcome, reason, sum(count) FROM outcomes"
-            + (" WHERE " + " AND ".join(clauses) if clauses else "")
-            + " GROUP BY endpoint, outcome, reason", params)
         out: dict[str, dict[str, int]] = {}
-        for ep, outcome, reason, n in rows:
+        for ep, outcome, reason, n in self._outcome_rows(since, until):
             if not ep or (endpoint_glob not in (None, "*")
                           and not fnmatch.fnmatchcase(ep, endpoint_glob)):
                 continue

@@ -178,16 +178,7 @@ CREATE TABLE IF NOT EXISTS noise (
     instance TEXT NOT NULL,
     PRIMARY KEY (endpoint, field)
 );
-CREATE TABLE IF NOT EXISTS noise_counts (
-    endpoint TEXT NOT NULL,
-    field TEXT NOT NULL,
-    learner TEXT NOT NULL,
-    n BIGINT NOT NULL,
-    r BIGINT NOT NULL,
-    s BIGINT NOT NULL,
-    updated DOUBLE PRECISION NOT NULL,
-    PRIMARY KEY (endpoint, field, learner)
-);
+{NOISE_COUNTS};
 """
 
 TABLES = frozenset({"schema_version", "exchanges", "differences", "samples", "sample_keys",
