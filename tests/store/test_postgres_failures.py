@@ -174,3 +174,21 @@ def test_postgres_full_disk_drops_counts_logs_once_and_recovers(
         admin(server, "DROP TABLESPACE small")
     finally:
         server.stop()
+
+
+def test_a_connection_left_in_a_pipeline_or_transaction_is_replaced(
+        postgres: PgServer) -> None:
+    """A server gone in the middle of a batch's pipeline can leave a connection that is
+    not marked broken but refuses every statement: the store replaces it."""
+    store = open_store(postgres.create_database())
+    try:
+        conn = store._conn
+        left_open = conn.pipeline()                  # as a write cut off mid-pipeline
+        left_open.__enter__()
+        assert store.write_results([big_result(i) for i in range(3)]) == 3
+        assert store._conn is not conn
+        store._conn.execute("BEGIN")                 # a transaction left behind
+        assert store.write_results([big_result(i) for i in range(3, 5)]) == 2
+        assert stored(store) == (5, 5)
+    finally:
+        store.close()

@@ -134,7 +134,7 @@ class PgConnection:
     def _ensure(self) -> psycopg.Connection[Any]:
         """The connection, reconnecting when the server closed or broke it."""
         conn = self._conn
-        if conn is None or conn.closed or conn.broken:
+        if conn is None or conn.closed or conn.broken or not self._ready(conn):
             if conn is not None:
                 try:
                     conn.close()
@@ -142,6 +142,19 @@ class PgConnection:
                     pass
             conn = self._connect()
         return conn
+
+    def _ready(self, conn: psycopg.Connection[Any]) -> bool:
+        """Is ``conn`` between statements: no pipeline left open or aborted, no
+        transaction left behind (but this store's own snapshot)? A server that went away
+        in the middle of a batch's pipeline can leave a connection that is not "broken"
+        yet refuses every statement ("PQsendQuery not allowed in pipeline mode"): it is
+        replaced rather than retried for ever."""
+        pq = self._pg.pq
+        if conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
+            return False
+        status = conn.info.transaction_status
+        return bool(status == pq.TransactionStatus.IDLE or
+                    (self._snapshot and status == pq.TransactionStatus.INTRANS))
 
     def _setup(self) -> None:
         conn = self._ensure()
