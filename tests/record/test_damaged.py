@@ -1,0 +1,136 @@
+"""Damaged and odd recordings: a GoReplay file cut short (plain or gzip), a payload
+header that is not one, a file that is not GoReplay's, and HAR entries of every odd
+kind. What can be read is replayed; what cannot is said, naming the file and where in
+it (a byte offset, a payload, ``log.entries[N]``); nothing is lost without a word."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shadowproxy.errors import ShadowProxyError
+from shadowproxy.models import ResponseRecord
+from shadowproxy.record import goreplay
+from shadowproxy.record.source import load
+
+
+def _gor(n: int) -> bytes:
+    buf = io.BytesIO()
+    for i in range(n):
+        body = b'{"id": %d}' % i
+        goreplay.write_exchange(buf, f"{i:024x}", 1700000000.0 + i, "GET", f"/a/{i}",
+                                [("Host", "h")], b"",
+                                ResponseRecord(status=200, reason="OK", body=body,
+                                               size=len(body), latency=0.001))
+    return buf.getvalue()
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_cut_short_file_is_said_with_its_offset(tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    data = _gor(3)
+    whole = data.index(goreplay.SEPARATOR, data.index(b"\n2 000000000000000000000001")) + \
+        len(goreplay.SEPARATOR)            # the second exchange ends here
+    path = tmp_path / "cut.gor"
+    path.write_bytes(data[:whole + 40])     # inside the third request
+    with caplog.at_level(logging.WARNING, "shadowproxy.record"):
+        items = load([str(path)])
+    assert [i.target for i in items] == ["/a/0", "/a/1"]
+    (msg,) = _warnings(caplog)
+    assert str(path) in msg and f"byte {whole}:" in msg and "ends inside a payload" in msg
+
+
+def test_a_cut_short_gzip_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    packed = gzip.compress(_gor(200), mtime=0)
+    path = tmp_path / "cut.gor.gz"
+    path.write_bytes(packed[:len(packed) // 2])
+    with caplog.at_level(logging.WARNING, "shadowproxy.record"):
+        items = load([str(path)])
+    assert 0 < len(items) < 200
+    (msg,) = _warnings(caplog)
+    assert str(path) in msg and "compressed file is cut short" in msg
+    path.write_bytes(packed[:60])           # not even one payload
+    with pytest.raises(ShadowProxyError, match=r"cut\.gor\.gz: not a readable gzip file"):
+        load([str(path)])
+
+
+def test_bad_headers_and_files_that_are_not_goreplay(tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "bad.gor"
+    path.write_bytes(b"1 abc notanumber -1\nGET / HTTP/1.1\r\n\r\n" + goreplay.SEPARATOR +
+                     _gor(1))
+    with caplog.at_level(logging.WARNING, "shadowproxy.record"):
+        (item,) = load([str(path)])
+    assert item.target == "/a/0"
+    (msg,) = _warnings(caplog)
+    assert str(path) in msg and "byte 0: not a payload header" in msg
+    path.write_bytes(b"a log file, not a recording\n")
+    with pytest.raises(ShadowProxyError, match=r"bad\.gor: not a GoReplay file"):
+        load([str(path)])
+
+
+def _entry(**changes: Any) -> dict[str, Any]:
+    body = base64.b64encode(b'{"id": 1}').decode()
+    e: dict[str, Any] = {
+        "startedDateTime": "2026-12-01T10:00:00.000Z", "time": 12.5,
+        "request": {"method": "GET", "url": "http://shop.example/a/1?q=1",
+                    "headers": [{"name": "Accept", "value": "*/*"}]},
+        "response": {"status": 200, "statusText": "OK",
+                     "headers": [{"name": "Content-Type", "value": "application/json"}],
+                     "content": {"size": 9, "mimeType": "application/json", "text": body,
+                                 "encoding": "base64"}}}
+    e.update(changes)
+    return e
+
+
+def _har(tmp_path: Path, *entries: dict[str, Any]) -> str:
+    path = tmp_path / "odd.har"
+    path.write_text(json.dumps({"log": {"version": "1.2", "entries": list(entries)}}))
+    return str(path)
+
+
+def test_odd_har_entries(tmp_path: Path) -> None:
+    no_response = _entry()
+    del no_response["response"]
+    no_headers = _entry()
+    del no_headers["request"]["headers"], no_headers["response"]["headers"]
+    body_left_out = _entry()
+    del body_left_out["response"]["content"]["text"]
+    form = _entry(request={"method": "post", "url": "http://shop.example/orders",
+                           "postData": {"mimeType": "application/x-www-form-urlencoded",
+                                        "params": [{"name": "a b", "value": "1&2"},
+                                                   {"name": "c", "value": ""}]}})
+    items = load([_har(tmp_path, _entry(), no_response,
+                       _entry(response={"status": 0, "content": {}}), no_headers,
+                       body_left_out, form)])
+    first = items[0].response
+    assert first is not None and first.body == b'{"id": 1}' and first.status == 200
+    assert abs(first.latency - 0.0125) < 1e-9
+    # no answer, or one whose body the export left out: no reference (replay counts it)
+    assert [i.response is None for i in items] == [False, True, True, False, True, False]
+    assert items[3].request.headers == () and items[3].response.headers == ()  # type: ignore[union-attr]
+    assert items[5].request.method == "POST" and items[5].request.body == b"a+b=1%262&c="
+
+
+@pytest.mark.parametrize(("bad", "says"), [
+    ({"startedDateTime": "yesterday"}, "Invalid isoformat string"),
+    ({"request": {"url": "http://shop.example/"}}, "no 'method'"),
+    ({"response": {"status": "abc"}}, "invalid literal"),
+    ({"response": {"status": 200, "content": {"text": "!!!x", "encoding": "base64"}}},
+     "base64"),
+])
+def test_a_bad_har_entry_is_named(tmp_path: Path, bad: dict[str, Any], says: str) -> None:
+    path = _har(tmp_path, _entry(), _entry(**bad))
+    with pytest.raises(ShadowProxyError) as err:
+        load([path])
+    assert str(err.value).startswith(f"{path}: log.entries[1]: ") and says in str(err.value)
