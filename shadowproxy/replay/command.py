@@ -1,7 +1,8 @@
 """The ``replay`` subcommand: options to a configured :class:`~shadowproxy.replay.sender.Replayer`.
 
 Exit codes: 0 the replay ran (the verdict is ``check --run``'s to give), 1 a recording
-could not be read or nothing could be sent, 2 usage.
+could not be read or nothing could be sent, 2 usage, 130 interrupted (SIGINT or SIGTERM:
+no more requests were sent; those sent were awaited, compared and stored).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .progress import Progress
 from .sender import Replayer
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130    # SIGINT/SIGTERM: stopped early, what was sent is stored
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -127,5 +129,10 @@ def main(cfg: Config, args: Any) -> int:
     print(f"run {run}: {summary.sent} of {summary.total} requests sent in "
           f"{summary.elapsed:.1f}s; verdicts: {verdicts}")
     print(f"outcomes: {', '.join(f'{k} {v}' for k, v in summary.outcomes.items())}")
+    if summary.interrupted:
+        print(f"interrupted: {summary.total - summary.done} of {summary.total} requests "
+              f"were not sent; the results of those sent are stored under run {run}")
     print(f"check it: shadowproxy check -c {args.config} --run {run}")
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
     return EXIT_OK if summary.sent else EXIT_FAIL

@@ -123,14 +123,14 @@ def test_progress_bar_on_a_terminal_and_lines_otherwise() -> None:
     bar.update(50, 3)
     bar.update(200, 7, final=True)
     text = tty.getvalue()
-    assert text.startswith("\r[") and "#" in text and "200/200 sent" in text
+    assert text.startswith("\r[") and "#" in text and "200/200 done" in text
     assert "7 with differences" in text and "ETA" in text and text.endswith("\n")
     plain = io.StringIO()
     lines = Progress(200, plain, interval=0.0)
     lines.update(50, 3)
     lines.update(200, 7, final=True)
     out = plain.getvalue().splitlines()
-    assert out[0].startswith("replay: 50/200 sent, ") and "3 with differences" in out[0]
+    assert out[0].startswith("replay: 50/200 done, ") and "3 with differences" in out[0]
     assert "\r" not in plain.getvalue() and len(out) == 2
 
 
