@@ -34,6 +34,9 @@ REQUEST, RESPONSE, REPLAYED = "1", "2", "3"
 # framing is the file's own: a message is written with a Content-Length of its body
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
 TRUNCATED_HEADER = "X-Shadowproxy-Truncated"   # size of an answer the recording cut
+# size of a request body the recording left out (binary: masks cannot be applied to it);
+# replay does not send such a request (not_eligible{body_not_recorded})
+OMITTED_HEADER = "X-Shadowproxy-Body-Omitted"
 
 
 def payload_header(kind: str, id_: str, timestamp_ns: int, latency_ns: int) -> bytes:

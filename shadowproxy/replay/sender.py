@@ -30,6 +30,7 @@ from ..models import Exchange, RequestRecord, ResponseRecord, Result
 from ..proxy.mirror import Mirror
 from ..proxy.receiver import Receiver
 from ..proxy.routes import Router
+from ..record.goreplay import OMITTED_HEADER
 from ..record.recorded import Recorded
 from ..redact import Redactor
 from ..redact.masks import MASK_PREFIX
@@ -38,6 +39,7 @@ log = logging.getLogger("shadowproxy.replay")
 
 _DROP = frozenset({"host", "content-length", "transfer-encoding", "expect"})
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_OMITTED = OMITTED_HEADER.lower()
 
 
 @dataclass
@@ -189,6 +191,8 @@ class Replayer:
         reason = mirror.eligible(req.method, route)
         if reason is None and proxy is None and item.response is None:
             reason = "no_reference"     # no live primary and no recorded answer
+        if reason is None and any(k.lower() == _OMITTED for k, _ in req.headers):
+            reason = "body_not_recorded"    # a binary body the recording left out
         if reason is not None:
             stats.add("not_eligible", reason, endpoint)
             return False

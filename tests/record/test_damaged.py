@@ -15,10 +15,18 @@ from typing import Any
 
 import pytest
 
+from shadowproxy.config import RecordConfig, RedactConfig
 from shadowproxy.errors import ShadowProxyError
 from shadowproxy.models import ResponseRecord
 from shadowproxy.record import goreplay
+from shadowproxy.record.hook import RECORD_FIELDS
 from shadowproxy.record.source import load
+from shadowproxy.record.writer import RecordWriter
+from shadowproxy.redact import Redactor
+from shadowproxy.stats import Stats
+from tests.record.apps import item_app
+from tests.record.test_formats import _cli
+from tests.support import Upstream
 
 
 def _gor(n: int) -> bytes:
@@ -134,3 +142,48 @@ def test_a_bad_har_entry_is_named(tmp_path: Path, bad: dict[str, Any], says: str
     with pytest.raises(ShadowProxyError) as err:
         load([path])
     assert str(err.value).startswith(f"{path}: log.entries[1]: ") and says in str(err.value)
+
+
+async def test_a_binary_request_body_left_out_is_not_replayed_without_it(
+        tmp_path: Path) -> None:
+    """The recording cannot mask a binary body, so it leaves it out; it says so, and a
+    replay counts the request not_eligible{body_not_recorded} instead of sending it
+    with an empty body (which a candidate answers differently: a false difference)."""
+    stats = Stats()
+    rec = tmp_path / "rec"
+    cfg = RecordConfig(dir=str(rec), sample=1.0)
+    w = RecordWriter(cfg, Redactor(RedactConfig(), b"k" * 32), "t", stats)
+    w.start()
+    answer = ResponseRecord(status=200, reason="OK", body=b'{"len": 14}', size=11,
+                            headers=(("Content-Type", "application/json"),), latency=0.01)
+    for i, (ctype, body) in enumerate([("application/octet-stream", b"\x00\x01\xffbinary"),
+                                       ("application/json", b'{"a": 1}')]):
+        assert w.offer(("r", 1700000000.0 + i, "POST", "/upload", [("Content-Type", ctype)],
+                        body, RECORD_FIELDS(answer), "POST /upload"))
+    await w.close()
+    files = [str(p) for p in rec.iterdir()]
+    binary, text = load(files)
+    assert binary.request.body == b"" and \
+        (goreplay.OMITTED_HEADER, "9") in binary.request.headers
+    assert text.request.body == b'{"a": 1}' and \
+        all(k != goreplay.OMITTED_HEADER for k, _ in text.request.headers)
+    conf = tmp_path / "replay.yaml"
+    conf.write_text(f"""\
+upstreams:
+  primary: http://127.0.0.1:9
+routes:
+  - match: /upload
+    methods: [POST]
+    mirror_unsafe: true
+store:
+  url: sqlite:///{tmp_path}/results.db
+""")
+    candidate = await Upstream(item_app(10, accept=None)).start()
+    try:
+        out = await _cli("replay", "-c", str(conf), *files, "--candidate", candidate.url,
+                         "--run", "bin")
+    finally:
+        await candidate.stop()
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 of 2 requests sent" in out.stdout, out.stdout
+    assert "not_eligible{body_not_recorded} 1" in out.stdout, out.stdout
