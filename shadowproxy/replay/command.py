@@ -18,7 +18,7 @@ from typing import Any
 from ..config import Config, parse_url
 from ..errors import ConfigError, ShadowProxyError
 from ..record import source
-from ..store.runs import for_run
+from ..store.runs import for_run, times_started
 from .pacing import offsets, parse_rate, parse_speed
 from .progress import Progress
 from .sender import Replayer
@@ -104,12 +104,17 @@ def main(cfg: Config, args: Any) -> int:
     try:
         run = args.run or time.strftime("replay-%Y%m%dT%H%M%SZ", time.gmtime())
         cfg = configure(cfg, args)
-        cfg, _ = for_run(cfg, run)
+        cfg, instance = for_run(cfg, run)
         creds = credentials(args.header)
         speed = parse_speed(args.speed) if args.speed else None
         rate = parse_rate(args.rate) if args.rate else None
     except (ConfigError, ValueError) as exc:
         _err(str(exc))
+        return EXIT_USAGE
+    earlier = times_started(cfg, instance)
+    if earlier:
+        _err(f"run {run} already holds the results of {earlier} earlier replay(s), which "
+             "check and report --run would count with this one's: give another --run name")
         return EXIT_USAGE
     try:
         items = source.load(args.recordings)

@@ -14,10 +14,11 @@ counts a replay's results with the live traffic's.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreError
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -51,3 +52,24 @@ def for_run(cfg: Config, run: str) -> tuple[Config, str | None]:
         return cfg.replace(instance=RUN_PREFIX + run), RUN_PREFIX + run
     store = dataclasses.replace(cfg.store, url=run_url(cfg.store.url, run))
     return cfg.replace(store=store), None
+
+
+def times_started(cfg: Config, instance: str | None) -> int:
+    """How many replays the run of ``cfg`` (:func:`for_run`'s) already holds: a run
+    name used again would mix an earlier replay's results into this one's verdict.
+    0 when its store does not exist yet or cannot be read (the replay's own opening
+    of the store then says why)."""
+    url = cfg.store.url
+    if not url.startswith(_POSTGRES) and not os.path.exists(url[len("sqlite:///"):]):
+        return 0
+    from .open import open_configured
+    try:
+        store = open_configured(cfg, readonly=True, read_instance=instance)
+    except StoreError:
+        return 0
+    try:
+        return store.outcome_counts().get("run", {}).get("started", 0)
+    except StoreError:
+        return 0
+    finally:
+        store.close()
