@@ -18,6 +18,7 @@ from typing import Any
 from ..config import Config, parse_url
 from ..errors import ConfigError, ShadowProxyError
 from ..record import source
+from ..redact.masks import MASK_PREFIX
 from ..store.runs import for_run, times_started
 from .pacing import offsets, parse_rate, parse_speed
 from .progress import Progress
@@ -124,6 +125,10 @@ def main(cfg: Config, args: Any) -> int:
     if not items:
         _err("the recordings hold no request")
         return EXIT_FAIL
+    if args.primary is None and not cfg.redact.key_env and _masked(items):
+        _err("warning: the recorded answers hold masks, and redact.key_env is not set: "
+             "this replay masks the candidate's answers with a random key, so every "
+             "masked field differs; set redact.key_env to the recording's key")
     progress = Progress(len(items))
     replayer = Replayer(cfg, items, live_primary=args.primary is not None, creds=creds,
                         offsets=offsets([i.started for i in items], speed=speed, rate=rate),
@@ -141,3 +146,11 @@ def main(cfg: Config, args: Any) -> int:
     if summary.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if summary.sent else EXIT_FAIL
+
+
+def _masked(items: Any) -> bool:
+    """Whether a recorded answer holds a mask (compared as masked, so with the key)."""
+    mark = MASK_PREFIX.encode()
+    return any(r.response is not None and (
+        mark in r.response.body or any(MASK_PREFIX in v for _, v in r.response.headers))
+        for r in items)

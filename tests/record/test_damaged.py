@@ -187,3 +187,29 @@ store:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "1 of 2 requests sent" in out.stdout, out.stdout
     assert "not_eligible{body_not_recorded} 1" in out.stdout, out.stdout
+
+
+async def test_a_replay_without_the_recordings_key_says_so(tmp_path: Path) -> None:
+    """Recorded answers hold masks; replayed without redact.key_env, the candidate's are
+    masked with a random key and every masked field differs: the replay says so."""
+    path = tmp_path / "masked.gor"
+    buf = io.BytesIO()
+    body = b'{"id": 1, "price": 10, "q": ""}'
+    goreplay.write_exchange(buf, "0" * 24, 1700000000.0, "GET", "/api/items/1", [], b"",
+                            ResponseRecord(status=200, reason="OK", body=body, size=len(body),
+                                           headers=(("Set-Cookie",
+                                                     "session=[redacted:0123456789ab]"),)))
+    path.write_bytes(buf.getvalue())
+    candidate = await Upstream(item_app(10, accept=None)).start()
+    try:
+        for key_env in ("", "redact: {key_env: HOME}\n"):
+            conf = tmp_path / "replay.yaml"
+            conf.write_text(f"upstreams: {{primary: http://127.0.0.1:9}}\n{key_env}"
+                            f"store: {{url: 'sqlite:///{tmp_path}/r.db'}}\n")
+            out = await _cli("replay", "-c", str(conf), str(path), "--candidate",
+                             candidate.url, "--run", f"k{len(key_env)}")
+            assert out.returncode == 0, out.stdout + out.stderr
+            warned = "redact.key_env is not set" in out.stderr
+            assert warned == (not key_env), out.stderr
+    finally:
+        await candidate.stop()
