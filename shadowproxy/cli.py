@@ -143,11 +143,15 @@ def main(argv: list[str] | None = None) -> int:
             print("shadowproxy: --run and --instance cannot be given together",
                   file=sys.stderr)
             return EXIT_USAGE
-        from .store.runs import for_run
+        from .store.runs import for_run, times_started
         try:
             cfg, args.instance = for_run(cfg, args.run)
         except ConfigError as exc:
             print(f"shadowproxy: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if times_started(cfg, args.instance) == 0:     # a store without that run
+            print(f"shadowproxy {args.command}: no run {args.run} in the store (see "
+                  "`shadowproxy replay --run NAME`)", file=sys.stderr)
             return EXIT_USAGE
     try:
         if args.command == "run":

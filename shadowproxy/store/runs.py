@@ -54,22 +54,22 @@ def for_run(cfg: Config, run: str) -> tuple[Config, str | None]:
     return cfg.replace(store=store), None
 
 
-def times_started(cfg: Config, instance: str | None) -> int:
-    """How many replays the run of ``cfg`` (:func:`for_run`'s) already holds: a run
-    name used again would mix an earlier replay's results into this one's verdict.
-    0 when its store does not exist yet or cannot be read (the replay's own opening
-    of the store then says why)."""
+def times_started(cfg: Config, instance: str | None) -> int | None:
+    """How many replays the run of ``cfg`` (:func:`for_run`'s) holds: a run name used
+    again would mix an earlier replay's results into this one's verdict, and a name
+    that holds none is a typo. None when its store does not exist yet or cannot be
+    read (whoever opens it next says why)."""
     url = cfg.store.url
     if not url.startswith(_POSTGRES) and not os.path.exists(url[len("sqlite:///"):]):
-        return 0
+        return None
     from .open import open_configured
     try:
         store = open_configured(cfg, readonly=True, read_instance=instance)
     except StoreError:
-        return 0
+        return None
     try:
         return store.outcome_counts().get("run", {}).get("started", 0)
     except StoreError:
-        return 0
+        return None
     finally:
         store.close()

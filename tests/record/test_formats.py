@@ -120,6 +120,10 @@ checks:
         check = await _cli("check", "-c", str(cfg), "--run", run)
         assert check.returncode == 1, check.stdout + check.stderr
         assert "$.price" in check.stdout and "compared 12" in check.stdout, check.stdout
+    # a run's name mistyped: an error on both engines, not an inconclusive empty run
+    typo = await _cli("check", "-c", str(cfg), "--run", "hra")
+    assert typo.returncode == 2, typo.stdout + typo.stderr
+    assert "no run hra in the store" in typo.stderr or "does not exist" in typo.stderr
     live = await _cli("check", "-c", str(cfg))
     if store_url.startswith("sqlite"):    # the runs have files of their own
         assert live.returncode == 2 and "does not exist" in live.stderr, live.stderr
