@@ -1,8 +1,9 @@
 """The ``replay`` subcommand: options to a configured :class:`~shadowproxy.replay.sender.Replayer`.
 
 Exit codes: 0 the replay ran (the verdict is ``check --run``'s to give), 1 a recording
-could not be read or nothing could be sent, 2 usage, 130 interrupted (SIGINT or SIGTERM:
-no more requests were sent; those sent were awaited, compared and stored).
+could not be read, or nothing could be sent, or nothing sent was compared, 2 usage,
+130 interrupted (SIGINT or SIGTERM: no more requests were sent; those sent were
+awaited, compared and stored).
 """
 
 from __future__ import annotations
@@ -145,6 +146,10 @@ def main(cfg: Config, args: Any) -> int:
     print(f"check it: shadowproxy check -c {args.config} --run {run}")
     if summary.interrupted:
         return EXIT_INTERRUPTED
+    if summary.sent and not summary.verdicts:
+        _err("no request sent was compared (a live primary that cannot be reached? see "
+             "the outcomes above)")
+        return EXIT_FAIL
     return EXIT_OK if summary.sent else EXIT_FAIL
 
 

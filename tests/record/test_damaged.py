@@ -213,3 +213,22 @@ async def test_a_replay_without_the_recordings_key_says_so(tmp_path: Path) -> No
             assert warned == (not key_env), out.stderr
     finally:
         await candidate.stop()
+
+
+async def test_nothing_compared_fails_the_replay(tmp_path: Path) -> None:
+    """A live primary that cannot be reached: every request is sent and none compared;
+    the replay says so and exits 1 instead of 0."""
+    path = tmp_path / "one.gor"
+    path.write_bytes(_gor(3))
+    conf = tmp_path / "replay.yaml"
+    conf.write_text(f"upstreams: {{primary: http://127.0.0.1:9}}\n"
+                    f"store: {{url: 'sqlite:///{tmp_path}/r.db'}}\n")
+    candidate = await Upstream(item_app(10, accept=None)).start()
+    try:
+        out = await _cli("replay", "-c", str(conf), str(path), "--candidate", candidate.url,
+                         "--primary", "http://127.0.0.1:9", "--run", "noprimary")
+    finally:
+        await candidate.stop()
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "primary_error{connect} 3" in out.stdout, out.stdout
+    assert "no request sent was compared" in out.stderr, out.stderr
