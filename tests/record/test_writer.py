@@ -155,3 +155,14 @@ def test_credentials_and_run_names() -> None:
     assert run_cfg.store.url == "sqlite:///./out/results.run-pr-7.db" and inst is None
     with pytest.raises(ConfigError):
         for_run(cfg, "../etc")
+
+
+def test_record_has_no_max_body_of_its_own() -> None:
+    """Request bodies over mirror.max_body are not recorded: a record.max_body, which
+    nothing read, is refused as unknown rather than silently ignored."""
+    from shadowproxy.config import loads
+    from shadowproxy.errors import ConfigError
+    text = "upstreams: {primary: http://127.0.0.1:9}\nrecord:\n  dir: /tmp/r\n"
+    assert loads(text + "  sample: 1.0\n").record is not None
+    with pytest.raises(ConfigError, match=r"record\.max_body: unknown key"):
+        loads(text + "  max_body: 1KiB\n")
