@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             print("shadowproxy: --run and --instance cannot be given together",
                   file=sys.stderr)
             return EXIT_USAGE
-        from .store.runs import for_run, times_started
+        from .store.open import times_started
+        from .store.runs import for_run
         try:
             cfg, args.instance = for_run(cfg, args.run)
         except ConfigError as exc:

@@ -20,7 +20,8 @@ from ..config import Config, parse_url
 from ..errors import ConfigError, ShadowProxyError
 from ..record import source
 from ..redact.masks import MASK_PREFIX
-from ..store.runs import for_run, times_started
+from ..store.open import times_started
+from ..store.runs import for_run
 from .pacing import offsets, parse_rate, parse_speed
 from .progress import Progress
 from .sender import Replayer

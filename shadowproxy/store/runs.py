@@ -14,11 +14,10 @@ counts a replay's results with the live traffic's.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -53,23 +52,3 @@ def for_run(cfg: Config, run: str) -> tuple[Config, str | None]:
     store = dataclasses.replace(cfg.store, url=run_url(cfg.store.url, run))
     return cfg.replace(store=store), None
 
-
-def times_started(cfg: Config, instance: str | None) -> int | None:
-    """How many replays the run of ``cfg`` (:func:`for_run`'s) holds: a run name used
-    again would mix an earlier replay's results into this one's verdict, and a name
-    that holds none is a typo. None when its store does not exist yet or cannot be
-    read (whoever opens it next says why)."""
-    url = cfg.store.url
-    if not url.startswith(_POSTGRES) and not os.path.exists(url[len("sqlite:///"):]):
-        return None
-    from .open import open_configured
-    try:
-        store = open_configured(cfg, readonly=True, read_instance=instance)
-    except StoreError:
-        return None
-    try:
-        return store.outcome_counts().get("run", {}).get("started", 0)
-    except StoreError:
-        return None
-    finally:
-        store.close()
