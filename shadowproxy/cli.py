@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="write a report of what the shadow saw")
     rep.add_argument("-c", "--config", required=True, metavar="FILE")
-    rep.add_argument("--since", default="24h")
+    rep.add_argument("--since", default=None, help="window such as 6h (default: 24h; "
+                     "with --run: the whole run)")
     rep.add_argument("--format", choices=("html", "md", "markdown", "json"), default="html",
                      help="md and markdown are the same")
     rep.add_argument("-o", "--output", default=None, metavar="FILE")

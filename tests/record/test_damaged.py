@@ -10,6 +10,7 @@ import gzip
 import io
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -232,3 +233,34 @@ async def test_nothing_compared_fails_the_replay(tmp_path: Path) -> None:
     assert out.returncode == 1, out.stdout + out.stderr
     assert "primary_error{connect} 3" in out.stdout, out.stdout
     assert "no request sent was compared" in out.stderr, out.stderr
+
+
+def test_report_of_a_run_replayed_days_ago_reads_the_whole_run(tmp_path: Path) -> None:
+    """``report --run NAME`` without --since reads the run whole (as ``check --run``
+    does), not the last 24 hours of it: a replay reported days later is not empty."""
+    from shadowproxy.cli import main as cli_main
+    from shadowproxy.config import StoreConfig
+    from shadowproxy.models import Result
+    from shadowproxy.store.writer import StoreWriter
+    from tests.report.test_report import _exchange, _resp
+
+    url = f"sqlite:///{tmp_path}/results.run-old.db"
+    writer = StoreWriter(url, StoreConfig(url=url))
+    then = time.time() - 3 * 86400
+    redactor = Redactor(RedactConfig(), b"k" * 32)
+    for i in range(4):
+        ex = _exchange(i, "/a/{id}", then + i, f"/a/{i}", _resp(200, {"n": i}, latency=0.01),
+                       _resp(200, {"n": i}, latency=0.01))
+        assert writer.submit(redactor.redact_result(Result(ex, "match", [], frozenset(), [])))
+    writer.add_outcomes([(float(int(then // 60 * 60)), "", "run", "started", 1),
+                         (float(int(then // 60 * 60)), "/a/{id}", "compared", "", 4)])
+    assert writer.flush(10) and writer.close(10)
+    conf = tmp_path / "c.yaml"
+    conf.write_text(f"upstreams: {{primary: http://127.0.0.1:9}}\n"
+                    f"store: {{url: 'sqlite:///{tmp_path}/results.db'}}\n")
+    out = tmp_path / "r.json"
+    assert cli_main(["report", "-c", str(conf), "--run", "old", "--format", "json",
+                     "-o", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["totals"]["exchanges"] == 4, doc["totals"]
+    assert doc["window"]["label"] == "run old"
