@@ -66,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="write a report of what the shadow saw")
     rep.add_argument("-c", "--config", required=True, metavar="FILE")
-    rep.add_argument("--since", default="24h")
+    rep.add_argument("--since", default=None, help="window such as 6h (default: 24h; "
+                     "with --run: the whole run)")
     rep.add_argument("--format", choices=("html", "md", "markdown", "json"), default="html",
                      help="md and markdown are the same")
     rep.add_argument("-o", "--output", default=None, metavar="FILE")
@@ -151,11 +152,16 @@ def main(argv: list[str] | None = None) -> int:
             print("shadowproxy: --run and --instance cannot be given together",
                   file=sys.stderr)
             return EXIT_USAGE
+        from .store.open import times_started
         from .store.runs import for_run
         try:
             cfg, args.instance = for_run(cfg, args.run)
         except ConfigError as exc:
             print(f"shadowproxy: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if times_started(cfg, args.instance) == 0:     # a store without that run
+            print(f"shadowproxy {args.command}: no run {args.run} in the store (see "
+                  "`shadowproxy replay --run NAME`)", file=sys.stderr)
             return EXIT_USAGE
     try:
         if args.command == "run":

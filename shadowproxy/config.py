@@ -372,7 +372,6 @@ class RecordConfig:
     dir: str
     sample: Ratio = 0.05
     sample_by: SampleBy | None = None
-    max_body: Size = 1024 * 1024    # request bodies beyond this are not recorded; answers cut
     queue: int = 10000              # exchanges waiting for the writer thread
     rotate: RotateConfig = field(default_factory=RotateConfig)
     keep: KeepConfig = field(default_factory=KeepConfig)

@@ -147,6 +147,19 @@ def test_replay_cronjob_replays_the_last_day_and_reports_the_run() -> None:
     assert "--webhook" in steps[1] and "Bearer ${REPLAY_TOKEN}" in steps[0]
     env = {e["name"]: e.get("valueFrom") for e in replay["env"]}
     assert env["REPLAY_TOKEN"]["secretKeyRef"]["name"] == "shadowproxy-replay"
+    # the recordings' masks are the sidecars': the job masks with the same key
+    side = list(yaml.safe_load_all((ROOT / "deploy/kubernetes/sidecar.yaml").read_text()))
+    cm = next(d for d in side if d["kind"] == "ConfigMap")
+    assert pod["volumes"][0]["configMap"]["name"] == cm["metadata"]["name"]
+    key_env = loads(cm["data"]["config.yaml"], file="sidecar.yaml#config.yaml",
+                    env={"SHADOWPROXY_ADMIN_TOKEN": "t",
+                         "SHADOWPROXY_DB_PASSWORD": "p"}).redact.key_env
+    assert key_env, "the sidecars mask with a random key: no replay can compare masks"
+    deploy = next(d for d in side if d["kind"] == "Deployment")
+    (proxy,) = [c for c in deploy["spec"]["template"]["spec"]["containers"]
+                if c["name"] == "shadowproxy"]
+    side_env = {e["name"]: e.get("valueFrom") for e in proxy["env"]}
+    assert env[key_env] == side_env[key_env] is not None
     assert env["SHADOWPROXY_DB_PASSWORD"]["secretKeyRef"]["name"] == "shadowproxy-db"
     mounts = {m["name"]: m["mountPath"] for m in replay["volumeMounts"]}
     assert mounts["recordings"] == "/recordings"

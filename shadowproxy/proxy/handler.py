@@ -144,6 +144,8 @@ class Proxy:
                 # malformed, stalled or abandoned by the client: it reaches no upstream
                 if shadow:
                     self.stats.add("not_eligible", "bad_body", endpoint)
+                if record:
+                    self.stats.add("record_dropped", "bad_body", endpoint)
                 if exc.status is not None:
                     request.reply(exc.status, "bad request body")
                 return
@@ -152,6 +154,8 @@ class Proxy:
                 # the body was all here: no upstream saw it, and it is counted as such
                 if shadow:
                     self.stats.add("not_eligible", "bad_body", endpoint)
+                if record:
+                    self.stats.add("record_dropped", "bad_body", endpoint)
                 raise
             if body is None:
                 if shadow:

@@ -108,6 +108,8 @@ class Receiver(Proxy):
         if body is None:
             if shadow:
                 self.stats.add("not_eligible", "body_too_large", endpoint)
+            if record:
+                self.stats.add("record_dropped", "body_too_large", endpoint)
             return
         if not (shadow or record):
             return

@@ -34,6 +34,9 @@ REQUEST, RESPONSE, REPLAYED = "1", "2", "3"
 # framing is the file's own: a message is written with a Content-Length of its body
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
 TRUNCATED_HEADER = "X-Shadowproxy-Truncated"   # size of an answer the recording cut
+# size of a request body the recording left out (binary: masks cannot be applied to it);
+# replay does not send such a request (not_eligible{body_not_recorded})
+OMITTED_HEADER = "X-Shadowproxy-Body-Omitted"
 
 
 def payload_header(kind: str, id_: str, timestamp_ns: int, latency_ns: int) -> bytes:
@@ -94,26 +97,39 @@ def open_recording(path: str) -> IO[bytes]:
     return open(path, "rb")
 
 
-def read_payloads(stream: IO[bytes]) -> Iterator[Payload]:
-    """The payloads of a GoReplay file, in file order."""
+def read_payloads(stream: IO[bytes], problems: list[str] | None = None) -> Iterator[Payload]:
+    """The payloads of a GoReplay file, in file order. What cannot be read is skipped
+    (as GoReplay skips it) and, when ``problems`` is given, said there with its byte
+    offset: a payload whose header is malformed, and bytes after the last separator
+    (a file cut short, or still being written)."""
     buf = io.BytesIO()
+    pos = start = 0         # bytes read so far; where the payload in ``buf`` began
     for line in stream:
+        pos += len(line)
         if line != _SEP_LINE:
             buf.write(line)
             continue
         raw = buf.getvalue()
         buf = io.BytesIO()
+        at, start = start, pos
         nl = raw.find(b"\n")
         meta = raw[:nl].split(b" ") if nl >= 0 else []
-        if len(meta) < 3:
-            continue      # malformed, skipped as GoReplay does
         try:
+            if len(meta) < 3:
+                raise ValueError
             ts = int(meta[2])
             latency = int(meta[3]) if len(meta) > 3 else -1
         except ValueError:
+            if problems is not None:
+                problems.append(f"byte {at}: not a payload header: "
+                                f"{raw[:max(nl, 0) or 60][:60]!r}; the payload is skipped")
             continue
         yield Payload(meta[0].decode("ascii", "replace"), meta[1].decode("ascii", "replace"),
                       ts, latency, raw[nl + 1:-1])
+    if problems is not None and buf.getvalue().strip():
+        problems.append(f"byte {start}: the file ends inside a payload ({pos - start} bytes "
+                        "without the separator: cut short, or still being written); "
+                        "that payload is skipped")
 
 
 def _split(data: bytes) -> tuple[str, Headers, bytes]:

@@ -9,8 +9,10 @@ the recorded spacing.
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
+import zlib
 from collections.abc import Iterable
 
 from ..errors import ShadowProxyError
@@ -25,19 +27,29 @@ log = logging.getLogger("shadowproxy.record")
 def _goreplay(path: str) -> list[Recorded]:
     out: dict[str, Recorded] = {}
     answers: dict[str, ResponseRecord] = {}
-    bad = 0
+    problems: list[str] = []
+    payloads = 0
     with goreplay.open_recording(path) as fh:
-        for p in goreplay.read_payloads(fh):
-            try:
-                if p.kind == goreplay.REQUEST:
-                    req, target = goreplay.parse_request(p.data)
-                    out[p.id] = Recorded(p.id, p.timestamp / 1e9, req, target, None)
-                elif p.kind == goreplay.RESPONSE:
-                    answers[p.id] = goreplay.parse_response(p.data, p.latency)
-            except ValueError:
-                bad += 1
-    if bad:
-        log.warning("%s: %d payload(s) that are not HTTP messages skipped", path, bad)
+        try:
+            for p in goreplay.read_payloads(fh, problems):
+                payloads += 1
+                try:
+                    if p.kind == goreplay.REQUEST:
+                        req, target = goreplay.parse_request(p.data)
+                        out[p.id] = Recorded(p.id, p.timestamp / 1e9, req, target, None)
+                    elif p.kind == goreplay.RESPONSE:
+                        answers[p.id] = goreplay.parse_response(p.data, p.latency)
+                except ValueError as exc:
+                    problems.append(f"payload {payloads} (id {p.id}): {exc}; skipped")
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            if not payloads:
+                raise ShadowProxyError(f"{path}: not a readable gzip file ({exc})") from None
+            problems.append(f"after payload {payloads}: the compressed file is cut short "
+                            f"({exc}); what follows is lost")
+    if not payloads and problems:
+        raise ShadowProxyError(f"{path}: not a GoReplay file ({problems[0]})")
+    for problem in problems:
+        log.warning("%s: %s", path, problem)
     for id_, rec in out.items():
         rec.response = answers.get(id_)
     return list(out.values())

@@ -4,8 +4,10 @@ It runs in a shadow process (at ``shadow.nice``), never in a worker: a worker on
 hands each sampled exchange over (:mod:`shadowproxy.record.hook`). :meth:`offer` never
 blocks; a full queue drops the exchange as ``record_dropped{queue_full}``. The thread
 masks secrets exactly as the store does (the run's :class:`~shadowproxy.redact.Redactor`:
-keyed masks, decoded bodies, binary bodies left out), writes GoReplay payloads
-(:mod:`shadowproxy.record.goreplay`) and counts ``recorded``.
+keyed masks, decoded bodies, binary bodies left out: a request's with an
+``X-Shadowproxy-Body-Omitted: SIZE`` header, so that a replay does not send it without
+its body), writes GoReplay payloads (:mod:`shadowproxy.record.goreplay`) and counts
+``recorded``.
 
 Files: ``DIR/shadowproxy-NAME-YYYYmmddTHHMMSSZ.gor``, one open at a time per writer,
 closed when it reaches ``record.rotate.size`` or ``record.rotate.age`` (then gzipped to
@@ -169,6 +171,9 @@ class RecordWriter:
         req = red.request
         target = req.path + ("?" + req.query if req.query or "?" in target else "")
         rheaders = list(req.headers)
+        if body and not req.body:
+            # left out (binary): said, so that a replay does not send it without its body
+            rheaders.append((goreplay.OMITTED_HEADER, str(len(body))))
         if not any(k.lower() == "host" for k, _ in rheaders):
             # GoReplay's readers expect the Host a client sent: the one the proxy saw
             fwd = [v for k, v in rheaders if k.lower() == "x-forwarded-host"]

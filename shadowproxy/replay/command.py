@@ -1,7 +1,9 @@
 """The ``replay`` subcommand: options to a configured :class:`~shadowproxy.replay.sender.Replayer`.
 
 Exit codes: 0 the replay ran (the verdict is ``check --run``'s to give), 1 a recording
-could not be read or nothing could be sent, 2 usage.
+could not be read, or nothing could be sent, or nothing sent was compared, 2 usage,
+130 interrupted (SIGINT or SIGTERM: no more requests were sent; those sent were
+awaited, compared and stored).
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ from typing import Any
 from ..config import Config, parse_url
 from ..errors import ConfigError, ShadowProxyError
 from ..record import source
+from ..redact.masks import MASK_PREFIX
+from ..store.open import times_started
 from ..store.runs import for_run
 from .pacing import offsets, parse_rate, parse_speed
 from .progress import Progress
 from .sender import Replayer
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130    # SIGINT/SIGTERM: stopped early, what was sent is stored
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -102,12 +107,17 @@ def main(cfg: Config, args: Any) -> int:
     try:
         run = args.run or time.strftime("replay-%Y%m%dT%H%M%SZ", time.gmtime())
         cfg = configure(cfg, args)
-        cfg, _ = for_run(cfg, run)
+        cfg, instance = for_run(cfg, run)
         creds = credentials(args.header)
         speed = parse_speed(args.speed) if args.speed else None
         rate = parse_rate(args.rate) if args.rate else None
     except (ConfigError, ValueError) as exc:
         _err(str(exc))
+        return EXIT_USAGE
+    earlier = times_started(cfg, instance)
+    if earlier:
+        _err(f"run {run} already holds the results of {earlier} earlier replay(s), which "
+             "check and report --run would count with this one's: give another --run name")
         return EXIT_USAGE
     try:
         items = source.load(args.recordings)
@@ -117,6 +127,10 @@ def main(cfg: Config, args: Any) -> int:
     if not items:
         _err("the recordings hold no request")
         return EXIT_FAIL
+    if args.primary is None and not cfg.redact.key_env and _masked(items):
+        _err("warning: the recorded answers hold masks, and redact.key_env is not set: "
+             "this replay masks the candidate's answers with a random key, so every "
+             "masked field differs; set redact.key_env to the recording's key")
     progress = Progress(len(items))
     replayer = Replayer(cfg, items, live_primary=args.primary is not None, creds=creds,
                         offsets=offsets([i.started for i in items], speed=speed, rate=rate),
@@ -127,5 +141,22 @@ def main(cfg: Config, args: Any) -> int:
     print(f"run {run}: {summary.sent} of {summary.total} requests sent in "
           f"{summary.elapsed:.1f}s; verdicts: {verdicts}")
     print(f"outcomes: {', '.join(f'{k} {v}' for k, v in summary.outcomes.items())}")
+    if summary.interrupted:
+        print(f"interrupted: {summary.total - summary.done} of {summary.total} requests "
+              f"were not sent; the results of those sent are stored under run {run}")
     print(f"check it: shadowproxy check -c {args.config} --run {run}")
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    if summary.sent and not summary.verdicts:
+        _err("no request sent was compared (a live primary that cannot be reached? see "
+             "the outcomes above)")
+        return EXIT_FAIL
     return EXIT_OK if summary.sent else EXIT_FAIL
+
+
+def _masked(items: Any) -> bool:
+    """Whether a recorded answer holds a mask (compared as masked, so with the key)."""
+    mark = MASK_PREFIX.encode()
+    return any(r.response is not None and (
+        mark in r.response.body or any(MASK_PREFIX in v for _, v in r.response.headers))
+        for r in items)

@@ -33,7 +33,7 @@ class Progress:
         elapsed = max(time.monotonic() - self.t0, 1e-9)
         rate = done / elapsed
         eta = (self.total - done) / rate if rate > 0 else float("inf")
-        return (f"{done}/{self.total} sent, {rate:.1f}/s, {diffs} with differences, "
+        return (f"{done}/{self.total} done, {rate:.1f}/s, {diffs} with differences, "
                 f"ETA {_eta(eta)}")
 
     def update(self, done: int, diffs: int, *, final: bool = False) -> None:

@@ -14,8 +14,10 @@ Unsafe methods go only where a route opts in (``mirror_unsafe: true``), as live.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from ..models import Exchange, RequestRecord, ResponseRecord, Result
 from ..proxy.mirror import Mirror
 from ..proxy.receiver import Receiver
 from ..proxy.routes import Router
+from ..record.goreplay import OMITTED_HEADER
 from ..record.recorded import Recorded
 from ..redact import Redactor
 from ..redact.masks import MASK_PREFIX
@@ -35,6 +38,8 @@ from ..redact.masks import MASK_PREFIX
 log = logging.getLogger("shadowproxy.replay")
 
 _DROP = frozenset({"host", "content-length", "transfer-encoding", "expect"})
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_OMITTED = OMITTED_HEADER.lower()
 
 
 @dataclass
@@ -45,6 +50,8 @@ class Summary:
     outcomes: dict[str, int] = field(default_factory=dict)
     elapsed: float = 0.0
     sent_at: list[float] = field(default_factory=list)   # loop time of each send
+    done: int = 0                # sent, or counted as not sent (not_eligible)
+    interrupted: bool = False    # SIGINT/SIGTERM: the rest was not sent
 
 
 def inject(headers: Sequence[tuple[str, str]], creds: dict[str, str]
@@ -99,16 +106,22 @@ class Replayer:
         limit = cfg.mirror.concurrency
         room = max(1, cfg.comparator.queue // 2)
         primaries: set[asyncio.Task[None]] = set()
+        stop = self._on_signals(loop)
         t0 = loop.time()
         try:
             for i, item in enumerate(self.items):
                 if self.offsets is not None:
                     delay = t0 + self.offsets[i] - loop.time()
                     if delay > 0:
-                        await asyncio.sleep(delay)
-                while mirror.in_flight + mirror.depth + mirror.pending >= limit or \
-                        stage.queue.qsize() >= room:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), delay)
+                while not stop.is_set() and (
+                        mirror.in_flight + mirror.depth + mirror.pending >= limit or
+                        stage.queue.qsize() >= room):
                     await asyncio.sleep(0.001)
+                if stop.is_set():
+                    self.summary.interrupted = True
+                    break
                 if self._send(item, mirror, router, proxy, primaries):
                     self.summary.sent_at.append(loop.time())
                 self._tick(False)
@@ -119,11 +132,34 @@ class Replayer:
                 await proxy.close()
         finally:
             await control.stop(cfg.timeouts.shutdown or 10.0)
+            for sig in _SIGNALS:
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
         self.summary.elapsed = loop.time() - t0
         self.summary.sent = len(self.summary.sent_at)
         self.summary.outcomes = stats.by_outcome()
+        self.summary.done = self._done
         self._tick(True)
         return self.summary
+
+    def _on_signals(self, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+        """SIGINT (Ctrl-C) or SIGTERM stop the sending: what was sent is still awaited,
+        compared and stored (so ``check --run`` reads all of it) and the summary says
+        the replay was interrupted. A second signal stops at once (KeyboardInterrupt)."""
+        stop = asyncio.Event()
+
+        def first(sig: signal.Signals) -> None:
+            stop.set()
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)     # the next one: the default, at once
+            log.warning("replay: %s: no more requests are sent; waiting for those in "
+                        "flight, then storing their results (a second signal stops at "
+                        "once)", sig.name)
+
+        for sig in _SIGNALS:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, first, sig)
+        return stop
 
     def _like_recording(self, ex: Exchange) -> bool:
         """The exchange with the candidate's (and secondary's) answer masked as the
@@ -155,6 +191,8 @@ class Replayer:
         reason = mirror.eligible(req.method, route)
         if reason is None and proxy is None and item.response is None:
             reason = "no_reference"     # no live primary and no recorded answer
+        if reason is None and any(k.lower() == _OMITTED for k, _ in req.headers):
+            reason = "body_not_recorded"    # a binary body the recording left out
         if reason is not None:
             stats.add("not_eligible", reason, endpoint)
             return False

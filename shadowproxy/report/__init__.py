@@ -123,6 +123,13 @@ def main(cfg: Any, args: Any) -> int:
         return EXIT_USAGE
     try:
         until = time.time()
+        run = getattr(args, "run", None)
+        if run and not getattr(args, "since", None):
+            # a run is read whole: a replay reported days later still has its results
+            span = store.time_range()
+            if span is not None and until - span[0] >= window:
+                window = until - span[0] + 60.0
+                since_arg = f"run {run}"
         with store.snapshot():        # the report and its checks from one state of the store
             report = build_report(store, since=until - window, until=until, cfg=cfg,
                                   label=since_arg, top_fields=rc.top_fields)

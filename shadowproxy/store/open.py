@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from ..errors import StoreError
@@ -60,3 +61,23 @@ def open_configured(cfg: Config, *, readonly: bool = False,
     return open_store(cfg.store.url, readonly=readonly,
                       samples_per_field=cfg.store.samples_per_field,
                       read_instance=read_instance, **store_options(cfg))
+
+
+def times_started(cfg: Config, instance: str | None) -> int | None:
+    """How many replays the run of ``cfg`` (:func:`~shadowproxy.store.runs.for_run`'s)
+    holds: a run name used again would mix an earlier replay's results into this
+    one's verdict, and a name that holds none is a typo. None when its store does
+    not exist yet or cannot be read (whoever opens it next says why)."""
+    url = cfg.store.url
+    if not url.startswith(POSTGRES_SCHEMES) and not os.path.exists(url[len("sqlite:///"):]):
+        return None
+    try:
+        store = open_configured(cfg, readonly=True, read_instance=instance)
+    except StoreError:
+        return None
+    try:
+        return store.outcome_counts().get("run", {}).get("started", 0)
+    except StoreError:
+        return None
+    finally:
+        store.close()

@@ -51,3 +51,4 @@ def for_run(cfg: Config, run: str) -> tuple[Config, str | None]:
         return cfg.replace(instance=RUN_PREFIX + run), RUN_PREFIX + run
     store = dataclasses.replace(cfg.store, url=run_url(cfg.store.url, run))
     return cfg.replace(store=store), None
+

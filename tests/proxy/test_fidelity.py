@@ -1305,3 +1305,17 @@ async def test_primary_reset_mid_body_is_a_reset_for_an_http10_client():
             with pytest.raises(ConnectionResetError):   # never a clean, short end
                 while await asyncio.wait_for(c.reader.read(65536), 3):
                     pass
+
+
+async def test_a_malformed_body_sampled_only_for_recording_is_counted(env, tmp_path):
+    """A request recording sampled (and not mirrored: no candidate) whose body is
+    malformed is answered 400 and counted record_dropped{bad_body}, not lost."""
+    srv = await env.proxy(record={"dir": str(tmp_path), "sample": 1.0})
+    async with await RawConn.open(srv.port) as c:
+        await c.send(request("POST", "/echo-body", [("Transfer-Encoding", "chunked")]))
+        await asyncio.sleep(0.1)
+        await c.send(b"3\r\nabc\r\nzz\r\n")          # not a chunk size
+        via = await c.read_response()
+    assert via.status == 400
+    assert srv.stats.total("record_dropped", "bad_body") == 1
+    assert srv.stats.total("recorded") == 0

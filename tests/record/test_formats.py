@@ -103,6 +103,9 @@ checks:
                          "--candidate", candidate.url, "--run", "gor")
         har = await _cli("replay", "-c", str(cfg), str(FIXTURES / "browser-export.har"),
                          "--candidate", candidate.url, "--run", "har")
+        # a run's name again: refused, not mixed into the earlier replay's verdict
+        again = await _cli("replay", "-c", str(cfg), str(FIXTURES / "browser-export.har"),
+                           "--candidate", candidate.url, "--run", "gor")
     finally:
         await candidate.stop()
     assert gor.returncode == 0, gor.stdout + gor.stderr
@@ -111,10 +114,16 @@ checks:
     assert "not_eligible{method} 1" in gor.stdout, gor.stdout
     assert har.returncode == 0, har.stdout + har.stderr
     assert "12 of 12 requests sent" in har.stdout, har.stdout
+    assert again.returncode == 2, again.stdout + again.stderr
+    assert "run gor already holds the results of 1 earlier replay" in again.stderr
     for run in ("gor", "har"):
         check = await _cli("check", "-c", str(cfg), "--run", run)
         assert check.returncode == 1, check.stdout + check.stderr
         assert "$.price" in check.stdout and "compared 12" in check.stdout, check.stdout
+    # a run's name mistyped: an error on both engines, not an inconclusive empty run
+    typo = await _cli("check", "-c", str(cfg), "--run", "hra")
+    assert typo.returncode == 2, typo.stdout + typo.stderr
+    assert "no run hra in the store" in typo.stderr or "does not exist" in typo.stderr
     live = await _cli("check", "-c", str(cfg))
     if store_url.startswith("sqlite"):    # the runs have files of their own
         assert live.returncode == 2 and "does not exist" in live.stderr, live.stderr

@@ -72,3 +72,31 @@ async def test_receiver_answers_202_and_mirrors_only_safe_methods() -> None:
     assert ex.candidate.status == 200 and b'"price": 12' in ex.candidate.body
     assert ("X-Forwarded-Host", "shop:8080") in ex.request.headers       # -shadow taken off
     assert stats.total("not_eligible", "method") == 1                    # the POST
+
+
+async def test_receiver_counts_a_recording_it_cannot_make(tmp_path: Path) -> None:
+    """A copy whose body is over mirror.max_body is neither mirrored nor recorded, and
+    both are counted, as in proxy mode."""
+    primary = await Upstream(item_app(10, accept=None)).start()
+    candidate = await Upstream(item_app(10, accept=None)).start()
+    stats = Stats()
+    sink = Collector()
+    cfg = config(primary.url, candidate.url, mode="receiver",
+                 record={"dir": str(tmp_path), "sample": 1.0},
+                 mirror={"max_body": 1024, "sample": 1.0, "methods": ["GET", "POST"]})
+    server = await start_proxy(cfg, sink, stats)
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"http://127.0.0.1:{server.port}/api/items",
+                              data=b"x" * 5000) as r:
+                assert r.status == 202
+            async with s.get(f"http://127.0.0.1:{server.port}/api/items/1") as r:
+                assert r.status == 202
+        await sink.wait_for(1)
+    finally:
+        await server.stop()
+        await primary.stop()
+        await candidate.stop()
+    assert stats.total("not_eligible", "body_too_large") == 1
+    assert stats.total("record_dropped", "body_too_large") == 1
+    assert stats.total("recorded") == 1

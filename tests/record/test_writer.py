@@ -123,14 +123,14 @@ def test_progress_bar_on_a_terminal_and_lines_otherwise() -> None:
     bar.update(50, 3)
     bar.update(200, 7, final=True)
     text = tty.getvalue()
-    assert text.startswith("\r[") and "#" in text and "200/200 sent" in text
+    assert text.startswith("\r[") and "#" in text and "200/200 done" in text
     assert "7 with differences" in text and "ETA" in text and text.endswith("\n")
     plain = io.StringIO()
     lines = Progress(200, plain, interval=0.0)
     lines.update(50, 3)
     lines.update(200, 7, final=True)
     out = plain.getvalue().splitlines()
-    assert out[0].startswith("replay: 50/200 sent, ") and "3 with differences" in out[0]
+    assert out[0].startswith("replay: 50/200 done, ") and "3 with differences" in out[0]
     assert "\r" not in plain.getvalue() and len(out) == 2
 
 
@@ -155,3 +155,14 @@ def test_credentials_and_run_names() -> None:
     assert run_cfg.store.url == "sqlite:///./out/results.run-pr-7.db" and inst is None
     with pytest.raises(ConfigError):
         for_run(cfg, "../etc")
+
+
+def test_record_has_no_max_body_of_its_own() -> None:
+    """Request bodies over mirror.max_body are not recorded: a record.max_body, which
+    nothing read, is refused as unknown rather than silently ignored."""
+    from shadowproxy.config import loads
+    from shadowproxy.errors import ConfigError
+    text = "upstreams: {primary: http://127.0.0.1:9}\nrecord:\n  dir: /tmp/r\n"
+    assert loads(text + "  sample: 1.0\n").record is not None
+    with pytest.raises(ConfigError, match=r"record\.max_body: unknown key"):
+        loads(text + "  max_body: 1KiB\n")
