@@ -286,3 +286,26 @@ async def test_a_full_redis_is_said_once_and_the_recovery_once(
     said = [rec.getMessage() for rec in caplog.records]
     assert len([m for m in said if "is down" in m and "maxmemory" in m]) == 1, said
     assert len([m for m in said if m.endswith(" again")]) == 1, said
+
+
+async def test_many_dead_letters_of_one_cause_are_each_counted_and_logged_once(
+        redis: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = _cfg(redis, tmp_path)
+    r = aioredis.Redis.from_url(redis.url)
+    from shadowproxy.transport.client import ensure_group
+    await ensure_group(r, cfg.transport)
+    ex = exchange(response(item(1)), response(item(1)))
+    for _ in range(20):                             # a newer sidecar's entries
+        await r.xadd(cfg.transport.stream, {b"v": b"9", b"x": wire.pack(ex)})
+    await r.xadd(cfg.transport.stream, {b"v": wire.VERSION, b"x": b"\xc1"})   # garbage
+    caplog.set_level("WARNING", logger="shadowproxy.comparator")
+    c = Consumer(cfg)
+    task = asyncio.create_task(c.run())
+    await _until(lambda: c.stats.total("dropped", "transport_refused") == 21,
+                 what="refused and counted")
+    c.stop.set()
+    await task
+    await r.aclose()
+    said = [rec.getMessage() for rec in caplog.records if "moved to" in rec.getMessage()]
+    assert len([m for m in said if "version '9'" in m]) == 1, said
+    assert len([m for m in said if "not MessagePack" in m]) == 1, said
