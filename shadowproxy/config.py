@@ -625,6 +625,9 @@ def _check_transport(tr: TransportConfig, fail: typing.Callable[[str, str], typi
             parts.port  # noqa: B018 - raises ValueError on a bad port
         except ValueError as exc:
             fail("transport.url", f"not a valid redis:// URL ({exc})")
+        if not re.fullmatch(r"/?|/\d+", parts.path):    # redis-py would use DB 0 silently
+            fail("transport.url", f"the database {parts.path[1:]!r} is not a number "
+                 "(redis://HOST:PORT/DB)")
     if tr.password_env and tr.password_env not in env:
         fail("transport.password_env", f"environment variable {tr.password_env} is not set")
     if not tr.stream:

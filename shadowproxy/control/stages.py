@@ -211,9 +211,11 @@ class Control:
         down): its last second of results and counts may be missing, and readers
         (reports, ``check``) show that it happened instead of hiding it."""
         def previous() -> int:
-            """Runs started, less those stopped and those already recorded unclean."""
+            """This instance's runs started, less those stopped and those already
+            recorded unclean. Only its own: in a fleet's PostgreSQL store the other
+            sidecars' runs are open while they serve, and are not this one's crash."""
             try:
-                counts = self.store.outcome_counts()
+                counts = self._own_counts()
             except StoreError:
                 return 0
             runs = counts.get("run", {})
@@ -229,6 +231,23 @@ class Control:
             rows.append((now, "", "incident", "unclean_stop", unclean))
         self.writer.add_outcomes(rows)
         self._run_open = True
+
+    def _own_counts(self) -> dict[str, dict[str, int]]:
+        """This instance's outcome counts (an SQLite store holds only its own)."""
+        from ..store.open import POSTGRES_SCHEMES, open_store, store_options
+
+        url = self.cfg.store.url
+        if not url.startswith(POSTGRES_SCHEMES):
+            return self.store.outcome_counts()
+        from ..config import default_instance
+
+        opts = store_options(self.cfg)
+        mine = opts["instance"] or default_instance()    # the name the writer uses
+        own = open_store(url, readonly=True, read_instance=mine, password=opts["password"])
+        try:
+            return own.outcome_counts()
+        finally:
+            own.close()
 
     async def stop(self, timeout: float) -> None:
         for task in self._transport_tasks:

@@ -50,6 +50,7 @@ log = logging.getLogger("shadowproxy.comparator")
 
 BLOCK_MS = 1000          # an XREADGROUP waits this long for entries
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 2.0
+DEAD_LOG_INTERVAL = 60.0  # seconds between two lines for one cause of dead letters
 
 
 def consumer_name(index: int) -> str:
@@ -81,6 +82,10 @@ class Consumer:
         self.stop = asyncio.Event()
         self.claimed = 0
         self.redelivered = 0
+        # dead letters by cause: when each was last logged, and how many since (a
+        # rollout of a newer sidecar, or garbage written to the stream, sends thousands
+        # of one cause; each is counted, the cause logged at most once a minute)
+        self._dead_said: dict[str, tuple[float, int]] = {}
 
     # ------------------------------------------------------------ acknowledgement
 
@@ -134,8 +139,17 @@ class Consumer:
             await p.execute()
         outcome = "dead_letter" if reason.startswith("deliver") else "transport_refused"
         self.stats.add("dropped", outcome, endpoint)
-        log.warning("comparator: entry %s moved to %s (%s)", entry_id.decode(),
-                    self.keys.dead, reason)
+        cause = reason.split(" (", 1)[0]
+        now = time.monotonic()
+        said, since = self._dead_said.get(cause, (-DEAD_LOG_INTERVAL, 0))
+        if now - said < DEAD_LOG_INTERVAL:
+            self._dead_said[cause] = (said, since + 1)
+            return
+        self._dead_said[cause] = (now, 0)
+        log.warning("comparator: entry %s moved to %s (%s)%s; counted dropped{%s}, "
+                    "logged at most once a minute for this cause", entry_id.decode(),
+                    self.keys.dead, reason,
+                    f", and {since} more since the last time" if since else "", outcome)
 
     async def _handle(self, entries: list[Any], claimed: bool = False) -> None:
         stage = self.control.stage

@@ -46,8 +46,12 @@ async def info_forever(cfg: TransportConfig, into: dict[str, Any],
     r = connect(cfg)
     try:
         while True:
+            # read first, then swap: the admin API and /metrics read ``into`` while the
+            # next reading is awaited, and must never see it empty (a scrape would miss
+            # the lag a HorizontalPodAutoscaler scales on)
+            info = await read_info(r, cfg)
             into.clear()
-            into.update(await read_info(r, cfg))
+            into.update(info)
             await asyncio.sleep(interval)
     finally:
         await r.aclose()

@@ -52,6 +52,11 @@ class Publisher:
         self.buffer: deque[tuple[str, bytes]] = deque()   # (endpoint, packed exchange)
         self.bytes = 0
         self.down: str | None = "not connected yet"
+        # the failure last logged, until a batch is written again: a Redis that takes
+        # connections and refuses every write (full: OOM at maxmemory) is said once,
+        # not twice a batch
+        self._said: str | None = None
+        self._wrote_once = False
         self.added = 0
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -109,7 +114,8 @@ class Publisher:
                     await asyncio.sleep(delay)
                     delay = min(BACKOFF_MAX, delay * 2)
                     continue
-                if self.down is not None:
+                if not self._wrote_once:
+                    self._wrote_once = True
                     log.info("transport: writing to %s stream %s", safe_url(cfg.url or ""),
                              cfg.stream)
                 self.down = None
@@ -133,16 +139,21 @@ class Publisher:
                 r = None
                 continue
             self.added += int(added)
+            if self._said is not None:
+                log.info("transport: writing to %s stream %s again", safe_url(cfg.url or ""),
+                         cfg.stream)
+                self._said = None
             for endpoint, _d in batch[int(added):]:
                 self.stats.add("dropped", "compare_full", endpoint)
         await r.aclose()
 
     async def _lost(self, r: object, exc: BaseException) -> None:
-        if self.down is None:
+        self.down = str(exc) or type(exc).__name__
+        if self._said is None:
+            self._said = self.down
             log.error("transport: %s is down (%s); dropping shadows (counted "
                       "dropped{transport_down}) and reconnecting with backoff",
                       safe_url(self.cfg.url or ""), exc)
-        self.down = str(exc) or type(exc).__name__
         self._shed("transport_down")
         close = getattr(r, "aclose", None)
         if close is not None:

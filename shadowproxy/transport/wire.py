@@ -22,7 +22,7 @@ whatever it was given). An entry has two fields:
 Everything in an entry has been redacted by the sidecar (see
 :meth:`Redactor.redact_for_transport <shadowproxy.redact.redactor.Redactor.redact_for_transport>`),
 so the stream, Redis's RDB and AOF files and the comparators never hold a secret.
-docs/wire-format.md describes the same.
+docs/fleet.md ("The wire format") describes the same.
 """
 
 from __future__ import annotations
@@ -35,6 +35,12 @@ from ..models import Exchange, RequestRecord, ResponseRecord
 
 VERSION = b"1"
 MAX_ENTRY = 64 * 1024 * 1024     # bytes of one packed exchange a comparator unpacks
+# the largest numbers an entry may carry: what the store's columns hold (status: a
+# smallint-sized code, 0 for "no answer"; size: int8; started: seconds before 2262)
+MAX_STATUS = 999
+MAX_SIZE = 2**62
+MAX_STARTED = 9.2e9
+MAX_LATENCY = 86400.0 * 365
 
 
 class RefusedFrame(ValueError):
@@ -87,23 +93,31 @@ def _headers(v: Any, what: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def _num(v: Any, what: str) -> float:
-    _check(isinstance(v, (int, float)) and not isinstance(v, bool), what)
+def _num(v: Any, what: str, top: float) -> float:
+    """A number in [0, ``top``]: an infinity, a NaN or a value no store column holds
+    (a timestamp past any date, a status beyond int4) would be judged, then fail in
+    the store on every delivery and end as a dead letter besides its count."""
+    _check(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= top, what)
     return float(v)
+
+
+def _int(v: Any, what: str, top: int) -> int:
+    _check(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= top, what)
+    return int(v)
 
 
 def _resp(v: Any, what: str) -> ResponseRecord:
     _check(isinstance(v, list) and len(v) == 9, what)
     status, reason, headers, body, size, sha, truncated, latency, error = v
-    _check(isinstance(status, int) and not isinstance(status, bool), f"{what}.status")
     _check(isinstance(body, bytes), f"{what}.body")
-    _check(isinstance(size, int) and not isinstance(size, bool), f"{what}.size")
     _check(isinstance(truncated, bool), f"{what}.truncated")
     _check(error is None or isinstance(error, str), f"{what}.error")
-    return ResponseRecord(status=status, reason=_str(reason, f"{what}.reason"),
-                          headers=_headers(headers, f"{what}.headers"), body=body, size=size,
+    return ResponseRecord(status=_int(status, f"{what}.status", MAX_STATUS),
+                          reason=_str(reason, f"{what}.reason"),
+                          headers=_headers(headers, f"{what}.headers"), body=body,
+                          size=_int(size, f"{what}.size", MAX_SIZE),
                           sha256=_str(sha, f"{what}.sha256"), truncated=truncated,
-                          latency=_num(latency, f"{what}.latency"), error=error)
+                          latency=_num(latency, f"{what}.latency", MAX_LATENCY), error=error)
 
 
 def unpack(data: bytes) -> Exchange:
@@ -123,7 +137,7 @@ def unpack(data: bytes) -> Exchange:
     request = RequestRecord(_str(method, "request.method"), _str(path, "request.path"),
                             _str(query, "request.query"),
                             _headers(headers, "request.headers"), body)
-    return Exchange(id=_str(id_, "id"), started=_num(started, "started"),
+    return Exchange(id=_str(id_, "id"), started=_num(started, "started", MAX_STARTED),
                     endpoint=_str(endpoint, "endpoint"), route=route, request=request,
                     primary=_resp(pri, "primary"), candidate=_resp(cand, "candidate"),
                     secondary=None if sec is None else _resp(sec, "secondary"))

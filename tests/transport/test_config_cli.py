@@ -18,6 +18,8 @@ BASE = "upstreams: {primary: 'http://127.0.0.1:1'}\ntransport:\n"
 @pytest.mark.parametrize(("body", "key"), [
     ("  url: http://127.0.0.1:6379\n", "transport.url"),
     ("  url: redis://127.0.0.1:notaport/0\n", "transport.url"),
+    ("  url: redis://127.0.0.1:6379/notadb\n", "transport.url"),
+    ("  url: redis://127.0.0.1:6379/0/x\n", "transport.url"),
     ("  url: redis://127.0.0.1:6379/0\n  password_env: NOT_SET_ANYWHERE_42\n",
      "transport.password_env"),
     ("  max_len: 0\n", "transport.max_len"),

@@ -250,3 +250,62 @@ async def test_the_fleet_switch_reaches_a_watcher_within_a_second(redis: RedisSe
     await _until(lambda: seen[-1] == (True, 0.25), timeout=1.0, what="on at 0.25")
     assert time.monotonic() - t0 < 2.0
     task.cancel()
+
+
+async def test_a_full_redis_is_said_once_and_the_recovery_once(
+        redis: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """At maxmemory (noeviction) Redis refuses the sidecar's writes; with comparators
+    freeing a little memory now and then, used memory hovers at the limit and a
+    reconnect succeeds before the next write is refused (simulated here by lowering
+    and raising maxmemory). Each batch is dropped and counted, the cause logged once,
+    not at each reconnect."""
+    cfg = _cfg(redis, tmp_path)
+    stats = Stats()
+    pub = await _publish(cfg, 1, stats)
+    r = aioredis.Redis.from_url(redis.url)
+    caplog.set_level("INFO", logger="shadowproxy.transport")
+    caplog.clear()
+    ex = exchange(response(item(1)), response(item(1)))
+    try:
+        for i in range(6):
+            await r.config_set("maxmemory", "0")
+            await _until(lambda: pub.down is None, what="taking exchanges again")
+            await r.config_set("maxmemory", "1")
+            pub.offer(ex)
+            await _until(lambda i=i: stats.total("dropped", "transport_down") == i + 1,
+                         what="the batch refused and counted")
+        await r.config_set("maxmemory", "0")
+        before = pub.added
+        await _until(lambda: pub.down is None, what="taking exchanges again")
+        pub.offer(ex)
+        await _until(lambda: pub.added == before + 1, what="written again")
+    finally:
+        await r.config_set("maxmemory", "0")
+        await r.aclose()
+        await pub.close(2.0)
+    said = [rec.getMessage() for rec in caplog.records]
+    assert len([m for m in said if "is down" in m and "maxmemory" in m]) == 1, said
+    assert len([m for m in said if m.endswith(" again")]) == 1, said
+
+
+async def test_many_dead_letters_of_one_cause_are_each_counted_and_logged_once(
+        redis: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = _cfg(redis, tmp_path)
+    r = aioredis.Redis.from_url(redis.url)
+    from shadowproxy.transport.client import ensure_group
+    await ensure_group(r, cfg.transport)
+    ex = exchange(response(item(1)), response(item(1)))
+    for _ in range(20):                             # a newer sidecar's entries
+        await r.xadd(cfg.transport.stream, {b"v": b"9", b"x": wire.pack(ex)})
+    await r.xadd(cfg.transport.stream, {b"v": wire.VERSION, b"x": b"\xc1"})   # garbage
+    caplog.set_level("WARNING", logger="shadowproxy.comparator")
+    c = Consumer(cfg)
+    task = asyncio.create_task(c.run())
+    await _until(lambda: c.stats.total("dropped", "transport_refused") == 21,
+                 what="refused and counted")
+    c.stop.set()
+    await task
+    await r.aclose()
+    said = [rec.getMessage() for rec in caplog.records if "moved to" in rec.getMessage()]
+    assert len([m for m in said if "version '9'" in m]) == 1, said
+    assert len([m for m in said if "not MessagePack" in m]) == 1, said

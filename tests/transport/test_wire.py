@@ -54,3 +54,29 @@ def test_a_pickle_is_never_unpickled() -> None:
     for payload in (pickle.dumps(Boom()), pickle.dumps(to_wire(ex))):
         with pytest.raises(wire.RefusedFrame):
             wire.read_entry({b"v": wire.VERSION, b"x": payload})
+
+
+def _frame(started: object = 1.0, status: object = 200, size: object = 0,
+           latency: object = 0.01) -> bytes:
+    resp = [status, "OK", [], b"", size, "", False, latency, None]
+    ok = [200, "OK", [], b"", 0, "", False, 0.01, None]
+    return msgpack.packb(["id", started, "ep", None, ["GET", "/", "", [], b""], resp, ok,
+                          None], use_bin_type=True)
+
+
+def test_a_well_formed_frame_of_plain_numbers_is_read() -> None:
+    ex = wire.read_entry({b"v": wire.VERSION, b"x": _frame()})
+    assert (ex.started, ex.primary.status, ex.primary.latency) == (1.0, 200, 0.01)
+
+
+@pytest.mark.parametrize("numbers", [
+    {"started": 1e300}, {"started": float("nan")}, {"started": float("inf")},
+    {"started": -1.0}, {"status": 2**40}, {"status": -5}, {"size": 2**64 - 1},
+    {"size": -1}, {"latency": float("nan")}, {"latency": -0.5}, {"latency": float("inf")},
+])
+def test_numbers_no_store_can_hold_are_refused(numbers: dict[str, object]) -> None:
+    """Such an entry would be judged, then fail in the store on each delivery and end
+    as a dead letter after being counted compared: it is refused on the way in."""
+    with pytest.raises(wire.RefusedFrame) as exc:
+        wire.read_entry({b"v": wire.VERSION, b"x": _frame(**numbers)})
+    assert exc.value.reason == "malformed"

@@ -7,6 +7,12 @@ Idempotent: the ids of a batch already stored (a retried batch, one whose commit
 not acknowledged) are looked up first, inside the transaction, and skipped, so nothing is
 counted twice. Many writers: each instance writes only the aggregate rows keyed by its
 own name (``instance``), so writers never race on a row; readers sum them.
+
+Every upsert takes its rows in key order: two processes under one instance name (a
+comparator pool's, ``shadowproxy compare --processes N``) or any two writers of the
+shared ``noise`` rows then lock the rows they share in one order and wait for each
+other, where rows in the order they were gathered deadlocked (one transaction aborted,
+its batch retried and an error logged).
 """
 
 from __future__ import annotations
@@ -146,6 +152,7 @@ class WritesMixin(PgConnection):
         _copy(cur, "differences", _DIFF_COLS, _DIFF_TYPES, diff_rows)
         _copy(cur, "samples", _SAMPLE_COLS, _SAMPLE_TYPES, sample_rows)
         if key_rows:
+            key_rows.sort()
             cur.executemany("INSERT INTO sample_keys(endpoint, field, exchange_id, time) "
                             "VALUES (%s,%s,%s,%s) ON CONFLICT DO NOTHING", key_rows)
         self._write_rollups(cur, rollup(ex_rows, diffs))
@@ -174,6 +181,8 @@ class WritesMixin(PgConnection):
             blob_rows.extend((kind, minute, endpoint, inst, data)
                              for kind, data in zip(ROLLUP_BLOBS, new, strict=True)
                              if data is not None)
+        rows.sort(key=lambda row: (row[0], row[1]))      # lock order: see the module
+        blob_rows.sort(key=lambda row: (row[0], row[1], row[2]))
         cols = ",".join(ROLLUP_COLS)
         sets = ",".join(f"{k}=rollups.{k}+excluded.{k}" for k in ROLLUP_COLS)
         marks = ",".join(["%s"] * (3 + len(ROLLUP_COLS)))
@@ -188,6 +197,7 @@ class WritesMixin(PgConnection):
         field_rows = [(minute, endpoint, inst, fld, kind, *row)
                       for (minute, endpoint), m in minutes.items()
                       for (fld, kind), row in m.fields.items()]
+        field_rows.sort(key=lambda row: row[:5])
         if field_rows:
             cur.executemany(
                 "INSERT INTO field_rollups(minute, endpoint, instance, field, kind, rows, "
@@ -199,6 +209,7 @@ class WritesMixin(PgConnection):
         set_rows = [(minute, endpoint, inst, key, n)
                     for (minute, endpoint), m in minutes.items()
                     for key, n in m.diff_sets.items()]
+        set_rows.sort(key=lambda row: row[:4])
         if set_rows:
             cur.executemany(
                 "INSERT INTO diff_sets(minute, endpoint, instance, fields, count) "
@@ -219,7 +230,7 @@ class WritesMixin(PgConnection):
                 "VALUES (%s,%s,%s,%s,%s,%s) "
                 "ON CONFLICT (minute, endpoint, instance, outcome, reason) "
                 "DO UPDATE SET count = outcomes.count + excluded.count",
-                [(k[0], k[1], inst, k[2], k[3], v) for k, v in merged.items()])
+                [(k[0], k[1], inst, k[2], k[3], v) for k, v in sorted(merged.items())])
 
         self._write("write outcomes to", run)
 
@@ -231,6 +242,7 @@ class WritesMixin(PgConnection):
                  1 if getattr(e, "provisional", False) else 0,
                  float(getattr(e, "decided_at", now) or now), now, self.instance)
                 for e in evidence]
+        rows.sort(key=lambda row: (row[0], row[1]))     # lock order: see the module
 
         def run(cur: Any) -> None:
             cur.executemany(
