@@ -66,6 +66,12 @@ async def ensure_group(r: aioredis.Redis, cfg: TransportConfig) -> None:
     count of 0, which Redis keeps exact so that trimmed entries can be counted, see
     :data:`~.scripts.TRIMMED`)."""
     try:
+        groups = await r.xinfo_groups(cfg.stream)
+    except aioredis.ResponseError:        # no stream yet
+        groups = []
+    if any(g["name"] in (cfg.group, cfg.group.encode()) for g in groups):
+        return      # a full Redis refuses XGROUP CREATE even for a group it has
+    try:
         await r.xgroup_create(cfg.stream, cfg.group, id="0", mkstream=True, entries_read=0)
     except aioredis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):

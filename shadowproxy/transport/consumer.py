@@ -36,7 +36,7 @@ import time
 from collections import deque
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from ..config import Config
 from ..errors import StoreError
@@ -44,7 +44,7 @@ from ..models import Result
 from ..redact.fleet import Redacted
 from . import wire
 from .client import Keys, connect, ensure_group, safe_url
-from .scripts import TRIMMED
+from .scripts import TRIM_READ, TRIMMED
 
 log = logging.getLogger("shadowproxy.comparator")
 
@@ -81,6 +81,7 @@ class Consumer:
         self.redis: Any = None
         self.stop = asyncio.Event()
         self.claimed = 0
+        self.trimmed_read = 0     # entries done with, trimmed from the stream (TRIM_READ)
         self.redelivered = 0
         # dead letters by cause: when each was last logged, and how many since (a
         # rollout of a newer sidecar, or garbage written to the stream, sends thousands
@@ -206,10 +207,18 @@ class Consumer:
             if room == 0:
                 await asyncio.sleep(0.05)
                 continue
-            async with self.redis.pipeline(transaction=True) as p:
-                await trimmed(keys=[stream], args=[group], client=p)
-                p.xreadgroup(group, self.name, {stream: ">"}, count=room)
-                lost, resp = await p.execute()
+            try:
+                async with self.redis.pipeline(transaction=True) as p:
+                    await trimmed(keys=[stream], args=[group], client=p)
+                    p.xreadgroup(group, self.name, {stream: ">"}, count=room)
+                    lost, resp = await p.execute()
+            except OutOfMemoryError:
+                # Redis is full: it refuses the check inside a transaction, and nothing
+                # can be added (so nothing trimmed unread) until reading, acknowledging
+                # and trimming free it: read without the check
+                lost = 0
+                resp = await self.redis.xreadgroup(group, self.name, {stream: ">"},
+                                                   count=room)
             self._count_trimmed(int(lost))
             if not resp:
                 resp = await self.redis.xreadgroup(group, self.name, {stream: ">"},
@@ -231,10 +240,14 @@ class Consumer:
         """Dead letters and claims, every ``claim_after`` / 2 (≤ 5 s)."""
         tcfg = self.tcfg
         idle_ms = int(tcfg.claim_after * 1000)
+        trim_read = self.redis.register_script(TRIM_READ)
         while not self.stop.is_set():
             await asyncio.sleep(min(5.0, tcfg.claim_after / 2))
             self._forget_stale()
             await self._drop_idle_consumers()
+            # what every comparator is done with leaves the stream (frees Redis)
+            self.trimmed_read += int(await trim_read(keys=[self.keys.stream],
+                                                     args=[tcfg.group]))
             # entries delivered max_deliveries times without an ack: dead letters
             pending = await self.redis.xpending_range(
                 self.keys.stream, tcfg.group, min="-", max="+", count=100, idle=idle_ms)

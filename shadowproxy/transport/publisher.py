@@ -28,7 +28,7 @@ import asyncio
 import logging
 from collections import deque
 
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from ..config import Config
 from ..models import Exchange
@@ -52,6 +52,7 @@ class Publisher:
         self.buffer: deque[tuple[str, bytes]] = deque()   # (endpoint, packed exchange)
         self.bytes = 0
         self.down: str | None = "not connected yet"
+        self.full: str | None = None    # Redis refuses writes at its maxmemory (it is up)
         # the failure last logged, until a batch is written again: a Redis that takes
         # connections and refuses every write (full: OOM at maxmemory) is said once,
         # not twice a batch
@@ -82,7 +83,8 @@ class Publisher:
     def gauges(self) -> dict[str, float]:
         return {"transport_buffered_bytes": float(self.bytes),
                 "transport_buffered": float(len(self.buffer)),
-                "transport_down": 1.0 if self.down is not None else 0.0}
+                "transport_down": 1.0 if self.down is not None else 0.0,
+                "transport_redis_full": 1.0 if self.full is not None else 0.0}
 
     # ------------------------------------------------------------ the drain
 
@@ -132,12 +134,23 @@ class Publisher:
                 added, _lag = await add(keys=[cfg.stream],
                                         args=[cfg.group, cfg.max_len, wire.VERSION,
                                               *(d for _e, d in batch)])
+            except OutOfMemoryError as exc:
+                # Redis is up but full (maxmemory): the comparators' trimming frees it;
+                # the connection stays, the shadows meanwhile are counted apart
+                for endpoint, _d in batch:
+                    self.stats.add("dropped", "transport_oom", endpoint)
+                self._oom(exc)
+                await asyncio.sleep(delay)
+                delay = min(BACKOFF_MAX, delay * 2)
+                continue
             except (RedisError, OSError) as exc:
                 for endpoint, _d in batch:
                     self.stats.add("dropped", "transport_down", endpoint)
                 await self._lost(r, exc)
                 r = None
                 continue
+            delay = BACKOFF_MIN
+            self.full = None
             self.added += int(added)
             if self._said is not None:
                 log.info("transport: writing to %s stream %s again", safe_url(cfg.url or ""),
@@ -146,6 +159,16 @@ class Publisher:
             for endpoint, _d in batch[int(added):]:
                 self.stats.add("dropped", "compare_full", endpoint)
         await r.aclose()
+
+    def _oom(self, exc: BaseException) -> None:
+        """Redis is full: the buffer keeps taking shadows, batches are tried with
+        backoff (each refused one counted), the connection is kept."""
+        self.full = f"Redis is full: {exc}"
+        if self._said is None:
+            self._said = self.full
+            log.error("transport: %s is full (maxmemory: %s); dropping shadows (counted "
+                      "dropped{transport_oom}) until the comparators' trimming frees it",
+                      safe_url(self.cfg.url or ""), exc)
 
     async def _lost(self, r: object, exc: BaseException) -> None:
         self.down = str(exc) or type(exc).__name__

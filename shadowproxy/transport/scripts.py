@@ -20,11 +20,24 @@ checks still holds when it acts on it.
     ENTRIESREAD``) so that they are counted once. Returns that count (``-1`` when Redis
     cannot tell how many).
 
+    It runs when Redis is out of memory (``flags=allow-oom``): a full Redis must not
+    stop the comparators from reading, acknowledging and trimming what frees it.
+
     It also mends the group's read count when the group has read everything:
     Redis 7.0 does not keep ``entries-read`` across a restart (the AOF replays reads
     as ``XCLAIM … LASTID``, which leaves it behind), which would overstate the lag (and
     the sidecars' bound with it) until it is mended here, as soon as the comparators
     have caught up (``XGROUP SETID … ENTRIESREAD entries-added``).
+
+:data:`TRIM_READ`
+    Removes the entries every comparator is done with: those before the group's oldest
+    pending entry (delivered, not yet acknowledged), or before its last delivered one
+    when none is pending (``XTRIM MINID``). Without it the stream would keep ``max_len``
+    entries (``MAXLEN ~`` on add) whatever the lag, ~2.8 KB each: a Redis sized for the
+    lag it should absorb would fill up in steady state, and ``XADD`` is refused when
+    Redis is full. Only entries already delivered go, so no unread entry is trimmed
+    (nothing for :data:`TRIMMED` to count). Allowed when Redis is out of memory: it is
+    what frees it. Returns the entries removed.
 """
 
 from __future__ import annotations
@@ -53,7 +66,7 @@ end
 return {n, lag}
 """
 
-TRIMMED = """
+TRIMMED = """#!lua flags=allow-oom
 local function id(s)
   local ms, seq = string.match(s, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
@@ -99,6 +112,23 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
     if lost == 0 then return 0 end
     redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], to, 'ENTRIESREAD', gone)
     return lost
+  end
+end
+return 0
+"""
+
+TRIM_READ = """#!lua flags=allow-oom
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if not ok then return 0 end
+for _, g in ipairs(groups) do
+  local f = {}
+  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+  if f['name'] == ARGV[1] then
+    local floor = f['last-delivered-id']
+    local pending = redis.call('XPENDING', KEYS[1], ARGV[1])
+    if pending[1] > 0 then floor = pending[2] end
+    if floor == '0-0' then return 0 end
+    return redis.call('XTRIM', KEYS[1], 'MINID', floor)
   end
 end
 return 0

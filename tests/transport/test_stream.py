@@ -254,11 +254,9 @@ async def test_the_fleet_switch_reaches_a_watcher_within_a_second(redis: RedisSe
 
 async def test_a_full_redis_is_said_once_and_the_recovery_once(
         redis: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """At maxmemory (noeviction) Redis refuses the sidecar's writes; with comparators
-    freeing a little memory now and then, used memory hovers at the limit and a
-    reconnect succeeds before the next write is refused (simulated here by lowering
-    and raising maxmemory). Each batch is dropped and counted, the cause logged once,
-    not at each reconnect."""
+    """At maxmemory (noeviction) Redis refuses the sidecar's writes: each batch is
+    dropped and counted dropped{transport_oom} (Redis is up: no reconnect), the cause
+    logged once, and once the recovery."""
     cfg = _cfg(redis, tmp_path)
     stats = Stats()
     pub = await _publish(cfg, 1, stats)
@@ -267,25 +265,62 @@ async def test_a_full_redis_is_said_once_and_the_recovery_once(
     caplog.clear()
     ex = exchange(response(item(1)), response(item(1)))
     try:
-        for i in range(6):
-            await r.config_set("maxmemory", "0")
-            await _until(lambda: pub.down is None, what="taking exchanges again")
-            await r.config_set("maxmemory", "1")
+        await r.config_set("maxmemory", "1")
+        for i in range(4):
             pub.offer(ex)
-            await _until(lambda i=i: stats.total("dropped", "transport_down") == i + 1,
+            await _until(lambda i=i: stats.total("dropped", "transport_oom") == i + 1,
                          what="the batch refused and counted")
+        assert pub.full is not None and pub.down is None
         await r.config_set("maxmemory", "0")
         before = pub.added
-        await _until(lambda: pub.down is None, what="taking exchanges again")
         pub.offer(ex)
         await _until(lambda: pub.added == before + 1, what="written again")
+        assert pub.full is None
     finally:
         await r.config_set("maxmemory", "0")
         await r.aclose()
         await pub.close(2.0)
     said = [rec.getMessage() for rec in caplog.records]
-    assert len([m for m in said if "is down" in m and "maxmemory" in m]) == 1, said
+    assert len([m for m in said if "is full" in m and "maxmemory" in m]) == 1, said
     assert len([m for m in said if m.endswith(" again")]) == 1, said
+    assert stats.total("dropped", "transport_down") == 0
+
+
+async def test_comparators_trim_what_they_are_done_with_and_free_a_full_redis(
+        redis: RedisServer, tmp_path: Path) -> None:
+    """The stream keeps only what is not yet acknowledged: a Redis filled to its
+    maxmemory by a backlog is freed by the comparators reading, acknowledging and
+    trimming (the read and the trim run although Redis is full), and the sidecar
+    writes again."""
+    cfg = _cfg(redis, tmp_path)
+    stats = Stats()
+    pub = await _publish(cfg, 400, stats)
+    r = aioredis.Redis.from_url(redis.url)
+    try:
+        assert await r.xlen(cfg.transport.stream) == 400
+        used = int((await r.info("memory"))["used_memory"])
+        await r.config_set("maxmemory", str(used - 1024))        # full now
+        pub.offer(exchange(response(item(1)), response(item(1))))
+        await _until(lambda: stats.total("dropped", "transport_oom") == 1, what="refused")
+        c = Consumer(cfg)
+        task = asyncio.create_task(c.run())
+        await _until(lambda: c.writer.acknowledged >= 400, what="stored although full")
+        await _until(lambda: c.trimmed_read >= 399, timeout=30, what="trimmed")
+        assert await r.xlen(cfg.transport.stream) <= 1
+        assert int((await r.info("memory"))["used_memory"]) < used - 1024
+        before = pub.added
+        pub.offer(exchange(response(item(2)), response(item(2))))
+        await _until(lambda: pub.added == before + 1, what="the sidecar writes again")
+        await _until(lambda: c.writer.acknowledged >= 401, what="and it is compared")
+        c.stop.set()
+        await task
+        assert c.stats.total("dropped", "transport_trimmed") == 0   # none went unread
+        assert sorted(set(_stored_ids(cfg))) == sorted(_stored_ids(cfg))
+        assert len(_stored_ids(cfg)) == 401
+    finally:
+        await r.config_set("maxmemory", "0")
+        await r.aclose()
+        await pub.close(2.0)
 
 
 async def test_many_dead_letters_of_one_cause_are_each_counted_and_logged_once(
