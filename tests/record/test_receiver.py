@@ -43,7 +43,7 @@ def nginx_mirror_server(primary: str, receiver: str) -> str:
         location = /shadowproxy-mirror {{
             internal;
             proxy_pass {receiver}$request_uri;
-            proxy_set_header Host $host-shadow;
+            proxy_set_header Host $http_host-shadow;
             proxy_set_header X-Forwarded-For $remote_addr;
             proxy_connect_timeout 1s;
             proxy_read_timeout 2s;
