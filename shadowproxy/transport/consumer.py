@@ -81,6 +81,7 @@ class Consumer:
         self.redis: Any = None
         self.stop = asyncio.Event()
         self.claimed = 0
+        self._failures: dict[bytes, str] = {}   # entry → why its comparison raised
         self.trimmed_read = 0     # entries done with, trimmed from the stream (TRIM_READ)
         self.redelivered = 0
         # dead letters by cause: when each was last logged, and how many since (a
@@ -174,10 +175,14 @@ class Consumer:
             self.waiting[ex.id] = (time.monotonic(), [entry_id])
             try:
                 stage.process(ex)
-            except Exception:  # one bad exchange must not stop the comparator
+            except Exception as exc:  # one bad exchange must not stop the comparator
+                # left pending: retried, then dead-lettered with this cause, and counted
+                # once there (dropped{dead_letter}), not at every delivery
                 log.exception("comparison failed for exchange %s", ex.id)
-                self.stats.add("compare_failed", "", ex.endpoint)
-                self.waiting.pop(ex.id, None)     # left pending: retried, then dead-lettered
+                if len(self._failures) > 10_000:
+                    self._failures.clear()
+                self._failures[entry_id] = f"comparison failed: {type(exc).__name__}: {exc}"
+                self.waiting.pop(ex.id, None)
         stage._burst_done()
 
     async def _stored(self, ex_id: str) -> bool:
@@ -256,8 +261,10 @@ class Consumer:
                     got = await self.redis.xrange(self.keys.stream, p["message_id"],
                                                   p["message_id"])
                     fields = got[0][1] if got else {}
+                    why = self._failures.pop(p["message_id"], None)
                     await self._dead(p["message_id"], fields,
-                                     f"delivered {p['times_delivered']} times")
+                                     f"delivered {p['times_delivered']} times"
+                                     + (f" ({why[:200]})" if why else ""))
             start = "0-0"
             for _ in range(10):       # at most 10 batches a round
                 room = min(tcfg.batch, self._room())

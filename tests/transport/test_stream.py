@@ -177,6 +177,34 @@ async def test_unknown_versions_and_poison_entries_become_counted_dead_letters(
     await r.aclose()
 
 
+async def test_a_comparison_that_raises_is_one_dead_letter_not_a_count_per_delivery(
+        redis: RedisServer, tmp_path: Path) -> None:
+    """An exchange whose comparison raises is delivered again, then dead-lettered: one
+    outcome (dropped{dead_letter}, the cause in the dead letter), not one more per
+    delivery. The fault is injected into the comparator stage of a real consumer."""
+    cfg = _cfg(redis, tmp_path, max_deliveries=3)
+    pub = await _publish(cfg, 1)
+    await pub.close(2.0)
+    c = Consumer(cfg)
+
+    def boom(ex: Any) -> None:
+        raise RuntimeError("a comparator bug")
+
+    c.control.stage.process = boom  # type: ignore[method-assign]
+    task = asyncio.create_task(c.run())
+    await _until(lambda: c.stats.total("dropped", "dead_letter") == 1, timeout=30,
+                 what="dead letter")
+    c.stop.set()
+    await task
+    assert c.stats.total("compare_failed") == 0
+    assert c.stats.total("compared") == 0
+    r = aioredis.Redis.from_url(redis.url)
+    (_id, fields), = await r.xrange(cfg.transport.stream + ":dead")
+    assert b"comparison failed: RuntimeError: a comparator bug" in fields[b"reason"]
+    assert await _pending_is(r, cfg, 0)
+    await r.aclose()
+
+
 async def test_sidecars_stop_adding_at_the_lag_bound(redis: RedisServer, tmp_path: Path
                                                        ) -> None:
     cfg = _cfg(redis, tmp_path, max_len=25)
