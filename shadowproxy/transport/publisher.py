@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from collections import deque
+from typing import Any
 
 from redis.exceptions import OutOfMemoryError, RedisError
 
@@ -59,6 +62,12 @@ class Publisher:
         self._said: str | None = None
         self._wrote_once = False
         self.added = 0
+        # batches: numbered, the number recorded in Redis with them (scripts.ADD), so
+        # that a batch whose reply was lost is found applied or not on reconnecting
+        self._seq_key = (f"{cfg.transport.stream}:publisher:"
+                         f"{os.getpid()}-{time.time_ns():x}-{id(self):x}")
+        self._seq = 0
+        self._unsure: tuple[int, list[tuple[str, bytes]]] | None = None
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -116,6 +125,17 @@ class Publisher:
                     await asyncio.sleep(delay)
                     delay = min(BACKOFF_MAX, delay * 2)
                     continue
+                if self._unsure is not None:
+                    try:
+                        await self._settle(r)
+                    except (RedisError, OSError) as exc:
+                        await self._lost(r, exc)
+                        r = None
+                        if self._closing:
+                            return
+                        await asyncio.sleep(delay)
+                        delay = min(BACKOFF_MAX, delay * 2)
+                        continue
                 if not self._wrote_once:
                     self._wrote_once = True
                     log.info("transport: writing to %s stream %s", safe_url(cfg.url or ""),
@@ -130,10 +150,11 @@ class Publisher:
                 continue
             batch = [self.buffer.popleft() for _ in range(min(cfg.batch, len(self.buffer)))]
             self.bytes -= sum(len(d) for _e, d in batch)
+            self._seq += 1
             try:
-                added, _lag = await add(keys=[cfg.stream],
+                added, _lag = await add(keys=[cfg.stream, self._seq_key],
                                         args=[cfg.group, cfg.max_len, wire.VERSION,
-                                              *(d for _e, d in batch)])
+                                              self._seq, *(d for _e, d in batch)])
             except OutOfMemoryError as exc:
                 # Redis is up but full (maxmemory): the comparators' trimming frees it;
                 # the connection stays, the shadows meanwhile are counted apart
@@ -144,8 +165,9 @@ class Publisher:
                 delay = min(BACKOFF_MAX, delay * 2)
                 continue
             except (RedisError, OSError) as exc:
-                for endpoint, _d in batch:
-                    self.stats.add("dropped", "transport_down", endpoint)
+                # applied or not: Redis may have run the script before the connection
+                # broke; settled on reconnecting (_settle), or counted lost at close
+                self._unsure = (self._seq, batch)
                 await self._lost(r, exc)
                 r = None
                 continue
@@ -159,6 +181,32 @@ class Publisher:
             for endpoint, _d in batch[int(added):]:
                 self.stats.add("dropped", "compare_full", endpoint)
         await r.aclose()
+
+    async def _settle(self, r: Any) -> None:
+        """The batch whose reply was lost: added (Redis recorded its number with the
+        entries) or lost (counted ``dropped{transport_down}``)."""
+        assert self._unsure is not None
+        seq, batch = self._unsure
+        got = await r.get(self._seq_key)
+        text = got.decode() if isinstance(got, bytes) else (got or "")
+        done, _, n = text.partition(":")
+        self._unsure = None
+        if done == str(seq) and n.isdigit():
+            self.added += int(n)
+            for endpoint, _d in batch[int(n):]:
+                self.stats.add("dropped", "compare_full", endpoint)
+        else:
+            self._count_lost(batch)
+
+    @property
+    def unsettled(self) -> int:
+        """Entries of a batch whose reply was lost, until Redis says whether it took
+        them (on reconnecting) or the publisher closes (then counted lost)."""
+        return len(self._unsure[1]) if self._unsure is not None else 0
+
+    def _count_lost(self, batch: list[tuple[str, bytes]]) -> None:
+        for endpoint, _d in batch:
+            self.stats.add("dropped", "transport_down", endpoint)
 
     def _oom(self, exc: BaseException) -> None:
         """Redis is full: the buffer keeps taking shadows, batches are tried with
@@ -195,4 +243,7 @@ class Publisher:
                 await asyncio.wait_for(self._task, timeout)
             except TimeoutError:
                 pass
+        if self._unsure is not None:       # Redis never came back to say: lost
+            self._count_lost(self._unsure[1])
+            self._unsure = None
         self._shed("shutdown")

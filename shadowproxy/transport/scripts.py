@@ -7,6 +7,10 @@ checks still holds when it acts on it.
     ones beyond are refused, and the sidecar counts them ``dropped{compare_full}``.
     Each ``XADD`` also trims the stream to about ``max_len`` entries (``MAXLEN ~``); as
     the unread entries are at most ``max_len`` that removes only delivered ones.
+    With the entries it records the publisher's batch number and how many it added
+    (``KEYS[2]``, ``"seq:added"``, kept a day): a sidecar whose connection broke before
+    the reply came reads it back on reconnecting, and counts that batch added, not lost
+    (its entries are judged by the comparators: one outcome each, not two).
     Returns ``{added, lag before}``.
 
 :data:`TRIMMED`
@@ -43,7 +47,7 @@ checks still holds when it acts on it.
 from __future__ import annotations
 
 ADD = """
-local n = #ARGV - 3
+local n = #ARGV - 4
 local lag = 0
 local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
 if ok then
@@ -60,9 +64,10 @@ if ok then
 end
 local room = tonumber(ARGV[2]) - lag
 if room < n then n = math.max(room, 0) end
-for i = 4, 3 + n do
+for i = 5, 4 + n do
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'v', ARGV[3], 'x', ARGV[i])
 end
+redis.call('SET', KEYS[2], ARGV[4] .. ':' .. n, 'EX', 86400)
 return {n, lag}
 """
 
