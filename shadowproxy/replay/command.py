@@ -1,7 +1,8 @@
 """The ``replay`` subcommand: options to a configured :class:`~shadowproxy.replay.sender.Replayer`.
 
 Exit codes: 0 the replay ran (the verdict is ``check --run``'s to give), 1 a recording
-could not be read, or nothing could be sent, or nothing sent was compared, 2 usage,
+could not be read, or nothing could be sent, or nothing sent was compared, or the
+candidate answered none of it, 2 usage,
 130 interrupted (SIGINT or SIGTERM: no more requests were sent; those sent were
 awaited, compared and stored).
 """
@@ -150,6 +151,11 @@ def main(cfg: Config, args: Any) -> int:
     if summary.sent and not summary.verdicts:
         _err("no request sent was compared (a live primary that cannot be reached? see "
              "the outcomes above)")
+        return EXIT_FAIL
+    failed = sum(n for k, n in summary.outcomes.items() if k.startswith("candidate_error"))
+    if summary.sent and failed >= summary.sent:
+        _err(f"the candidate answered none of the {summary.sent} requests sent (a candidate "
+             "that cannot be reached? see the outcomes above)")
         return EXIT_FAIL
     return EXIT_OK if summary.sent else EXIT_FAIL
 

@@ -235,6 +235,21 @@ async def test_nothing_compared_fails_the_replay(tmp_path: Path) -> None:
     assert "no request sent was compared" in out.stderr, out.stderr
 
 
+async def test_a_candidate_that_answers_nothing_fails_the_replay(tmp_path: Path) -> None:
+    """A candidate that cannot be reached: every request sent fails on it; the replay
+    says so and exits 1 (the verdicts are all errors, not a comparison)."""
+    path = tmp_path / "one.gor"
+    path.write_bytes(_gor(3))
+    conf = tmp_path / "replay.yaml"
+    conf.write_text(f"upstreams: {{primary: http://127.0.0.1:9}}\n"
+                    f"store: {{url: 'sqlite:///{tmp_path}/r.db'}}\n")
+    out = await _cli("replay", "-c", str(conf), str(path), "--candidate",
+                     "http://127.0.0.1:9", "--run", "nocandidate")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "candidate_error{connect} 3" in out.stdout, out.stdout
+    assert "the candidate answered none of the 3 requests" in out.stderr, out.stderr
+
+
 def test_report_of_a_run_replayed_days_ago_reads_the_whole_run(tmp_path: Path) -> None:
     """``report --run NAME`` without --since reads the run whole (as ``check --run``
     does), not the last 24 hours of it: a replay reported days later is not empty."""
