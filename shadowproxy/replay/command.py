@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import re
 import sys
@@ -137,7 +138,14 @@ def main(cfg: Config, args: Any) -> int:
                         offsets=offsets([i.started for i in items], speed=speed, rate=rate),
                         on_progress=lambda done, diffs, final: progress.update(
                             done, diffs, final=final))
-    summary = asyncio.run(replayer.run())
+    handlers = logging.getLogger().handlers
+    for h in handlers:          # warnings start a line of their own, not the bar's end
+        h.addFilter(progress)
+    try:
+        summary = asyncio.run(replayer.run())
+    finally:
+        for h in handlers:
+            h.removeFilter(progress)
     verdicts = ", ".join(f"{k} {v}" for k, v in sorted(summary.verdicts.items())) or "none"
     print(f"run {run}: {summary.sent} of {summary.total} requests sent in "
           f"{summary.elapsed:.1f}s; verdicts: {verdicts}")

@@ -4,6 +4,7 @@ both on stderr so that stdout stays the command's result."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 import time
@@ -28,6 +29,21 @@ class Progress:
         self.interval = interval if interval is not None else (0.2 if self.tty else 5.0)
         self.t0 = time.monotonic()
         self._last = 0.0
+        self._drawn = False      # a bar is on the terminal's current line
+
+    def clear(self) -> None:
+        """Wipe the bar off its line, so that what is written next (a warning) starts
+        at the left margin; the next update draws it again."""
+        if self._drawn:
+            self.out.write("\r\x1b[K")
+            self.out.flush()
+            self._drawn = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """As a logging filter on the handlers writing to the terminal: each message
+        gets a line of its own instead of being written onto the end of the bar."""
+        self.clear()
+        return True
 
     def line(self, done: int, diffs: int) -> str:
         elapsed = max(time.monotonic() - self.t0, 1e-9)
@@ -47,8 +63,10 @@ class Progress:
             bar_w = max(10, width - len(text) - 4)
             filled = bar_w * done // self.total if self.total else bar_w
             self.out.write(f"\r[{'#' * filled}{'.' * (bar_w - filled)}] {text}"[:width])
+            self._drawn = True
             if final:
                 self.out.write("\n")
+                self._drawn = False
         else:
             self.out.write(f"replay: {text}\n")
         self.out.flush()

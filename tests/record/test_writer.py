@@ -134,6 +134,36 @@ def test_progress_bar_on_a_terminal_and_lines_otherwise() -> None:
     assert "\r" not in plain.getvalue() and len(out) == 2
 
 
+def test_a_warning_during_the_bar_starts_a_line_of_its_own() -> None:
+    """A log message written while the bar is drawn wipes the bar's line first (it
+    was written onto the end of the bar); the next update draws the bar again."""
+    import logging
+
+    from shadowproxy.replay.progress import Progress
+    tty = _Terminal()
+    bar = Progress(200, tty, interval=0.0)
+    handler = logging.StreamHandler(tty)
+    handler.addFilter(bar)
+    log = logging.getLogger("test.progress")
+    log.addHandler(handler)
+    try:
+        bar.update(50, 3)
+        log.warning("replay: interrupted")
+        bar.update(60, 3)
+    finally:
+        log.removeHandler(handler)
+    text = tty.getvalue()
+    cut = text.index("\r\x1b[K")
+    assert "50/200 done" in text[:cut]
+    assert text[cut:].startswith("\r\x1b[Kreplay: interrupted\n\r[")
+    assert "60/200 done" in text[cut:]
+    plain = io.StringIO()
+    lines = Progress(200, plain, interval=0.0)
+    lines.update(50, 3)
+    lines.clear()                       # nothing drawn in place: nothing to wipe
+    assert "\x1b" not in plain.getvalue()
+
+
 def test_credentials_and_run_names() -> None:
     from shadowproxy.config import loads
     from shadowproxy.errors import ConfigError
