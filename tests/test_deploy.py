@@ -128,6 +128,36 @@ def test_compose_fleet_runs_sidecars_comparators_redis_and_postgres() -> None:
     assert cfg.store.url == "postgresql://shadowproxy@postgres:5432/shadowproxy"
 
 
+def test_replay_cronjob_picks_yesterdays_files_by_name_once(tmp_path: Path) -> None:
+    """The job's own selection, run by sh over a directory of recordings: the files
+    opened yesterday (UTC) by the time in their names, gzipped or not, and no other:
+    not today's open file, not one opened the day before (whatever its mtime)."""
+    import datetime
+    import os
+    import subprocess
+
+    docs = list(yaml.safe_load_all(
+        (ROOT / "deploy/kubernetes/replay-cronjob.yaml").read_text()))
+    job = next(d for d in docs if d["kind"] == "CronJob")
+    script = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    select = [s.strip() for s in script.split(";")
+              if s.strip().startswith(("day=", "files="))]
+    assert len(select) == 2 and "-mmin" not in script
+    now = datetime.datetime.now(datetime.UTC)
+    day = lambda d: (now - datetime.timedelta(days=d)).strftime("%Y%m%d")  # noqa: E731
+    names = {f"shadowproxy-pod-a-s0-{day(1)}T010203Z.gor.gz": True,
+             f"shadowproxy-pod-b-s1-{day(1)}T235959Z-1.gor": True,
+             f"shadowproxy-pod-a-s0-{day(0)}T000102Z.gor": False,
+             f"shadowproxy-pod-a-s0-{day(2)}T120000Z.gor.gz": False}
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+        os.utime(tmp_path / name)                      # every mtime: now
+    shell = "; ".join(select).replace("/recordings", str(tmp_path)) + '; echo "$files"'
+    out = subprocess.run(["sh", "-c", shell], capture_output=True, text=True, check=True)
+    got = {os.path.basename(p) for p in out.stdout.split()}
+    assert got == {n for n, want in names.items() if want}
+
+
 def test_replay_cronjob_replays_the_last_day_and_reports_the_run() -> None:
     docs = list(yaml.safe_load_all(
         (ROOT / "deploy/kubernetes/replay-cronjob.yaml").read_text()))
