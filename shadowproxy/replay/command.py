@@ -21,10 +21,9 @@ from typing import Any
 from ..config import Config, parse_url
 from ..errors import ConfigError, ShadowProxyError
 from ..record import source
-from ..redact.masks import MASK_PREFIX
 from ..store.open import times_started
 from ..store.runs import for_run
-from .pacing import offsets, parse_rate, parse_speed
+from .pacing import pacer, parse_rate, parse_speed
 from .progress import Progress
 from .sender import Replayer
 
@@ -122,20 +121,20 @@ def main(cfg: Config, args: Any) -> int:
              "check and report --run would count with this one's: give another --run name")
         return EXIT_USAGE
     try:
-        items = source.load(args.recordings)
+        items = source.Recordings(args.recordings)     # counted and checked: streamed below
     except ShadowProxyError as exc:
         _err(str(exc))
         return EXIT_FAIL
-    if not items:
+    if not items.total:
         _err("the recordings hold no request")
         return EXIT_FAIL
-    if args.primary is None and not cfg.redact.key_env and _masked(items):
+    if args.primary is None and not cfg.redact.key_env and items.masked:
         _err("warning: the recorded answers hold masks, and redact.key_env is not set: "
              "this replay masks the candidate's answers with a random key, so every "
              "masked field differs; set redact.key_env to the recording's key")
-    progress = Progress(len(items))
+    progress = Progress(items.total)
     replayer = Replayer(cfg, items, live_primary=args.primary is not None, creds=creds,
-                        offsets=offsets([i.started for i in items], speed=speed, rate=rate),
+                        offsets=pacer(speed=speed, rate=rate), total=items.total,
                         on_progress=lambda done, diffs, final: progress.update(
                             done, diffs, final=final))
     handlers = logging.getLogger().handlers
@@ -166,11 +165,3 @@ def main(cfg: Config, args: Any) -> int:
              "that cannot be reached? see the outcomes above)")
         return EXIT_FAIL
     return EXIT_OK if summary.sent else EXIT_FAIL
-
-
-def _masked(items: Any) -> bool:
-    """Whether a recorded answer holds a mask (compared as masked, so with the key)."""
-    mark = MASK_PREFIX.encode()
-    return any(r.response is not None and (
-        mark in r.response.body or any(MASK_PREFIX in v for _, v in r.response.headers))
-        for r in items)

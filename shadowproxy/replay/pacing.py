@@ -9,7 +9,7 @@ the rate holds on average even when single sends are late.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 _SPEED = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*x?\s*$", re.IGNORECASE)
 _RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(?:/\s*(s|m|min|h))?\s*$", re.IGNORECASE)
@@ -31,6 +31,24 @@ def parse_rate(value: str) -> float:
         raise ValueError(f"expected a rate such as 500/s or 100/m, got {value!r}")
     unit = m.group(2).lower() if m.group(2) else None
     return float(m.group(1)) / _PER[unit]
+
+
+def pacer(*, speed: float | None = None, rate: float | None = None
+          ) -> Callable[[int, float], float] | None:
+    """:func:`offsets` one request at a time (a replay streams its recordings): →
+    ``due(i, started)``, the seconds after the replay's start at which request ``i``
+    (recorded at ``started``, in order) is due; None: no pacing."""
+    if rate is not None:
+        return lambda i, _started: i / rate
+    if speed is not None:
+        first: list[float] = []
+
+        def due(_i: int, started: float) -> float:
+            if not first:
+                first.append(started)
+            return max(0.0, (started - first[0]) / speed)
+        return due
+    return None
 
 
 def offsets(started: Sequence[float], *, speed: float | None = None,

@@ -19,7 +19,7 @@ import itertools
 import logging
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass, field
 
 from ..config import Config
@@ -66,16 +66,26 @@ def inject(headers: Sequence[tuple[str, str]], creds: dict[str, str]
 
 
 class Replayer:
-    def __init__(self, cfg: Config, items: Sequence[Recorded], *, live_primary: bool,
-                 creds: dict[str, str] | None = None, offsets: Sequence[float] | None = None,
-                 on_progress: Callable[[int, int, bool], None] | None = None) -> None:
+    def __init__(self, cfg: Config, items: Iterable[Recorded], *, live_primary: bool,
+                 creds: dict[str, str] | None = None,
+                 offsets: Sequence[float] | Callable[[int, float], float] | None = None,
+                 on_progress: Callable[[int, int, bool], None] | None = None,
+                 total: int | None = None) -> None:
+        """``items``: in start order, a sequence or a stream (:class:`~shadowproxy.
+        record.source.Recordings`, then ``total`` is their count); ``offsets``: when
+        each is due, a sequence (:func:`~.pacing.offsets`) or ``due(i, started)``
+        (:func:`~.pacing.pacer`)."""
         self.cfg = cfg
         self.items = items
         self.live_primary = live_primary
         self.creds = creds or {}
         self.offsets = offsets
         self.on_progress = on_progress
-        self.summary = Summary(total=len(items))
+        if total is None:
+            if not isinstance(items, Sized):
+                raise TypeError("a stream of recorded items needs its total")
+            total = len(items)
+        self.summary = Summary(total=total)
         self.redactor: Redactor | None = None
         self._offer: Callable[[Exchange], bool] | None = None
         self._done = 0
@@ -111,7 +121,9 @@ class Replayer:
         try:
             for i, item in enumerate(self.items):
                 if self.offsets is not None:
-                    delay = t0 + self.offsets[i] - loop.time()
+                    due = self.offsets(i, item.started) if callable(self.offsets) \
+                        else self.offsets[i]
+                    delay = t0 + due - loop.time()
                     if delay > 0:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(stop.wait(), delay)
