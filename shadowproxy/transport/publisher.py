@@ -117,6 +117,8 @@ class Publisher:
                     r = connect(cfg)
                     await ensure_group(r, cfg)
                     add = r.register_script(ADD)
+                    if self._unsure is not None:   # the batch in flight when it went
+                        await self._settle(r)
                 except (RedisError, OSError) as exc:
                     await self._lost(r, exc)
                     r = None
@@ -125,17 +127,6 @@ class Publisher:
                     await asyncio.sleep(delay)
                     delay = min(BACKOFF_MAX, delay * 2)
                     continue
-                if self._unsure is not None:
-                    try:
-                        await self._settle(r)
-                    except (RedisError, OSError) as exc:
-                        await self._lost(r, exc)
-                        r = None
-                        if self._closing:
-                            return
-                        await asyncio.sleep(delay)
-                        delay = min(BACKOFF_MAX, delay * 2)
-                        continue
                 if not self._wrote_once:
                     self._wrote_once = True
                     log.info("transport: writing to %s stream %s", safe_url(cfg.url or ""),
