@@ -367,6 +367,11 @@ def consumer_entry(cfg: Config, index: int) -> None:
     install_uvloop()
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the pool decides
 
+    # each process of a pool writes under a name of its own: the store merges an
+    # instance's aggregates by read-modify-write, which two writers sharing one name
+    # would race on (a minute both add to first would keep one's sketches)
+    cfg = cfg.replace(instance=f"{cfg.instance}-c{index}")
+
     async def main() -> None:
         c = Consumer(cfg, index)
         loop = asyncio.get_running_loop()

@@ -170,6 +170,24 @@ def _stored(pg_url: str) -> list[str]:
         store.close()
 
 
+def _aggregates_hold_every_exchange(pg_url: str, n: int) -> None:
+    """Every pool process writes its own aggregate rows (instance NAME-cN), so that no
+    minute's sketches are lost to two of them merging at once: the latency sketches
+    hold as many values as the counters count."""
+    import psycopg
+
+    from shadowproxy.store.sketch import Sketch
+    with psycopg.connect(pg_url) as c:
+        insts = {r[0] for r in c.execute("SELECT DISTINCT instance FROM rollups")}
+        pairs = c.execute("SELECT coalesce(sum(exchanges), 0), "
+                          "coalesce(sum(latency_pairs), 0) FROM rollups").fetchone()
+        blobs = [bytes(r[0]) for r in c.execute(
+            "SELECT data FROM rollup_blobs WHERE kind = 'primary'")]
+    assert insts and all(i.rsplit("-", 1)[-1].startswith("c") for i in insts), insts
+    assert pairs is not None and int(pairs[0]) == n
+    assert sum(Sketch.from_bytes(b).count for b in blobs) == int(pairs[1]) > 0
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "shadowproxy", *args], cwd=ROOT, env=ENV,
                           capture_output=True, text=True, timeout=120, check=False)
@@ -275,6 +293,7 @@ async def test_two_sidecars_two_comparators_kill_9_loses_nothing(
     assert mirrored == 2 * n and lost == 0, outcomes
     ids = _stored(pg_url)
     assert len(ids) == mirrored and len(set(ids)) == len(ids)
+    _aggregates_hold_every_exchange(pg_url, len(ids))
     for o in outcomes:
         assert o["outcomes"].get("compared", 0) == 0     # sidecars compare nothing
     check = _cli("check", "-c", str(cars[0].cfg), "--since", "1h")
