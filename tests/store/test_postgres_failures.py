@@ -192,3 +192,45 @@ def test_a_connection_left_in_a_pipeline_or_transaction_is_replaced(
         assert stored(store) == (5, 5)
     finally:
         store.close()
+
+
+def test_two_writers_under_one_instance_name_lose_no_sketch(postgres: PgServer) -> None:
+    """Two writers labelled with the same instance (a misconfiguration, or two pools
+    of one config) beginning the same minutes at once: every latency ends up in the
+    minute's sketch (the rows are made before they are locked), as many values as the
+    counters count."""
+    import threading
+
+    from shadowproxy.store.sketch import Sketch
+
+    url = postgres.create_database()
+    stores = [open_store(url, instance="pod-a") for _ in range(2)]
+    t0 = float(int(time.time() // 60 * 60)) - 3600
+    errors: list[BaseException] = []
+    together = threading.Barrier(2)
+
+    def write(k: int, store: Any) -> None:
+        try:
+            for b in range(15):
+                together.wait(10)           # both begin minute b at once
+                store.write_results([result("match", id=f"w{k}-{b}-{i}",
+                                            started=t0 + 60 * b + i * 0.1)
+                                     for i in range(40)])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(k, s)) for k, s in enumerate(stores)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+        pairs = stores[0]._read("SELECT coalesce(sum(latency_pairs), 0) FROM rollups")[0][0]
+        blobs = stores[0]._read("SELECT data FROM rollup_blobs WHERE kind = 'primary'")
+        assert int(pairs) == 2 * 15 * 40
+        assert sum(Sketch.from_bytes(bytes(b)).count for (b,) in blobs) == int(pairs)
+        assert stores[0]._read("SELECT count(*) FROM rollup_blobs WHERE data = ''") == [(0,)]
+    finally:
+        for s in stores:
+            s.close()

@@ -163,9 +163,24 @@ class WritesMixin(PgConnection):
         if not minutes:
             return
         inst = self.instance
+        # the rows this batch merges into exist before they are locked: FOR UPDATE
+        # locks only rows that exist, so two writers under one instance name that both
+        # began a minute would each keep only their own sketches. An empty row is made
+        # for each (kind, minute, endpoint) the batch has values of (ON CONFLICT DO
+        # NOTHING waits for another writer's uncommitted one), in key order; each is
+        # filled below, in this transaction.
+        sides = ("primary", "candidate", "secondary")
+        need = sorted((kind, minute, endpoint) for (minute, endpoint), m in minutes.items()
+                      for kind, present in zip(ROLLUP_BLOBS, (
+                          *(getattr(m, k).count for k in sides), m.pairs.items),
+                          strict=True) if present)
+        if need:
+            cur.executemany(
+                "INSERT INTO rollup_blobs(kind, minute, endpoint, instance, data) "
+                "VALUES (%s,%s,%s,%s,'') ON CONFLICT DO NOTHING",
+                [(k, mi, e, inst) for k, mi, e in need])
         # this instance's blobs for these minutes: one range of the (kind, minute,
-        # endpoint, instance) key a kind (a batch spans a few minutes); locked, so that a
-        # second process under the same instance name waits rather than losing a merge
+        # endpoint, instance) key a kind (a batch spans a few minutes), locked
         lo, hi = min(k[0] for k in minutes), max(k[0] for k in minutes)
         cur.execute(
             "SELECT kind, minute, endpoint, data FROM rollup_blobs WHERE kind = ANY(%s) AND "
