@@ -60,11 +60,33 @@ def connect(cfg: TransportConfig, *, timeout: float = SOCKET_TIMEOUT,
     return aioredis.Redis.from_url(cfg.url, **kw)
 
 
+MIN_REDIS = (7, 0)        # XINFO's lag and entries-read, XGROUP … ENTRIESREAD, script flags
+
+
+def too_old(version: str) -> bool:
+    """Is a ``redis_version`` older than the transport needs (:data:`MIN_REDIS`)?"""
+    parts = []
+    for x in version.split(".")[:2]:
+        digits = "".join(ch for ch in x if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts) < MIN_REDIS
+
+
 async def ensure_group(r: aioredis.Redis, cfg: TransportConfig) -> None:
     """The stream and its consumer group, created when missing (from the stream's
     first entry: a group created after entries were added reads them too; with a read
     count of 0, which Redis keeps exact so that trimmed entries can be counted, see
     :data:`~.scripts.TRIMMED`)."""
+    try:
+        server = await r.info("server")
+    except aioredis.ResponseError:      # INFO disabled (some managed services): go on
+        server = {}
+    version = str(server.get("redis_version", ""))
+    if version and too_old(version):
+        raise aioredis.ResponseError(
+            f"Redis {version} is too old for the transport: it needs "
+            f"{'.'.join(map(str, MIN_REDIS))} or newer (the stream group's lag and read "
+            "count, and scripts that run when Redis is full)")
     try:
         groups = await r.xinfo_groups(cfg.stream)
     except aioredis.ResponseError:        # no stream yet

@@ -73,3 +73,12 @@ def test_mirror_says_when_redis_cannot_be_reached(tmp_path: Path) -> None:
                 "mirror", "off")
     assert done.returncode == 1 and f"127.0.0.1:{port}" in done.stderr, done.stderr
     assert "secretpw" not in done.stderr + done.stdout      # never the password
+
+
+def test_a_redis_older_than_7_is_refused_by_name() -> None:
+    """The transport needs Redis 7.0 (the group's lag and read count, script flags):
+    an older server is refused with its version named, not used until it fails."""
+    from shadowproxy.transport.client import too_old
+    assert too_old("6.2.14") and too_old("5.0.7") and too_old("6")
+    assert not too_old("7.0.15") and not too_old("7.2.4") and not too_old("8.0.0")
+    assert not too_old("7.0.0-rc1") and too_old("6.2.6-v9")
