@@ -23,7 +23,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from ..config import Config
+from ..config import Config, Route
 from ..errors import ProtocolError, UpstreamError
 from ..http.framing import body_codings, encode_headers
 from ..http.headers import end_to_end_text
@@ -120,21 +120,8 @@ class Proxy:
         fut: asyncio.Future[ResponseRecord] | None = None
         prefix: bytes | None = None
         block: bytes | None = None
-        shadow = False
-        if mirror is None:
-            reason: str | None = "no_candidate"
-        else:
-            reason = mirror.eligible(method, route)
-            if reason is None:
-                length = request.content_length
-                if length is not None and length > self.max_body:
-                    reason = "body_too_large"
-        if reason is not None:
-            self.stats.add("not_eligible", reason, endpoint)
-        elif not mirror.sampled(route, headers, query):  # type: ignore[union-attr]
-            self.stats.add("sampled_out", "", endpoint)
-        else:
-            shadow = True
+        shadow = self._shadowed(method, route, endpoint, headers, query,
+                                request.content_length)
         recorder = self.recorder     # None unless `record:` is configured
         record = recorder is not None and recorder.sampled(route, headers, query)
         if shadow or record:
@@ -142,26 +129,17 @@ class Proxy:
                 body, prefix = await self._read_body(request)
             except BodyError as exc:
                 # malformed, stalled or abandoned by the client: it reaches no upstream
-                if shadow:
-                    self.stats.add("not_eligible", "bad_body", endpoint)
-                if record:
-                    self.stats.add("record_dropped", "bad_body", endpoint)
+                self._not_taken("bad_body", endpoint, shadow, record)
                 if exc.status is not None:
                     request.reply(exc.status, "bad request body")
                 return
             except asyncio.CancelledError:
                 # the client's connection was lost (or the drain's deadline came) before
                 # the body was all here: no upstream saw it, and it is counted as such
-                if shadow:
-                    self.stats.add("not_eligible", "bad_body", endpoint)
-                if record:
-                    self.stats.add("record_dropped", "bad_body", endpoint)
+                self._not_taken("bad_body", endpoint, shadow, record)
                 raise
             if body is None:
-                if shadow:
-                    self.stats.add("not_eligible", "body_too_large", endpoint)
-                if record:
-                    self.stats.add("record_dropped", "body_too_large", endpoint)
+                self._not_taken("body_too_large", endpoint, shadow, record)
             else:
                 try:   # primary's header block; the shadows reuse it when theirs are alike
                     block = encode_headers(method, headers, len(body))
@@ -180,6 +158,34 @@ class Proxy:
         finally:
             if fut is not None and not fut.done():
                 fut.set_result(ResponseRecord(status=0, error="incomplete"))
+
+    def _shadowed(self, method: str, route: Route | None, endpoint: str,
+                  headers: list[tuple[str, str]], query: str, length: int | None) -> bool:
+        """The mirroring decision, before the body is read (a request that is not
+        shadowed streams to primary unbuffered): eligible and sampled, else counted
+        ``not_eligible{reason}`` or ``sampled_out``."""
+        mirror = self.mirror
+        if mirror is None:
+            reason: str | None = "no_candidate"
+        else:
+            reason = mirror.eligible(method, route)
+            if reason is None and length is not None and length > self.max_body:
+                reason = "body_too_large"
+        if reason is not None:
+            self.stats.add("not_eligible", reason, endpoint)
+            return False
+        if not mirror.sampled(route, headers, query):  # type: ignore[union-attr]
+            self.stats.add("sampled_out", "", endpoint)
+            return False
+        return True
+
+    def _not_taken(self, reason: str, endpoint: str, shadow: bool, record: bool) -> None:
+        """A request whose body could not be taken: counted once for the shadow
+        (``not_eligible{reason}``) and once for the recording (``record_dropped``)."""
+        if shadow:
+            self.stats.add("not_eligible", reason, endpoint)
+        if record:
+            self.stats.add("record_dropped", reason, endpoint)
 
     def _record(self, fut: asyncio.Future[ResponseRecord] | None, method: str, target: str,
                 headers: list[tuple[str, str]], body: bytes, endpoint: str

@@ -74,42 +74,25 @@ class Receiver(Proxy):
         headers = end_to_end_text(raw, _DROP_REQUEST, underscores=False)
         self._forwarded(request.remote, raw, headers)
         mirror = self.mirror
-        shadow = False
-        if mirror is None:
-            reason: str | None = "no_candidate"
-        else:
-            reason = mirror.eligible(method, route)
-            length = request.content_length
-            if reason is None and length is not None and length > self.max_body:
-                reason = "body_too_large"
-        if reason is not None:
-            self.stats.add("not_eligible", reason, endpoint)
-        elif not mirror.sampled(route, headers, query):  # type: ignore[union-attr]
-            self.stats.add("sampled_out", "", endpoint)
-        else:
-            shadow = True
+        shadow = self._shadowed(method, route, endpoint, headers, query,
+                                request.content_length)
         try:
             body, _prefix = await self._read_body(request)
             if body is None:
                 while await request.read():   # the rest, thrown away
                     pass
         except BodyError as exc:
-            if shadow:
-                self.stats.add("not_eligible", "bad_body", endpoint)
+            self._not_taken("bad_body", endpoint, shadow, False)
             if exc.status is not None:
                 request.reply(exc.status, "bad request body")
             return
         except asyncio.CancelledError:
-            if shadow:
-                self.stats.add("not_eligible", "bad_body", endpoint)
+            self._not_taken("bad_body", endpoint, shadow, False)
             raise
         request.respond(202, "Accepted", [("Content-Length", "0")], b"", end=True, length="0")
         record = self.recorder is not None and self.recorder.sampled(route, headers, query)
         if body is None:
-            if shadow:
-                self.stats.add("not_eligible", "body_too_large", endpoint)
-            if record:
-                self.stats.add("record_dropped", "body_too_large", endpoint)
+            self._not_taken("body_too_large", endpoint, shadow, record)
             return
         if not (shadow or record):
             return
