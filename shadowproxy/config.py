@@ -343,8 +343,9 @@ class StoreConfig:
     # sqlite:///PATH, or postgresql://USER@HOST:PORT/DB[?sslmode=...] (also postgres://)
     url: str = "sqlite:///./shadowproxy.db"
     password_env: str | None = None     # PostgreSQL: the variable holding the password
-    batch: int = 200
-    flush_interval: Duration = 0.2
+    batch: int = 1000                   # results a transaction waits for ...
+    flush_interval: Duration = 1.0      # ... or this long after the oldest of them
+    max_batch: int = 5000               # results a transaction takes when a backlog built
     queue: int = 10000
     samples_per_field: int = 5
     retention_age: Duration = 7 * 86400.0
@@ -533,6 +534,8 @@ def _check_semantics(cfg: Config, pos: _Positions, env: typing.Mapping[str, str]
         fail("endpoints.max", "must be at least 1")
     if cfg.store.batch < 1:
         fail("store.batch", "must be at least 1")
+    if cfg.store.max_batch < 1:
+        fail("store.max_batch", "must be at least 1")
     postgres = cfg.store.url.startswith(("postgresql://", "postgres://"))
     if postgres:
         try:

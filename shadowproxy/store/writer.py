@@ -3,17 +3,22 @@
 Callers (the comparator, the proxy's counters, the noise learner) never block on the
 store and never see its errors:
 
-* :meth:`StoreWriter.submit` puts a result on a bounded queue (``store.queue``) and
-  returns ``False`` at once when it is full (the caller counts a ``store_full`` drop);
-  it wakes the thread only when the queue gets its first result or a whole batch, not
-  for every result (each wake-up is a thread switch and a hand-over of the GIL);
+* :meth:`StoreWriter.submit` puts a result on a bounded queue and returns ``False`` at
+  once when it is full (the caller counts a ``store_full`` drop; ``store.queue`` bounds
+  what the writer holds: the results waiting and those of the transaction in hand,
+  held ones included); it wakes the thread only when the queue gets its first result
+  or a whole batch, not for every result (each wake-up is a thread switch and a
+  hand-over of the GIL);
 * :meth:`StoreWriter.add_outcomes` and :meth:`StoreWriter.save_noise` merge into small
   pending tables (counts are added, evidence replaced per field) that the thread
   writes after each batch, so counters are never lost to a full queue, nor to a
   store that fails for a while (what it refuses is kept for the next try);
-* the thread writes up to ``store.batch`` results per transaction, or what arrived
-  within ``store.flush_interval`` of the oldest one; after each commit it adds the
-  batch to :attr:`acknowledged` and calls ``on_commit(n)``;
+* the thread writes a transaction when ``store.batch`` results are waiting, or
+  ``store.flush_interval`` after the oldest one arrived, taking everything waiting up
+  to ``store.max_batch`` (a backlog is written in fewer, larger transactions: each
+  minute and endpoint's aggregates are then updated once for many results, which is
+  what keeps the writer ahead of a busy service with many endpoints); after each
+  commit it adds the batch to :attr:`acknowledged` and calls ``on_commit(n)``;
 * every ``cleanup_interval`` seconds (and right after start) it applies the retention
   limits, a few 500-row (or incremental-vacuum) transactions at a time between
   batches, until done;
@@ -106,7 +111,9 @@ class StoreWriter:
         # (time submitted, result), at most _limit; guarded by _lock
         self._queue: deque[tuple[float, Result]] = deque()
         self._limit = max(1, self.cfg.queue)
+        self._taken = 0         # results of the transaction in hand (or held): in _limit
         self._batch = max(1, self.cfg.batch)
+        self._max_batch = max(self._batch, self.cfg.max_batch)
         self._lock = threading.Lock()            # the queue, counters and pending side data
         self._cv = threading.Condition(self._lock)      # commits (flush waits on it)
         self._ready = threading.Condition(self._lock)   # results to write (the thread waits)
@@ -145,7 +152,7 @@ class StoreWriter:
         """Queue one (redacted) result; never blocks. False when the queue is full."""
         with self._lock:
             q = self._queue
-            if self._closed or len(q) >= self._limit:
+            if self._closed or len(q) + self._taken >= self._limit:
                 self.rejected += 1
                 if self.down is not None and not self._closed:
                     self.dropped_down += 1
@@ -185,8 +192,9 @@ class StoreWriter:
 
     @property
     def depth(self) -> int:
-        """Results waiting: in the queue, and the batch held while the store is down."""
-        return len(self._queue) + len(self._held)
+        """Results not yet committed: in the queue, and those of the transaction in hand
+        (held while the store is down)."""
+        return len(self._queue) + self._taken
 
     @property
     def drop_reason(self) -> str:
@@ -307,9 +315,10 @@ class StoreWriter:
                         or self._pending_counts is not None)
 
     def _take(self) -> list[tuple[float, Result]]:
-        """The next batch: up to ``store.batch`` results, waiting at most
-        ``store.flush_interval`` after the oldest one for a whole batch (not when stopping
-        or flushing); [] when nothing came within the poll interval."""
+        """The next batch: everything waiting, up to ``store.max_batch``, once
+        ``store.batch`` results are waiting or ``store.flush_interval`` after the oldest
+        one (at once when stopping or flushing); [] when nothing came within the poll
+        interval."""
         cfg = self.cfg
         poll = 0.02 if (self._stop.is_set() or self._flush.is_set()) else \
             max(0.01, min(0.5, cfg.flush_interval or 0.5,
@@ -327,7 +336,9 @@ class StoreWriter:
                 if left <= 0:
                     break
                 self._ready.wait(left)
-            return [q.popleft() for _ in range(min(len(q), self._batch))]
+            batch = [q.popleft() for _ in range(min(len(q), self._max_batch))]
+            self._taken = len(batch)
+            return batch
 
     def _backoff(self) -> bool:
         """Wait before retrying the held batch (the delay doubles each time, up to
@@ -349,6 +360,7 @@ class StoreWriter:
             n = len(self._held) + len(self._queue)
             self._held = []
             self._queue.clear()
+            self._taken = 0
             self.failed += n
             self._inflight_since = None
             self._cv.notify_all()
@@ -404,6 +416,7 @@ class StoreWriter:
             self.failed += len(results) - ok - held
             if not held:
                 self._inflight_since = None
+            self._taken = held
             self._cv.notify_all()
         if recovered is not None:
             log.warning("store %s: writing again; it was down for %.1fs (%s)",

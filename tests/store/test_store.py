@@ -343,7 +343,9 @@ def test_retention_by_size_deletes_oldest(tmp_path):
 
 def test_cleanup_while_writes_continue(tmp_path):
     u = url(tmp_path)
-    c = cfg(u, batch=20, samples_per_field=50, retention_size=400_000)
+    # small transactions: the size limit is kept between them, and a 400 KB limit is
+    # smaller than one of the default max_batch's transactions of these results
+    c = cfg(u, batch=20, max_batch=40, samples_per_field=50, retention_size=400_000)
     w = StoreWriter(u, c, cleanup_interval=0.02, cleanup_chunks=2)
     stop = threading.Event()
     read_errors = []
@@ -588,3 +590,27 @@ def test_a_whole_batch_is_written_without_waiting_for_the_flush_interval(store_u
         assert w.acknowledged == 21
     finally:
         w.close()
+
+
+def test_a_backlog_is_written_in_larger_transactions_up_to_max_batch(store_url):
+    """While the writer writes one transaction, results keep coming: the next one takes
+    everything waiting, up to ``max_batch`` (each minute's aggregates are then updated
+    once for many results), never more, and loses none."""
+    u = store_url
+    sizes: list[int] = []
+    w = StoreWriter(u, cfg(u, batch=10, max_batch=100, flush_interval=30.0),
+                    on_commit=sizes.append)
+    try:
+        for i in range(1000):
+            assert w.submit(result("match", started=T0 + i * 0.01))
+        assert w.flush(30)
+        assert sum(sizes) == w.acknowledged == 1000
+        assert max(sizes) > 10            # a backlog went in one transaction...
+        assert max(sizes) <= 100          # ...of at most max_batch
+    finally:
+        w.close()
+    s = open_store(u, readonly=True)
+    try:
+        assert sum(e.exchanges for e in s.endpoint_stats()) == 1000
+    finally:
+        s.close()
