@@ -33,7 +33,9 @@ pytestmark = pytest.mark.server
 
 
 def cfg(**kw: Any) -> StoreConfig:
-    base: dict[str, Any] = {"batch": 10, "flush_interval": 0.01, "queue": 100000,
+    # transactions of exactly 10 (max_batch): a failure drops a known number
+    base: dict[str, Any] = {"batch": 10, "max_batch": 10, "flush_interval": 0.01,
+                            "queue": 100000,
                             "samples_per_field": 5, "retention_age": 0.0,
                             "retention_size": 0}
     base.update(kw)

@@ -18,8 +18,9 @@ from tests.store_helpers import diff, response, result
 
 
 def cfg(**kw) -> StoreConfig:
-    base = {"batch": 10, "flush_interval": 0.01, "queue": 100000, "samples_per_field": 5,
-            "retention_age": 0.0, "retention_size": 0}
+    # transactions of exactly 10 (max_batch): a failure drops a known number
+    base = {"batch": 10, "max_batch": 10, "flush_interval": 0.01, "queue": 100000,
+            "samples_per_field": 5, "retention_age": 0.0, "retention_size": 0}
     base.update(kw)
     return StoreConfig(**base)
 
