@@ -19,11 +19,14 @@ read). :attr:`TimedTransport.received_at` is the stamp of the latest read, in Un
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import struct
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+log = logging.getLogger("shadowproxy.http")
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)    # Linux
 READ_SIZE = 256 * 1024       # bytes a read takes at most (uvloop's size)
@@ -79,7 +82,11 @@ class TimedTransport(asyncio.Transport):
             self.pause_reading()
             self._close(None)      # the peer's end: the protocol learns of it as a loss
             return
-        self._protocol.data_received(_view[:n].tobytes())
+        try:
+            self._protocol.data_received(_view[:n].tobytes())
+        except Exception as exc:  # as asyncio's transports: the connection is lost
+            log.exception("the protocol failed on data received")
+            self._fail(exc)
 
     def is_reading(self) -> bool:
         return self._reading
