@@ -110,8 +110,9 @@ async def test_an_equal_candidate_reads_as_fast_as_primary_under_load(tmp_path: 
 
     Why the bound holds on any machine: what the old reading added, the shadow
     process's wait for a core, grows with the load (tens of ms here: 8.5x, 61.7 ms
-    against 7.2 ms, before both sides were timed alike); what is left is the upstream's own time over
-    the shadows' bunches, a few µs a request for this one, against its 5 ms."""
+    against 7.2 ms, before both sides were timed alike); what is left is the
+    upstream's own time over the shadows' bunches, a few µs a request for this one,
+    against its 5 ms."""
     up = _Upstream()
     listen, admin = free_port(), free_port()
     cfg_path = tmp_path / "c.yaml"
