@@ -75,6 +75,11 @@ class TimedTransport(asyncio.Transport):
                     len(data) >= _STAMP.size:
                 sec, nsec = _STAMP.unpack_from(data)
                 self.received_at = sec + nsec * 1e-9
+                break
+        else:
+            # bytes without a stamp (the kernel turns stamping on a moment after the
+            # first socket asks): timed when read, never by an older read's stamp
+            self.received_at = time.time()
         if not n:
             # the FIN's arrival, which no stamp comes with: the end of an answer
             # delimited by the close is timed when read
