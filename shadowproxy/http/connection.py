@@ -9,11 +9,13 @@ work of a read) or to a :class:`~shadowproxy.http.pool.Stream` (the primary path
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 from ..errors import ProtocolError, ResetError, TooLargeError, UpstreamError
 from .response import BodySink, Head, InterimSink, ResponseParser
 from .stream import Pulled
+from .timed import TimedTransport
 from .timeouts import _within
 
 SHADOW_CHUNKS = 1024       # chunks of a shadow parsed in one turn of the loop (~2 ms)
@@ -40,6 +42,22 @@ class _Conn(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None   # set while writes are paused
         self._loop: asyncio.AbstractEventLoop     # set by connection_made: asyncio calls it first
         self._max_bytes: int | None = None
+        self.sent = 0.0           # Unix time the last request's first bytes were written
+        self.arrived = 0.0        # Unix time the last answer's last bytes arrived
+
+    def _arrival(self) -> None:
+        """The answer is complete: when its last bytes arrived. The kernel's stamp of
+        them on a :class:`TimedTransport` (however late this process got to read them),
+        else now (this callback runs as the bytes are read, not a loop turn later)."""
+        t = self.transport
+        self.arrived = t.received_at if isinstance(t, TimedTransport) and t.received_at \
+            else time.time()
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds from the last request written to its answer's last bytes arrived: the
+        span every side's latency is (a connection's setup is not in it)."""
+        return max(0.0, self.arrived - self.sent)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -61,6 +79,7 @@ class _Conn(asyncio.Protocol):
         if self.lost or self.transport.is_closing():
             fut.set_exception(ResetError("connection closed", before_response=True))
             return fut
+        self.sent = time.time()
         if body and len(body) > 16 * 1024:
             self.transport.write(data)
             self.transport.write(body)
@@ -96,10 +115,12 @@ class _Conn(asyncio.Protocol):
             if not fut.done() and p.head is not None:
                 fut.set_result(p.head)
             if done:
+                self._arrival()
                 stream.end()
         elif self._max_bytes is None:
             if done and not fut.done():
                 assert p.head is not None
+                self._arrival()
                 fut.set_result(p.head)
         else:
             self._shadow_read(p, fut, done, len(data) >= YIELD_READ)
@@ -119,6 +140,7 @@ class _Conn(asyncio.Protocol):
                 t.resume_reading()      # reusable again
             if not fut.done():
                 assert p.head is not None
+                self._arrival()
                 fut.set_result(p.head)
         elif p.backlog or big:
             if t.is_reading():
@@ -164,6 +186,7 @@ class _Conn(asyncio.Protocol):
         except (UpstreamError, ProtocolError) as err:
             self._fail(err)
             return
+        self._arrival()
         if self._stream is not None:
             self._stream.end()
         elif not fut.done():

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
@@ -35,6 +36,7 @@ from ..errors import ConnectError, ResetError
 from .connection import _Conn, _send_body
 from .response import BodySink, Head, InterimSink
 from .stream import Pulled
+from .timed import open_timed
 from .timeouts import _after, _expire
 
 IDLE_EXPIRY = 15.0            # seconds an idle connection is kept (aiohttp's default)
@@ -72,6 +74,12 @@ class Stream(Pulled):
         return await super().read(self.timeout if timeout is None else timeout)
 
     @property
+    def elapsed(self) -> float:
+        """Seconds from the request written to the answer's last bytes arrived, once
+        :attr:`done` (:attr:`_Conn.elapsed`)."""
+        return self._conn.elapsed
+
+    @property
     def framing(self) -> tuple[str | None, str | None]:
         """The head's Content-Length and Transfer-Encoding (see :class:`ResponseParser`)."""
         p = self._conn._parser
@@ -89,15 +97,21 @@ class Stream(Pulled):
             self._conn.abort()
 
 
+Done = Callable[[Head | BaseException, float], None]
+"""Told of an answer read to its end (or of the failure) and its latency: seconds from
+the request written to the answer's last bytes arrived (:attr:`_Conn.elapsed`); a
+failure's, from the call's start to the failure seen."""
+
+
 class Call:
     """One request sent by :meth:`Pool.start`: callbacks only, no task (unless it has to
     connect)."""
 
     __slots__ = ("pool", "method", "data", "body", "on_body", "done", "timer", "conn",
-                 "reused", "retried", "task", "finished")
+                 "reused", "retried", "task", "finished", "started")
 
     def __init__(self, pool: Pool, method: str, data: bytes, body: bytes, on_body: BodySink,
-                 done: Callable[[Head | BaseException], None]) -> None:
+                 done: Done) -> None:
         self.pool = pool
         self.method = method
         self.data = data
@@ -110,6 +124,7 @@ class Call:
         self.retried = False
         self.task: asyncio.Task[None] | None = None
         self.finished = False
+        self.started = time.time()
 
     def send(self, conn: _Conn, reused: bool) -> None:
         self.conn = conn
@@ -145,7 +160,7 @@ class Call:
             return
         if exc is None:
             self.pool._give(conn)
-            self._end(fut.result())
+            self._end(fut.result(), conn.elapsed)
             return
         conn.abort()
         if isinstance(exc, ResetError) and exc.before_response and self.reused and \
@@ -177,14 +192,14 @@ class Call:
         if self.conn is not None:
             self.conn.abort()
 
-    def _end(self, result: Head | BaseException) -> None:
+    def _end(self, result: Head | BaseException, latency: float | None = None) -> None:
         if self.finished:
             return
         self.finished = True
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.done(result)
+        self.done(result, time.time() - self.started if latency is None else latency)
 
 
 class Pool:
@@ -195,8 +210,11 @@ class Pool:
     ``IDLE_LIMIT``).
     """
 
-    def __init__(self, base: str, limit: int | None, max_answer: int | None = None) -> None:
-        """``max_answer``: the bytes an answer to :meth:`start` may have (shadows)."""
+    def __init__(self, base: str, limit: int | None, max_answer: int | None = None,
+                 timed: bool = False) -> None:
+        """``max_answer``: the bytes an answer to :meth:`start` may have (shadows).
+        ``timed``: plain TCP connections on a :class:`~shadowproxy.http.timed.TimedTransport`,
+        so an answer's arrival is the kernel's stamp of its last bytes (TLS: when read)."""
         parts = urlsplit(base)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"expected an http(s):// URL, got {base!r}")
@@ -210,18 +228,19 @@ class Pool:
         self.host_header = name if parts.port in (None, default) else f"{name}:{parts.port}"
         self.ssl: ssl.SSLContext | None = ssl.create_default_context() if tls else None
         self.limit = limit if limit is not None else IDLE_LIMIT
+        self.timed = timed and self.ssl is None
         self._sem = asyncio.Semaphore(self.limit)
         self._idle: list[_Conn] = []
         self._closed = False
         self._loop_: asyncio.AbstractEventLoop | None = None
 
     def start(self, method: str, target: str, header_block: bytes, body: bytes,
-              on_body: BodySink, timeout: float | None,
-              done: Callable[[Head | BaseException], None]) -> Call:
+              on_body: BodySink, timeout: float | None, done: Done) -> Call:
         """Send one request from a callback, with no task of its own (the mirror's
         shadows): ``done`` gets the :class:`Head` once the answer is read to its end
         (body bytes to ``on_body``), or the failure (an :class:`UpstreamError`,
-        ``TimeoutError`` after ``timeout`` seconds, connecting included). Not limited
+        ``TimeoutError`` after ``timeout`` seconds, connecting included), and its
+        latency (:data:`Done`). Not limited
         to ``limit`` requests in flight: the caller bounds them. :meth:`Call.cancel`
         abandons it without calling ``done``."""
         data = (self._line(method, target) + f"Host: {self.host_header}\r\n") \
@@ -242,7 +261,7 @@ class Pool:
         async with self._sem:
             fut: asyncio.Future[Head] = self._loop().create_future()
 
-            def done(result: Head | BaseException) -> None:
+            def done(result: Head | BaseException, _latency: float) -> None:
                 if not fut.done():
                     if isinstance(result, BaseException):
                         fut.set_exception(result)
@@ -350,9 +369,12 @@ class Pool:
     async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await loop.create_connection(
-                _Conn, self.host, self.port, ssl=self.ssl,
-                server_hostname=self.host if self.ssl is not None else None)
+            if self.timed:
+                _, conn = await open_timed(loop, _Conn, self.host, self.port)
+            else:
+                _, conn = await loop.create_connection(
+                    _Conn, self.host, self.port, ssl=self.ssl,
+                    server_hostname=self.host if self.ssl is not None else None)
         except OSError as exc:   # refused, unreachable, DNS, TLS handshake
             raise ConnectError(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
         return conn

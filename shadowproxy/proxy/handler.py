@@ -17,7 +17,6 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
-from time import perf_counter
 
 import aiohttp
 from aiohttp import web
@@ -69,7 +68,9 @@ class Proxy:
             self.pool = None
         self.primary: str = cfg.upstreams.primary
         if self.pool is None:
-            self.pool = Pool(self.primary, None)
+            # timed as the shadows are: from the request written to the answer's last
+            # bytes arrived, by the kernel's stamp (http/timed.py)
+            self.pool = Pool(self.primary, None, timed=True)
         self.preserve_host = cfg.preserve_host
         self.trust: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n)
                                                 for n in cfg.forwarded.trust)
@@ -286,7 +287,6 @@ class Proxy:
                        block: bytes | None = None) -> None:
         pool = self.pool
         assert pool is not None
-        t0 = perf_counter()   # uvloop's loop.time() has 1 ms resolution
         stream: AsyncIterator[bytes] | None = None
         chunked = False
         try:
@@ -387,7 +387,7 @@ class Proxy:
                 fut.set_result(ResponseRecord(  # type: ignore[union-attr]
                     status=head.status, reason=head.reason, headers=head.headers,
                     body=capture.body, size=capture.size, sha256=capture.sha256,
-                    truncated=capture.truncated, latency=perf_counter() - t0))
+                    truncated=capture.truncated, latency=up.elapsed))
                 capture = None      # its bytes now belong to the shadow job
         finally:
             if capture is not None:

@@ -25,7 +25,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from time import perf_counter
 from typing import TypedDict
 
 import aiohttp
@@ -96,17 +95,17 @@ def classify_error(exc: BaseException) -> str:
     return "other"
 
 
-def answer_record(result: Head | BaseException, cap: Capture, t0: float
+def answer_record(result: Head | BaseException, cap: Capture, latency: float
                   ) -> ResponseRecord:
     """The :class:`ResponseRecord` of a shadow's answer (or failure) captured in ``cap``,
     whose kept bytes stay charged to its budget until the caller gives them back."""
     if isinstance(result, BaseException):
         cap.release()
-        return ResponseRecord(status=0, latency=perf_counter() - t0, error=classify_error(result))
+        return ResponseRecord(status=0, latency=latency, error=classify_error(result))
     return ResponseRecord(
         status=result.status, reason=result.reason, headers=result.headers,
         body=cap.body, size=cap.size, sha256=cap.sha256,
-        truncated=cap.truncated, latency=perf_counter() - t0,
+        truncated=cap.truncated, latency=latency,
     )
 
 
@@ -235,7 +234,7 @@ class Mirror(Policy):
         pool = self._pool_by_base.get(base)
         if pool is None:
             pool = self._pool_by_base[base] = Pool(base, self.cfg.concurrency,
-                                                         self.cfg.max_response)
+                                                   self.cfg.max_response, timed=True)
             self._pools.append(pool)
         return pool
 
@@ -308,12 +307,14 @@ class Mirror(Policy):
         job.calls = []
         for i, base in enumerate(bases):
             cap = Capture(cfg.capture_max, self.budget)
-            t0 = perf_counter()   # uvloop's loop.time() has 1 ms resolution
 
-            def done(result: Head | BaseException, i: int = i, cap: Capture = cap,
-                     t0: float = t0) -> None:
+            # latency: from the request written to the answer's last bytes arrived, by
+            # the kernel's stamp (not when this process, below the workers' priority,
+            # got a core to read them): the span primary's is, docs/architecture.md
+            def done(result: Head | BaseException, latency: float, i: int = i,
+                     cap: Capture = cap) -> None:
                 try:
-                    self._answered(job, i, answer_record(result, cap, t0))
+                    self._answered(job, i, answer_record(result, cap, latency))
                 except Exception:
                     log.exception("mirror failed on %s", job.id)
                     self._abandon(job, "internal_error")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from time import perf_counter
 
 from ..config import Config
 from ..errors import ProtocolError, UpstreamError
@@ -141,7 +140,6 @@ class Receiver(Proxy):
         received mirror copy; a replayed request when the replay has a live primary)."""
         pool = self.pool
         assert pool is not None and self.mirror is not None
-        t0 = perf_counter()
         try:
             if block is None:
                 raise ProtocolError("a header the request line cannot carry")
@@ -170,7 +168,7 @@ class Receiver(Proxy):
             fut.set_result(ResponseRecord(
                 status=head.status, reason=head.reason, headers=head.headers,
                 body=capture.body, size=capture.size, sha256=capture.sha256,
-                truncated=capture.truncated, latency=perf_counter() - t0))
+                truncated=capture.truncated, latency=up.elapsed))
             capture = None      # its bytes now belong to the shadow job
         except (TimeoutError, UpstreamError, ProtocolError) as exc:
             self.stats.add("primary_error", "mid_body_" + classify_error(exc))

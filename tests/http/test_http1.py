@@ -4,6 +4,9 @@ against raw loopback servers that send exactly the bytes a test chooses."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
+import time
 
 import pytest
 
@@ -465,7 +468,7 @@ async def test_start_times_out_or_is_cancelled_without_a_task():
         got: list[object] = []
         t0 = loop.time()
         call = pool.start("GET", "/h", encode_headers("GET", [], 0), b"", got.append, 0.2,
-                          got.append)
+                          lambda result, _arrived: got.append(result))
         while not got:
             await asyncio.sleep(0.01)
         assert isinstance(got[0], TimeoutError) and 0.15 < loop.time() - t0 < 2
@@ -478,7 +481,7 @@ async def test_start_times_out_or_is_cancelled_without_a_task():
 
         got.clear()
         call = pool.start("GET", "/h", encode_headers("GET", [], 0), b"", got.append, 0.2,
-                          got.append)
+                          lambda result, _arrived: got.append(result))
         await asyncio.sleep(0.05)
         call.cancel()
         await asyncio.sleep(0.4)
@@ -494,7 +497,7 @@ async def test_start_times_out_or_is_cancelled_without_a_task():
         body: list[bytes] = []
         done: asyncio.Future[object] = loop.create_future()
         pool.start("GET", "/", encode_headers("GET", [], 0), b"", body.append, 5,
-                   done.set_result)
+                   lambda result, _arrived: done.set_result(result))
         head = await done
         assert isinstance(head, Head) and head.status == 200 and body == [b"ok"]
         assert pool.idle == 1          # kept for the next request
@@ -503,8 +506,9 @@ async def test_start_times_out_or_is_cancelled_without_a_task():
         await ok.stop()
 
 
+@pytest.mark.parametrize("timed", [False, True])
 @pytest.mark.parametrize("size,count", [(1, 20_000), (8, 5_000)])
-async def test_a_shadow_answer_of_many_small_chunks_is_whole(size, count):
+async def test_a_shadow_answer_of_many_small_chunks_is_whole(size, count, timed):
     """A shadow parses at most SHADOW_CHUNKS chunks a turn of the loop; the rest of a
     read waits for the next turn, and the answer still arrives whole, on a connection
     that can be reused."""
@@ -512,7 +516,7 @@ async def test_a_shadow_answer_of_many_small_chunks_is_whole(size, count):
     answer = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
               + (b"%x\r\n%b\r\n" % (size, piece)) * count + b"0\r\n\r\n")
     srv = await RawServer(canned(answer, keep_open=True)).start()
-    pool = Pool(srv.url, 4, max_answer=16 * 1024 * 1024)
+    pool = Pool(srv.url, 4, max_answer=16 * 1024 * 1024, timed=timed)
     try:
         for _ in range(2):
             head, body = await _get(pool)
@@ -523,13 +527,54 @@ async def test_a_shadow_answer_of_many_small_chunks_is_whole(size, count):
         await srv.stop()
 
 
-async def test_a_shadow_answer_beyond_max_answer_is_too_large():
+@pytest.mark.parametrize("timed", [False, True])
+async def test_a_shadow_answer_beyond_max_answer_is_too_large(timed):
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n" + b"x" * 300_000
     srv = await RawServer(canned(answer, keep_open=True)).start()
-    pool = Pool(srv.url, 4, max_answer=100_000)
+    pool = Pool(srv.url, 4, max_answer=100_000, timed=timed)
     try:
         with pytest.raises(TooLargeError):
             await _get(pool)
     finally:
         await pool.close()
         await srv.stop()
+
+
+async def test_a_timed_answer_is_timed_from_the_request_written_to_its_bytes_arrived():
+    """On a timed pool the answer's arrival is the kernel's stamp of its last bytes: a
+    loop that gets to read them 300 ms late does not add those 300 ms to its latency
+    (the server is a thread of its own, answering 50 ms after each request)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            with conn:
+                while b"\r\n\r\n" not in conn.recv(4096):
+                    pass
+                time.sleep(0.05)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                conn.recv(4096)          # until the client closes
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    loop = asyncio.get_running_loop()
+    try:
+        for timed in (True, False):
+            pool = Pool(f"http://127.0.0.1:{port}", 2, max_answer=1024, timed=timed)
+            got: asyncio.Future[tuple[object, float]] = loop.create_future()
+            pool.start("GET", "/", encode_headers("GET", [], 0), b"", lambda _b: None, 5,
+                       lambda result, latency, got=got: got.set_result((result, latency)))
+            await asyncio.sleep(0.01)     # connected and sent
+            time.sleep(0.3)               # the loop is held while the answer arrives
+            head, latency = await got
+            assert isinstance(head, Head) and head.status == 200
+            if timed:
+                assert 0.04 < latency < 0.2, latency
+            else:
+                assert latency > 0.25, latency
+            await pool.close()
+    finally:
+        listener.close()
+        thread.join(5)
