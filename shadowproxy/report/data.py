@@ -128,13 +128,19 @@ def _summary(s: Sketch) -> dict[str, float | None]:
             "mean": s.mean()}
 
 
-def latency_section(primary: Sketch, candidate: Sketch) -> dict[str, Any]:
+def latency_section(primary: Sketch, candidate: Sketch,
+                    secondary: Sketch | None = None) -> dict[str, Any]:
     """Latencies of the exchanges where both answered, from the window's sketches: every
-    figure within 1/128 of the exact one (see :mod:`shadowproxy.store.sketch`)."""
+    figure within 1/128 of the exact one (see :mod:`shadowproxy.store.sketch`); and the
+    secondary's (of the exchanges it answered; None without one): sent from the same
+    process at the same moments as the candidate, it is the like-with-like reference
+    for the candidate's latency (docs/architecture.md, "Latency: what is timed")."""
     return {
         "samples": primary.count,
         "primary": _summary(primary),
         "candidate": _summary(candidate),
+        "secondary": _summary(secondary) if secondary is not None and secondary.count
+        else None,
         "cdf": {"q": list(CDF_QUANTILES),
                 "primary": primary.quantiles([q / 100 for q in CDF_QUANTILES])
                 if primary.count else [],
@@ -330,7 +336,7 @@ def build_report(store: Store, *, since: float, until: float, cfg: Any = None,
     is used as it is."""
     now = time.time() if now is None else now
     # the window's sketches, read once: the endpoints' quantiles and the latency section
-    sketches = store.latency_sketches(since, until, secondary=False)
+    sketches = store.latency_sketches(since, until)   # no secondary: none stored, none read
     none = (None, None, None)
     stats = [with_quantiles(s, *sketches.get(s.endpoint, none)[:2])
              for s in store.endpoint_stats(since, until, quantiles=False)]
@@ -390,8 +396,8 @@ def build_report(store: Store, *, since: float, until: float, cfg: Any = None,
 
     latency = {}
     for e in endpoints:
-        ps, cs, _ss = sketches.get(e["endpoint"], (Sketch(), Sketch(), Sketch()))
-        latency[e["endpoint"]] = latency_section(ps, cs)
+        ps, cs, ss = sketches.get(e["endpoint"], (Sketch(), Sketch(), Sketch()))
+        latency[e["endpoint"]] = latency_section(ps, cs, ss)
 
     n = sum(e["exchanges"] for e in endpoints)
     totals = {
@@ -454,7 +460,7 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
              for f in rows]
         for ep, rows in report.get("fields", {}).items()}
     out["latency"] = {ep: {"samples": v["samples"], "primary": v["primary"],
-                           "candidate": v["candidate"]}
+                           "candidate": v["candidate"], "secondary": v.get("secondary")}
                       for ep, v in report.get("latency", {}).items()}
     return out
 

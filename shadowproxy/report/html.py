@@ -526,19 +526,31 @@ def _latency(r: dict[str, Any]) -> str:
     cards = []
     for name, v in lat.items():
         rows = []
+        sec = v.get("secondary")
         for q in ("p50", "p90", "p95", "p99", "max"):
             p, c = v["primary"][q], v["candidate"][q]
             ratio = (c / p) if (p and c is not None) else None
-            rows.append(f'<tr><th>{q}</th>'
-                        + cell(f"latency_{q}_primary", name, p, fmt_ms(p))
-                        + cell(f"latency_{q}_candidate", name, c, fmt_ms(c))
-                        + cell(f"latency_{q}_ratio", name, ratio, fmt_ratio(ratio)) + "</tr>")
+            row = (f'<tr><th>{q}</th>'
+                   + cell(f"latency_{q}_primary", name, p, fmt_ms(p))
+                   + cell(f"latency_{q}_candidate", name, c, fmt_ms(c))
+                   + cell(f"latency_{q}_ratio", name, ratio, fmt_ratio(ratio)))
+            if sec is not None:
+                s2 = sec[q]
+                r2 = (c / s2) if (s2 and c is not None) else None
+                row += (cell(f"latency_{q}_secondary", name, s2, fmt_ms(s2))
+                        + cell(f"latency_{q}_ratio_secondary", name, r2, fmt_ratio(r2)))
+            rows.append(row + "</tr>")
+        head = "<th></th><th>primary</th><th>candidate</th><th>ratio</th>"
+        if sec is not None:
+            head += ('<th title="sent from the same process at the same moments as the '
+                     'candidate: the like-with-like reference">secondary</th>'
+                     "<th>candidate ÷ secondary</th>")
         cards.append(
             f'<div class="card" data-chart="latency" data-endpoint="{e(name)}">'
             f'<h3><code>{e(name)}</code> <span class="muted">'
             f'{e(fmt_int(v["samples"]))} pairs</span></h3>'
             f'{svg_cdf(v["cdf"], f"latency CDF of {name}")}'
-            '<table><thead><tr><th></th><th>primary</th><th>candidate</th><th>ratio</th></tr>'
+            f'<table><thead><tr>{head}</tr>'
             f'</thead><tbody>{"".join(rows)}</tbody></table></div>')
     return ('<section id="latency"><h2>Latency: primary vs candidate</h2>'
             '<p class="muted">Cumulative distribution (log time axis) over the exchanges where '

@@ -451,6 +451,19 @@ def test_html_with_a_secondary_says_noise_is_learned(tmp_path: Path) -> None:
     assert mode["data-noise-mode"] == "learned"
     ex = next(f for f in r["fields"]["/users/{id}"] if f["field"] == "$.name")["example"]
     assert ex["secondary"] is not None and '"ts": 3000' in ex["secondary"]["body"]
+    # the secondary's latency beside the candidate's: the like-with-like reference
+    lat = r["latency"]["/users/{id}"]
+    assert lat["secondary"]["p50"] == pytest.approx(0.011, rel=1 / 128)
+    assert cells.value("latency_p50_secondary", "/users/{id}") == lat["secondary"]["p50"]
+    c50 = lat["candidate"]["p50"]
+    assert cells.value("latency_p50_ratio_secondary", "/users/{id}") == \
+        pytest.approx(c50 / lat["secondary"]["p50"])
+    assert summary(r)["latency"]["/users/{id}"]["secondary"] == lat["secondary"]
+
+
+def test_without_a_secondary_the_latency_has_no_secondary_column(report: dict[str, Any]) -> None:
+    assert report["latency"] and all(v["secondary"] is None for v in report["latency"].values())
+    assert "latency_p50_secondary" not in render_html(report)
 
 
 def test_empty_store_renders_every_format(tmp_path: Path) -> None:
