@@ -160,14 +160,6 @@ class Sketch:
             self._raw = []
         return h
 
-    def _add_us(self, us: int) -> None:
-        if self._h is None:
-            self._raw.append(us)
-            if len(self._raw) > RAW_MAX:
-                self._hist()
-        else:
-            self._h.record_value(us)
-
     def add(self, seconds: float) -> None:
         """One value. Kept as it is until the sketch is read, merged or stored, however
         many come (a writer's batch: binned at C speed then, not ~4 µs a value now)."""
@@ -214,8 +206,10 @@ class Sketch:
         if data[0] == _RAW:
             values = array("Q")
             values.frombytes(data[1:])
-            for us in values:
-                self._add_us(us)
+            if self._h is None and len(self._raw) + len(values) <= RAW_MAX:
+                self._raw.extend(values)
+            else:       # binned at C-like speed (a window merges thousands of these)
+                _record(self._hist(), values)
         elif data[0] == _HDR:
             self._merge_hdr(data)
         else:
