@@ -211,10 +211,13 @@ def _errors(check: CheckConfig, source: Source, eps: list[str]) -> SubCheck:
     units = [error_unit(ep, pairs[ep], t, check) for ep in eps]
 
     def identical_passes(u: UnitResult) -> bool:
-        """The same exchanges with the discordant failures split evenly."""
+        """The same exchanges with the discordant failures split evenly, an odd one on
+        the candidate's side (with one discordant failure an identical candidate's is
+        as likely the candidate's as the primary's; an endpoint whose one failure was the
+        candidate's is not judged alone before that data could pass)."""
         p = pairs[u.endpoint]  # type: ignore[index]
-        m = (p.candidate_only + p.primary_only) // 2
-        return sequential.difference_bounds(m, m, p.n, check.confidence)[1] < t
+        d = p.candidate_only + p.primary_only
+        return sequential.difference_bounds(d - d // 2, d // 2, p.n, check.confidence)[1] < t
 
     inside = _mark_low(units, identical_passes, check)
     examples = tuple(x for ep in inside for x in pairs[ep].examples)[:MAX_EXAMPLES]

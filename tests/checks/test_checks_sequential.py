@@ -13,12 +13,15 @@ from shadowproxy.checks import (
     FAIL,
     INCONCLUSIVE,
     PASS,
+    ErrorPairs,
+    MemorySource,
+    evaluate,
     run,
     sequential,
     stats,
 )
 from shadowproxy.cli import main as cli_main
-from shadowproxy.config import load
+from shadowproxy.config import CheckConfig, load
 from shadowproxy.models import Exchange, RequestRecord, Result
 from tests.checks.test_checks import NOW, USERS, changed, config, res, resp, write
 
@@ -200,6 +203,23 @@ def test_a_store_fails_the_slower_endpoint_on_its_latency_pairs(tmp_path):
     assert slow.details["paired_interval"]["lo"] > 1.1
     assert "per-exchange ratios" in slow.reason
     assert not any(by_ep[e].verdict == FAIL for e in eps[1:]), [by_ep[e].reason for e in eps]
+
+
+def test_one_candidate_failure_does_not_hold_an_identical_endpoint_forever():
+    """An endpoint of 1,249 exchanges whose one discordant failure was the candidate's
+    cannot show 0.5 pp yet, and an identical candidate could have had the same data:
+    it is judged within the aggregate (low traffic), which passes; with the failures
+    split evenly rounding down it was judged alone and held the check inconclusive."""
+    src = MemorySource(pairs_by_endpoint={"A": ErrorPairs(1249, 0, 1, 0),
+                                          "B": ErrorPairs(3000, 0, 1, 1)})
+    check = CheckConfig(name="errors", max_error_rate_increase=0.005)
+    assert sequential.difference_bounds(1, 0, 1249, 0.95)[1] > 0.005
+    (res_,) = evaluate([check], src).checks
+    (sub,) = res_.subchecks
+    units = {u.endpoint: u for u in sub.endpoints}
+    assert units["A"].details.get("low_traffic") and units["A"].verdict == INCONCLUSIVE
+    assert units["B"].verdict == PASS and sub.aggregate.verdict == PASS
+    assert sub.verdict == PASS, sub.summary
 
 
 def test_the_sign_test_against_the_secondary():
