@@ -5,7 +5,8 @@ aggregate passes and so does every endpoint with enough traffic to be judged alo
 is **inconclusive** otherwise (:func:`combine`). An endpoint has too little traffic to
 be judged alone (*low traffic*) while it has fewer samples than ``min_samples``, or so
 few that even a candidate identical to the primary could not pass (no diff at all; the
-discordant failures split evenly; the primary's latencies on both sides); the check's
+discordant failures split evenly, an odd one on the candidate's side; the primary's
+latencies on both sides); the check's
 ``low_traffic`` policy says what such endpoints do: ``aggregate`` (the default) judges
 them inside the aggregate only (unless their estimate is above the threshold),
 ``inconclusive`` holds the sub-check inconclusive until they pass on their own,

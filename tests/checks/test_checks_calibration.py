@@ -250,10 +250,10 @@ def test_latency_aa_rarely_fails():
 
 def test_latency_ab_one_and_a_half_times_slower_is_caught():
     """1,000 pairs of widely spread latencies (log-normal, sigma 0.65 in all), one look:
-    each side's quantile is bounded on its own (the pairing is not used), so ~80 % are
-    failed and none passed."""
+    each side's quantiles bounded on their own failed ~80 %; the p50's paired test
+    (the per-exchange ratios, whose spread is the jitter's, sigma 0.35) fails all."""
     got = verdicts(LATENCY, lambda s: latency_source(s, factor=1.5), runs=50, base=80_000)
-    assert got["fail"] >= 35 and got["pass"] == 0, got
+    assert got["fail"] >= 48 and got["pass"] == 0, got
 
 
 SPEED = CheckConfig(name="speed", max_p50_ratio=1.10, max_p99_ratio=1.25)
