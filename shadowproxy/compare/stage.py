@@ -22,17 +22,12 @@ import logging
 from collections.abc import Callable
 
 from ..config import Config
-from ..models import Difference, Exchange, ResponseRecord, Result, Verdict
+from ..models import Difference, Exchange, Result, Verdict
 from ..stats import Stats
 from .comparator import RuleCache
 from .noise import NoiseLearner
 
 log = logging.getLogger("shadowproxy.compare")
-
-
-def _failed(r: ResponseRecord) -> bool:
-    """No complete response, or a 5xx."""
-    return r.error is not None or r.status <= 0 or 500 <= r.status <= 599
 
 
 class CompareStage:
@@ -103,10 +98,7 @@ class CompareStage:
         sec_fields: set[str] | None = None
         if ex.secondary is not None and ex.secondary.error is None:
             sec_diffs = comparator.compare(ex.primary, ex.secondary)
-            # one copy failing (a 5xx beside an answer) differs on every field: a
-            # failure, not evidence that the fields are volatile; the learner skips it
-            if _failed(ex.primary) == _failed(ex.secondary):
-                sec_fields = {d.field for d in sec_diffs}
+            sec_fields = {d.field for d in sec_diffs}
         fields = {d.field for d in diffs}
         self.learner.observe(ex.endpoint, fields, sec_fields)
         if not diffs:
