@@ -32,6 +32,8 @@ _RANK = {PASS: 0, INCONCLUSIVE: 1, FAIL: 2}
 METRICS = ("max_diff_rate", "max_error_rate_increase", "max_p50_ratio", "max_p99_ratio",
            "forbid_kinds")
 QUANTILE = {"max_p50_ratio": 0.5, "max_p99_ratio": 0.99}
+# judged on the per-exchange latency ratios as well as on the ratio of the quantiles
+PAIRED = frozenset({"max_p50_ratio"})
 MAX_FIELDS = 5          # fields listed behind a failing diff-rate unit
 MAX_EXAMPLES = 3        # example exchange ids listed per finding
 
@@ -136,6 +138,11 @@ class Source(Protocol):
         """Over every pair of ``endpoints`` (exchanges where both answered): the
         primary's and the candidate's ``(latency, count ≤ latency)`` ascending."""
         ...
+    def latency_pairs(self, endpoints: Sequence[str]) -> tuple[list[float], list[float]]:
+        """The paired latencies of ``endpoints`` together (element ``i`` of both lists
+        is one exchange's primary and candidate latency): every pair of the window, or
+        a uniform sample of them when there are more than the store's sample holds."""
+        ...
     def fields(self, endpoint: str, limit: int) -> list[FieldInfo]: ...
     def forbidden(self, endpoint: str, kinds: Sequence[str]) -> list[ForbiddenHit]: ...
     def slow_example(self, endpoint: str) -> str | None: ...
@@ -168,6 +175,10 @@ class MemorySource:
         lats = [self.latencies_by_endpoint.get(ep, ([], [])) for ep in endpoints]
         return (sequential.sorted_cumulative([x for p, _c in lats for x in p]),
                 sequential.sorted_cumulative([x for _p, c in lats for x in c]))
+
+    def latency_pairs(self, endpoints: Sequence[str]) -> tuple[list[float], list[float]]:
+        lats = [self.latencies_by_endpoint.get(ep, ([], [])) for ep in endpoints]
+        return [x for p, _c in lats for x in p], [x for _p, c in lats for x in c]
 
     def fields(self, endpoint: str, limit: int) -> list[FieldInfo]:
         return self.fields_by_endpoint.get(endpoint, [])[:limit]
@@ -403,10 +414,18 @@ def _nearest_rank(cumulative: Sequence[tuple[float, int]], q: float) -> float:
 
 def latency_unit(endpoint: str | None, primary: Sequence[tuple[float, int]],
                  candidate: Sequence[tuple[float, int]], metric: str, threshold: float,
-                 check: CheckConfig) -> UnitResult:
+                 check: CheckConfig,
+                 pairs: tuple[Sequence[float], Sequence[float]] | None = None) -> UnitResult:
     """quantile(candidate) / quantile(primary) over the exchanges where both answered;
     an always-valid interval from both sides' cumulative counts (the window's latency
-    sketches: every pair, no sample; :func:`.sequential.ratio_bounds`)."""
+    sketches: every pair, no sample; :func:`.sequential.ratio_bounds`).
+
+    For the metrics in :data:`PAIRED` (p50) the ratio judged is the larger of that ratio
+    of quantiles and the quantile of the per-exchange ratios of ``pairs``
+    (:func:`.sequential.paired_ratio_bounds`): the interval is ``[max(lo), max(hi)]``,
+    its lower side split between the two tests (each at ``(1 − confidence)/4``), its
+    upper side at ``(1 − confidence)/2`` each (a false pass needs the larger of the two
+    to be passed falsely, one test). Without pairs the unit cannot pass."""
     q = QUANTILE[metric]
     n = primary[-1][1] if primary else 0
     label = f"p{round(q * 100)}"
@@ -415,13 +434,39 @@ def latency_unit(endpoint: str | None, primary: Sequence[tuple[float, int]],
                           f"{label} ratio: no latency pairs (exchanges where both answered)")
     qp, qc = _nearest_rank(primary, q), _nearest_rank(candidate, q)
     ratio = stats._ratio(qc, qp)
-    lo, hi = sequential.ratio_bounds(primary, candidate, q, check.confidence)
     details: dict[str, Any] = {"pairs": n, "primary": qp, "candidate": qc}
+    what = f"candidate {qc * 1000:.1f} ms / primary {qp * 1000:.1f} ms, {n} pairs"
+    value = ratio
+    if metric in PAIRED:
+        a = 1.0 - check.confidence
+        lo, hi = sequential.ratio_bounds(primary, candidate, q, check.confidence,
+                                         lo_alpha=a / 4, hi_alpha=a / 2)
+        p_lat, c_lat = pairs if pairs is not None else ((), ())
+        ratios = sorted(sequential.pair_ratio(p, c)
+                        for p, c in zip(p_lat, c_lat, strict=True))
+        if ratios:
+            plo, phi = sequential.paired_ratio_bounds(p_lat, c_lat, q, a / 4, a / 2)
+            paired = ratios[max(0, math.ceil(q * len(ratios) - 1e-9) - 1)]
+        else:
+            plo, phi, paired = 0.0, math.inf, math.nan
+        details.update(ratio_of_quantiles=ratio, paired_ratio=_finite(paired),
+                       paired_samples=len(ratios),
+                       paired_interval={"lo": _finite(plo), "hi": _finite(phi)})
+        if ratios and paired > ratio:
+            value = paired
+        lo, hi = max(lo, plo), max(hi, phi)
+        what += (f"; {label} of the per-exchange ratios {fmt_ratio(paired)} over "
+                 f"{len(ratios)} pairs")
+    else:
+        lo, hi = sequential.ratio_bounds(primary, candidate, q, check.confidence)
     verdict, reason = decide(lo, hi, threshold, n, check.min_samples,
                              check.critical, check.confidence, metric)
-    text = (f"{label} ratio {fmt_ratio(ratio)} (candidate {qc * 1000:.1f} ms / "
-            f"primary {qp * 1000:.1f} ms, {n} pairs): {reason}")
-    return UnitResult(endpoint, verdict, ratio, lo, hi, n, text, details)
+    text = f"{label} ratio {fmt_ratio(value)} ({what}): {reason}"
+    return UnitResult(endpoint, verdict, value, lo, hi, n, text, details)
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def forbidden_unit(endpoint: str | None, hits: list[ForbiddenHit], compared: int,

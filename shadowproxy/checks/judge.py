@@ -5,7 +5,8 @@ aggregate passes and so does every endpoint with enough traffic to be judged alo
 is **inconclusive** otherwise (:func:`combine`). An endpoint has too little traffic to
 be judged alone (*low traffic*) while it has fewer samples than ``min_samples``, or so
 few that even a candidate identical to the primary could not pass (no diff at all; the
-discordant failures split evenly; the primary's latencies on both sides); the check's
+discordant failures split evenly, an odd one on the candidate's side; the primary's
+latencies on both sides); the check's
 ``low_traffic`` policy says what such endpoints do: ``aggregate`` (the default) judges
 them inside the aggregate only (unless their estimate is above the threshold),
 ``inconclusive`` holds the sub-check inconclusive until they pass on their own,
@@ -27,6 +28,7 @@ from .evaluate import (
     INCONCLUSIVE,
     MAX_EXAMPLES,
     MAX_FIELDS,
+    PAIRED,
     PASS,
     QUANTILE,
     CheckResult,
@@ -131,9 +133,12 @@ _QUANTILE_METHOD = ("always-valid quantile bounds of each side from the latency 
 METHODS = {
     "max_diff_rate": "always-valid binomial confidence sequence (mixture of likelihood "
                      "ratios)",
-    "max_error_rate_increase": "always-valid bounds on candidate-only minus primary-only "
-                               "failure rates (Bonferroni)",
-    "max_p50_ratio": _QUANTILE_METHOD,
+    "max_error_rate_increase": "always-valid betting confidence sequence on candidate-only "
+                               "minus primary-only failures of the same exchanges",
+    "max_p50_ratio": ("the larger of the ratio of medians (always-valid quantile bounds "
+                      "of each side from the latency sketches, Bonferroni) and the median "
+                      "of the per-exchange latency ratios (always-valid sequential sign "
+                      "test on the latency pairs)"),
     "max_p99_ratio": _QUANTILE_METHOD,
     "forbid_kinds": "any difference of a forbidden kind that is not noise fails",
 }
@@ -207,10 +212,13 @@ def _errors(check: CheckConfig, source: Source, eps: list[str]) -> SubCheck:
     units = [error_unit(ep, pairs[ep], t, check) for ep in eps]
 
     def identical_passes(u: UnitResult) -> bool:
-        """The same exchanges with the discordant failures split evenly."""
+        """The same exchanges with the discordant failures split evenly, an odd one on
+        the candidate's side (with one discordant failure an identical candidate's is
+        as likely the candidate's as the primary's; an endpoint whose one failure was the
+        candidate's is not judged alone before that data could pass)."""
         p = pairs[u.endpoint]  # type: ignore[index]
-        m = (p.candidate_only + p.primary_only) // 2
-        return sequential.difference_bounds(m, m, p.n, check.confidence)[1] < t
+        d = p.candidate_only + p.primary_only
+        return sequential.difference_bounds(d - d // 2, d // 2, p.n, check.confidence)[1] < t
 
     inside = _mark_low(units, identical_passes, check)
     examples = tuple(x for ep in inside for x in pairs[ep].examples)[:MAX_EXAMPLES]
@@ -233,8 +241,12 @@ def _errors(check: CheckConfig, source: Source, eps: list[str]) -> SubCheck:
 
 def _latency(check: CheckConfig, source: Source, eps: list[str], metric: str,
              cums: dict[str, Any], aggregate: Callable[[list[str]], Any]) -> SubCheck:
+    """``cums``: endpoint → (primary, candidate) cumulative counts, and for the
+    :data:`PAIRED` metrics the paired latencies; ``aggregate`` the same over several."""
     t = getattr(check, metric)
-    units = [latency_unit(ep, cums[ep][0], cums[ep][1], metric, t, check) for ep in eps]
+    paired = metric in PAIRED
+    units = [latency_unit(ep, cums[ep][0], cums[ep][1], metric, t, check,
+                          cums[ep][2] if paired else None) for ep in eps]
     q = QUANTILE[metric]
 
     def identical_passes(u: UnitResult) -> bool:
@@ -247,8 +259,8 @@ def _latency(check: CheckConfig, source: Source, eps: list[str], metric: str,
         agg = dataclasses.replace(units[0], endpoint=None, details=dict(units[0].details))
         agg.details.pop("low_traffic", None)
     else:
-        cp, cc = aggregate(inside)
-        agg = latency_unit(None, cp, cc, metric, t, check)
+        cp, cc, pairs = aggregate(inside)
+        agg = latency_unit(None, cp, cc, metric, t, check, pairs if paired else None)
     if agg.verdict == FAIL:
         agg.details["endpoints"] = [
             {"endpoint": u.endpoint, "ratio": u.value, "pairs": u.samples}
@@ -284,13 +296,19 @@ def evaluate_check(check: CheckConfig, source: Source, endpoint_filter: str = "*
         subs.append(_errors(check, source, eps))
     latency_metrics = [m for m in QUANTILE if getattr(check, m) is not None]
     if latency_metrics:
-        cums = {ep: source.latency_cumulative([ep]) for ep in eps}
+        want_pairs = any(m in PAIRED for m in latency_metrics)
+
+        def read(scope: list[str]) -> Any:
+            pairs = source.latency_pairs(scope) if want_pairs else None
+            return (*source.latency_cumulative(scope), pairs)
+
+        cums = {ep: read([ep]) for ep in eps}
         merged: dict[tuple[str, ...], Any] = {}
 
         def aggregate(inside: list[str]) -> Any:
             key = tuple(inside)
             if key not in merged:
-                merged[key] = source.latency_cumulative(inside)
+                merged[key] = read(inside)
             return merged[key]
 
         subs.extend(_latency(check, source, eps, metric, cums, aggregate)

@@ -40,10 +40,13 @@ exchanges need not be identically distributed), and the window grows with a fixe
 start.
 
 **Latency quantiles.** ``Q = inf{x : F(x) ≥ q}``. A bucket edge ``u`` with
-``#{X ≤ u}`` of ``n`` is below ``Q`` when :func:`log_e_below` shows ``F(u) < q``, above
-it when :func:`log_e_above` shows ``F(u) > q`` (Howard & Ramdas 2022 use the same reduction):
+``#{X ≤ u}`` of ``n`` is below ``Q`` when :func:`log_e_quantile` shows ``F(u) < q``,
+above it when it shows ``F(u) > q`` (Howard & Ramdas 2022 use the same reduction; the
+mixture's alternatives are spaced on the binomial's spread at ``q``):
 :func:`quantile_bounds` reads them off a sketch's cumulative counts, valid for all ``n``
-at once, exactly conservative at the sketch's bucket edges.
+at once, exactly conservative at the sketch's bucket edges. The same bounds over the
+per-exchange ratios of the latency pairs (:func:`paired_ratio_bounds`) are a sequential
+sign test of the ratio's quantile.
 """
 
 from __future__ import annotations
@@ -234,6 +237,33 @@ def difference_bounds(b: int, c: int, n: int, confidence: float) -> tuple[float,
 # ------------------------------------------------------------------ quantiles
 
 
+# alternatives of the quantile tests: distances from q of h·sqrt(q(1 − q)), h on a
+# geometric grid of ratio √2 (the alternative best for n samples lies near
+# h = sqrt(2 log(1/α)/n): these cover n from ~40 to ~150,000 at α ≈ 1 %)
+QUANTILE_STEPS = tuple(0.5 * 2.0 ** (-j / 2) for j in range(12))
+
+
+def log_e_quantile(k: int, n: int, q: float, side: str) -> float:
+    """log e-value for the share ``p`` of values at or below a point ``u`` (``k`` of
+    ``n``) against the quantile level ``q``: ``side="above"``, evidence that
+    ``p > q`` (null ``p ≤ q``: then ``u`` is at or above the ``q``-quantile);
+    ``side="below"``, that ``p < q`` (null ``p ≥ q``: ``u`` is below it).
+
+    A uniform mixture of likelihood ratios against alternatives on the tested side at
+    distances ``h·sqrt(q(1 − q))`` (:data:`QUANTILE_STEPS`, at most 90 % of the way to 0
+    or 1): each ratio has expectation ≤ 1 under every ``p`` of the null, as in
+    :func:`log_e_above`; the grid is scaled to the binomial's spread at ``q`` rather
+    than to the distance to 0 or 1, so the p99's tests are as sharp as the median's."""
+    if n <= 0:
+        return 0.0
+    sd = math.sqrt(q * (1.0 - q))
+    terms = []
+    for h in QUANTILE_STEPS:
+        d = min(h * sd, 0.9 * (1.0 - q if side == "above" else q))
+        terms.append(_log_lr(k, n, q + d if side == "above" else q - d, q))
+    return _logsumexp(terms) - math.log(len(QUANTILE_STEPS))
+
+
 def quantile_bounds(cumulative: Sequence[tuple[float, int]], q: float, alpha: float
                     ) -> tuple[float | None, float | None]:
     """Bounds on the ``q``-quantile from ``(value, count of values ≤ value)`` ascending
@@ -247,8 +277,11 @@ def quantile_bounds(cumulative: Sequence[tuple[float, int]], q: float, alpha: fl
     n = cumulative[-1][1]
     counts = [c for _v, c in cumulative]
     # e_below decreases in the count: the edges that show F(u) < q are a prefix
-    lo_i = _first_false(len(counts), lambda i: shows_below(counts[i], n, q, alpha)) - 1
-    hi_i = _first_false(len(counts), lambda i: not shows_above(counts[i], n, q, alpha))
+    need = -math.log(alpha)
+    lo_i = _first_false(len(counts),
+                        lambda i: log_e_quantile(counts[i], n, q, "below") >= need) - 1
+    hi_i = _first_false(len(counts),
+                        lambda i: log_e_quantile(counts[i], n, q, "above") < need)
     lo = cumulative[lo_i][0] if lo_i >= 0 else None
     hi = cumulative[hi_i][0] if hi_i < len(counts) else None
     return lo, hi
@@ -268,16 +301,48 @@ def _first_false(size: int, pred: Callable[[int], bool]) -> int:
 
 
 def ratio_bounds(primary: Sequence[tuple[float, int]], candidate: Sequence[tuple[float, int]],
-                 q: float, confidence: float) -> tuple[float, float]:
-    """Bounds on ``Q_q(candidate) / Q_q(primary)``: each of the four quantile bounds at
-    ``(1 − confidence)/4`` (Bonferroni), so each side of the ratio's interval is wrong
-    with probability at most ``(1 − confidence)/2``. Unknown bounds are 0 and inf."""
-    a = (1.0 - confidence) / 4
-    p_lo, p_hi = quantile_bounds(primary, q, a)
-    c_lo, c_hi = quantile_bounds(candidate, q, a)
+                 q: float, confidence: float, *, lo_alpha: float | None = None,
+                 hi_alpha: float | None = None) -> tuple[float, float]:
+    """Bounds on ``Q_q(candidate) / Q_q(primary)``: the lower bound wrong with
+    probability at most ``lo_alpha``, the upper at most ``hi_alpha`` (each
+    ``(1 − confidence)/2`` unless given), each the quotient of two quantile bounds at
+    half that level (Bonferroni). Unknown bounds are 0 and inf."""
+    a_lo = ((1.0 - confidence) / 2 if lo_alpha is None else lo_alpha) / 2
+    a_hi = ((1.0 - confidence) / 2 if hi_alpha is None else hi_alpha) / 2
+    p_lo, p_hi = quantile_bounds(primary, q, a_hi)
+    c_lo, c_hi = quantile_bounds(candidate, q, a_hi)
+    if a_lo != a_hi:
+        p_hi = quantile_bounds(primary, q, a_lo)[1]
+        c_lo = quantile_bounds(candidate, q, a_lo)[0]
     lo = 0.0 if c_lo is None or p_hi is None or p_hi <= 0 else c_lo / p_hi
     hi = math.inf if c_hi is None or p_lo is None or p_lo <= 0 else c_hi / p_lo
     return lo, hi
+
+
+def pair_ratio(primary: float, candidate: float) -> float:
+    """One exchange's latency ratio candidate/primary (a zero primary latency: inf,
+    or 1 when both are zero)."""
+    if primary > 0:
+        return candidate / primary
+    return math.inf if candidate > 0 else 1.0
+
+
+def paired_ratio_bounds(primary: Sequence[float], candidate: Sequence[float], q: float,
+                        lo_alpha: float, hi_alpha: float) -> tuple[float, float]:
+    """Bounds on the ``q``-quantile of the per-exchange ratio ``candidate/primary``
+    from the paired latencies (element ``i`` of both is one exchange): the
+    :func:`quantile_bounds` of the ratios, the lower wrong with probability at most
+    ``lo_alpha``, the upper at most ``hi_alpha``, however often they are computed on a
+    growing set of pairs. The lower bound exceeds a threshold ``t`` only when
+    :func:`log_e_quantile` shows ``P(ratio ≤ t) < q``: a sequential sign test of the
+    pairs' ratios against ``t`` (for ``q = ½`` the median of the ratios). It assumes
+    that each pair's ratio, given the pairs before it, is at most ``t`` with
+    probability at least ``q`` under the null (no identical distribution needed, no
+    symmetry). Unknown bounds are 0 and inf."""
+    cum = sorted_cumulative([pair_ratio(p, c) for p, c in zip(primary, candidate, strict=True)])
+    lo = quantile_bounds(cum, q, lo_alpha)[0]
+    hi = quantile_bounds(cum, q, hi_alpha)[1]
+    return (0.0 if lo is None else max(lo, 0.0)), (math.inf if hi is None else hi)
 
 
 def sorted_cumulative(values: Sequence[float]) -> list[tuple[float, int]]:

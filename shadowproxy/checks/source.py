@@ -139,6 +139,19 @@ class StoreSource:
                 cs.merge(got[1])
         return ps.cumulative(), cs.cumulative()
 
+    def latency_pairs(self, endpoints: Sequence[str]) -> tuple[list[float], list[float]]:
+        """The window's latency pairs of ``endpoints`` (``Store.latencies_of``: every
+        pair up to ``PAIR_WINDOW``, beyond that a uniform sample of that many); the
+        count of pairs is the sketches' (every pair), which saves the store a read."""
+        n = 0
+        for ep in endpoints:
+            got = self._all_sketches().get(ep)
+            if got is not None:
+                n += got[0].count
+        if not n:
+            return [], []
+        return self.store.latencies_of(list(endpoints), self.since, self.until, pairs=n)
+
     def has_secondary(self, endpoint: str) -> bool:
         """The secondary answered exchanges of ``endpoint`` in the window."""
         if self._secondary is None:

@@ -250,10 +250,51 @@ def test_latency_aa_rarely_fails():
 
 def test_latency_ab_one_and_a_half_times_slower_is_caught():
     """1,000 pairs of widely spread latencies (log-normal, sigma 0.65 in all), one look:
-    each side's quantile is bounded on its own (the pairing is not used), so ~80 % are
-    failed and none passed."""
+    each side's quantiles bounded on their own failed ~80 %; the p50's paired test
+    (the per-exchange ratios, whose spread is the jitter's, sigma 0.35) fails all."""
     got = verdicts(LATENCY, lambda s: latency_source(s, factor=1.5), runs=50, base=80_000)
-    assert got["fail"] >= 35 and got["pass"] == 0, got
+    assert got["fail"] >= 48 and got["pass"] == 0, got
+
+
+SPEED = CheckConfig(name="speed", max_p50_ratio=1.10, max_p99_ratio=1.25)
+
+
+def first_decision(seed: int, factor: float, n_max: int, every: int) -> tuple[str, int]:
+    """Four endpoints (a request's cost log-normal, sigma 0.35, shared by both sides;
+    jitter sigma 0.1 per side), the candidate ``factor`` slower on the first; SPEED
+    judged every ``every`` exchanges up to ``n_max``. → (first decided verdict, at)."""
+    rnd = random.Random(seed)
+    lats: dict[str, tuple[list[float], list[float]]] = {ep: ([], []) for ep in EPS4}
+    for i in range(1, n_max + 1):
+        ep = EPS4[rnd.randrange(4)]
+        base = rnd.lognormvariate(math.log(0.03), 0.35)
+        lats[ep][0].append(base * rnd.lognormvariate(0.0, 0.1))
+        lats[ep][1].append(base * rnd.lognormvariate(0.0, 0.1)
+                           * (factor if ep == EPS4[0] else 1.0))
+        if i % every == 0:
+            got = evaluate([SPEED], MemorySource(latencies_by_endpoint=lats)).verdict
+            if got != "inconclusive":
+                return got, i
+    return "inconclusive", n_max
+
+
+EPS4 = ("GET /api/users/{id}", "GET /api/items", "GET /api/orders", "GET /api/search")
+
+
+def test_latency_aa_looked_at_often_never_fails():
+    """Identical latencies, judged every 250 exchanges up to 3,000 (12 looks), 60 runs:
+    no false failure (the paired test's null is far: P(ratio > 1.1) = 25 %)."""
+    got = collections.Counter(first_decision(s, 1.0, 3000, 250)[0]
+                              for s in range(100_000, 100_060))
+    assert got["fail"] == 0, got
+
+
+def test_latency_fifteen_percent_slower_on_one_endpoint_of_four_fails():
+    """The candidate 15 % slower on one endpoint of four (p50 threshold 1.10), judged
+    every 250 exchanges up to 5,000: failed in at least 90 % of 40 runs."""
+    got = [first_decision(s, 1.15, 5000, 250) for s in range(110_000, 110_040)]
+    fails = sum(v == "fail" for v, _n in got)
+    assert fails >= 36, got
 
 
 # ------------------------------------------------------------------ figures

@@ -9,11 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from shadowproxy.checks import FAIL, INCONCLUSIVE, PASS, run, sequential, stats
+from shadowproxy.checks import (
+    FAIL,
+    INCONCLUSIVE,
+    PASS,
+    ErrorPairs,
+    MemorySource,
+    evaluate,
+    run,
+    sequential,
+    stats,
+)
 from shadowproxy.cli import main as cli_main
-from shadowproxy.config import load
+from shadowproxy.config import CheckConfig, load
 from shadowproxy.models import Exchange, RequestRecord, Result
-from tests.checks.test_checks import NOW, USERS, changed, config, resp, write
+from tests.checks.test_checks import NOW, USERS, changed, config, res, resp, write
 
 RUNS = 300
 
@@ -110,6 +120,106 @@ def test_quantile_bounds_cover_the_true_quantile_over_all_looks():
         for q, m in missed.items():
             misses[q] += m
     assert misses[0.5] <= 0.05 * runs and misses[0.99] <= 0.05 * runs, misses
+
+
+def _paired(rnd: random.Random, n: int, factor: float) -> tuple[list[float], list[float]]:
+    """Paired latencies: a request's cost (log-normal) shared by both sides, times
+    independent jitter per side (log-normal, sigma 0.1); the candidate times ``factor``,
+    so the per-exchange ratio's median is exactly ``factor``."""
+    prim, cand = [], []
+    for _ in range(n):
+        base = rnd.lognormvariate(math.log(0.03), 0.35)
+        prim.append(base * rnd.lognormvariate(0.0, 0.1))
+        cand.append(factor * base * rnd.lognormvariate(0.0, 0.1))
+    return prim, cand
+
+
+def test_paired_ratio_at_the_threshold_is_failed_at_most_alpha_over_all_looks():
+    """The hardest null of the paired test: the per-exchange ratios' median exactly at
+    the threshold (1.1), a look every 50 pairs up to 1,500: the lower bound ever above
+    the threshold in at most 2.5 % of the runs (its level); and it does not fail a
+    median of 1.0 either."""
+    runs, failed, failed_aa = 200, 0, 0
+    for seed in range(runs):
+        prim, cand = _paired(random.Random(seed), 1500, 1.1)
+        aa = _paired(random.Random(10_000 + seed), 1500, 1.0)
+        hit = hit_aa = False
+        for n in range(50, 1501, 50):
+            hit = hit or sequential.paired_ratio_bounds(
+                prim[:n], cand[:n], 0.5, 0.025, 0.025)[0] > 1.1
+            hit_aa = hit_aa or sequential.paired_ratio_bounds(
+                aa[0][:n], aa[1][:n], 0.5, 0.025, 0.025)[0] > 1.1
+        failed += hit
+        failed_aa += hit_aa
+    assert failed <= 0.025 * runs, failed
+    assert failed_aa == 0, failed_aa
+
+
+def test_paired_ratio_finds_a_slowdown_the_separate_quantiles_do_not():
+    """15 % slower against a 1.10 threshold on 1,250 pairs (one endpoint of four at
+    5,000 exchanges): the paired lower bound clears 1.10; the ratio of the two sides'
+    separately bounded medians does not (the request's own cost, shared by both sides,
+    spreads each side far more than the jitter between them)."""
+    paired = separate = 0
+    for seed in range(20):
+        prim, cand = _paired(random.Random(20_000 + seed), 1250, 1.15)
+        paired += sequential.paired_ratio_bounds(prim, cand, 0.5, 0.0125, 0.025)[0] > 1.1
+        separate += sequential.ratio_bounds(
+            sequential.sorted_cumulative(prim), sequential.sorted_cumulative(cand), 0.5,
+            0.95)[0] > 1.1
+    assert paired >= 19 and separate == 0, (paired, separate)
+
+
+def test_pair_ratio_of_zero_latencies():
+    assert sequential.pair_ratio(0.0, 0.0) == 1.0
+    assert sequential.pair_ratio(0.0, 0.01) == math.inf
+    assert sequential.pair_ratio(0.02, 0.01) == 0.5
+    assert sequential.paired_ratio_bounds([], [], 0.5, 0.025, 0.025) == (0.0, math.inf)
+
+
+def test_a_store_fails_the_slower_endpoint_on_its_latency_pairs(tmp_path):
+    """Four endpoints of 1,000 exchanges, one of them 15 % slower, through the store:
+    the p50 check fails that endpoint by the median of its per-exchange ratios (read
+    from the store's latency pairs), and not the others."""
+    eps = [USERS, "GET /api/items", "GET /api/orders", "GET /api/search"]
+    rnd = random.Random(7)
+    results = []
+    for i in range(4000):
+        ep = eps[i % 4]
+        prim, cand = _paired(rnd, 1, 1.15 if ep == USERS else 1.0)
+        results.append(res(ep, ago=600 - i * 0.1, primary=resp(latency=prim[0]),
+                           candidate=resp(latency=cand[0])))
+    url = write(tmp_path / "r.db", results)
+    cfg = load(config(tmp_path, url, [{"name": "speed", "max_p50_ratio": 1.10}]))
+    report = run(cfg, since=None, until=NOW + 1)
+    (check,) = report.checks
+    (sub,) = check.subchecks
+    assert sub.verdict == FAIL
+    by_ep = {u.endpoint: u for u in sub.endpoints}
+    slow = by_ep[USERS]
+    assert slow.verdict == FAIL and slow.lo > 1.1, slow.reason
+    assert slow.details["paired_samples"] == 1000
+    assert slow.details["paired_ratio"] == pytest.approx(1.15, rel=0.03)
+    assert slow.details["paired_interval"]["lo"] > 1.1
+    assert "per-exchange ratios" in slow.reason
+    assert not any(by_ep[e].verdict == FAIL for e in eps[1:]), [by_ep[e].reason for e in eps]
+
+
+def test_one_candidate_failure_does_not_hold_an_identical_endpoint_forever():
+    """An endpoint of 1,249 exchanges whose one discordant failure was the candidate's
+    cannot show 0.5 pp yet, and an identical candidate could have had the same data:
+    it is judged within the aggregate (low traffic), which passes; with the failures
+    split evenly rounding down it was judged alone and held the check inconclusive."""
+    src = MemorySource(pairs_by_endpoint={"A": ErrorPairs(1249, 0, 1, 0),
+                                          "B": ErrorPairs(3000, 0, 1, 1)})
+    check = CheckConfig(name="errors", max_error_rate_increase=0.005)
+    assert sequential.difference_bounds(1, 0, 1249, 0.95)[1] > 0.005
+    (res_,) = evaluate([check], src).checks
+    (sub,) = res_.subchecks
+    units = {u.endpoint: u for u in sub.endpoints}
+    assert units["A"].details.get("low_traffic") and units["A"].verdict == INCONCLUSIVE
+    assert units["B"].verdict == PASS and sub.aggregate.verdict == PASS
+    assert sub.verdict == PASS, sub.summary
 
 
 def test_the_sign_test_against_the_secondary():
