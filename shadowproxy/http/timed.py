@@ -187,10 +187,11 @@ class TimedTransport(asyncio.Transport):
         if self._writing:
             self._writing = False
             self._loop.remove_writer(self._fd)
-        if self._closing:
-            return
-        self._closing = True
-        self.pause_reading()
+        if not self._closing:
+            self._closing = True
+            self.pause_reading()
+        # also when closing: a close() waiting to send its bytes ends here (no second
+        # loss: _call_lost runs once)
         self._loop.call_soon(self._call_lost, exc)
 
     def _call_lost(self, exc: BaseException | None) -> None:

@@ -578,3 +578,39 @@ async def test_a_timed_answer_is_timed_from_the_request_written_to_its_bytes_arr
     finally:
         listener.close()
         thread.join(5)
+
+
+async def test_a_timed_connection_aborted_while_closing_with_unsent_bytes_is_lost():
+    """close() with bytes still unsent waits to send them; an abort() (or a failed send)
+    then must still end the connection: the protocol told, the socket closed."""
+    from shadowproxy.http.timed import open_timed
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    loop = asyncio.get_running_loop()
+    lost: list[BaseException | None] = []
+
+    class P(asyncio.Protocol):
+        def connection_lost(self, exc: BaseException | None) -> None:
+            lost.append(exc)
+
+    try:
+        transport, _p = await open_timed(loop, P, "127.0.0.1", port)
+        peer, _ = listener.accept()          # never reads: the send buffers fill
+        try:
+            transport.write(b"x" * (16 * 1024 * 1024))
+            assert transport.get_write_buffer_size() > 0
+            transport.close()                # waits for the unsent bytes...
+            transport.abort()                # ...until aborted
+            for _ in range(100):
+                if lost:
+                    break
+                await asyncio.sleep(0.01)
+            assert lost == [None]
+            assert transport.get_extra_info("socket").fileno() == -1
+        finally:
+            peer.close()
+    finally:
+        listener.close()
