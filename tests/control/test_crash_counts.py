@@ -1,10 +1,10 @@
 """Counts never contradict the stored exchanges, even after kill -9 of the control process.
 
 The real ``shadowproxy run`` under load; the control process (comparator, store
-writer) is killed. The store's outcome counts and its exchanges were written
-within a second of each other, so what the crash leaves of one and the other
-differs by at most a second of traffic; the next run records the unclean stop as
-``incident{unclean_stop}`` and says so in its log.
+writer) is killed. The store's outcome counts and its exchanges were written at
+most a transaction of results apart (a second of traffic or a store batch), so what
+the crash leaves of one and the other differs by about that; the next run records
+the unclean stop as ``incident{unclean_stop}`` and says so in its log.
 """
 
 from __future__ import annotations
@@ -65,8 +65,13 @@ async def test_kill_9_of_the_control_process_leaves_counts_and_exchanges_togethe
         await asyncio.sleep(0.05)
     exchanges, judged, incidents = _stored(db)
     assert exchanges >= stored > 0 and judged > 0
-    rate = exchanges / elapsed                  # exchanges stored per second of the run
-    assert abs(exchanges - judged) <= rate * 1.0, (exchanges, judged, rate)
+    # at most a transaction apart (docs/architecture.md): the writer takes one when
+    # store.batch (1,000) results wait or a second after the oldest, and the counts of
+    # what arrives while it is written go ahead of it too: two transactions' worth is
+    # the bound, a second of traffic or a batch, whichever is more
+    rate = max(exchanges, judged) / elapsed    # judged per second of the run
+    bound = 2 * max(1000.0, rate * 1.0)
+    assert abs(exchanges - judged) <= bound, (exchanges, judged, rate)
     assert incidents == 0
 
     # the next run on the same store records the unclean stop, and stops cleanly itself
