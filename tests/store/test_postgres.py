@@ -352,3 +352,50 @@ def test_a_schema_2_store_upgrades_to_writer_keyed_aggregates(pg_url):
     finally:
         s.close()
         ref.close()
+
+
+def test_outcome_counts_of_several_instances_survive_a_failed_write_exactly_once(pg_url):
+    """The writer hands each instance's counts to the store in a transaction of their
+    own: when one fails, it and those not yet tried are kept for the next try, and
+    those already written are not written again."""
+    from shadowproxy.errors import StoreUnavailable
+
+    class FailsOnce:
+        def __init__(self, inner):
+            self.inner = inner
+            self.failed = False
+
+        def add_outcomes(self, rows, instance=None):
+            if instance == "pod-b" and not self.failed:
+                self.failed = True
+                raise StoreUnavailable("cannot write to the store: connection refused")
+            self.inner.add_outcomes(rows, instance)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    inner = open_store(pg_url, instance="cmp-c0")
+    flaky = FailsOnce(inner)
+    w = StoreWriter(flaky, cfg(pg_url), retry_min=0.05, retry_max=0.1)
+    try:
+        w.add_outcomes([(T0, "GET /e0", "compared", "", 3)], "pod-a")
+        w.add_outcomes([(T0, "GET /e0", "compared", "", 4)], "pod-b")
+        w.add_outcomes([(T0, "", "dropped", "transport_refused", 1)])
+        w.add_outcomes([(T0, "GET /e0", "compared", "", 2)], "pod-a")
+        assert w.flush(20)
+        assert flaky.failed
+        deadline = time.monotonic() + 20
+        while w._pending_outcomes and time.monotonic() < deadline:
+            w.flush(1)
+            time.sleep(0.05)
+        assert not w._pending_outcomes
+    finally:
+        w.close()
+        inner.close()
+    for name, want in (("pod-a", {"compared": {"": 5}}), ("pod-b", {"compared": {"": 4}}),
+                       ("cmp-c0", {"dropped": {"transport_refused": 1}})):
+        s = open_store(pg_url, readonly=True, read_instance=name)
+        try:
+            assert s.outcome_counts() == want, name
+        finally:
+            s.close()
