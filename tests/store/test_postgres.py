@@ -303,7 +303,15 @@ def test_a_fleets_rows_are_the_sidecars_and_each_writer_keeps_its_own_aggregates
                     assert (g.count, g.quantiles(qs)) == (w.count, w.quantiles(qs))
             assert {r.id.split("-")[0] + "-" + r.id.split("-")[1]
                     for r in one.exchanges(limit=1000)} == {name}
-            assert len(one.exchanges(limit=1000)) == 240
+            rows = one.exchanges(limit=1000)
+            assert len(rows) == 240
+            # the document of an exchange says whose (sampled whole, and summary only)
+            for sampled in (True, False):
+                x = next(r for r in rows if r.sampled is sampled)
+                doc = one.exchange(x.id)
+                assert doc is not None and doc["sampled"] is sampled
+                assert doc["instance"] == name
+                assert "instance" not in (ref.exchange(x.id) or {"instance": 1})   # SQLite
             want_out = {"pod-a": {"compared": {"": 7}, "mirrored": {"": 9}},
                         "pod-b": {"compared": {"": 7}}}[name]
             assert one.outcome_counts() == want_out
