@@ -377,9 +377,12 @@ def consumer_entry(cfg: Config, index: int) -> None:
     install_uvloop()
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the pool decides
 
-    # each process of a pool writes under a name of its own: the store merges an
-    # instance's aggregates by read-modify-write, which two writers sharing one name
-    # would race on (a minute both add to first would keep one's sketches)
+    # each process of a pool has a name of its own: the store keys the aggregate rows
+    # it writes by it (their writer), since a minute's sketches are read, merged and
+    # written back, and two writers sharing rows would wait on each other (or, without
+    # the store's locks, keep only one's sketches). The traffic's rows are labelled
+    # with the sidecar each entry names; this name labels what only a comparator can
+    # (entries it cannot read) and its noise learner
     cfg = cfg.replace(instance=f"{cfg.instance}-c{index}")
 
     async def main() -> None:
