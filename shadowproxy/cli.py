@@ -51,8 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("--to", default=None, metavar="T")
     chk.add_argument("--endpoint", default="*", metavar="GLOB")
     chk.add_argument("--instance", default=None, metavar="NAME",
-                     help="only the results this instance wrote (PostgreSQL store; "
-                          "default: all instances together)")
+                     help="only this instance's traffic (a fleet's: a sidecar's; PostgreSQL "
+                          "store; default: all instances together)")
     chk.add_argument("--format", choices=("text", "json", "junit"), default="text")
     chk.add_argument("-o", "--output", default=None, metavar="FILE")
     chk.add_argument("--watch", action="store_true",
@@ -73,8 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("-o", "--output", default=None, metavar="FILE")
     rep.add_argument("--webhook", default=None, metavar="URL")
     rep.add_argument("--instance", default=None, metavar="NAME",
-                     help="only the results this instance wrote (PostgreSQL store; "
-                          "default: all instances together)")
+                     help="only this instance's traffic (a fleet's: a sidecar's; PostgreSQL "
+                          "store; default: all instances together)")
 
     from .replay.command import add_parser as add_replay
     add_replay(sub)

@@ -434,7 +434,7 @@ def default_instance() -> str:
     return os.environ.get("POD_NAME") or socket.gethostname() or "shadowproxy"
 
 
-_INSTANCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -555,7 +555,7 @@ def _check_semantics(cfg: Config, pos: _Positions, env: typing.Mapping[str, str]
             fail("store.password_env",
                  f"environment variable {cfg.store.password_env} is not set")
     _check_transport(cfg.transport, fail, env)
-    if not _INSTANCE.fullmatch(cfg.instance):
+    if not INSTANCE_NAME.fullmatch(cfg.instance):
         fail("instance", f"{cfg.instance!r} is not an instance name (letters, digits and "
              "._:@- , at most 128, starting with a letter or digit)")
     keys: dict[str, int] = {}

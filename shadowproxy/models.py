@@ -58,6 +58,9 @@ class Exchange:
     primary: ResponseRecord
     candidate: ResponseRecord
     secondary: ResponseRecord | None = None
+    # the instance (sidecar) that mirrored it, when it came over a fleet's transport;
+    # None: the instance that stores it (a local run)
+    instance: str | None = None
 
 
 _REQUEST_FIELDS = attrgetter(*(f.name for f in fields(RequestRecord)))

@@ -83,15 +83,18 @@ class CompareStage:
 
     # ------------------------------------------------------------ work
 
-    def judge(self, ex: Exchange) -> Result:
+    def judge(self, ex: Exchange, stats: Stats | None = None) -> Result:
+        """``ex``'s result, its outcome counted in ``stats`` (default :attr:`stats`; a
+        fleet's comparator counts each sidecar's traffic apart)."""
+        st = self.stats if stats is None else stats
         cand = ex.candidate
         if cand.error is not None:
             if cand.error == "timeout":
-                self.stats.add("candidate_timeout", "", ex.endpoint)
+                st.add("candidate_timeout", "", ex.endpoint)
             else:
-                self.stats.add("candidate_error", cand.error, ex.endpoint)
+                st.add("candidate_error", cand.error, ex.endpoint)
             return Result(ex, "error")
-        self.stats.add("compared", "", ex.endpoint)
+        st.add("compared", "", ex.endpoint)
         comparator = self.rules.comparator(ex.route)
         diffs: list[Difference] = comparator.compare(ex.primary, cand)
         sec_diffs: list[Difference] = []
@@ -107,8 +110,11 @@ class CompareStage:
         verdict: Verdict = "noise" if noise >= fields else "diff"
         return Result(ex, verdict, diffs, noise, sec_diffs)
 
-    def process(self, ex: Exchange) -> Result:
-        result = self.judge(ex)
+    def process(self, ex: Exchange, stats: Stats | None = None) -> Result:
+        """Judge ``ex`` and hand its result to the writer (counts in ``stats``, as
+        :meth:`judge`)."""
+        st = self.stats if stats is None else stats
+        result = self.judge(ex, st)
         for listener in self.listeners:
             listener(result)
         if self.writer is not None:
@@ -119,7 +125,7 @@ class CompareStage:
                     result, whole=whole)
             if not self.writer.submit(stored):  # type: ignore[attr-defined]
                 reason = getattr(self.writer, "drop_reason", "store_full")
-                self.stats.add("store_dropped", reason, ex.endpoint)
+                st.add("store_dropped", reason, ex.endpoint)
         return result
 
     async def run(self) -> None:

@@ -21,6 +21,7 @@ from .channel import ChannelServer
 log = logging.getLogger("shadowproxy")
 
 COUNTS_INTERVAL = 0.5    # the control process hands its counts to the store writer
+TRAFFIC_STATS_IDLE = 600.0  # a sidecar's counts unused this long are forgotten (sent)
 
 
 class Control:
@@ -34,6 +35,9 @@ class Control:
 
         self.cfg = cfg
         self.stats = Stats()
+        # a fleet's comparator: the outcomes of each sidecar's traffic, counted and
+        # stored under that sidecar's instance (stats_for), with when each last counted
+        self.traffic_stats: dict[str, tuple[Stats, float]] = {}
         self.gauges: dict[int, dict[str, float]] = {}          # by worker
         self.shadow_gauges: dict[int, dict[str, float]] = {}   # by shadow process
         # a store that cannot be opened now never keeps primary from serving: retried
@@ -169,11 +173,33 @@ class Control:
         if self.channel is not None:
             self.channel.broadcast(("mirror", en, rate))
 
+    def stats_for(self, instance: str | None) -> Stats:
+        """The counts of ``instance``'s traffic (a sidecar's, judged by a fleet's
+        comparator): stored under its name. None: this process's own :attr:`stats`."""
+        if instance is None:
+            return self.stats
+        got = self.traffic_stats.get(instance)
+        st = Stats() if got is None else got[0]
+        self.traffic_stats[instance] = (st, time.monotonic())
+        return st
+
+    def total(self, outcome: str, reason: str | None = None) -> int:
+        """:meth:`Stats.total` over this process's own counts and every sidecar's."""
+        return self.stats.total(outcome, reason) + sum(
+            st.total(outcome, reason) for st, _t in self.traffic_stats.values())
+
     def _flush_counts(self) -> None:
-        minute = int(time.time() // 60 * 60)
-        rows = [(float(minute), ep, o, r, n) for (o, r, ep), n in self.stats.take_delta()]
+        minute = float(int(time.time() // 60 * 60))
+        rows = [(minute, ep, o, r, n) for (o, r, ep), n in self.stats.take_delta()]
         if rows:
             self.writer.add_outcomes(rows)
+        idle = time.monotonic() - TRAFFIC_STATS_IDLE
+        for inst, (st, used) in list(self.traffic_stats.items()):
+            rows = [(minute, ep, o, r, n) for (o, r, ep), n in st.take_delta()]
+            if rows:
+                self.writer.add_outcomes(rows, inst)
+            elif used < idle:     # all handed over, and quiet: a sidecar that went
+                del self.traffic_stats[inst]
 
     async def _persist_counts(self) -> None:
         """Counts every ``COUNTS_INTERVAL`` (the writer commits them with the next batch

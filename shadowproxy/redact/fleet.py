@@ -70,6 +70,7 @@ class Redacted:
         small = Exchange(id=ex.id, started=ex.started, endpoint=ex.endpoint, route=ex.route,
                          request=RequestRecord(q.method, q.path, q.query, (), b""),
                          primary=_summary(ex.primary), candidate=_summary(ex.candidate),
-                         secondary=None if ex.secondary is None else _summary(ex.secondary))
+                         secondary=None if ex.secondary is None else _summary(ex.secondary),
+                         instance=ex.instance)
         return dataclasses.replace(result, exchange=small, secondary_differences=[],
                                    summary_only=True)

@@ -218,7 +218,8 @@ class Redactor(ValueRedactor):
         if echo is not None:
             req, pri, cand, sec = (self._echo_record(r, echo) for r in (req, pri, cand, sec))
         out = Exchange(id=ex.id, started=ex.started, endpoint=ex.endpoint, route=ex.route,
-                       request=req, primary=pri, candidate=cand, secondary=sec)
+                       request=req, primary=pri, candidate=cand, secondary=sec,
+                       instance=ex.instance)
         return out, secrets
 
     def redact_target(self, target: str, headers: Sequence[tuple[str, str]]) -> str:

@@ -186,8 +186,11 @@ class Store(Protocol):
         """Write a batch in one transaction; → results written (duplicates ids skipped)."""
         ...
 
-    def add_outcomes(self, rows: Sequence[OutcomeRow]) -> None:
-        """Add request outcome counts (upsert by minute, endpoint, outcome, reason)."""
+    def add_outcomes(self, rows: Sequence[OutcomeRow], instance: str | None = None) -> None:
+        """Add request outcome counts (upsert by minute, endpoint, outcome, reason) of
+        ``instance``'s traffic (None: the store's own instance; a fleet's comparator
+        counts each sidecar's under its name). A store of one instance (SQLite)
+        ignores it."""
         ...
 
     def save_noise(self, evidence: Sequence[Any]) -> None:

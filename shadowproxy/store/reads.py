@@ -299,12 +299,20 @@ class SharedReads:
 
     def exchange(self, id: str) -> dict[str, Any] | None:
         """One exchange: the whole redacted sample when one was kept, else the summary
-        row with its differences (``"sampled": False``, no headers or bodies)."""
-        rows = self._read(f"SELECT {','.join(_EX_COLS)} FROM exchanges WHERE id=?", (id,))
+        row with its differences (``"sampled": False``, no headers or bodies); with
+        ``"instance"``, whose traffic it was (in a fleet the sidecar that mirrored it),
+        where the store keeps one (PostgreSQL)."""
+        with_instance = self.dialect.instance
+        cols = (*_EX_COLS, "instance") if with_instance else _EX_COLS
+        rows = self._read(f"SELECT {','.join(cols)} FROM exchanges WHERE id=?", (id,))
+        instance = {"instance": rows[0][-1]} if rows and with_instance else {}
+        if with_instance:
+            rows = [row[:-1] for row in rows]
         sample = self._read("SELECT data FROM samples WHERE exchange_id=?", (id,))
         if sample:
             doc: dict[str, Any] = orjson.loads(sample[0][0])
             doc["sampled"] = True
+            doc.update(instance)
             if rows:
                 doc["summary"] = _row_dict(rows[0])
             return doc
@@ -330,6 +338,7 @@ class SharedReads:
             "noise_fields": sorted({f for _s, _p, f, _k, _a, _b, nz in diffs if nz}),
             "secondary_differences": [],
             "summary": r,
+            **instance,
         }
 
     def exchanges(self, endpoint: str | None = None, verdict: str | None = None,

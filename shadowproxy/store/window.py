@@ -66,6 +66,7 @@ class Dialect:
 
     diff_order: str = "rowid"     # the differences' column in insertion order
     diff_time: bool = False       # bound the differences by time too (partition pruning)
+    instance: bool = False        # exchanges have an instance column (whose traffic)
 
 
 SQLITE = Dialect()

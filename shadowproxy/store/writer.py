@@ -128,7 +128,8 @@ class StoreWriter:
         self.last_error: str | None = None       # cause of the latest failure
         self.last_error_at: float | None = None  # time.time() of it
         self.last_ok_at: float | None = None     # time.time() of the latest successful write
-        self._pending_outcomes: dict[tuple[int, str, str, str], int] = {}
+        # (instance or None for the store's own, minute, endpoint, outcome, reason) → n
+        self._pending_outcomes: dict[tuple[str | None, int, str, str, str], int] = {}
         self._pending_noise: dict[tuple[str, str], Any] = {}
         self._pending_counts: tuple[str, list[Any]] | None = None   # a learner's own counts
         self._inflight_since: float | None = None
@@ -169,13 +170,14 @@ class StoreWriter:
         keeps = getattr(self.store, "keeps_sample", None)
         return True if keeps is None else keeps(result)
 
-    def add_outcomes(self, rows: Sequence[OutcomeRow]) -> None:
-        """Add outcome counts (minute, endpoint, outcome, reason, count); never blocks
-        for long and never drops (they are merged until the thread writes them)."""
+    def add_outcomes(self, rows: Sequence[OutcomeRow], instance: str | None = None) -> None:
+        """Add outcome counts (minute, endpoint, outcome, reason, count) of
+        ``instance``'s traffic (None: the store's own); never blocks for long and never
+        drops (they are merged until the thread writes them)."""
         with self._lock:
             p = self._pending_outcomes
             for minute, endpoint, outcome, reason, count in rows:
-                key = (int(minute // 60) * 60, endpoint, outcome, reason or "")
+                key = (instance, int(minute // 60) * 60, endpoint, outcome, reason or "")
                 p[key] = p.get(key, 0) + int(count)
 
     def save_noise(self, evidence: Sequence[Any]) -> None:
@@ -440,15 +442,24 @@ class StoreWriter:
             noise, self._pending_noise = self._pending_noise, {}
             counts, self._pending_counts = self._pending_counts, None
         failed = False
-        if outcomes:
-            try:
-                self.store.add_outcomes([(*k, v) for k, v in outcomes.items()])
-            except Exception as exc:  # noqa: BLE001
-                failed = True
-                self._failure(exc, 0, what="outcome counts")
-                with self._lock:    # kept for the next try: counts are small and add up
-                    for k, v in outcomes.items():
-                        self._pending_outcomes[k] = self._pending_outcomes.get(k, 0) + v
+        by_instance: dict[str | None, dict[tuple[str | None, int, str, str, str], int]] = {}
+        for k, v in outcomes.items():
+            by_instance.setdefault(k[0], {})[k] = v
+        for inst, part in by_instance.items():   # a transaction each
+            if not failed:     # after a failure the rest wait for the next try too
+                rows = [(*k[1:], v) for k, v in part.items()]
+                try:
+                    if inst is None:
+                        self.store.add_outcomes(rows)
+                    else:
+                        self.store.add_outcomes(rows, inst)
+                    continue
+                except Exception as exc:  # noqa: BLE001
+                    failed = True
+                    self._failure(exc, 0, what="outcome counts")
+            with self._lock:    # kept for the next try: counts are small and add up
+                for k, v in part.items():
+                    self._pending_outcomes[k] = self._pending_outcomes.get(k, 0) + v
         if noise:
             try:
                 self.store.save_noise(list(noise.values()))

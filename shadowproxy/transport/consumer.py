@@ -133,14 +133,23 @@ class Consumer:
 
     async def _dead(self, entry_id: bytes, fields: dict[bytes, bytes], reason: str,
                     endpoint: str = "") -> None:
-        """Move one entry to the dead-letter stream and count it."""
+        """Move one entry to the dead-letter stream and count it: under the sidecar's
+        instance when the entry says it (one delivered too often), else under this
+        comparator's own (one it cannot read)."""
         dead = {b"id": entry_id, b"reason": reason.encode(), **fields}
         async with self.redis.pipeline(transaction=True) as p:
             p.xadd(self.keys.dead, dead, maxlen=self.tcfg.max_len, approximate=True)
             p.xack(self.keys.stream, self.tcfg.group, entry_id)
             await p.execute()
         outcome = "dead_letter" if reason.startswith("deliver") else "transport_refused"
-        self.stats.add("dropped", outcome, endpoint)
+        instance = None
+        if outcome == "dead_letter":
+            try:
+                ex = wire.read_entry(fields)
+                instance, endpoint = ex.instance, ex.endpoint
+            except wire.RefusedFrame:
+                pass
+        self.control.stats_for(instance).add("dropped", outcome, endpoint)
         cause = reason.split(" (", 1)[0]
         now = time.monotonic()
         said, since = self._dead_said.get(cause, (-DEAD_LOG_INTERVAL, 0))
@@ -174,7 +183,8 @@ class Consumer:
                 continue
             self.waiting[ex.id] = (time.monotonic(), [entry_id])
             try:
-                stage.process(ex)
+                # counted and stored under the sidecar that mirrored it (version 2)
+                stage.process(ex, self.control.stats_for(ex.instance))
             except Exception as exc:  # one bad exchange must not stop the comparator
                 # left pending: retried, then dead-lettered with this cause, and counted
                 # once there (dropped{dead_letter}), not at every delivery
@@ -367,9 +377,12 @@ def consumer_entry(cfg: Config, index: int) -> None:
     install_uvloop()
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the pool decides
 
-    # each process of a pool writes under a name of its own: the store merges an
-    # instance's aggregates by read-modify-write, which two writers sharing one name
-    # would race on (a minute both add to first would keep one's sketches)
+    # each process of a pool has a name of its own: the store keys the aggregate rows
+    # it writes by it (their writer), since a minute's sketches are read, merged and
+    # written back, and two writers sharing rows would wait on each other (or, without
+    # the store's locks, keep only one's sketches). The traffic's rows are labelled
+    # with the sidecar each entry names; this name labels what only a comparator can
+    # (entries it cannot read) and its noise learner
     cfg = cfg.replace(instance=f"{cfg.instance}-c{index}")
 
     async def main() -> None:

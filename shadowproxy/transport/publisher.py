@@ -50,6 +50,7 @@ BACKOFF_MIN, BACKOFF_MAX = 0.1, 2.0
 class Publisher:
     def __init__(self, cfg: Config, stats: Stats, redactor: Redactor) -> None:
         self.cfg = cfg.transport
+        self.instance = cfg.instance     # each entry says which sidecar mirrored it
         self.stats = stats
         self.redactor = redactor
         self.buffer: deque[tuple[str, bytes]] = deque()   # (endpoint, packed exchange)
@@ -80,7 +81,7 @@ class Publisher:
         if self.down is not None:
             self.stats.add("dropped", "transport_down", ex.endpoint)
             return True
-        data = wire.pack(redact_for_transport(self.redactor, ex))
+        data = wire.pack(redact_for_transport(self.redactor, ex), self.instance)
         if self.bytes and self.bytes + len(data) > self.cfg.buffer:
             self.stats.add("dropped", "transport_full", ex.endpoint)
             return True

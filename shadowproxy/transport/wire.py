@@ -5,19 +5,25 @@ so what a comparator reads off it must be data, never code (pickle would run
 whatever it was given). An entry has two fields:
 
 ``v``
-    the format's version, ASCII digits (``1``). A comparator reads only the versions
-    it knows (:data:`VERSION`); any other entry is refused, counted
-    ``dropped{transport_refused}`` and moved to the dead-letter stream, never guessed at.
+    the format's version, ASCII digits (``2``; sidecars write :data:`VERSION`). A
+    comparator reads only the versions it knows (:data:`READS`); any other entry is
+    refused, counted ``dropped{transport_refused}`` and moved to the dead-letter
+    stream, never guessed at.
 ``x``
-    the exchange as MessagePack (bodies are raw ``bin``, text is ``str``), version 1::
+    the exchange as MessagePack (bodies are raw ``bin``, text is ``str``), version 2::
 
-        [id, started, endpoint, route, request, primary, candidate, secondary]
+        [id, started, endpoint, route, request, primary, candidate, secondary, instance]
         request  = [method, path, query, headers, body]
         response = [status, reason, headers, body, size, sha256, truncated, latency, error]
         headers  = [[name, value], ...]
 
-    ``route``, ``secondary`` and ``error`` may be nil. Every field is checked for its
-    type on the way in; a frame that does not match is refused like an unknown version.
+    ``instance`` is the sidecar's (``instance:`` of its config, a valid instance name):
+    the comparator stores the exchange and counts its outcome under it, so a fleet's
+    rows say which sidecar mirrored each request. Version 1 is the same without
+    ``instance``; a comparator still reads it and labels what it stores with its own
+    name, as before version 2. ``route``, ``secondary`` and ``error`` may be nil. Every
+    field is checked for its type on the way in; a frame that does not match is
+    refused like an unknown version.
 
 Everything in an entry has been redacted by the sidecar (see
 :meth:`Redactor.redact_for_transport <shadowproxy.redact.redactor.Redactor.redact_for_transport>`),
@@ -31,9 +37,11 @@ from typing import Any
 
 import msgpack
 
+from ..config import INSTANCE_NAME
 from ..models import Exchange, RequestRecord, ResponseRecord
 
-VERSION = b"1"
+VERSION = b"2"                    # what a sidecar writes
+READS = (b"1", b"2")              # what a comparator reads
 MAX_ENTRY = 64 * 1024 * 1024     # bytes of one packed exchange a comparator unpacks
 # the largest numbers an entry may carry: what the store's columns hold (status: a
 # smallint-sized code, 0 for "no answer"; size: int8; started: seconds before 2262)
@@ -56,21 +64,25 @@ def _response(r: ResponseRecord) -> list[Any]:
             r.truncated, r.latency, r.error]
 
 
-def pack(ex: Exchange) -> bytes:
-    """The ``x`` field of ``ex``'s entry."""
+def pack(ex: Exchange, instance: str | None = None) -> bytes:
+    """The ``x`` field of ``ex``'s entry (:data:`VERSION`), mirrored by the sidecar
+    ``instance`` (default ``ex.instance``; one of them must be given)."""
+    name = instance if instance is not None else ex.instance
+    if name is None:
+        raise ValueError("an exchange for the stream needs the sidecar's instance name")
     q = ex.request
     sec = ex.secondary
     data: bytes = msgpack.packb(
         [ex.id, ex.started, ex.endpoint, ex.route,
          [q.method, q.path, q.query, [list(h) for h in q.headers], q.body],
          _response(ex.primary), _response(ex.candidate),
-         None if sec is None else _response(sec)], use_bin_type=True)
+         None if sec is None else _response(sec), name], use_bin_type=True)
     return data
 
 
-def fields(ex: Exchange) -> dict[bytes, bytes]:
+def fields(ex: Exchange, instance: str | None = None) -> dict[bytes, bytes]:
     """The entry of ``ex`` (what XADD adds)."""
-    return {b"v": VERSION, b"x": pack(ex)}
+    return {b"v": VERSION, b"x": pack(ex, instance)}
 
 
 def _check(ok: bool, what: str) -> None:
@@ -120,15 +132,21 @@ def _resp(v: Any, what: str) -> ResponseRecord:
                           latency=_num(latency, f"{what}.latency", MAX_LATENCY), error=error)
 
 
-def unpack(data: bytes) -> Exchange:
-    """The exchange of an ``x`` field; :class:`RefusedFrame` when it is not one."""
+def unpack(data: bytes, version: bytes = VERSION) -> Exchange:
+    """The exchange of an ``x`` field of ``version`` (one of :data:`READS`);
+    :class:`RefusedFrame` when it is not one."""
     if len(data) > MAX_ENTRY:
         raise RefusedFrame("malformed", f"{len(data)} bytes, more than {MAX_ENTRY}")
     try:
         t = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
     except (ValueError, msgpack.UnpackException) as exc:
         raise RefusedFrame("malformed", f"not MessagePack ({exc})") from None
-    _check(isinstance(t, list) and len(t) == 8, "not an exchange")
+    _check(isinstance(t, list) and len(t) == (8 if version == b"1" else 9), "not an exchange")
+    instance = None
+    if version != b"1":
+        instance = t.pop()
+        _check(isinstance(instance, str) and INSTANCE_NAME.fullmatch(instance) is not None,
+               "instance")
     id_, started, endpoint, route, req, pri, cand, sec = t
     _check(route is None or isinstance(route, str), "route")
     _check(isinstance(req, list) and len(req) == 5, "request")
@@ -140,18 +158,19 @@ def unpack(data: bytes) -> Exchange:
     return Exchange(id=_str(id_, "id"), started=_num(started, "started", MAX_STARTED),
                     endpoint=_str(endpoint, "endpoint"), route=route, request=request,
                     primary=_resp(pri, "primary"), candidate=_resp(cand, "candidate"),
-                    secondary=None if sec is None else _resp(sec, "secondary"))
+                    secondary=None if sec is None else _resp(sec, "secondary"),
+                    instance=instance)
 
 
 def read_entry(entry: dict[bytes, bytes]) -> Exchange:
     """The exchange of a stream entry; :class:`RefusedFrame` for an unknown version or a
     malformed one."""
     version = entry.get(b"v")
-    if version != VERSION:
+    if version not in READS:
         shown = version[:16].decode("ascii", "replace") if isinstance(version, bytes) else None
         raise RefusedFrame("version", f"version {shown!r} (this comparator reads "
-                           f"{VERSION.decode()})")
+                           f"{', '.join(v.decode() for v in READS)})")
     data = entry.get(b"x")
     if not isinstance(data, bytes):
         raise RefusedFrame("malformed", "no x field")
-    return unpack(data)
+    return unpack(data, version)

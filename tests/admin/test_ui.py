@@ -354,3 +354,38 @@ async def test_every_kind_of_difference_renders(browser: Chromium, tmp_path: Pat
         assert_clean_console(page)
     finally:
         await d.stop()
+
+
+@pytest.mark.server
+async def test_an_exchange_says_whose_traffic_it_was(browser: Chromium, pg_url: str) -> None:
+    """A PostgreSQL store keeps whose traffic each exchange was (in a fleet the sidecar
+    that mirrored it): the exchange's document and page say so."""
+    from shadowproxy.admin.server import AdminServer
+    from shadowproxy.control.supervisor import InProcess
+    from tests.support import Upstream, config
+
+    ups = {r: await Upstream(_variant_app(r)).start() for r in ("primary", "candidate")}
+    cfg = config(ups["primary"].url, ups["candidate"].url, instance="pod-ui-7",
+                 store={"url": pg_url, "flush_interval": "50ms"},
+                 admin={"listen": "127.0.0.1:0", "token": TOKEN})
+    proxy = await InProcess(cfg).start()
+    admin = AdminServer(cfg, proxy.control)
+    await admin.start()
+    d = Demo()
+    d.proxy, d.admin, d.ups = proxy, admin, ups
+    try:
+        await d.send([("GET", "/shape", None)])
+        await d.settle()
+        (row,) = (await d.get("/api/v1/exchanges?limit=10"))["exchanges"]
+        doc = await d.get(f"/api/v1/exchanges/{row['id']}")
+        assert doc["instance"] == "pod-ui-7"
+        page = await browser.new_page()
+        await page.navigate(f"{d.url}/#token={TOKEN}")
+        await page.wait_for("document.documentElement.dataset.ready === '1'")
+        await page.evaluate(f"location.hash = '#/x/' + {json.dumps(row['id'])}")
+        await page.wait_for(f"document.querySelector('#exchange[data-id={json.dumps(row['id'])}]')")
+        head = await page.evaluate("document.querySelector('#exchange .compare-head').innerText")
+        assert "via pod-ui-7" in head, head
+        assert_clean_console(page)
+    finally:
+        await d.stop()

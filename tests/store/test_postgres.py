@@ -217,10 +217,193 @@ def test_a_schema_1_store_upgrades_in_place_and_keeps_what_it_holds(pg_url):
         open_store(pg_url, readonly=True)
     s = open_store(pg_url, instance="pod-b")           # a writer upgrades it
     try:
-        assert s.info().schema_version == SCHEMA_VERSION == 2
+        assert s.info().schema_version == SCHEMA_VERSION == 3
         assert s.info().exchanges == 20
-        assert s._read("SELECT max(version) FROM schema_version") == [(2,)]
+        assert s._read("SELECT max(version) FROM schema_version") == [(3,)]
         s.save_noise_counts("pod-b/1", [("GET /x", "", 10, 0, 0), ("GET /x", "$.a", 10, 3, 2)])
         assert sorted(s.noise_counts()) == [("GET /x", "", 10, 0, 0), ("GET /x", "$.a", 10, 3, 2)]
     finally:
         s.close()
+
+
+def _sidecar_results(name: str, seed: int) -> list:
+    """Results of exchanges a fleet's sidecar ``name`` mirrored (Exchange.instance)."""
+    res = mixed_results(240, seed=seed)
+    for r in res:
+        object.__setattr__(r.exchange, "id", f"{name}-{r.exchange.id}")
+        object.__setattr__(r.exchange, "instance", name)
+    return res
+
+
+def test_a_fleets_rows_are_the_sidecars_and_each_writer_keeps_its_own_aggregates(pg_url):
+    """Two comparators (writers cmp-c0, cmp-c1) each write a share of two sidecars'
+    exchanges into the same minutes and endpoints: every row describing traffic is
+    labelled with the sidecar that mirrored it, each writer merges only its own
+    aggregate rows, and reading one sidecar gives exactly its traffic."""
+    cars = {"pod-a": _sidecar_results("pod-a", 1), "pod-b": _sidecar_results("pod-b", 2)}
+    mixed = [r for pair in zip(cars["pod-a"], cars["pod-b"], strict=True) for r in pair]
+    w0 = StoreWriter(open_store(pg_url, instance="cmp-c0"), cfg(pg_url))
+    w1 = StoreWriter(open_store(pg_url, instance="cmp-c1"), cfg(pg_url))
+    try:
+        for i in range(0, len(mixed), 60):      # interleaved batches, as two consumers'
+            for r in mixed[i:i + 30]:
+                assert w0.submit(r)
+            for r in mixed[i + 30:i + 60]:
+                assert w1.submit(r)
+        assert w0.flush(30) and w1.flush(30)
+        for r in mixed[:40]:                    # redelivered to the other comparator
+            assert w1.submit(r)
+        # the outcomes each counted of each sidecar's traffic, and one of its own
+        w0.add_outcomes([(T0, "GET /e0", "compared", "", 5)], "pod-a")
+        w1.add_outcomes([(T0, "GET /e0", "compared", "", 2)], "pod-a")
+        w1.add_outcomes([(T0, "GET /e0", "compared", "", 7)], "pod-b")
+        w0.add_outcomes([(T0, "", "dropped", "transport_refused", 1)])
+        assert w0.flush(30) and w1.flush(30)
+    finally:
+        w0.close()
+        w0.store.close()
+        w1.close()
+        w1.store.close()
+    side = open_store(pg_url, instance="pod-a")       # the sidecar counts its own
+    side.add_outcomes([(T0, "GET /e0", "mirrored", "", 9)])
+    side.close()
+    s = open_store(pg_url, readonly=True)
+    try:
+        assert s._read("SELECT instance, count(*) FROM exchanges GROUP BY 1 ORDER BY 1") == \
+            [("pod-a", 240), ("pod-b", 240)]
+        for table in ("differences", "samples"):
+            assert {r[0] for r in s._read(f"SELECT DISTINCT instance FROM {table}")} == \
+                {"pod-a", "pod-b"}, table
+        for table in ("rollups", "rollup_blobs", "field_rollups", "diff_sets"):
+            got = s._read(f"SELECT DISTINCT instance, writer FROM {table} ORDER BY 1, 2")
+            assert got == [("pod-a", "cmp-c0"), ("pod-a", "cmp-c1"), ("pod-b", "cmp-c0"),
+                           ("pod-b", "cmp-c1")], (table, got)
+        assert s._read("SELECT sum(exchanges) FROM rollups") == [(480,)]   # none twice
+        assert s.info().extra["instances"] == ["pod-a", "pod-b"]
+        assert s.outcome_counts() == {"compared": {"": 14}, "mirrored": {"": 9},
+                                      "dropped": {"transport_refused": 1}}
+    finally:
+        s.close()
+    for name, res in cars.items():
+        ref = open_store("sqlite:///:memory:")
+        ref.write_results(res)
+        one = open_store(pg_url, readonly=True, read_instance=name)
+        try:
+            assert one.verdict_counts() == ref.verdict_counts()
+            assert one.endpoint_stats() == ref.endpoint_stats()
+            assert one.endpoint_stats(T0 + 12.5, T0 + 1801.5) == \
+                ref.endpoint_stats(T0 + 12.5, T0 + 1801.5)
+            assert one.diff_sets() == ref.diff_sets()
+            assert one.latencies("*") == ref.latencies("*")
+            qs = (0.5, 0.95, 0.99)
+            got, want = one.latency_sketches(), ref.latency_sketches()
+            assert sorted(got) == sorted(want)
+            for ep, sides in want.items():
+                for g, w in zip(got[ep], sides, strict=True):
+                    assert (g.count, g.quantiles(qs)) == (w.count, w.quantiles(qs))
+            assert {r.id.split("-")[0] + "-" + r.id.split("-")[1]
+                    for r in one.exchanges(limit=1000)} == {name}
+            rows = one.exchanges(limit=1000)
+            assert len(rows) == 240
+            # the document of an exchange says whose (sampled whole, and summary only)
+            for sampled in (True, False):
+                x = next(r for r in rows if r.sampled is sampled)
+                doc = one.exchange(x.id)
+                assert doc is not None and doc["sampled"] is sampled
+                assert doc["instance"] == name
+                assert "instance" not in (ref.exchange(x.id) or {"instance": 1})   # SQLite
+            want_out = {"pod-a": {"compared": {"": 7}, "mirrored": {"": 9}},
+                        "pod-b": {"compared": {"": 7}}}[name]
+            assert one.outcome_counts() == want_out
+        finally:
+            one.close()
+            ref.close()
+
+
+def test_a_schema_2_store_upgrades_to_writer_keyed_aggregates(pg_url):
+    """Schema 2's aggregates were keyed by instance alone: a writer upgrades them in
+    place (rows kept, writer ''), and what is written after adds to the same window."""
+    import psycopg
+
+    from shadowproxy.store.postgres.schema import WRITER_KEYS
+
+    before = mixed_results(120, seed=3)
+    after = mixed_results(240, seed=3)[120:]
+    s = open_store(pg_url, instance="pod-a")
+    s.write_results(before)
+    s.close()
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        for table, key in WRITER_KEYS.items():
+            c.execute(f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey")
+            c.execute(f"ALTER TABLE {table} DROP COLUMN writer")
+            c.execute(f"ALTER TABLE {table} ADD PRIMARY KEY "
+                      f"({key.replace(', writer', '')})")
+        c.execute("UPDATE schema_version SET version = 2")
+    with pytest.raises(StoreError, match="store migrate"):
+        open_store(pg_url, readonly=True)
+    s = open_store(pg_url, instance="pod-a")           # a writer upgrades it
+    try:
+        assert s.info().schema_version == SCHEMA_VERSION == 3
+        assert s._read("SELECT DISTINCT writer FROM rollups") == [("",)]
+        s.write_results(after)
+        assert s._read("SELECT DISTINCT writer FROM rollups ORDER BY 1") == \
+            [("",), ("pod-a",)]
+    finally:
+        s.close()
+    ref = open_store("sqlite:///:memory:")
+    ref.write_results(before + after)
+    s = open_store(pg_url, readonly=True)
+    try:
+        assert s.endpoint_stats() == ref.endpoint_stats()
+        assert s.diff_sets() == ref.diff_sets()
+        assert s.latencies("*") == ref.latencies("*")
+    finally:
+        s.close()
+        ref.close()
+
+
+def test_outcome_counts_of_several_instances_survive_a_failed_write_exactly_once(pg_url):
+    """The writer hands each instance's counts to the store in a transaction of their
+    own: when one fails, it and those not yet tried are kept for the next try, and
+    those already written are not written again."""
+    from shadowproxy.errors import StoreUnavailable
+
+    class FailsOnce:
+        def __init__(self, inner):
+            self.inner = inner
+            self.failed = False
+
+        def add_outcomes(self, rows, instance=None):
+            if instance == "pod-b" and not self.failed:
+                self.failed = True
+                raise StoreUnavailable("cannot write to the store: connection refused")
+            self.inner.add_outcomes(rows, instance)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    inner = open_store(pg_url, instance="cmp-c0")
+    flaky = FailsOnce(inner)
+    w = StoreWriter(flaky, cfg(pg_url), retry_min=0.05, retry_max=0.1)
+    try:
+        w.add_outcomes([(T0, "GET /e0", "compared", "", 3)], "pod-a")
+        w.add_outcomes([(T0, "GET /e0", "compared", "", 4)], "pod-b")
+        w.add_outcomes([(T0, "", "dropped", "transport_refused", 1)])
+        w.add_outcomes([(T0, "GET /e0", "compared", "", 2)], "pod-a")
+        assert w.flush(20)
+        assert flaky.failed
+        deadline = time.monotonic() + 20
+        while w._pending_outcomes and time.monotonic() < deadline:
+            w.flush(1)
+            time.sleep(0.05)
+        assert not w._pending_outcomes
+    finally:
+        w.close()
+        inner.close()
+    for name, want in (("pod-a", {"compared": {"": 5}}), ("pod-b", {"compared": {"": 4}}),
+                       ("cmp-c0", {"dropped": {"transport_refused": 1}})):
+        s = open_store(pg_url, readonly=True, read_instance=name)
+        try:
+            assert s.outcome_counts() == want, name
+        finally:
+            s.close()

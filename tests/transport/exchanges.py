@@ -26,12 +26,12 @@ def response(body: object, *, status: int = 200, headers: tuple[tuple[str, str],
 
 def exchange(primary: ResponseRecord, candidate: ResponseRecord, *,
              endpoint: str = "GET /api/items/{id}", secondary: ResponseRecord | None = None,
-             ex_id: str | None = None) -> Exchange:
+             ex_id: str | None = None, instance: str | None = "pod-test") -> Exchange:
     req = RequestRecord("GET", "/api/items/1", f"token={SECRET}&page=2",
                         (("Authorization", f"Bearer {SECRET}"), ("Accept", "*/*")), b"")
     return Exchange(id=ex_id or f"ex-{next(_ids)}-{time.monotonic_ns()}", started=time.time(),
                     endpoint=endpoint, route=None, request=req, primary=primary,
-                    candidate=candidate, secondary=secondary)
+                    candidate=candidate, secondary=secondary, instance=instance)
 
 
 def item(price: int, token: str = SECRET, **more: object) -> dict[str, object]:

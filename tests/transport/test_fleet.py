@@ -8,7 +8,9 @@ started by the tests on loopback.
   and RDB files), and `shadowproxy mirror off|on` switches both sidecars within a
   second;
 * a Redis restart under load leaves primary answering with no error and every shadow
-  counted.
+  counted;
+* each sidecar's traffic is stored, aggregated and counted under its instance whichever
+  comparator judged it, and `check`/`report --instance` read one sidecar's.
 """
 
 from __future__ import annotations
@@ -107,9 +109,10 @@ class Pool:
         return self.proc.wait(60)
 
 
-async def _send(port: int, n: int, pause: float = 0.0) -> int:
-    """GETs with a secret in the Authorization header and the query; → primary's
-    answers (status 200, primary's price)."""
+async def _send(port: int, n: int, pause: float = 0.0, car: str = "") -> int:
+    """GETs with a secret in the Authorization header and the query (and ``car=`` the
+    sidecar sent through, when given); → primary's answers (status 200, primary's
+    price)."""
     ok = 0
     sem = asyncio.Semaphore(8)
     async with aiohttp.ClientSession() as s:
@@ -117,7 +120,7 @@ async def _send(port: int, n: int, pause: float = 0.0) -> int:
             nonlocal ok
             async with sem:
                 async with s.get(f"http://127.0.0.1:{port}/api/items/{i % 50}",
-                                 params={"token": SECRET},
+                                 params={"token": SECRET, **({"car": car} if car else {})},
                                  headers={"Authorization": f"Bearer {SECRET}"}) as r:
                     body = await r.json()
                     ok += r.status == 200 and body["price"] == 10
@@ -171,19 +174,22 @@ def _stored(pg_url: str) -> list[str]:
 
 
 def _aggregates_hold_every_exchange(pg_url: str, n: int) -> None:
-    """Every pool process writes its own aggregate rows (instance NAME-cN), so that no
-    minute's sketches are lost to two of them merging at once: the latency sketches
-    hold as many values as the counters count."""
+    """The aggregates are labelled with the sidecars whose traffic they hold, each
+    comparator process writing rows of its own (writer NAME-cN), so that no minute's
+    sketches are lost to two of them merging at once: the latency sketches hold as many
+    values as the counters count."""
     import psycopg
 
     from shadowproxy.store.sketch import Sketch
     with psycopg.connect(pg_url) as c:
         insts = {r[0] for r in c.execute("SELECT DISTINCT instance FROM rollups")}
+        writers = {r[0] for r in c.execute("SELECT DISTINCT writer FROM rollups")}
         pairs = c.execute("SELECT coalesce(sum(exchanges), 0), "
                           "coalesce(sum(latency_pairs), 0) FROM rollups").fetchone()
         blobs = [bytes(r[0]) for r in c.execute(
             "SELECT data FROM rollup_blobs WHERE kind = 'primary'")]
-    assert insts and all(i.rsplit("-", 1)[-1].startswith("c") for i in insts), insts
+    assert insts == {"pod-a", "pod-b"}, insts
+    assert writers and all(w.rsplit("-", 1)[-1].startswith("c") for w in writers), writers
     assert pairs is not None and int(pairs[0]) == n
     assert sum(Sketch.from_bytes(b).count for b in blobs) == int(pairs[1]) > 0
 
@@ -293,6 +299,11 @@ async def test_two_sidecars_two_comparators_kill_9_loses_nothing(
     assert mirrored == 2 * n and lost == 0, outcomes
     ids = _stored(pg_url)
     assert len(ids) == mirrored and len(set(ids)) == len(ids)
+    import psycopg
+    with psycopg.connect(pg_url) as c:        # each under the sidecar that mirrored it
+        by_car = dict(c.execute("SELECT instance, count(*) FROM exchanges "
+                                "GROUP BY 1").fetchall())
+    assert by_car == {"pod-a": outcomes[0]["mirrored"], "pod-b": outcomes[1]["mirrored"]}
     _aggregates_hold_every_exchange(pg_url, len(ids))
     for o in outcomes:
         assert o["outcomes"].get("compared", 0) == 0     # sidecars compare nothing
@@ -333,3 +344,98 @@ async def test_a_redis_restart_under_load(pg_url: str, redis: RedisServer,
     assert len(set(ids)) == len(ids)
     # every shadow counted: stored, or dropped with its reason
     assert len(ids) + _after_mirror_drops(o) == outcomes["mirrored"], (len(ids), o)
+
+
+def _comparators_config(car: Running, name: str) -> Path:
+    """The sidecars' config, but for its instance: a comparator pool's own name."""
+    path = car.cfg.with_name(f"{name}.yaml")
+    text = car.cfg.read_text()
+    first, rest = text.split("\n", 1)
+    assert first.startswith("instance: ")
+    path.write_text(f"instance: {name}\n{rest}")
+    return path
+
+
+async def test_each_sidecars_traffic_is_stored_and_read_under_its_name(
+        pg_url: str, redis: RedisServer, tmp_path: Path) -> None:
+    """Two sidecars, two comparator pools of their own names: every stored exchange,
+    per-endpoint aggregate and outcome count of a sidecar's traffic carries the
+    sidecar's instance, whichever comparator judged it; reading one sidecar's gives
+    its traffic only, and the two add up to the whole, nothing counted twice."""
+    import json
+
+    primary = await Upstream(_app(10)).start()
+    candidate = await Upstream(_app(12)).start()
+    names = ("pod-a", "pod-b")
+    cars = [_sidecar(tmp_path / f"{name}.yaml", name, pg_url, redis.url, primary, candidate)
+            for name in names]
+    pools = [Pool(_comparators_config(cars[0], f"cmp-{x}"), 1, tmp_path / f"cmp-{x}.log")
+             for x in "xy"]
+    sent = {"pod-a": 120, "pod-b": 80}
+    try:
+        await asyncio.gather(*(c.ready() for c in cars))
+        assert await asyncio.gather(*(_send(c.listen, sent[name], pause=0.01, car=name)
+                                      for c, name in zip(cars, names, strict=True))) == \
+            [sent[name] for name in names]
+        outcomes = {name: await _counted(c, sent[name]) for c, name in zip(cars, names,
+                                                                            strict=True)}
+        await _drained(redis.url)
+        await asyncio.sleep(1.5)        # the comparators' counts: handed over every 0.5 s
+        assert [c.stop() for c in cars] == [0, 0], [c.log.read_text()[-3000:] for c in cars]
+        assert [p.stop() for p in pools] == [0, 0], [p.log.read_text()[-3000:] for p in pools]
+    finally:
+        for proc in [c.proc for c in cars] + [p.proc for p in pools]:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        await primary.stop()
+        await candidate.stop()
+    mirrored = {name: outcomes[name]["mirrored"] for name in names}
+    assert mirrored == sent, outcomes
+    import psycopg
+    with psycopg.connect(pg_url) as c:
+        by_car = dict(c.execute("SELECT instance, count(*) FROM exchanges GROUP BY 1").fetchall())
+        wrong = c.execute("SELECT count(*) FROM exchanges WHERE "
+                          "query NOT LIKE '%car=' || instance || '%'").fetchone()
+        writers = c.execute("SELECT instance, writer, sum(exchanges) FROM rollups "
+                            "GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
+        differences = dict(c.execute("SELECT instance, count(DISTINCT exchange_id) FROM "
+                                     "differences GROUP BY 1").fetchall())
+    assert by_car == sent                                   # every exchange stored once,
+    assert wrong == (0,)                                    # under the sidecar it came by
+    assert differences == sent                              # each differs on $.price
+    # both comparators judged some of each sidecar's traffic, each into its own rows
+    assert {(i, w) for i, w, _n in writers} == {(i, f"cmp-{x}-c0") for i in names
+                                                for x in "xy"}, writers
+    for name in names:
+        assert sum(n for i, _w, n in writers if i == name) == sent[name]
+    # read one sidecar's: the store, then the commands a user runs
+    for name in names:
+        one = open_store(pg_url, readonly=True, read_instance=name)
+        try:
+            (stats,) = one.endpoint_stats()
+            assert (stats.exchanges, stats.diffs) == (sent[name], sent[name])
+            assert len(one.exchanges(limit=1000)) == sent[name]
+            counts = one.outcome_counts()
+        finally:
+            one.close()
+        # the accounting holds per sidecar: mirrored there, compared by the comparators
+        assert counts["mirrored"] == {"": sent[name]}, counts
+        assert counts["compared"] == {"": sent[name]}, counts
+        assert "candidate_error" not in counts and "dropped" not in counts, counts
+        out = tmp_path / f"report-{name}.json"
+        done = _cli("report", "-c", str(cars[0].cfg), "--since", "1h", "--instance", name,
+                    "--format", "json", "-o", str(out))
+        assert done.returncode in (0, 1), done.stdout + done.stderr
+        doc = json.loads(out.read_text())
+        assert doc["totals"]["exchanges"] == sent[name], doc["totals"]
+        done = _cli("check", "-c", str(cars[0].cfg), "--since", "1h", "--instance", name,
+                    "--format", "json")
+        assert done.returncode == 1 and "$.price" in done.stdout, done.stdout + done.stderr
+    whole = open_store(pg_url, readonly=True)
+    try:
+        (stats,) = whole.endpoint_stats()
+        assert stats.exchanges == sum(sent.values())
+        assert whole.outcome_counts()["compared"] == {"": sum(sent.values())}
+    finally:
+        whole.close()

@@ -88,7 +88,11 @@ async def test_published_exchanges_are_compared_stored_and_acknowledged(
     await task
     ids = _stored_ids(cfg)
     assert len(ids) == 60 and len(set(ids)) == 60
-    assert c.stats.total("compared") == 60
+    assert c.control.total("compared") == 60
+    # counted as the sidecar's traffic (the instance its entries carry), not the
+    # comparator's own
+    assert c.stats.total("compared") == 0
+    assert c.control.stats_for(cfg.instance).total("compared") == 60
     await r.aclose()
 
 
@@ -144,7 +148,7 @@ async def test_a_redelivered_stored_exchange_is_acknowledged_not_counted_again(
     await _until(lambda: _pending_is(r, cfg, 0), what="acknowledged")
     c2.stop.set()
     await task
-    assert c2.redelivered == 5 and c2.stats.total("compared") == 0
+    assert c2.redelivered == 5 and c2.control.total("compared") == 0
     assert len(_stored_ids(cfg)) == 5
     await r.aclose()
 
@@ -165,11 +169,11 @@ async def test_unknown_versions_and_poison_entries_become_counted_dead_letters(
         await r.xclaim(stream, group, name, 0, [poison])
     c = Consumer(cfg)
     task = asyncio.create_task(c.run())
-    await _until(lambda: c.stats.total("dropped", "dead_letter") == 1, what="dead letter")
+    await _until(lambda: c.control.total("dropped", "dead_letter") == 1, what="dead letter")
     await _until(lambda: _pending_is(r, cfg, 0), what="acknowledged")
     c.stop.set()
     await task
-    assert c.stats.total("dropped", "transport_refused") == 1
+    assert c.control.total("dropped", "transport_refused") == 1
     dead = await r.xrange(stream + ":dead")
     assert sorted(f[b"reason"].split(b":")[0].split(b" ")[0] for _i, f in dead) == \
         [b"delivered", b"refused"]
@@ -187,17 +191,17 @@ async def test_a_comparison_that_raises_is_one_dead_letter_not_a_count_per_deliv
     await pub.close(2.0)
     c = Consumer(cfg)
 
-    def boom(ex: Any) -> None:
+    def boom(ex: Any, stats: Any = None) -> None:
         raise RuntimeError("a comparator bug")
 
     c.control.stage.process = boom  # type: ignore[method-assign]
     task = asyncio.create_task(c.run())
-    await _until(lambda: c.stats.total("dropped", "dead_letter") == 1, timeout=30,
+    await _until(lambda: c.control.total("dropped", "dead_letter") == 1, timeout=30,
                  what="dead letter")
     c.stop.set()
     await task
-    assert c.stats.total("compare_failed") == 0
-    assert c.stats.total("compared") == 0
+    assert c.control.total("compare_failed") == 0
+    assert c.control.total("compared") == 0
     r = aioredis.Redis.from_url(redis.url)
     (_id, fields), = await r.xrange(cfg.transport.stream + ":dead")
     assert b"comparison failed: RuntimeError: a comparator bug" in fields[b"reason"]
@@ -228,12 +232,12 @@ async def test_entries_trimmed_unread_are_counted(redis: RedisServer, tmp_path: 
         await r.xadd(cfg.transport.stream, wire.fields(ex), maxlen=10, approximate=False)
     c = Consumer(cfg)
     task = asyncio.create_task(c.run())
-    await _until(lambda: c.stats.total("dropped", "transport_trimmed") == 30, what="counted")
+    await _until(lambda: c.control.total("dropped", "transport_trimmed") == 30, what="counted")
     await _until(lambda: c.writer.acknowledged >= 10, what="the rest stored")
     await asyncio.sleep(1.2)      # another round of the check: counted once
     c.stop.set()
     await task
-    assert c.stats.total("dropped", "transport_trimmed") == 30
+    assert c.control.total("dropped", "transport_trimmed") == 30
     await r.aclose()
 
 
@@ -379,7 +383,7 @@ async def test_comparators_trim_what_they_are_done_with_and_free_a_full_redis(
         await _until(lambda: c.writer.acknowledged >= 401, what="and it is compared")
         c.stop.set()
         await task
-        assert c.stats.total("dropped", "transport_trimmed") == 0   # none went unread
+        assert c.control.total("dropped", "transport_trimmed") == 0   # none went unread
         assert sorted(set(_stored_ids(cfg))) == sorted(_stored_ids(cfg))
         assert len(_stored_ids(cfg)) == 401
     finally:
@@ -401,7 +405,7 @@ async def test_many_dead_letters_of_one_cause_are_each_counted_and_logged_once(
     caplog.set_level("WARNING", logger="shadowproxy.comparator")
     c = Consumer(cfg)
     task = asyncio.create_task(c.run())
-    await _until(lambda: c.stats.total("dropped", "transport_refused") == 21,
+    await _until(lambda: c.control.total("dropped", "transport_refused") == 21,
                  what="refused and counted")
     c.stop.set()
     await task

@@ -932,7 +932,8 @@
     panel.append(h("div", { class: "compare-head" },
       h("span", { class: "req", text: `${req.method || ""} ${req.path || ""}${req.query ? "?" + req.query : ""}` }),
       verdictBadge(x.verdict),
-      h("span", { class: "muted", text: `${x.endpoint} · ${fmtTime(x.time)} · ${x.id}` }),
+      h("span", { class: "muted", text: `${x.endpoint} · ${fmtTime(x.time)} · ${x.id}` +
+        (x.instance ? ` · via ${x.instance}` : "") }),
       h("a", { href: "#/x/" + enc(x.id), text: "permalink" })));
     // differences table
     const panes = [];

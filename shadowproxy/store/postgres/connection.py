@@ -31,7 +31,7 @@ CONNECT_TIMEOUT = 10      # seconds, unless the URL sets connect_timeout
 # succeed later): admin/crash shutdown, cannot connect now (starting up, shutting
 # down, in recovery), idle session timeout, too many connections
 _UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03", "57P05", "53300"})
-PG_DIALECT = Dialect(diff_order="seq", diff_time=True)
+PG_DIALECT = Dialect(diff_order="seq", diff_time=True, instance=True)
 
 
 def sql_of(sql: str) -> str:

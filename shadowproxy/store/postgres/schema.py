@@ -1,17 +1,23 @@
 """The PostgreSQL store's schema: the DDL, its version and the forward migrations.
 
-Tables (every result row and every aggregate row carries the ``instance`` that wrote it)
+Tables (every result row and every aggregate row carries the ``instance`` whose traffic
+it describes: the writer's own, or in a fleet the sidecar that mirrored the exchange)
     ``exchanges``, ``differences``, ``samples``   partitioned by day on ``time`` (unix
         seconds; declarative RANGE partitioning, :mod:`.partitions`); the exchanges'
         primary key is ``(id, time)`` (a partitioned table's key holds the partition
         key); ``differences.seq`` keeps their insertion order.
     ``sample_keys``  which (endpoint, field) each sample was kept for, with its time.
-    ``rollups``, ``field_rollups``, ``diff_sets``, ``outcomes``   per minute, endpoint
-        and instance (and field/kind, field set, outcome/reason): each instance writes
-        only its own rows, readers sum across instances.
+    ``rollups``, ``field_rollups``, ``diff_sets``   per minute, endpoint, instance and
+        ``writer`` (and field/kind, field set): ``writer`` is the writing store's own
+        instance name (schema 3; '' in rows written before), so each writer updates
+        only its own rows, even where several write one instance's traffic (a fleet's
+        comparators write every sidecar's); readers sum across instances and writers.
     ``rollup_blobs``  per kind (a latency sketch per side, the pair sample), minute,
-        endpoint and instance: the aggregates' blobs, apart from the counters so that
-        reading counts never reads them; readers merge across instances.
+        endpoint, instance and writer: the aggregates' blobs, apart from the counters so
+        that reading counts never reads them; readers merge across instances and writers.
+    ``outcomes``     per minute, endpoint, instance, outcome and reason: counts only
+        ever added to (``count + excluded.count``), so a sidecar and the comparators
+        that count the outcomes of its traffic share its rows.
     ``noise``        the noise learners' evidence per (endpoint, field), last writer wins.
     ``noise_counts``  each noise learner's own (N, R, S) per (endpoint, field): a
         learner decides on the sum of everyone's (schema 2).
@@ -19,7 +25,7 @@ Tables (every result row and every aggregate row carries the ``instance`` that w
 
 Migrations run at open for writing (``shadowproxy run``, ``shadowproxy store migrate``),
 one transaction each under an advisory lock, so two instances starting together apply
-each once; a migration only adds.
+each once; a migration only adds (a table, a column, a column to a key).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIGRATION_LOCK = 0x5348_4144_0001      # pg_advisory_xact_lock key of schema changes
 PARTITION_LOCK = 0x5348_4144_0002      # ... of partition creation and dropping
 
@@ -123,37 +129,41 @@ CREATE TABLE IF NOT EXISTS rollups (
     minute BIGINT NOT NULL,
     endpoint TEXT NOT NULL,
     instance TEXT NOT NULL,
+    writer TEXT NOT NULL DEFAULT '',
     {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in _COUNTERS)},
     primary_latency_sum DOUBLE PRECISION NOT NULL DEFAULT 0,
     candidate_latency_sum DOUBLE PRECISION NOT NULL DEFAULT 0,
-    PRIMARY KEY (minute, endpoint, instance)
+    PRIMARY KEY (minute, endpoint, instance, writer)
 );
 CREATE TABLE IF NOT EXISTS rollup_blobs (
     kind TEXT NOT NULL,
     minute BIGINT NOT NULL,
     endpoint TEXT NOT NULL,
     instance TEXT NOT NULL,
+    writer TEXT NOT NULL DEFAULT '',
     data BYTEA NOT NULL,
-    PRIMARY KEY (kind, minute, endpoint, instance)
+    PRIMARY KEY (kind, minute, endpoint, instance, writer)
 );
 CREATE TABLE IF NOT EXISTS field_rollups (
     minute BIGINT NOT NULL,
     endpoint TEXT NOT NULL,
     instance TEXT NOT NULL,
+    writer TEXT NOT NULL DEFAULT '',
     field TEXT NOT NULL,
     kind TEXT NOT NULL,
     rows INTEGER NOT NULL DEFAULT 0,
     noise_rows INTEGER NOT NULL DEFAULT 0,
     exchanges INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (minute, endpoint, instance, field, kind)
+    PRIMARY KEY (minute, endpoint, instance, writer, field, kind)
 );
 CREATE TABLE IF NOT EXISTS diff_sets (
     minute BIGINT NOT NULL,
     endpoint TEXT NOT NULL,
     instance TEXT NOT NULL,
+    writer TEXT NOT NULL DEFAULT '',
     fields TEXT NOT NULL,
     count INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (minute, endpoint, instance, fields)
+    PRIMARY KEY (minute, endpoint, instance, writer, fields)
 );
 CREATE TABLE IF NOT EXISTS outcomes (
     minute BIGINT NOT NULL,
@@ -193,7 +203,26 @@ def _to_2(cur: Any) -> str:
     return "table noise_counts added"
 
 
-MIGRATIONS: dict[int, Callable[[Any], str]] = {2: _to_2}
+# the aggregate tables' keys from schema 3 (schema 2's without ``writer``)
+WRITER_KEYS = {"rollups": "minute, endpoint, instance, writer",
+               "rollup_blobs": "kind, minute, endpoint, instance, writer",
+               "field_rollups": "minute, endpoint, instance, writer, field, kind",
+               "diff_sets": "minute, endpoint, instance, writer, fields"}
+
+
+def _to_3(cur: Any) -> str:
+    """The aggregates keyed by writer too: a fleet's comparators write the rows of the
+    sidecar whose traffic they judged, each its own. Rows already there keep writer
+    ''; readers sum them with the rest. Rebuilds each table's primary key index."""
+    for table, key in WRITER_KEYS.items():
+        cur.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS writer TEXT NOT NULL "
+                    "DEFAULT ''")
+        cur.execute(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {table}_pkey")
+        cur.execute(f"ALTER TABLE {table} ADD PRIMARY KEY ({key})")
+    return "column writer added to the aggregates' keys (" + ", ".join(WRITER_KEYS) + ")"
+
+
+MIGRATIONS: dict[int, Callable[[Any], str]] = {2: _to_2, 3: _to_3}
 
 
 def statements(ddl: str = DDL) -> list[str]:

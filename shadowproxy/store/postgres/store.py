@@ -8,10 +8,12 @@ the engines' shared :mod:`shadowproxy.store.reads`, with the instance filter as 
 scope.
 
 Many writers
-    Each instance (``instance:`` in the config; default ``POD_NAME`` or the host name)
-    labels every row it writes and merges only its own aggregate rows; a batch's ids
-    already stored are skipped inside its transaction, so a retried batch never counts
-    twice. Readers sum across instances, or keep one (``read_instance``).
+    Each writer (``instance:`` in the config; default ``POD_NAME`` or the host name)
+    labels every row it writes with the instance whose traffic it is (its own, or in a
+    fleet the sidecar an exchange names) and merges only the aggregate rows of its own
+    ``writer`` key; a batch's ids already stored are skipped inside its transaction, so
+    a retried batch never counts twice. Readers sum across instances and writers, or
+    keep one instance (``read_instance``).
 Durability
     A batch is one transaction: after its COMMIT returned it survives a crash of the
     writer or a restart of the server; before, nothing of it is stored.

@@ -3,10 +3,17 @@ binary COPY into their day partitions, the instance's own per-minute aggregates
 read-merged-written, all in one transaction per batch), outcome counters and noise
 evidence (upserts).
 
+Rows are labelled with the instance whose traffic they describe: an exchange that came
+over a fleet's transport carries its sidecar's (:attr:`Exchange.instance
+<shadowproxy.models.Exchange.instance>`), any other this store's own ``instance``; so
+are outcome counts handed in with an instance (:meth:`WritesMixin.add_outcomes`).
+
 Idempotent: the ids of a batch already stored (a retried batch, one whose commit was
 not acknowledged) are looked up first, inside the transaction, and skipped, so nothing is
-counted twice. Many writers: each instance writes only the aggregate rows keyed by its
-own name (``instance``), so writers never race on a row; readers sum them.
+counted twice. Many writers: each writes only the aggregate rows keyed by its own name
+(``writer``, besides the ``instance`` of the traffic), so writers never share a row they
+read, merge and write back, even when several (a fleet's comparators) write one
+sidecar's traffic; readers sum them.
 
 Every upsert takes its rows in key order: two processes under one instance name (a
 comparator pool's, ``shadowproxy compare --processes N``) or any two writers of the
@@ -39,6 +46,22 @@ _DIFF_TYPES = ("text", "text", "float8", "text", "text", "text", "text", "text",
                "int2", "text")
 _SAMPLE_COLS = ("exchange_id", "endpoint", "time", "verdict", "data", "instance")
 _SAMPLE_TYPES = ("text", "text", "float8", "text", "bytea", "text")
+
+
+def _rollups_by_instance(ex_rows: Sequence[tuple[Any, ...]],
+                         diffs: Sequence[Sequence[tuple[str, str, bool]] | None]
+                         ) -> dict[tuple[int, str, str], Minute]:
+    """(minute, endpoint, instance) → the aggregate of a batch's new exchanges rows
+    (their last column is the instance whose traffic they are)."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(ex_rows):
+        groups[row[-1]].append(i)
+    out: dict[tuple[int, str, str], Minute] = {}
+    for inst, idx in groups.items():
+        for (minute, endpoint), m in rollup([ex_rows[i] for i in idx],
+                                            [diffs[i] for i in idx]).items():
+            out[(minute, endpoint, inst)] = m
+    return out
 
 
 def _copy(cur: Any, table: str, cols: Sequence[str], types: Sequence[str],
@@ -136,17 +159,19 @@ class WritesMixin(PgConnection):
             if ex.id in existing:
                 continue
             existing.add(ex.id)
+            # whose traffic: the sidecar that mirrored it (a fleet), else this writer's
+            who = ex.instance or inst
             chosen = self._choose_samples(res, counts)
-            ex_rows.append((*exchange_row(res, bool(chosen)), inst))
+            ex_rows.append((*exchange_row(res, bool(chosen)), who))
             if res.differences:
                 rows = difference_rows(res)
-                diff_rows.extend((*row, inst) for row in rows)
+                diff_rows.extend((*row, who) for row in rows)
                 diffs.append([(r[5], r[6], r[9] == 1) for r in rows])
             else:
                 diffs.append(None)
             if chosen:
                 sample_rows.append((ex.id, ex.endpoint, float(ex.started), res.verdict,
-                                    sample_blob(res), inst))
+                                    sample_blob(res), who))
                 key_rows.extend((ex.endpoint, key, ex.id, float(ex.started)) for key in chosen)
         _copy(cur, "exchanges", (*EX_COLS, "instance"), _EX_TYPES, ex_rows)
         _copy(cur, "differences", _DIFF_COLS, _DIFF_TYPES, diff_rows)
@@ -155,89 +180,94 @@ class WritesMixin(PgConnection):
             key_rows.sort()
             cur.executemany("INSERT INTO sample_keys(endpoint, field, exchange_id, time) "
                             "VALUES (%s,%s,%s,%s) ON CONFLICT DO NOTHING", key_rows)
-        self._write_rollups(cur, rollup(ex_rows, diffs))
+        self._write_rollups(cur, _rollups_by_instance(ex_rows, diffs))
         return len(ex_rows)
 
-    def _write_rollups(self, cur: Any, minutes: dict[tuple[int, str], Minute]) -> None:
-        """Merge ``minutes`` into this instance's own aggregate rows."""
+    def _write_rollups(self, cur: Any, minutes: dict[tuple[int, str, str], Minute]) -> None:
+        """Merge ``minutes`` (by minute, endpoint and the instance whose traffic they
+        are) into this writer's own aggregate rows (``writer``: its instance name)."""
         if not minutes:
             return
-        inst = self.instance
+        me = self.instance
         # the rows this batch merges into exist before they are locked: FOR UPDATE
-        # locks only rows that exist, so two writers under one instance name that both
-        # began a minute would each keep only their own sketches. An empty row is made
-        # for each (kind, minute, endpoint) the batch has values of (ON CONFLICT DO
-        # NOTHING waits for another writer's uncommitted one), in key order; each is
-        # filled below, in this transaction.
+        # locks only rows that exist, so two writers under one name (two comparator
+        # pools given one config) that both began a minute would each keep only their
+        # own sketches. An empty row is made for each (kind, minute, endpoint,
+        # instance) the batch has values of (ON CONFLICT DO NOTHING waits for another
+        # writer's uncommitted one), in key order; each is filled below, in this
+        # transaction.
         sides = ("primary", "candidate", "secondary")
-        need = sorted((kind, minute, endpoint) for (minute, endpoint), m in minutes.items()
+        need = sorted((kind, minute, endpoint, inst)
+                      for (minute, endpoint, inst), m in minutes.items()
                       for kind, present in zip(ROLLUP_BLOBS, (
                           *(getattr(m, k).count for k in sides), m.pairs.items),
                           strict=True) if present)
         if need:
             cur.executemany(
-                "INSERT INTO rollup_blobs(kind, minute, endpoint, instance, data) "
-                "VALUES (%s,%s,%s,%s,'') ON CONFLICT DO NOTHING",
-                [(k, mi, e, inst) for k, mi, e in need])
-        # this instance's blobs for these minutes: one range of the (kind, minute,
-        # endpoint, instance) key a kind (a batch spans a few minutes), locked
+                "INSERT INTO rollup_blobs(kind, minute, endpoint, instance, writer, data) "
+                "VALUES (%s,%s,%s,%s,%s,'') ON CONFLICT DO NOTHING",
+                [(k, mi, e, i, me) for k, mi, e, i in need])
+        # this writer's blobs for these minutes: one range of the (kind, minute, ...)
+        # key a kind (a batch spans a few minutes), locked
         lo, hi = min(k[0] for k in minutes), max(k[0] for k in minutes)
         cur.execute(
-            "SELECT kind, minute, endpoint, data FROM rollup_blobs WHERE kind = ANY(%s) AND "
-            "minute BETWEEN %s AND %s AND instance = %s FOR UPDATE",
-            (list(ROLLUP_BLOBS), lo, hi, inst))
-        have = {(kind, int(minute), endpoint): data
-                for kind, minute, endpoint, data in cur.fetchall()}
+            "SELECT kind, minute, endpoint, instance, data FROM rollup_blobs WHERE "
+            "kind = ANY(%s) AND minute BETWEEN %s AND %s AND writer = %s FOR UPDATE",
+            (list(ROLLUP_BLOBS), lo, hi, me))
+        have = {(kind, int(minute), endpoint, inst): data
+                for kind, minute, endpoint, inst, data in cur.fetchall()}
         rows: list[tuple[Any, ...]] = []
         blob_rows: list[tuple[Any, ...]] = []
-        for (minute, endpoint), m in minutes.items():
-            rows.append((minute, endpoint, inst, *m.counts, *m.sums))
-            new = added_blobs(m, lambda kind: have.get((kind, minute, endpoint)))  # noqa: B023
-            blob_rows.extend((kind, minute, endpoint, inst, data)
+        for (minute, endpoint, inst), m in minutes.items():
+            rows.append((minute, endpoint, inst, me, *m.counts, *m.sums))
+            new = added_blobs(m, lambda kind: have.get((kind, minute, endpoint, inst)))  # noqa: B023
+            blob_rows.extend((kind, minute, endpoint, inst, me, data)
                              for kind, data in zip(ROLLUP_BLOBS, new, strict=True)
                              if data is not None)
-        rows.sort(key=lambda row: (row[0], row[1]))      # lock order: see the module
-        blob_rows.sort(key=lambda row: (row[0], row[1], row[2]))
+        rows.sort(key=lambda row: (row[0], row[1], row[2]))   # lock order: see the module
+        blob_rows.sort(key=lambda row: (row[0], row[1], row[2], row[3]))
         cols = ",".join(ROLLUP_COLS)
         sets = ",".join(f"{k}=rollups.{k}+excluded.{k}" for k in ROLLUP_COLS)
-        marks = ",".join(["%s"] * (3 + len(ROLLUP_COLS)))
-        cur.executemany(f"INSERT INTO rollups(minute, endpoint, instance, {cols}) VALUES "
-                        f"({marks}) ON CONFLICT (minute, endpoint, instance) DO UPDATE SET "
-                        f"{sets}", rows)
+        marks = ",".join(["%s"] * (4 + len(ROLLUP_COLS)))
+        cur.executemany(f"INSERT INTO rollups(minute, endpoint, instance, writer, {cols}) "
+                        f"VALUES ({marks}) ON CONFLICT (minute, endpoint, instance, writer) "
+                        f"DO UPDATE SET {sets}", rows)
         if blob_rows:
             cur.executemany(
-                "INSERT INTO rollup_blobs(kind, minute, endpoint, instance, data) "
-                "VALUES (%s,%s,%s,%s,%s) ON CONFLICT (kind, minute, endpoint, instance) "
-                "DO UPDATE SET data=excluded.data", blob_rows)
-        field_rows = [(minute, endpoint, inst, fld, kind, *row)
-                      for (minute, endpoint), m in minutes.items()
+                "INSERT INTO rollup_blobs(kind, minute, endpoint, instance, writer, data) "
+                "VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (kind, minute, endpoint, instance, "
+                "writer) DO UPDATE SET data=excluded.data", blob_rows)
+        field_rows = [(minute, endpoint, inst, me, fld, kind, *row)
+                      for (minute, endpoint, inst), m in minutes.items()
                       for (fld, kind), row in m.fields.items()]
-        field_rows.sort(key=lambda row: row[:5])
+        field_rows.sort(key=lambda row: row[:6])
         if field_rows:
             cur.executemany(
-                "INSERT INTO field_rollups(minute, endpoint, instance, field, kind, rows, "
-                "noise_rows, exchanges) VALUES (%s,%s,%s,%s,%s,%s,%s,%s) "
-                "ON CONFLICT (minute, endpoint, instance, field, kind) DO UPDATE SET "
+                "INSERT INTO field_rollups(minute, endpoint, instance, writer, field, kind, "
+                "rows, noise_rows, exchanges) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+                "ON CONFLICT (minute, endpoint, instance, writer, field, kind) DO UPDATE SET "
                 "rows=field_rollups.rows+excluded.rows, "
                 "noise_rows=field_rollups.noise_rows+excluded.noise_rows, "
                 "exchanges=field_rollups.exchanges+excluded.exchanges", field_rows)
-        set_rows = [(minute, endpoint, inst, key, n)
-                    for (minute, endpoint), m in minutes.items()
+        set_rows = [(minute, endpoint, inst, me, key, n)
+                    for (minute, endpoint, inst), m in minutes.items()
                     for key, n in m.diff_sets.items()]
-        set_rows.sort(key=lambda row: row[:4])
+        set_rows.sort(key=lambda row: row[:5])
         if set_rows:
             cur.executemany(
-                "INSERT INTO diff_sets(minute, endpoint, instance, fields, count) "
-                "VALUES (%s,%s,%s,%s,%s) ON CONFLICT (minute, endpoint, instance, fields) "
-                "DO UPDATE SET count=diff_sets.count+excluded.count", set_rows)
+                "INSERT INTO diff_sets(minute, endpoint, instance, writer, fields, count) "
+                "VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (minute, endpoint, instance, writer, "
+                "fields) DO UPDATE SET count=diff_sets.count+excluded.count", set_rows)
 
-    def add_outcomes(self, rows: Sequence[OutcomeRow]) -> None:
+    def add_outcomes(self, rows: Sequence[OutcomeRow], instance: str | None = None) -> None:
+        """Counts only ever added to: a sidecar and the comparators that count the
+        outcomes of its traffic add to its rows together, each in key order."""
         if not rows:
             return
         merged: dict[tuple[int, str, str, str], int] = defaultdict(int)
         for minute, endpoint, outcome, reason, count in rows:
             merged[(int(minute // 60) * 60, endpoint, outcome, reason or "")] += int(count)
-        inst = self.instance
+        inst = instance or self.instance
 
         def run(cur: Any) -> None:
             cur.executemany(

@@ -105,7 +105,9 @@ class WritesMixin(SqliteConnection):
         rollups.write(c, ex_rows, diffs)
         return len(ex_rows)
 
-    def add_outcomes(self, rows: Sequence[OutcomeRow]) -> None:
+    def add_outcomes(self, rows: Sequence[OutcomeRow], instance: str | None = None) -> None:
+        """The counts of every instance go together (an SQLite store has no instance
+        column, as its exchanges have none)."""
         if not rows:
             return
         merged: dict[tuple[int, str, str, str], int] = defaultdict(int)
