@@ -407,3 +407,43 @@ def test_outcome_counts_of_several_instances_survive_a_failed_write_exactly_once
             assert s.outcome_counts() == want, name
         finally:
             s.close()
+
+
+def test_two_writers_storing_one_exchange_at_once_store_it_once_and_lose_nothing(pg_url):
+    """Two comparators handed the same entry (a claimed one whose first owner was only
+    slow) write it at the same moment: the second's COPY waits on the first's
+    uncommitted key, then meets it committed. Its transaction is tried again (it then
+    sees the exchange stored and skips it) instead of the whole batch being refused."""
+    import threading
+
+    shared = [result("diff", diffs=[diff("$.x")], started=T0 + i) for i in range(3)]
+    own = [result("diff", diffs=[diff("$.y")], started=T0 + 10 + i) for i in range(5)]
+    a = open_store(pg_url, instance="cmp-a")
+    b = open_store(pg_url, instance="cmp-b")
+    written, go = threading.Event(), threading.Event()
+
+    def held(cur, results):
+        n = a._write_results(cur, results)
+        written.set()                       # uncommitted until b's COPY waits on it
+        assert go.wait(20)
+        return n
+
+    a._partitions_for(r.exchange.started for r in shared)
+    t = threading.Thread(target=lambda: a._write("write to", held, shared))
+    t.start()
+    try:
+        assert written.wait(20)
+        threading.Timer(1.0, go.set).start()     # a commits while b waits on its keys
+        assert b.write_results(own + shared) == len(own)
+        t.join(20)
+    finally:
+        go.set()
+        a.close()
+        b.close()
+    s = open_store(pg_url, readonly=True)
+    try:
+        assert s.verdict_counts()["diff"] == len(shared) + len(own)
+        assert s.rollup_totals()[shared[0].exchange.endpoint]["exchanges"] == \
+            len(shared) + len(own)
+    finally:
+        s.close()
