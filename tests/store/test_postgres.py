@@ -217,9 +217,9 @@ def test_a_schema_1_store_upgrades_in_place_and_keeps_what_it_holds(pg_url):
         open_store(pg_url, readonly=True)
     s = open_store(pg_url, instance="pod-b")           # a writer upgrades it
     try:
-        assert s.info().schema_version == SCHEMA_VERSION == 2
+        assert s.info().schema_version == SCHEMA_VERSION == 3
         assert s.info().exchanges == 20
-        assert s._read("SELECT max(version) FROM schema_version") == [(2,)]
+        assert s._read("SELECT max(version) FROM schema_version") == [(3,)]
         s.save_noise_counts("pod-b/1", [("GET /x", "", 10, 0, 0), ("GET /x", "$.a", 10, 3, 2)])
         assert sorted(s.noise_counts()) == [("GET /x", "", 10, 0, 0), ("GET /x", "$.a", 10, 3, 2)]
     finally:

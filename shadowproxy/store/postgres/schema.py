@@ -15,6 +15,8 @@ Tables (every result row and every aggregate row carries the ``instance`` that w
     ``noise``        the noise learners' evidence per (endpoint, field), last writer wins.
     ``noise_counts``  each noise learner's own (N, R, S) per (endpoint, field): a
         learner decides on the sum of everyone's (schema 2).
+    Schema 3: the pair samples of ``rollup_blobs`` may carry the secondary's latency
+        (``rollup.PAIRS_V2``); no table changes.
     ``schema_version``  the versions applied (the highest is the store's).
 
 Migrations run at open for writing (``shadowproxy run``, ``shadowproxy store migrate``),
@@ -27,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIGRATION_LOCK = 0x5348_4144_0001      # pg_advisory_xact_lock key of schema changes
 PARTITION_LOCK = 0x5348_4144_0002      # ... of partition creation and dropping
 
@@ -193,7 +195,14 @@ def _to_2(cur: Any) -> str:
     return "table noise_counts added"
 
 
-MIGRATIONS: dict[int, Callable[[Any], str]] = {2: _to_2}
+def _to_3(cur: Any) -> str:
+    """Pair samples that carry the secondary's latency (``rollup.PAIRS_V2``): no table
+    changes; the version keeps an older shadowproxy, which would misread them, from
+    opening the store. Samples stored before read as pairs without a secondary."""
+    return "latency pair samples carry the secondary's latency from now on"
+
+
+MIGRATIONS: dict[int, Callable[[Any], str]] = {2: _to_2, 3: _to_3}
 
 
 def statements(ddl: str = DDL) -> list[str]:
