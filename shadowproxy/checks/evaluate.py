@@ -169,6 +169,10 @@ class MemorySource:
     latencies_by_endpoint: dict[str, tuple[list[float], ...]] = field(default_factory=dict)
     fields_by_endpoint: dict[str, list[FieldInfo]] = field(default_factory=dict)
     forbidden_by_endpoint: dict[str, list[ForbiddenHit]] = field(default_factory=dict)
+    # endpoint → every latency of the secondary (the exchanges it answered, as the
+    # store's sketch counts them, the candidate's failures included); without it, the
+    # secondary latencies of the pairs
+    secondary_by_endpoint: dict[str, list[float]] = field(default_factory=dict)
 
     def endpoints(self) -> list[str]:
         names = set(self.counts_by_endpoint) | set(self.pairs_by_endpoint) | \
@@ -193,10 +197,16 @@ class MemorySource:
     def latency_cumulative(self, endpoints: Sequence[str], baseline: str = PRIMARY
                            ) -> tuple[list[tuple[float, int]], list[tuple[float, int]]]:
         t = self._triples(endpoints)
-        base = [s for _p, _c, s in t if s == s] if baseline == SECONDARY else \
-            [p for p, _c, _s in t]
+        base = [x for ep in endpoints for x in self._secondary(ep)] \
+            if baseline == SECONDARY else [p for p, _c, _s in t]
         return (sequential.sorted_cumulative(base),
                 sequential.sorted_cumulative([c for _p, c, _s in t]))
+
+    def _secondary(self, endpoint: str) -> list[float]:
+        got = self.secondary_by_endpoint.get(endpoint)
+        if got is not None:
+            return got
+        return [s for _p, _c, s in self._triples([endpoint]) if s == s]
 
     def latency_pairs(self, endpoints: Sequence[str], baseline: str = PRIMARY
                       ) -> tuple[list[float], list[float]]:
@@ -207,8 +217,7 @@ class MemorySource:
         return [p for p, _c, _s in t], [c for _p, c, _s in t]
 
     def secondary_latencies(self, endpoint: str) -> tuple[int, int]:
-        t = self._triples([endpoint])
-        return len(t), sum(1 for _p, _c, s in t if s == s)
+        return len(self._triples([endpoint])), len(self._secondary(endpoint))
 
     def fields(self, endpoint: str, limit: int) -> list[FieldInfo]:
         return self.fields_by_endpoint.get(endpoint, [])[:limit]
