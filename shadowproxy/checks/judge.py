@@ -343,15 +343,19 @@ def evaluate_check(check: CheckConfig, source: Source, endpoint_filter: str = "*
         subs.append(_errors(check, source, eps))
     latency_metrics = [m for m in QUANTILE if getattr(check, m) is not None]
     if latency_metrics:
-        merged: dict[tuple[tuple[str, ...], str, bool], Any] = {}
+        cums: dict[tuple[tuple[str, ...], str], Any] = {}
+        paired_lat: dict[tuple[tuple[str, ...], str], Any] = {}
         samples: dict[str, tuple[int, int]] = {}
 
         def read(scope: tuple[str, ...], baseline: str, paired: bool) -> Any:
-            key = (scope, baseline, paired)
-            if key not in merged:
-                pairs = source.latency_pairs(scope, baseline) if paired else None
-                merged[key] = (*source.latency_cumulative(scope, baseline), pairs)
-            return merged[key]
+            """Each side's cumulative counts read once for every metric; the pairs
+            once for the paired ones."""
+            key = (scope, baseline)
+            if key not in cums:
+                cums[key] = source.latency_cumulative(scope, baseline)
+            if paired and key not in paired_lat:
+                paired_lat[key] = source.latency_pairs(scope, baseline)
+            return (*cums[key], paired_lat[key] if paired else None)
 
         def pair_sample(ep: str) -> tuple[int, int]:
             if ep not in samples:
