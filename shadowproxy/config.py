@@ -395,6 +395,9 @@ class CheckConfig:
     # endpoints with too little traffic to be judged alone: judged inside the aggregate,
     # make the check inconclusive, or are left out (docs/checks.md)
     low_traffic: Literal["aggregate", "inconclusive", "ignore"] = "aggregate"
+    # what the latency ratios compare the candidate with: the secondary where the window
+    # has one for the endpoint (else primary), or always primary (docs/checks.md)
+    latency_baseline: Literal["secondary", "primary"] = "secondary"
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,9 @@ def test_env_substitution_retypes_plain_scalars() -> None:
      5, "compare.arrays[0].key", "needs a key"),
     ("upstreams: {primary: http://a:1}\nchecks:\n  - name: x\n", 3, "checks[0]",
      "at least one"),
+    ("upstreams: {primary: http://a:1}\nchecks:\n  - name: x\n    max_p50_ratio: 1.1\n"
+     "    latency_baseline: candidate\n", 5, "checks[0].latency_baseline",
+     "expected one of secondary, primary"),
     ("upstreams: {primary: http://a:1}\nroutes:\n  - {match: /o, methods: [GET]}\n"
      "  - {match: /o, methods: [POST], compare: {ignore: [$.id]}}\n", 4, "routes[1]",
      "distinct name"),

@@ -14,9 +14,11 @@ import orjson
 from aiohttp import web
 
 from .. import __version__
+from ..checks.judge import ENOUGH_SECONDARY
 from ..checks.source import against_candidate
 from ..config import Config
-from ..store.base import glob_escape
+from ..store.base import glob_escape, with_quantiles
+from ..store.sketch import Sketch
 from .config_redaction import redact_config, redact_url
 from .documents import _detail, _evidence_doc, _section
 from .metrics import mirror_queue_depth
@@ -92,8 +94,24 @@ class ApiHandlers(StoreAccess):
             d[name] = d.get(name, 0) + n
         return out
 
-    @staticmethod
-    def _endpoint_doc(st: Any) -> dict[str, Any]:
+    def _latency_baseline(self, pairs: int, secondary: int) -> str:
+        """What the latency checks judge the candidate against on an endpoint with
+        ``pairs`` latency pairs and ``secondary`` secondary latencies in the window:
+        the secondary where it answered enough (``checks.judge.choose_baseline``),
+        unless every latency check of the config asks for primary."""
+        latency_checks = [c for c in self.cfg.checks
+                          if c.max_p50_ratio is not None or c.max_p99_ratio is not None]
+        if latency_checks and all(c.latency_baseline == "primary" for c in latency_checks):
+            return "primary"
+        return "secondary" if secondary and secondary >= ENOUGH_SECONDARY * pairs \
+            else "primary"
+
+    def _endpoint_doc(self, st: Any, secondary: Sketch | None = None) -> dict[str, Any]:
+        """``secondary``: the secondary's latency sketch of the window (the UI shows it
+        beside the candidate's, and marks the side the latency checks judge against)."""
+        sq = secondary.quantiles((0.5, 0.95, 0.99)) if secondary is not None and \
+            secondary.count else [None, None, None]
+        n_sec = secondary.count if secondary is not None else 0
         return {
             "endpoint": st.endpoint, "exchanges": st.exchanges, "matches": st.matches,
             "diffs": st.diffs, "noise": st.noise, "errors": st.errors,
@@ -108,6 +126,10 @@ class ApiHandlers(StoreAccess):
                             "p99": st.primary_p99},
                 "candidate": {"p50": st.candidate_p50, "p95": st.candidate_p95,
                               "p99": st.candidate_p99},
+                "secondary": dict(zip(("p50", "p95", "p99"), sq, strict=True))
+                if n_sec else None,
+                "secondary_samples": n_sec,
+                "baseline": self._latency_baseline(st.latency_samples, n_sec),
             },
         }
 
@@ -117,22 +139,31 @@ class ApiHandlers(StoreAccess):
                 "errors": 0, "diff_rate": 0.0, "noise_rate": 0.0, "error_rate": 0.0,
                 "candidate_5xx": 0, "primary_5xx": 0, "candidate_errors": 0,
                 "primary_errors": 0,
-                "latency": {"samples": 0, "primary": dict(none), "candidate": dict(none)}}
+                "latency": {"samples": 0, "primary": dict(none), "candidate": dict(none),
+                            "secondary": None, "secondary_samples": 0,
+                            "baseline": "primary"}}
 
     def _endpoints_report(self, live: dict[str, dict[str, int]], since: float | None,
                           until: float | None, glob: str = "*") -> dict[str, Any]:
         """Runs in a thread: ``live`` (the counters) is snapshotted on the loop."""
         store = self._store()
         # the diffs check counts against the candidate: one diff rate everywhere
-        stats = against_candidate(store, store.endpoint_stats(since, until, glob), since,
-                                  until)
+        # the quantiles from the window's sketches, read once with the secondary's
+        sketches = store.latency_sketches(since, until, glob)
+        none = (None, None, None)
+        stats = against_candidate(store, [
+            with_quantiles(st, *sketches.get(st.endpoint, none)[:2])
+            for st in store.endpoint_stats(since, until, glob, quantiles=False)], since,
+            until)
         fields = store.field_stats(None if glob == "*" else glob, since, until)
         now = time.time()
         lo = since if since is not None else (store.time_range() or (now, now))[0]
         hi = until if until is not None else now
         bucket = max(60, math.ceil(max(hi - lo, 60) / 30 / 60.0) * 60)
         series = store.diff_rate_series(since, until, bucket, glob)
-        docs: dict[str, dict[str, Any]] = {st.endpoint: self._endpoint_doc(st) for st in stats}
+        docs: dict[str, dict[str, Any]] = {
+            st.endpoint: self._endpoint_doc(st, sketches.get(st.endpoint, none)[2])
+            for st in stats}
         # the window's request accounting, from the store like the compared counts
         # beside it (the live counters cover this process's life, not the window)
         counted = store.outcome_counts_by_endpoint(since, until, glob)

@@ -34,6 +34,8 @@ METRICS = ("max_diff_rate", "max_error_rate_increase", "max_p50_ratio", "max_p99
 QUANTILE = {"max_p50_ratio": 0.5, "max_p99_ratio": 0.99}
 # judged on the per-exchange latency ratios as well as on the ratio of the quantiles
 PAIRED = frozenset({"max_p50_ratio"})
+# the latency ratios' baselines (``latency_baseline``: docs/checks.md)
+PRIMARY, SECONDARY = "primary", "secondary"
 MAX_FIELDS = 5          # fields listed behind a failing diff-rate unit
 MAX_EXAMPLES = 3        # example exchange ids listed per finding
 
@@ -133,19 +135,27 @@ class Source(Protocol):
     def endpoints(self) -> list[str]: ...
     def counts(self, endpoint: str) -> Counts: ...
     def error_pairs(self, endpoint: str) -> ErrorPairs: ...
-    def latency_cumulative(self, endpoints: Sequence[str]
+    def latency_cumulative(self, endpoints: Sequence[str], baseline: str = PRIMARY
                            ) -> tuple[list[tuple[float, int]], list[tuple[float, int]]]:
-        """Over every pair of ``endpoints`` (exchanges where both answered): the
-        primary's and the candidate's ``(latency, count ≤ latency)`` ascending."""
+        """Over every pair of ``endpoints`` (exchanges where primary and candidate
+        answered): the baseline's and the candidate's ``(latency, count ≤ latency)``
+        ascending; the baseline is primary over the same exchanges, or the secondary
+        over the exchanges it answered."""
         ...
-    def latency_pairs(self, endpoints: Sequence[str]) -> tuple[list[float], list[float]]:
+    def latency_pairs(self, endpoints: Sequence[str], baseline: str = PRIMARY
+                      ) -> tuple[list[float], list[float]]:
         """The paired latencies of ``endpoints`` together (element ``i`` of both lists
-        is one exchange's primary and candidate latency): every pair of the window, or
-        a uniform sample of them when there are more than the store's sample holds."""
+        is one exchange's baseline and candidate latency; with the secondary as the
+        baseline, only the pairs that have its latency): every pair of the window, or a
+        uniform sample of them when there are more than the store's sample holds."""
+        ...
+    def secondary_latencies(self, endpoint: str) -> tuple[int, int]:
+        """(latency pairs of primary and candidate, the secondary's latencies) of the
+        window: whether the secondary answered enough to be the baseline."""
         ...
     def fields(self, endpoint: str, limit: int) -> list[FieldInfo]: ...
     def forbidden(self, endpoint: str, kinds: Sequence[str]) -> list[ForbiddenHit]: ...
-    def slow_example(self, endpoint: str) -> str | None: ...
+    def slow_example(self, endpoint: str, baseline: str = PRIMARY) -> str | None: ...
 
 
 @dataclass
@@ -154,10 +164,15 @@ class MemorySource:
 
     counts_by_endpoint: dict[str, Counts] = field(default_factory=dict)
     pairs_by_endpoint: dict[str, ErrorPairs] = field(default_factory=dict)
-    latencies_by_endpoint: dict[str, tuple[list[float], list[float]]] = \
-        field(default_factory=dict)
+    # endpoint → (primary, candidate) latencies of each pair, or (primary, candidate,
+    # secondary), the secondary's NaN where it did not answer
+    latencies_by_endpoint: dict[str, tuple[list[float], ...]] = field(default_factory=dict)
     fields_by_endpoint: dict[str, list[FieldInfo]] = field(default_factory=dict)
     forbidden_by_endpoint: dict[str, list[ForbiddenHit]] = field(default_factory=dict)
+    # endpoint → every latency of the secondary (the exchanges it answered, as the
+    # store's sketch counts them, the candidate's failures included); without it, the
+    # secondary latencies of the pairs
+    secondary_by_endpoint: dict[str, list[float]] = field(default_factory=dict)
 
     def endpoints(self) -> list[str]:
         names = set(self.counts_by_endpoint) | set(self.pairs_by_endpoint) | \
@@ -170,15 +185,39 @@ class MemorySource:
     def error_pairs(self, endpoint: str) -> ErrorPairs:
         return self.pairs_by_endpoint.get(endpoint, ErrorPairs(0, 0, 0, 0))
 
-    def latency_cumulative(self, endpoints: Sequence[str]
-                           ) -> tuple[list[tuple[float, int]], list[tuple[float, int]]]:
-        lats = [self.latencies_by_endpoint.get(ep, ([], [])) for ep in endpoints]
-        return (sequential.sorted_cumulative([x for p, _c in lats for x in p]),
-                sequential.sorted_cumulative([x for _p, c in lats for x in c]))
+    def _triples(self, endpoints: Sequence[str]
+                 ) -> list[tuple[float, float, float]]:
+        out: list[tuple[float, float, float]] = []
+        for ep in endpoints:
+            lats = self.latencies_by_endpoint.get(ep, ([], []))
+            sec = lats[2] if len(lats) > 2 else [math.nan] * len(lats[0])
+            out.extend(zip(lats[0], lats[1], sec, strict=True))
+        return out
 
-    def latency_pairs(self, endpoints: Sequence[str]) -> tuple[list[float], list[float]]:
-        lats = [self.latencies_by_endpoint.get(ep, ([], [])) for ep in endpoints]
-        return [x for p, _c in lats for x in p], [x for _p, c in lats for x in c]
+    def latency_cumulative(self, endpoints: Sequence[str], baseline: str = PRIMARY
+                           ) -> tuple[list[tuple[float, int]], list[tuple[float, int]]]:
+        t = self._triples(endpoints)
+        base = [x for ep in endpoints for x in self._secondary(ep)] \
+            if baseline == SECONDARY else [p for p, _c, _s in t]
+        return (sequential.sorted_cumulative(base),
+                sequential.sorted_cumulative([c for _p, c, _s in t]))
+
+    def _secondary(self, endpoint: str) -> list[float]:
+        got = self.secondary_by_endpoint.get(endpoint)
+        if got is not None:
+            return got
+        return [s for _p, _c, s in self._triples([endpoint]) if s == s]
+
+    def latency_pairs(self, endpoints: Sequence[str], baseline: str = PRIMARY
+                      ) -> tuple[list[float], list[float]]:
+        t = self._triples(endpoints)
+        if baseline == SECONDARY:
+            t = [x for x in t if x[2] == x[2]]
+            return [s for _p, _c, s in t], [c for _p, c, _s in t]
+        return [p for p, _c, _s in t], [c for _p, c, _s in t]
+
+    def secondary_latencies(self, endpoint: str) -> tuple[int, int]:
+        return len(self._triples([endpoint])), len(self._secondary(endpoint))
 
     def fields(self, endpoint: str, limit: int) -> list[FieldInfo]:
         return self.fields_by_endpoint.get(endpoint, [])[:limit]
@@ -186,7 +225,7 @@ class MemorySource:
     def forbidden(self, endpoint: str, kinds: Sequence[str]) -> list[ForbiddenHit]:
         return [h for h in self.forbidden_by_endpoint.get(endpoint, []) if h.kind in kinds]
 
-    def slow_example(self, endpoint: str) -> str | None:
+    def slow_example(self, endpoint: str, baseline: str = PRIMARY) -> str | None:
         return None
 
 
@@ -412,34 +451,48 @@ def _nearest_rank(cumulative: Sequence[tuple[float, int]], q: float) -> float:
     return cumulative[-1][0]
 
 
-def latency_unit(endpoint: str | None, primary: Sequence[tuple[float, int]],
+def baseline_name(baseline: str) -> str:
+    return "the secondary" if baseline == SECONDARY else "primary"
+
+
+def latency_unit(endpoint: str | None, base: Sequence[tuple[float, int]],
                  candidate: Sequence[tuple[float, int]], metric: str, threshold: float,
                  check: CheckConfig,
-                 pairs: tuple[Sequence[float], Sequence[float]] | None = None) -> UnitResult:
-    """quantile(candidate) / quantile(primary) over the exchanges where both answered;
-    an always-valid interval from both sides' cumulative counts (the window's latency
-    sketches: every pair, no sample; :func:`.sequential.ratio_bounds`).
+                 pairs: tuple[Sequence[float], Sequence[float]] | None = None,
+                 baseline: str = PRIMARY, why: str = "") -> UnitResult:
+    """quantile(candidate) / quantile(baseline): the baseline is primary over the
+    exchanges where both answered, or the secondary (``baseline``) over the exchanges
+    it answered (sent from the same process at the same moments as the candidate: like
+    with like); an always-valid interval from both sides' cumulative counts (the
+    window's latency sketches: every latency, no sample; :func:`.sequential.ratio_bounds`).
+    ``why``: how the baseline was chosen, for the text.
 
     For the metrics in :data:`PAIRED` (p50) the ratio judged is the larger of that ratio
-    of quantiles and the quantile of the per-exchange ratios of ``pairs``
-    (:func:`.sequential.paired_ratio_bounds`): the interval is ``[max(lo), max(hi)]``,
-    its lower side split between the two tests (each at ``(1 − confidence)/4``), its
-    upper side at ``(1 − confidence)/2`` each (a false pass needs the larger of the two
-    to be passed falsely, one test). Without pairs the unit cannot pass."""
+    of quantiles and the quantile of the per-exchange ratios candidate / baseline of
+    ``pairs`` (:func:`.sequential.paired_ratio_bounds`): the interval is
+    ``[max(lo), max(hi)]``, its lower side split between the two tests (each at
+    ``(1 − confidence)/4``), its upper side at ``(1 − confidence)/2`` each (a false pass
+    needs the larger of the two to be passed falsely, one test). Without pairs the unit
+    cannot pass."""
     q = QUANTILE[metric]
-    n = primary[-1][1] if primary else 0
+    n = min(base[-1][1], candidate[-1][1]) if base and candidate else 0
     label = f"p{round(q * 100)}"
-    if n == 0 or not candidate:
+    against = f"against {baseline_name(baseline)}{f' ({why})' if why else ''}"
+    details: dict[str, Any] = {"baseline": baseline}
+    if why:
+        details["baseline_reason"] = why
+    if n == 0:
         return UnitResult(endpoint, INCONCLUSIVE, None, None, None, 0,
-                          f"{label} ratio: no latency pairs (exchanges where both answered)")
-    qp, qc = _nearest_rank(primary, q), _nearest_rank(candidate, q)
+                          f"{label} ratio {against}: no latency pairs (exchanges where "
+                          "both answered)", details)
+    qp, qc = _nearest_rank(base, q), _nearest_rank(candidate, q)
     ratio = stats._ratio(qc, qp)
-    details: dict[str, Any] = {"pairs": n, "primary": qp, "candidate": qc}
-    what = f"candidate {qc * 1000:.1f} ms / primary {qp * 1000:.1f} ms, {n} pairs"
+    details.update({"pairs": n, baseline: qp, "candidate": qc})
+    what = f"candidate {qc * 1000:.1f} ms / {baseline} {qp * 1000:.1f} ms, {n} latencies"
     value = ratio
     if metric in PAIRED:
         a = 1.0 - check.confidence
-        lo, hi = sequential.ratio_bounds(primary, candidate, q, check.confidence,
+        lo, hi = sequential.ratio_bounds(base, candidate, q, check.confidence,
                                          lo_alpha=a / 4, hi_alpha=a / 2)
         p_lat, c_lat = pairs if pairs is not None else ((), ())
         ratios = sorted(sequential.pair_ratio(p, c)
@@ -458,10 +511,10 @@ def latency_unit(endpoint: str | None, primary: Sequence[tuple[float, int]],
         what += (f"; {label} of the per-exchange ratios {fmt_ratio(paired)} over "
                  f"{len(ratios)} pairs")
     else:
-        lo, hi = sequential.ratio_bounds(primary, candidate, q, check.confidence)
+        lo, hi = sequential.ratio_bounds(base, candidate, q, check.confidence)
     verdict, reason = decide(lo, hi, threshold, n, check.min_samples,
                              check.critical, check.confidence, metric)
-    text = f"{label} ratio {fmt_ratio(value)} ({what}): {reason}"
+    text = f"{label} ratio {fmt_ratio(value)} {against} ({what}): {reason}"
     return UnitResult(endpoint, verdict, value, lo, hi, n, text, details)
 
 

@@ -30,7 +30,9 @@ from .evaluate import (
     MAX_FIELDS,
     PAIRED,
     PASS,
+    PRIMARY,
     QUANTILE,
+    SECONDARY,
     CheckResult,
     Counts,
     ErrorPairs,
@@ -128,8 +130,10 @@ def _combine(metric: str, threshold: Any, method: str, agg: UnitResult,
     return SubCheck(metric, threshold, method, verdict, agg, units, "; ".join(parts))
 
 
+_BASELINE = ("; candidate against the secondary where the window has enough of its "
+             "latencies (latency_baseline: secondary, the default), else against primary")
 _QUANTILE_METHOD = ("always-valid quantile bounds of each side from the latency sketches' "
-                    "cumulative counts (Bonferroni)")
+                    "cumulative counts (Bonferroni)" + _BASELINE)
 METHODS = {
     "max_diff_rate": "always-valid binomial confidence sequence (mixture of likelihood "
                      "ratios)",
@@ -138,7 +142,7 @@ METHODS = {
     "max_p50_ratio": ("the larger of the ratio of medians (always-valid quantile bounds "
                       "of each side from the latency sketches, Bonferroni) and the median "
                       "of the per-exchange latency ratios (always-valid sequential sign "
-                      "test on the latency pairs)"),
+                      "test on the latency pairs)" + _BASELINE),
     "max_p99_ratio": _QUANTILE_METHOD,
     "forbid_kinds": "any difference of a forbidden kind that is not noise fails",
 }
@@ -239,37 +243,80 @@ def _errors(check: CheckConfig, source: Source, eps: list[str]) -> SubCheck:
                     units, check)
 
 
+ENOUGH_SECONDARY = 0.5   # of the candidate's latencies, the secondary's a baseline needs
+
+
+def choose_baseline(check: CheckConfig, source: Source, endpoint: str, paired: bool,
+                    pair_sample: Callable[[str], tuple[int, int]]) -> tuple[str, str]:
+    """The baseline of an endpoint's latency ratio, and why (for the text; '' when the
+    secondary is used as configured): the secondary where the check asks for it
+    (``latency_baseline: secondary``, the default) and the window has enough of its
+    latencies — at least :data:`ENOUGH_SECONDARY` of the endpoint's latency pairs in
+    its sketch and, for the paired test (``paired``), in the pair sample (a sample
+    stored before pairs kept the secondary's latency has none) — else primary."""
+    if check.latency_baseline == PRIMARY:
+        return PRIMARY, "latency_baseline: primary"
+    pairs, secondary = source.secondary_latencies(endpoint)
+    if not secondary:
+        return PRIMARY, "no secondary latencies in the window"
+    if secondary < ENOUGH_SECONDARY * pairs:
+        return PRIMARY, (f"the secondary answered {secondary} of {pairs} exchanges, too few "
+                         "to compare with")
+    if paired:
+        sample, with_secondary = pair_sample(endpoint)
+        if with_secondary < ENOUGH_SECONDARY * sample:
+            return PRIMARY, (f"{with_secondary} of {sample} latency pairs have the "
+                             "secondary's latency (pairs stored before the store kept it)")
+    return SECONDARY, ""
+
+
 def _latency(check: CheckConfig, source: Source, eps: list[str], metric: str,
-             cums: dict[str, Any], aggregate: Callable[[list[str]], Any]) -> SubCheck:
-    """``cums``: endpoint → (primary, candidate) cumulative counts, and for the
-    :data:`PAIRED` metrics the paired latencies; ``aggregate`` the same over several."""
+             read: Callable[[tuple[str, ...], str, bool], Any],
+             pair_sample: Callable[[str], tuple[int, int]]) -> SubCheck:
+    """``read(endpoints, baseline, paired)``: the baseline's and the candidate's
+    cumulative counts, and with ``paired`` the paired latencies (baseline, candidate);
+    ``pair_sample(endpoint)``: (pairs in the sample, those with a secondary latency)."""
     t = getattr(check, metric)
     paired = metric in PAIRED
-    units = [latency_unit(ep, cums[ep][0], cums[ep][1], metric, t, check,
-                          cums[ep][2] if paired else None) for ep in eps]
+    chosen = {ep: choose_baseline(check, source, ep, paired, pair_sample) for ep in eps}
+    data = {ep: read((ep,), chosen[ep][0], paired) for ep in eps}
+    units = [latency_unit(ep, data[ep][0], data[ep][1], metric, t, check,
+                          data[ep][2] if paired else None, *chosen[ep]) for ep in eps]
     q = QUANTILE[metric]
 
     def identical_passes(u: UnitResult) -> bool:
-        """The primary's latencies on both sides."""
-        prim = cums[u.endpoint][0]  # type: ignore[index]
-        return bool(prim) and sequential.ratio_bounds(prim, prim, q, check.confidence)[1] < t
+        """The baseline's latencies on both sides."""
+        base = data[u.endpoint][0]  # type: ignore[index]
+        return bool(base) and sequential.ratio_bounds(base, base, q, check.confidence)[1] < t
 
     inside = _mark_low(units, identical_passes, check)
     if len(inside) == 1 and len(units) == 1:   # one endpoint: the aggregate is the same data
         agg = dataclasses.replace(units[0], endpoint=None, details=dict(units[0].details))
         agg.details.pop("low_traffic", None)
     else:
-        cp, cc, pairs = aggregate(inside)
-        agg = latency_unit(None, cp, cc, metric, t, check, pairs if paired else None)
+        # the secondary when every endpoint inside is judged against it, else primary
+        off = [ep for ep in inside if chosen[ep][0] != SECONDARY]
+        base = SECONDARY if inside and not off else PRIMARY
+        why = chosen[off[0]][1] if off and check.latency_baseline == SECONDARY else ""
+        if off and why:
+            why = (f"{off[0]}: {why}" if len(off) == 1 else
+                   f"{len(off)} endpoints judged against primary, e.g. {off[0]}: {why}")
+        elif check.latency_baseline == PRIMARY:
+            why = "latency_baseline: primary"
+        cp, cc, pairs = read(tuple(inside), base, paired)
+        agg = latency_unit(None, cp, cc, metric, t, check, pairs if paired else None,
+                           base, why)
     if agg.verdict == FAIL:
         agg.details["endpoints"] = [
-            {"endpoint": u.endpoint, "ratio": u.value, "pairs": u.samples}
+            {"endpoint": u.endpoint, "ratio": u.value, "pairs": u.samples,
+             "baseline": u.details.get("baseline")}
             for u in sorted(units, key=lambda u: -(u.value or 0))[:MAX_FIELDS]]
         agg.reason += "; slowest endpoints: " + ", ".join(
             f"{d['endpoint']} {fmt_ratio(d['ratio'])}" for d in agg.details["endpoints"])
     for u in units:
         if u.verdict == FAIL:
-            ex = source.slow_example(u.endpoint)  # type: ignore[arg-type]
+            ex = source.slow_example(u.endpoint,  # type: ignore[arg-type]
+                                     u.details.get("baseline", PRIMARY))
             if ex:
                 u.details["example_id"] = ex
                 u.reason += f"; e.g. slow exchange {ex}"
@@ -296,22 +343,27 @@ def evaluate_check(check: CheckConfig, source: Source, endpoint_filter: str = "*
         subs.append(_errors(check, source, eps))
     latency_metrics = [m for m in QUANTILE if getattr(check, m) is not None]
     if latency_metrics:
-        want_pairs = any(m in PAIRED for m in latency_metrics)
+        cums: dict[tuple[tuple[str, ...], str], Any] = {}
+        paired_lat: dict[tuple[tuple[str, ...], str], Any] = {}
+        samples: dict[str, tuple[int, int]] = {}
 
-        def read(scope: list[str]) -> Any:
-            pairs = source.latency_pairs(scope) if want_pairs else None
-            return (*source.latency_cumulative(scope), pairs)
+        def read(scope: tuple[str, ...], baseline: str, paired: bool) -> Any:
+            """Each side's cumulative counts read once for every metric; the pairs
+            once for the paired ones."""
+            key = (scope, baseline)
+            if key not in cums:
+                cums[key] = source.latency_cumulative(scope, baseline)
+            if paired and key not in paired_lat:
+                paired_lat[key] = source.latency_pairs(scope, baseline)
+            return (*cums[key], paired_lat[key] if paired else None)
 
-        cums = {ep: read([ep]) for ep in eps}
-        merged: dict[tuple[str, ...], Any] = {}
+        def pair_sample(ep: str) -> tuple[int, int]:
+            if ep not in samples:
+                samples[ep] = (len(source.latency_pairs((ep,), PRIMARY)[0]),
+                               len(source.latency_pairs((ep,), SECONDARY)[0]))
+            return samples[ep]
 
-        def aggregate(inside: list[str]) -> Any:
-            key = tuple(inside)
-            if key not in merged:
-                merged[key] = read(inside)
-            return merged[key]
-
-        subs.extend(_latency(check, source, eps, metric, cums, aggregate)
+        subs.extend(_latency(check, source, eps, metric, read, pair_sample)
                     for metric in latency_metrics)
     if check.forbid_kinds is not None:
         kinds = tuple(check.forbid_kinds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +13,8 @@ from ..store.sketch import Sketch
 from . import sequential
 from .evaluate import (
     MAX_EXAMPLES,
+    PRIMARY,
+    SECONDARY,
     Counts,
     ErrorPairs,
     FieldInfo,
@@ -67,6 +70,8 @@ class StoreSource:
         self._noise: dict[tuple[str, str], tuple[int, int]] | None = None
         self._secondary: set[str] | None = None
         self._sketches: dict[str, tuple[Sketch, Sketch, Sketch]] | None = None
+        self._pair_cache: dict[tuple[str, ...], tuple[list[float], list[float],
+                                                      list[float]]] = {}
 
     def _all_stats(self) -> dict[str, Any]:
         if self._stats is None:
@@ -124,33 +129,56 @@ class StoreSource:
     def _all_sketches(self) -> dict[str, tuple[Sketch, Sketch, Sketch]]:
         if self._sketches is None:
             self._sketches = self.store.latency_sketches(self.since, self.until, "*",
-                                                         secondary=False)
+                                                         secondary=True)
         return self._sketches
 
-    def latency_cumulative(self, endpoints: Sequence[str]
+    def latency_cumulative(self, endpoints: Sequence[str], baseline: str = PRIMARY
                            ) -> tuple[list[tuple[float, int]], list[tuple[float, int]]]:
-        """From the window's latency sketches (every pair, at the sketches' bucket
-        edges)."""
-        ps, cs = Sketch(), Sketch()
+        """From the window's latency sketches (every latency, at the sketches' bucket
+        edges): the baseline's (primary's, or the secondary's) and the candidate's."""
+        side = 2 if baseline == SECONDARY else 0
+        bs, cs = Sketch(), Sketch()
         for ep in endpoints:
             got = self._all_sketches().get(ep)
             if got is not None:
-                ps.merge(got[0])
+                bs.merge(got[side])
                 cs.merge(got[1])
-        return ps.cumulative(), cs.cumulative()
+        return bs.cumulative(), cs.cumulative()
 
-    def latency_pairs(self, endpoints: Sequence[str]) -> tuple[list[float], list[float]]:
-        """The window's latency pairs of ``endpoints`` (``Store.latencies_of``: every
-        pair up to ``PAIR_WINDOW``, beyond that a uniform sample of that many); the
-        count of pairs is the sketches' (every pair), which saves the store a read."""
-        n = 0
-        for ep in endpoints:
-            got = self._all_sketches().get(ep)
-            if got is not None:
-                n += got[0].count
-        if not n:
-            return [], []
-        return self.store.latencies_of(list(endpoints), self.since, self.until, pairs=n)
+    def _triples(self, endpoints: Sequence[str]
+                 ) -> tuple[list[float], list[float], list[float]]:
+        """The window's latency pairs of ``endpoints`` with their secondary latency
+        (``Store.latency_triples_of``: every pair up to ``PAIR_WINDOW``, beyond that a
+        uniform sample of that many); the count of pairs is the sketches' (every pair),
+        which saves the store a read."""
+        key = tuple(endpoints)
+        got = self._pair_cache.get(key)
+        if got is None:
+            n = 0
+            for ep in endpoints:
+                sk = self._all_sketches().get(ep)
+                if sk is not None:
+                    n += sk[0].count
+            got = self.store.latency_triples_of(list(endpoints), self.since, self.until,
+                                                pairs=n) if n else ([], [], [])
+            self._pair_cache[key] = got
+        return got
+
+    def latency_pairs(self, endpoints: Sequence[str], baseline: str = PRIMARY
+                      ) -> tuple[list[float], list[float]]:
+        """(baseline, candidate) latency of each pair of :meth:`_triples`; with the
+        secondary as the baseline, of the pairs the secondary answered."""
+        p, c, s = self._triples(endpoints)
+        if baseline == SECONDARY:
+            keep = [i for i, x in enumerate(s) if not math.isnan(x)]
+            return [s[i] for i in keep], [c[i] for i in keep]
+        return p, c
+
+    def secondary_latencies(self, endpoint: str) -> tuple[int, int]:
+        """(latency pairs, the secondary's latencies) of ``endpoint`` in the window, from
+        the sketches."""
+        got = self._all_sketches().get(endpoint)
+        return (0, 0) if got is None else (got[0].count, got[2].count)
 
     def has_secondary(self, endpoint: str) -> bool:
         """The secondary answered exchanges of ``endpoint`` in the window."""
@@ -209,8 +237,9 @@ class StoreSource:
                                              ex or f.example_id))
         return hits
 
-    def slow_example(self, endpoint: str) -> str | None:
-        """Among recent exchanges, the one with the largest candidate/primary latency."""
+    def slow_example(self, endpoint: str, baseline: str = PRIMARY) -> str | None:
+        """Among recent exchanges, the one with the largest candidate / baseline latency
+        (primary's, or the secondary's where it answered)."""
         rows = self.store.exchanges(glob_escape(endpoint), None, self.since, self.until,
                                     SLOW_SCAN)
         best, best_ratio = None, 0.0
@@ -218,7 +247,13 @@ class StoreSource:
             if failed(r.candidate_status, r.candidate_error) or \
                     failed(r.primary_status, r.primary_error) or r.primary_latency <= 0:
                 continue
-            ratio = r.candidate_latency / r.primary_latency
+            ref = r.primary_latency
+            if baseline == SECONDARY:
+                if not r.secondary_status or r.secondary_status <= 0 or \
+                        not r.secondary_latency or r.secondary_latency <= 0:
+                    continue
+                ref = r.secondary_latency
+            ratio = r.candidate_latency / ref
             if ratio > best_ratio:
                 best, best_ratio = r.id, ratio
         return best

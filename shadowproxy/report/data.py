@@ -26,7 +26,8 @@ Schema ``shadowproxy.report/1`` (keys of the top-level dict)::
     endpoints       [{endpoint, exchanges, matches, diffs, noise, errors, diff_rate,
                       noise_rate, error_rate, candidate_5xx, primary_5xx, candidate_errors,
                       primary_errors, candidate_error_rate, primary_error_rate,
-                      latency_samples, latency: {p50|p95|p99: {primary, candidate, ratio}},
+                      latency_samples, latency: {p50|p95|p99: {primary, candidate, ratio,
+                      secondary, ratio_secondary, baseline, judged_ratio}},
                       fields_with_diffs}]                     most diffs first
     fields          {endpoint: [{field, count, exchanges, share, kinds{kind: n},
                       noise_count, noise, example}]}          top fields, most frequent first
@@ -40,8 +41,11 @@ Schema ``shadowproxy.report/1`` (keys of the top-level dict)::
     outcome_totals  {outcome: count}
     series          {bucket_seconds, endpoints: {endpoint: [{t, exchanges, diffs, noise,
                       errors, diff_rate}]}}
-    latency         {endpoint: {samples, primary{min,p50,p90,p95,p99,max,mean},
-                      candidate{...}, cdf{q[], primary[], candidate[]}}}
+    latency         {endpoint: {samples, baseline{p50|p90|p95|p99|max: "primary" |
+                      "secondary"}, primary{min,p50,p90,p95,p99,max,mean},
+                      candidate{...}, secondary{...}|None, cdf{q[], primary[],
+                      candidate[]}}}               baseline: what the latency checks
+                                                   judge the candidate against
 """
 
 from __future__ import annotations
@@ -92,13 +96,22 @@ def bucket_for(seconds: float, points: int = SERIES_POINTS) -> int:
 # ------------------------------------------------------------------ sections
 
 
-def _endpoint_row(s: EndpointStats) -> dict[str, Any]:
+def _endpoint_row(s: EndpointStats, secondary: Sketch | None = None,
+                  baselines: dict[str, str] | None = None) -> dict[str, Any]:
     n = s.exchanges
     lat = {}
-    for q in ("p50", "p95", "p99"):
+    sq = secondary.quantiles((0.5, 0.95, 0.99)) if secondary is not None and \
+        secondary.count else [None, None, None]
+    for q, sv in zip(("p50", "p95", "p99"), sq, strict=True):
         p = getattr(s, f"primary_{q}")
         c = getattr(s, f"candidate_{q}")
-        lat[q] = {"primary": p, "candidate": c, "ratio": _ratio(c, p)}
+        base = (baselines or {}).get(q, PRIMARY)
+        ratio, ratio_s = _ratio(c, p), _ratio(c, sv)
+        # ratio: candidate / primary; judged: candidate / the baseline the latency
+        # checks judge against (the secondary where there is one: docs/checks.md)
+        lat[q] = {"primary": p, "candidate": c, "ratio": ratio, "secondary": sv,
+                  "ratio_secondary": ratio_s, "baseline": base,
+                  "judged_ratio": ratio_s if base == SECONDARY else ratio}
     return {
         "endpoint": s.endpoint,
         "exchanges": n,
@@ -128,15 +141,54 @@ def _summary(s: Sketch) -> dict[str, float | None]:
             "mean": s.mean()}
 
 
+PRIMARY, SECONDARY = "primary", "secondary"
+ENOUGH_SECONDARY = 0.5      # as shadowproxy.checks.judge.ENOUGH_SECONDARY
+LATENCY_QUANTILES = ("p50", "p90", "p95", "p99", "max")
+_CHECKED = {"max_p50_ratio": "p50", "max_p99_ratio": "p99"}
+
+
+def latency_baselines(sketches: dict[str, tuple[Sketch, Sketch, Sketch]],
+                      checks: dict[str, Any] | None) -> dict[str, dict[str, str]]:
+    """endpoint → quantile (``p50``, ``p90``, ``p95``, ``p99``, ``max``) → the baseline
+    (``primary`` or ``secondary``) of the ratio the latency checks judge: for p50 and
+    p99 the one the configured checks used on that endpoint (``details.baseline`` of
+    their units), for the others, and without checks, the checks' default rule (the
+    secondary where its sketch has at least half as many latencies as the endpoint's
+    pairs)."""
+    out: dict[str, dict[str, str]] = {}
+    for ep, (ps, _cs, ss) in sketches.items():
+        base = SECONDARY if ss.count and ss.count >= ENOUGH_SECONDARY * ps.count else PRIMARY
+        out[ep] = dict.fromkeys(LATENCY_QUANTILES, base)
+    for c in (checks or {}).get("checks") or []:
+        for sub in c.get("subchecks") or []:
+            q = _CHECKED.get(sub.get("metric"))
+            if q is None:
+                continue
+            for u in sub.get("endpoints") or []:
+                b = (u.get("details") or {}).get("baseline")
+                if u.get("endpoint") in out and b in (PRIMARY, SECONDARY):
+                    out[u["endpoint"]].setdefault("_" + q, b)
+    for marks in out.values():
+        for q in ("p50", "p99"):
+            if "_" + q in marks:
+                marks[q] = marks.pop("_" + q)
+    return out
+
+
 def latency_section(primary: Sketch, candidate: Sketch,
-                    secondary: Sketch | None = None) -> dict[str, Any]:
+                    secondary: Sketch | None = None,
+                    baselines: dict[str, str] | None = None) -> dict[str, Any]:
     """Latencies of the exchanges where both answered, from the window's sketches: every
     figure within 1/128 of the exact one (see :mod:`shadowproxy.store.sketch`); and the
     secondary's (of the exchanges it answered; None without one): sent from the same
     process at the same moments as the candidate, it is the like-with-like reference
-    for the candidate's latency (docs/architecture.md, "Latency: what is timed")."""
+    for the candidate's latency (docs/architecture.md, "Latency: what is timed").
+    ``baseline``: per quantile, the side the latency checks judge the candidate
+    against (:func:`latency_baselines`)."""
     return {
         "samples": primary.count,
+        "baseline": dict(baselines) if baselines else dict.fromkeys(LATENCY_QUANTILES,
+                                                                    PRIMARY),
         "primary": _summary(primary),
         "candidate": _summary(candidate),
         "secondary": _summary(secondary) if secondary is not None and secondary.count
@@ -342,7 +394,12 @@ def build_report(store: Store, *, since: float, until: float, cfg: Any = None,
              for s in store.endpoint_stats(since, until, quantiles=False)]
     stats = _against_candidate(store, stats, since, until)
     stats.sort(key=lambda s: (-s.diffs, -s.exchanges, s.endpoint))
-    endpoints = [_endpoint_row(s) for s in stats]
+    if checks == "auto":
+        checks = evaluate_checks(store, cfg, since, until, now, sketches)
+    # the ratio each latency check judges: against the secondary where there is one
+    baselines = latency_baselines(sketches, checks if isinstance(checks, dict) else None)
+    endpoints = [_endpoint_row(s, sketches.get(s.endpoint, none)[2],
+                               baselines.get(s.endpoint)) for s in stats]
     by_name = {e["endpoint"]: e for e in endpoints}
 
     # fields: one query for every endpoint, then the top ones per endpoint
@@ -397,7 +454,7 @@ def build_report(store: Store, *, since: float, until: float, cfg: Any = None,
     latency = {}
     for e in endpoints:
         ps, cs, ss = sketches.get(e["endpoint"], (Sketch(), Sketch(), Sketch()))
-        latency[e["endpoint"]] = latency_section(ps, cs, ss)
+        latency[e["endpoint"]] = latency_section(ps, cs, ss, baselines.get(e["endpoint"]))
 
     n = sum(e["exchanges"] for e in endpoints)
     totals = {
@@ -417,9 +474,6 @@ def build_report(store: Store, *, since: float, until: float, cfg: Any = None,
     totals["diff_rate"] = _rate(totals["diffs"], n - totals["errors"])
     totals["noise_rate"] = _rate(totals["noise"], n)
     totals["error_rate"] = _rate(totals["errors"], n)
-
-    if checks == "auto":
-        checks = evaluate_checks(store, cfg, since, until, now, sketches)
 
     upstreams = getattr(cfg, "upstreams", None)
     secondary = bool(getattr(upstreams, "secondary", None)) if upstreams is not None else \
@@ -460,7 +514,8 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
              for f in rows]
         for ep, rows in report.get("fields", {}).items()}
     out["latency"] = {ep: {"samples": v["samples"], "primary": v["primary"],
-                           "candidate": v["candidate"], "secondary": v.get("secondary")}
+                           "candidate": v["candidate"], "secondary": v.get("secondary"),
+                           "baseline": v.get("baseline")}
                       for ep, v in report.get("latency", {}).items()}
     return out
 

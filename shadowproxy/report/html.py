@@ -52,7 +52,7 @@ td.ep{min-width:10em;word-break:normal;overflow-wrap:anywhere}
 .tiles{display:flex;flex-wrap:wrap;gap:8px;margin:8px 0}
 .tile{background:var(--panel);border:1px solid var(--line);border-radius:6px;padding:6px 12px}
 .tile b{display:block;font-size:18px}
-.bad{color:var(--bad);font-weight:600}.ok{color:var(--ok)}.warn{color:var(--warn)}
+.bad{color:var(--bad);font-weight:600}.judged{font-weight:600}.ok{color:var(--ok)}.warn{color:var(--warn)}
 .badge{display:inline-block;border-radius:10px;padding:0 7px;font-size:11px;
 background:var(--panel);border:1px solid var(--line);color:var(--muted);font-weight:500}
 .badge.noise{color:var(--warn);border-color:var(--warn)}
@@ -469,18 +469,26 @@ def _endpoints(r: dict[str, Any]) -> str:
                     "bad" if ep["candidate_error_rate"] > ep["primary_error_rate"] else "")]
         for q in ("p50", "p95", "p99"):
             lat = ep["latency"][q]
-            ratio = lat["ratio"]
+            # the ratio the latency checks judge: against the secondary where there is one
+            base = lat.get("baseline", "primary")
+            ratio = lat.get("judged_ratio", lat["ratio"])
             row.append(cell(f"{q}_primary", name, lat["primary"], fmt_ms(lat["primary"])))
             row.append(cell(f"{q}_candidate", name, lat["candidate"], fmt_ms(lat["candidate"])))
-            row.append(cell(f"{q}_ratio", name, ratio, fmt_ratio(ratio),
+            row.append(cell(f"{q}_ratio", name, ratio,
+                            fmt_ratio(ratio) + (" <small>÷ sec</small>"
+                                                if base == "secondary" else ""),
                             "bad" if ratio is not None and ratio > 1.2 else
-                            ("ok" if ratio is not None and ratio < 0.9 else "")))
+                            ("ok" if ratio is not None and ratio < 0.9 else ""),
+                            baseline=base))
         rows.append(f'<tr data-endpoint="{e(name)}">{"".join(row)}</tr>')
     return ('<section id="endpoints"><h2>Endpoints</h2><p class="muted">Diff rate: exchanges '
             'with a difference that is not noise; noise rate: exchanges whose only differences '
             'were noise; errors: exchanges that could not be compared. 5xx / failed: '
             'responses with a 5xx status or no complete response. Latencies over the '
-            'exchanges where both answered; ratio = candidate / primary.</p>'
+            'exchanges where both answered; ratio = candidate ÷ the baseline the latency '
+            'checks judge against: the secondary where it answered (marked ÷ sec; sent '
+            'from the same process at the same moments as the candidate), else '
+            'primary.</p>'
             f'<table><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table></section>')
 
 
@@ -527,18 +535,24 @@ def _latency(r: dict[str, Any]) -> str:
     for name, v in lat.items():
         rows = []
         sec = v.get("secondary")
+        judged = v.get("baseline") or {}
         for q in ("p50", "p90", "p95", "p99", "max"):
             p, c = v["primary"][q], v["candidate"][q]
             ratio = (c / p) if (p and c is not None) else None
+            on_sec = sec is not None and judged.get(q) == "secondary"
             row = (f'<tr><th>{q}</th>'
                    + cell(f"latency_{q}_primary", name, p, fmt_ms(p))
                    + cell(f"latency_{q}_candidate", name, c, fmt_ms(c))
-                   + cell(f"latency_{q}_ratio", name, ratio, fmt_ratio(ratio)))
+                   + _judged(cell(f"latency_{q}_ratio", name, ratio, fmt_ratio(ratio),
+                                  "judged" if not on_sec else "",
+                                  judged="no" if on_sec else "yes"), not on_sec))
             if sec is not None:
                 s2 = sec[q]
                 r2 = (c / s2) if (s2 and c is not None) else None
                 row += (cell(f"latency_{q}_secondary", name, s2, fmt_ms(s2))
-                        + cell(f"latency_{q}_ratio_secondary", name, r2, fmt_ratio(r2)))
+                        + _judged(cell(f"latency_{q}_ratio_secondary", name, r2,
+                                       fmt_ratio(r2), "judged" if on_sec else "",
+                                       judged="yes" if on_sec else "no"), on_sec))
             rows.append(row + "</tr>")
         head = "<th></th><th>primary</th><th>candidate</th><th>ratio</th>"
         if sec is not None:
@@ -556,7 +570,14 @@ def _latency(r: dict[str, Any]) -> str:
             '<p class="muted">Cumulative distribution (log time axis) over the exchanges where '
             f'both answered: <span class="key" style="background:{PRIMARY_COLOR}"></span>'
             f'primary<span class="key" style="background:{CANDIDATE_COLOR}"></span>candidate'
+            '. ◆ marks the ratio the latency checks judge: candidate ÷ secondary where the '
+            'secondary answered, else candidate ÷ primary (docs/checks.md).'
             f'</p><div class="grid">{"".join(cards)}</div></section>')
+
+
+def _judged(td: str, mark: bool) -> str:
+    """A ratio's cell, marked ◆ when it is the one the latency checks judge."""
+    return td.replace(">", ">◆ ", 1) if mark else td
 
 
 def _value(v: Any, kind: str | None, side: str) -> str:

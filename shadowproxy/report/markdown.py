@@ -88,7 +88,7 @@ def render_markdown(r: dict[str, Any]) -> str:
                 f'{fmt_pct(ep["primary_error_rate"])} → {fmt_pct(ep["candidate_error_rate"])} | '
                 f'{fmt_ms(lat50["primary"])} → {fmt_ms(lat50["candidate"])} | '
                 f'{fmt_ms(lat99["primary"])} → {fmt_ms(lat99["candidate"])} '
-                f'({fmt_ratio(lat99["ratio"])}) |')
+                f'({_judged_ratio(lat99)}) |')
         if len(eps) > MAX_ENDPOINTS:
             lines.append(f"| … and {len(eps) - MAX_ENDPOINTS} more endpoints | | | | | | |")
         lines.append("")
@@ -139,3 +139,10 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines.append(head + (" · ".join(drops) if drops else "none"))
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _judged_ratio(lat: dict[str, Any]) -> str:
+    """The ratio the latency checks judge: candidate ÷ secondary where there is one."""
+    if lat.get("baseline") == "secondary":
+        return f'{fmt_ratio(lat.get("judged_ratio"))} ÷ secondary'
+    return fmt_ratio(lat.get("judged_ratio", lat["ratio"]))

@@ -234,6 +234,12 @@ class Store(Protocol):
         """:meth:`latencies` of exact endpoint names together (one sample of them all)."""
         ...
 
+    def latency_triples_of(self, endpoints: Sequence[str] | None, since: float | None = None,
+                           until: float | None = None, *, pairs: int | None = None
+                           ) -> tuple[list[float], list[float], list[float]]:
+        """:meth:`latencies_of` with each pair's secondary latency (NaN where none)."""
+        ...
+
     def latency_sketches(self, since: float | None = None, until: float | None = None,
                          endpoint_glob: str = "*", *, secondary: bool = True
                          ) -> dict[str, tuple[Sketch, Sketch, Sketch]]:

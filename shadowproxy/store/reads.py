@@ -30,7 +30,7 @@ from .base import (
     with_quantiles,
 )
 from .documents import _json_value
-from .rollup import MAX_KEY, PAIR_WINDOW, Minute, Pairs, pair_key
+from .rollup import MAX_KEY, NO_SECONDARY, PAIR_WINDOW, Minute, Pairs, pair_key
 from .runs import RUN_PREFIX
 from .sketch import Sketch
 from .window import (
@@ -165,8 +165,17 @@ class SharedReads:
         together: one uniform sample of them all, not a sample per endpoint.
         ``pairs``: how many latency pairs the window holds, when the caller knows
         (``EndpointStats.latency_samples``), saving a read of the counters."""
+        p, c, _s = self.latency_triples_of(endpoints, since, until, pairs=pairs)
+        return p, c
+
+    def latency_triples_of(self, endpoints: Sequence[str] | None, since: float | None = None,
+                           until: float | None = None, *, pairs: int | None = None
+                           ) -> tuple[list[float], list[float], list[float]]:
+        """:meth:`latencies_of` with the secondary's latency of each pair: (primary,
+        candidate, secondary), the secondary's NaN where it did not answer or the pair
+        was stored before pair samples kept it (``rollup.PAIRS_V2``)."""
         if endpoints is not None and not endpoints:
-            return [], []
+            return [], [], []
         eps = None if endpoints is None else list(endpoints)
         kw: dict[str, Any] = {"scope": self.scope, "dialect": self.dialect}
         with self._reading() as q:
@@ -180,10 +189,13 @@ class SharedReads:
                     params.extend(eps)
                 clauses.append(_PAIR_OK)
                 rows = Pairs()
-                for xid, pl, cl in q(
-                        "SELECT id, primary_latency, candidate_latency FROM exchanges "
-                        "WHERE " + " AND ".join(clauses), params):
-                    rows.add(pair_key(xid), pl, cl, PAIR_WINDOW)
+                for xid, pl, cl, ss, sl in q(
+                        "SELECT id, primary_latency, candidate_latency, secondary_status, "
+                        "secondary_latency FROM exchanges WHERE " + " AND ".join(clauses),
+                        params):
+                    rows.add(pair_key(xid), pl, cl,
+                             sl if ss is not None and sl is not None and ss > 0
+                             else NO_SECONDARY, PAIR_WINDOW)
                 return rows.window(PAIR_WINDOW)
             # The pairs of smallest key: a uniform hash puts about PAIR_WINDOW of the
             # N pairs below PAIR_WINDOW/N of the key range. Decode only those (with a

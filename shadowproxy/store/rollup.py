@@ -37,6 +37,7 @@ The latency pair sample
 from __future__ import annotations
 
 import hashlib
+import math
 from array import array
 from bisect import bisect_left
 from collections import Counter
@@ -80,23 +81,51 @@ def set_key(fields: Iterable[str]) -> str:
     return MANY_FIELDS if len(unique) > MAX_SET_FIELDS else SEP.join(unique)
 
 
+NO_SECONDARY = math.nan     # a pair's secondary latency where there is none
+# The stored pair sample (``rollup_blobs`` of kind ``pairs``): a flag byte, then n + 1
+# little-endian unsigned 64-bit numbers (the bound, then the n keys ascending), then the
+# latencies (little-endian doubles, seconds), pair after pair.
+#   PAIRS_V1 (flag 0 or 1): 2 latencies a pair, primary and candidate: 9 + 24n bytes
+#   PAIRS_V2 (flag | 2): 3 a pair, primary, candidate and secondary (NaN where the
+#       secondary did not answer): 9 + 32n bytes; written when a pair has a secondary
+# Flag bit 0: the bound holds (some pairs of the span were left out). A pair sample
+# written before V2 (store schema 3 and older, either engine) reads as pairs without
+# a secondary.
+_BOUNDED, _SECONDARY = 1, 2
+PAIRS_V1, PAIRS_V2 = 0, _SECONDARY
+
+
+def _width(flag: int) -> int:
+    if flag & ~(_BOUNDED | _SECONDARY):
+        raise ValueError(f"unknown latency pair sample format (flag byte {flag})")
+    return 3 if flag & _SECONDARY else 2
+
+
+def _key(it: tuple[int, float, float, float]) -> int:
+    return it[0]
+
+
 @dataclass(slots=True)
 class Pairs:
-    """A bottom-k sample of latency pairs: ``(key, primary, candidate)``, and whether it
-    holds every pair of its span (``complete``) or only those of key < ``bound``."""
+    """A bottom-k sample of latency pairs: ``(key, primary, candidate, secondary)`` (the
+    secondary's latency NaN where it did not answer, or the pair was stored before the
+    sample kept it), and whether it holds every pair of its span (``complete``) or only
+    those of key < ``bound``."""
 
-    items: list[tuple[int, float, float]] = field(default_factory=list)
+    items: list[tuple[int, float, float, float]] = field(default_factory=list)
     bound: int = MAX_KEY + 1        # every pair of the span with key < bound is here
 
-    def add(self, key: int, primary: float, candidate: float, k: int = PAIR_SAMPLE) -> None:
+    def add(self, key: int, primary: float, candidate: float, secondary: float = NO_SECONDARY,
+            k: int = PAIR_SAMPLE) -> None:
         if key >= self.bound:
             return
-        self.items.append((key, primary, candidate))
+        self.items.append((key, primary, candidate, secondary))
         if len(self.items) > 2 * k:
             self.trim(k)
 
-    def add_many(self, items: Iterable[tuple[int, float, float]], k: int = PAIR_SAMPLE) -> None:
-        """:meth:`add` of many ``(key, primary, candidate)``."""
+    def add_many(self, items: Iterable[tuple[int, float, float, float]],
+                 k: int = PAIR_SAMPLE) -> None:
+        """:meth:`add` of many ``(key, primary, candidate, secondary)``."""
         bound = self.bound
         self.items.extend(it for it in items if it[0] < bound)
         if len(self.items) > 2 * k:
@@ -105,7 +134,7 @@ class Pairs:
     def trim(self, k: int) -> None:
         """Keep the ``k`` of smallest key (and lower the bound accordingly)."""
         below = [it for it in self.items if it[0] < self.bound]
-        below.sort()            # a sort beats a heap when k is near the length (at most 2k)
+        below.sort(key=_key)    # a sort beats a heap when k is near the length (at most 2k)
         if len(below) > k:
             below = below[:k + 1]
             self.bound = below[k][0]
@@ -126,49 +155,52 @@ class Pairs:
         if not blob:
             return
         data = bytes(blob)
-        n = (len(data) - 9) // 24
+        width = _width(data[0])
+        n = (len(data) - 9) // (8 + 8 * width)
         keys = array("Q")
         keys.frombytes(data[9:9 + 8 * n])
-        if data[0]:
+        if data[0] & _BOUNDED:
             self.bound = min(self.bound, int.from_bytes(data[1:9], "little"))
         cut = bisect_left(keys, self.bound)
         if not cut:
             return
         vals = array("d")
-        vals.frombytes(data[9 + 8 * n:9 + 8 * n + 16 * cut])
-        self.items.extend(zip(keys[:cut], vals[0::2], vals[1::2], strict=False))
+        vals.frombytes(data[9 + 8 * n:9 + 8 * n + 8 * width * cut])
+        if width == 3:
+            self.items.extend(zip(keys[:cut], vals[0::3], vals[1::3], vals[2::3],
+                                  strict=True))
+        else:
+            self.items.extend((key, p, c, NO_SECONDARY) for key, p, c in
+                              zip(keys[:cut], vals[0::2], vals[1::2], strict=True))
         if len(self.items) > 2 * k:
             self.trim(k)
 
-    def window(self, k: int = PAIR_WINDOW) -> tuple[list[float], list[float]]:
-        """The sample's pairs, ascending by key: (primary latencies, candidate latencies)."""
+    def window(self, k: int = PAIR_WINDOW) -> tuple[list[float], list[float], list[float]]:
+        """The sample's pairs, ascending by key: (primary latencies, candidate latencies,
+        secondary latencies, NaN where there is none)."""
         self.trim(k)            # leaves the items below the bound, ascending by key
         chosen = self.items
-        return [p for _k, p, _c in chosen], [c for _k, _p, c in chosen]
+        return ([it[1] for it in chosen], [it[2] for it in chosen],
+                [it[3] for it in chosen])
 
     def to_bytes(self) -> bytes:
+        """The stored form (:data:`PAIRS_V1`, or :data:`PAIRS_V2` when a pair has the
+        secondary's latency)."""
         self.trim(PAIR_SAMPLE)
         items = self.items      # trim left them ascending by key
         keys = array("Q", [self.bound if self.bound <= MAX_KEY else MAX_KEY])
         keys.extend([it[0] for it in items])
-        vals = array("d", [x for it in items for x in it[1:]])
-        flag = b"\x01" if self.bound <= MAX_KEY else b"\x00"
-        return flag + keys.tobytes() + vals.tobytes()
+        with_secondary = any(it[3] == it[3] for it in items)     # any not NaN
+        width = 3 if with_secondary else 2
+        vals = array("d", [x for it in items for x in it[1:1 + width]])
+        flag = (_BOUNDED if self.bound <= MAX_KEY else 0) | (_SECONDARY if with_secondary
+                                                              else 0)
+        return bytes((flag,)) + keys.tobytes() + vals.tobytes()
 
     @classmethod
     def from_bytes(cls, blob: bytes | memoryview | None) -> Pairs:
         out = cls()
-        if not blob:
-            return out
-        data = bytes(blob)
-        n = (len(data) - 9) // 24
-        keys = array("Q")
-        keys.frombytes(data[1:9 + 8 * n])
-        vals = array("d")
-        vals.frombytes(data[9 + 8 * n:])
-        if data[0]:
-            out.bound = keys[0]
-        out.items = [(keys[i + 1], vals[2 * i], vals[2 * i + 1]) for i in range(n)]
+        out.merge_bytes(blob, k=1 << 62)
         return out
 
 
@@ -294,24 +326,28 @@ def aggregate(out: dict[K, Minute], keys: Sequence[K], ids: Sequence[str],
         if cf or pf:
             n[10 if cf and pf else 11 if cf else 12] += m
     # latency pairs (both answered) and the secondary's latencies, per key
-    lat: dict[K, tuple[list[str], list[float], list[float]]] = {}
-    for key, x, ps, pe, pl, cs, ce, cl in zip(keys, ids, p_status, p_error, p_latency,
-                                              c_status, c_error, c_latency, strict=True):
+    lat: dict[K, tuple[list[str], list[float], list[float], list[float]]] = {}
+    for key, x, ps, pe, pl, cs, ce, cl, ss, sl in zip(
+            keys, ids, p_status, p_error, p_latency, c_status, c_error, c_latency,
+            s_status, s_latency, strict=True):
         if pe is None and ce is None and ps > 0 and cs > 0:
             got = lat.get(key)
             if got is None:
-                got = lat[key] = ([], [], [])
+                got = lat[key] = ([], [], [], [])
             got[0].append(x)
             got[1].append(pl)
             got[2].append(cl)
-    for key, (xs, pls, cls) in lat.items():
+            # the secondary's latency where it answered (as its sketch counts it)
+            got[3].append(sl if ss is not None and sl is not None and ss > 0
+                          else NO_SECONDARY)
+    for key, (xs, pls, cls, sls) in lat.items():
         mm = out[key]
         mm.counts[9] += len(xs)
         mm.sums[0] += sum(pls)
         mm.sums[1] += sum(cls)
         mm.primary.add_many(pls)
         mm.candidate.add_many(cls)
-        mm.pairs.add_many(zip(map(pair_key, xs), pls, cls, strict=True))
+        mm.pairs.add_many(zip(map(pair_key, xs), pls, cls, sls, strict=True))
     if any(st is not None for st in s_status):
         sec: dict[K, list[float]] = {}
         for key, st, sl in zip(keys, s_status, s_latency, strict=True):

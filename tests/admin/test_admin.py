@@ -455,6 +455,10 @@ async def test_api_endpoints(demo: Demo) -> None:
     assert lat["samples"] == user["exchanges"]
     assert 0 < lat["primary"]["p50"] <= lat["primary"]["p99"]
     assert 0 < lat["candidate"]["p50"] <= lat["candidate"]["p99"]
+    # the secondary's beside it: what the latency checks judge the candidate against
+    assert 0.9 * user["exchanges"] <= lat["secondary_samples"] <= user["exchanges"]
+    assert 0 < lat["secondary"]["p50"] <= lat["secondary"]["p99"]
+    assert lat["baseline"] == "secondary"
     assert sum(p[1] for p in user["series"]) == user["exchanges"]
     assert user["counters"]["mirrored"] == user["exchanges"]
     # the candidate's latency shift on products

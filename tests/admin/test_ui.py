@@ -125,6 +125,13 @@ async def test_click_through_to_the_regression(demo: Demo, browser: Chromium,
     user_row = await page.evaluate(
         "document.querySelector('#endpoints tr[data-endpoint=\"user\"]').innerText")
     assert "$.plan" in user_row
+    # latency: the candidate beside the secondary, the side the latency checks judge
+    marks = await page.evaluate(
+        "[...document.querySelectorAll('#endpoints tr[data-endpoint=\"user\"] td[data-baseline]')]"
+        ".map(td => [td.dataset.baseline, td.querySelector('.judged') ? "
+        "td.querySelector('.judged').textContent : ''])")
+    assert len(marks) == 2 and all(b == "secondary" and t.startswith("sec ")
+                                   for b, t in marks), marks
     assert await page.evaluate("sessionStorage.getItem('shadowproxy.token')") == TOKEN
     summary = await page.evaluate("document.querySelector('#summary').innerText")
     assert "400" in summary and "REQUESTS" in summary.upper()

@@ -461,6 +461,68 @@ def test_html_with_a_secondary_says_noise_is_learned(tmp_path: Path) -> None:
     assert summary(r)["latency"]["/users/{id}"]["secondary"] == lat["secondary"]
 
 
+def _judged_cells(cells: Any, endpoint: str, q: str) -> dict[str, str]:
+    """The latency card's ratio cells of ``q`` → their data-judged mark."""
+    out = {}
+    for _t, a in cells.attrs_of:
+        if a.get("data-endpoint") == endpoint and a.get("data-metric") in (
+                f"latency_{q}_ratio", f"latency_{q}_ratio_secondary"):
+            out[a["data-metric"]] = a.get("data-judged")
+    return out
+
+
+@pytest.mark.parametrize("baseline", [None, "secondary", "primary"])
+def test_the_ratio_the_latency_check_judges_is_the_one_marked(
+        tmp_path: Path, baseline: str | None) -> None:
+    """The report marks, per endpoint and quantile, the ratio the latency checks judge:
+    candidate ÷ secondary where there is one (the checks' default, and the report's
+    rule without checks), candidate ÷ primary with ``latency_baseline: primary``."""
+    b = build_store(tmp_path, secondary=True)
+    cfg = _cfg(b.url, secondary=True)
+    if baseline is not None:
+        doc = {"upstreams": {"primary": "http://127.0.0.1:9000",
+                             "candidate": "http://127.0.0.1:9001",
+                             "secondary": "http://127.0.0.1:9002"},
+               "store": {"url": b.url},
+               "checks": [{"name": "speed", "endpoints": "/users/*", "min_samples": 5,
+                           "max_p50_ratio": 100.0, "max_p99_ratio": 100.0,
+                           "latency_baseline": baseline}]}
+        cfg = loads(json.dumps(doc), file="<test>")
+    s = open_store(b.url, readonly=True)
+    try:
+        now = time.time()
+        r = build_report(s, since=now - 86400, until=now, cfg=cfg)
+    finally:
+        s.close()
+    want = baseline or "secondary"
+    ep = "/users/{id}"
+    lat = r["latency"][ep]
+    assert lat["baseline"]["p50"] == lat["baseline"]["p99"] == want
+    row = next(e for e in r["endpoints"] if e["endpoint"] == ep)["latency"]["p50"]
+    assert row["baseline"] == want
+    assert row["judged_ratio"] == (row["ratio_secondary"] if want == "secondary"
+                                   else row["ratio"])
+    assert row["ratio_secondary"] == pytest.approx(row["candidate"] / row["secondary"])
+    if baseline is not None:            # the check judged against the same baseline
+        units = [u for c in r["checks"]["checks"] for sub in c["subchecks"]
+                 for u in sub["endpoints"]]
+        assert units and all(u["details"]["baseline"] == want for u in units)
+    cells = parse(render_html(r))
+    for q in ("p50", "p99"):
+        marks = _judged_cells(cells, ep, q)
+        assert marks == ({"latency_" + q + "_ratio": "no",
+                          "latency_" + q + "_ratio_secondary": "yes"} if want == "secondary"
+                         else {"latency_" + q + "_ratio": "yes",
+                               "latency_" + q + "_ratio_secondary": "no"}), marks
+    ratio_cell = next(a for _t, a in cells.attrs_of if a.get("data-metric") == "p50_ratio"
+                      and a.get("data-endpoint") == ep)
+    assert ratio_cell["data-baseline"] == want
+    assert float(ratio_cell["data-value"]) == pytest.approx(row["judged_ratio"])
+    # an endpoint without a secondary: primary, marked so
+    orders = r["latency"]["/orders"]
+    assert orders["secondary"] is None and orders["baseline"]["p50"] == "primary"
+
+
 def test_without_a_secondary_the_latency_has_no_secondary_column(report: dict[str, Any]) -> None:
     assert report["latency"] and all(v["secondary"] is None for v in report["latency"].values())
     assert "latency_p50_secondary" not in render_html(report)

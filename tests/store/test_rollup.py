@@ -46,7 +46,7 @@ def test_merged_pair_sample_is_the_windows_bottom_k(sizes: list[int], seed: int)
     for m in minutes:
         merged.merge(m)
     k = 100
-    got_p, got_c = merged.window(k)
+    got_p, got_c, _got_s = merged.window(k)
     every.sort()
     # the sample: every pair of the window below a bound, at most k of them, and
     # every pair when the window has no more than one minute's worth
@@ -72,6 +72,80 @@ def test_pair_sample_bound_is_kept_through_bytes() -> None:
     assert back.bound == part.bound < (1 << 64)
     assert sorted(back.items) == sorted(part.items)
     assert Pairs.from_bytes(Pairs().to_bytes()).items == []
+
+
+def _v1_bytes(bound: int | None, items: list[tuple[int, float, float]]) -> bytes:
+    """A pair sample as stores of schema 3 and older kept it (rollup.py before
+    PAIRS_V2, byte for byte): flag 0/1, the bound and the keys, then primary and
+    candidate latency of each pair."""
+    from array import array
+
+    keys = array("Q", [(1 << 64) - 1 if bound is None else bound])
+    keys.extend(k for k, _p, _c in items)
+    vals = array("d", [x for _k, p, c in items for x in (p, c)])
+    return (b"\x00" if bound is None else b"\x01") + keys.tobytes() + vals.tobytes()
+
+
+def test_pair_sample_carries_the_secondary_and_reads_the_old_format() -> None:
+    """PAIRS_V2 keeps each pair's secondary latency (NaN where it did not answer); a
+    sample of the old format reads as pairs without a secondary, and the two merge."""
+    import math
+
+    from shadowproxy.store.rollup import PAIRS_V1, PAIRS_V2
+
+    rnd = random.Random(3)
+    with_s = Pairs()
+    want = {}
+    for i in range(50):
+        key = pair_key(f"s{i}")
+        sec = rnd.random() if i % 5 else math.nan
+        with_s.add(key, i / 100, i / 50, sec)
+        want[key] = (i / 100, i / 50, sec)
+    blob = with_s.to_bytes()
+    assert blob[0] == PAIRS_V2 and len(blob) == 9 + 32 * 50
+    back = Pairs.from_bytes(blob)
+    for key, p, c, sec in back.items:
+        assert (p, c) == want[key][:2]
+        assert sec == want[key][2] or (math.isnan(sec) and math.isnan(want[key][2]))
+    # no secondary in any pair: the old, smaller form
+    plain = Pairs()
+    plain.add(pair_key("p0"), 0.1, 0.2)
+    assert plain.to_bytes()[0] == PAIRS_V1 and len(plain.to_bytes()) == 9 + 24
+    # an old sample: its pairs have no secondary
+    old_items = sorted((pair_key(f"o{i}"), i / 10, i / 5) for i in range(20))
+    old = Pairs.from_bytes(_v1_bytes(None, old_items))
+    assert [(k, p, c) for k, p, c, _s in old.items] == old_items
+    assert all(math.isnan(sec) for *_x, sec in old.items)
+    bounded = Pairs.from_bytes(_v1_bytes(old_items[10][0], old_items[:10]))
+    assert bounded.bound == old_items[10][0] and len(bounded.items) == 10
+    # merged (a minute written before the upgrade and after): every pair, secondary
+    # latencies where they were kept
+    merged = Pairs()
+    merged.merge_bytes(_v1_bytes(None, old_items))
+    merged.merge_bytes(blob)
+    prim, cand, sec = merged.window()
+    assert len(prim) == len(cand) == len(sec) == 70
+    assert sum(not math.isnan(x) for x in sec) == 40
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown latency pair sample format"):
+        Pairs.from_bytes(b"\x04" + bytes(8))
+
+
+def test_minute_pairs_carry_the_secondary_where_it_answered() -> None:
+    import math
+
+    m = Minute()
+    base = {"verdict": "match", "p_status": 200, "p_error": None, "p_latency": 0.001,
+            "c_status": 200, "c_error": None, "c_latency": 0.02}
+    m.add_exchange(exchange_id="a", s_status=200, s_error=None, s_latency=0.021, **base)
+    m.add_exchange(exchange_id="b", s_status=None, s_error=None, s_latency=None, **base)
+    m.add_exchange(exchange_id="c", s_status=0, s_error="timeout", s_latency=2.0, **base)
+    m.add_exchange(exchange_id="d", s_status=503, s_error=None, s_latency=0.03, **base)
+    got = {k: sec for k, _p, _c, sec in Pairs.from_bytes(m.pairs.to_bytes()).items}
+    assert got[pair_key("a")] == 0.021 and got[pair_key("d")] == 0.03
+    assert math.isnan(got[pair_key("b")]) and math.isnan(got[pair_key("c")])
+    assert m.secondary.count == 2          # the sketch counts the same answers
 
 
 def test_sketch_quantiles_within_stated_error_after_merging_minutes() -> None:

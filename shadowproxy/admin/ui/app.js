@@ -307,9 +307,24 @@
     return svg;
   }
 
-  function latencyCell(p, c) {
-    const cls = p && c && c > p * 1.1 && c - p > 0.001 ? "slower" : p && c && c < p * 0.9 && p - c > 0.001 ? "faster" : "";
-    return h("td", { class: "num" }, ms(p), " / ", h("span", { class: cls, text: ms(c) }));
+  // primary / candidate (· secondary) latency; the candidate is coloured against the
+  // side the latency checks judge it against: the secondary where it answered (sent
+  // from the same process at the same moments: like with like), else primary
+  function latencyCell(p, c, s, baseline) {
+    const onSec = baseline === "secondary" && s;
+    const b = onSec ? s : p;
+    const cls = b && c && c > b * 1.1 && c - b > 0.001 ? "slower" : b && c && c < b * 0.9 && b - c > 0.001 ? "faster" : "";
+    const ratio = b && c ? (c / b).toFixed(2) + "x" : "–";
+    const title = `candidate ÷ ${onSec ? "secondary" : "primary"} ${ratio}: the ratio the latency checks judge`;
+    const td = h("td", { class: "num", title, dataset: { baseline: onSec ? "secondary" : "primary" } },
+      ms(p), " / ", h("span", { class: cls, text: ms(c) }));
+    if (s) td.append(" · ", h("span", { class: onSec ? "judged" : "muted", text: "sec " + ms(s) }));
+    return td;
+  }
+
+  function lat(e, q) {
+    const l = e.latency;
+    return latencyCell(l.primary[q], l.candidate[q], l.secondary ? l.secondary[q] : null, l.baseline);
   }
 
   const ENDPOINT_COLS = [
@@ -319,8 +334,8 @@
     ["diff_rate", "Diff", true, "Share of exchanges with a real (non-noise) difference"],
     ["noise_rate", "Noise", true, "Share of exchanges whose only differences are learned noise"],
     ["errors", "Errors", true, "Candidate failed (connect, timeout, reset…)"],
-    ["p50", "p50 ms pri / cand", true],
-    ["p99", "p99 ms pri / cand", true],
+    ["p50", "p50 ms pri / cand · sec", true, "The candidate is compared with the secondary where it answered (in bold), else with primary: as the latency checks judge it"],
+    ["p99", "p99 ms pri / cand · sec", true, "The candidate is compared with the secondary where it answered (in bold), else with primary: as the latency checks judge it"],
     ["top", "Differing fields", false],
     ["trend", "Diff trend", false],
   ];
@@ -408,8 +423,8 @@
       h("td", { class: "num" }, none ? "–" : [bar(e.diff_rate), h("span", { class: e.diffs ? "error" : "", text: pct(e.diff_rate) })]),
       h("td", { class: "num" }, none ? "–" : pct(e.noise_rate)),
       h("td", { class: "num" + (e.errors ? " error" : "") }, fmtInt(e.errors)),
-      latencyCell(e.latency.primary.p50, e.latency.candidate.p50),
-      latencyCell(e.latency.primary.p99, e.latency.candidate.p99),
+      lat(e, "p50"),
+      lat(e, "p99"),
       h("td", null, none ? h("span", { class: "muted", text: why ? "not compared: " + why : "" }) : top),
       h("td", null, none ? null : sparkline(e.series)));
     tr.addEventListener("click", (ev) => { if (ev.target.tagName !== "A") location.hash = href; });
@@ -456,9 +471,9 @@
         stat("matches", fmtInt(ep.matches)),
         stat("candidate errors", fmtInt(ep.errors)),
         stat("5xx pri / cand", `${fmtInt(ep.primary_5xx)} / ${fmtInt(ep.candidate_5xx)}`),
-        stat("p50 ms pri / cand", [...latencyCell(ep.latency.primary.p50, ep.latency.candidate.p50).childNodes]),
-        stat("p95 ms pri / cand", [...latencyCell(ep.latency.primary.p95, ep.latency.candidate.p95).childNodes]),
-        stat("p99 ms pri / cand", [...latencyCell(ep.latency.primary.p99, ep.latency.candidate.p99).childNodes]),
+        stat("p50 ms pri / cand · sec", [...lat(ep, "p50").childNodes]),
+        stat("p95 ms pri / cand · sec", [...lat(ep, "p95").childNodes]),
+        stat("p99 ms pri / cand · sec", [...lat(ep, "p99").childNodes]),
         stat("trend", sparkline(ep.series))));
       panel.append(h("p", null,
         h("a", { href: `#/exchanges?endpoint=${enc(name)}&verdict=diff`, text: "Exchanges with differences →" }), "  ",

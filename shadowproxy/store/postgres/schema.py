@@ -21,6 +21,8 @@ it describes: the writer's own, or in a fleet the sidecar that mirrored the exch
     ``noise``        the noise learners' evidence per (endpoint, field), last writer wins.
     ``noise_counts``  each noise learner's own (N, R, S) per (endpoint, field): a
         learner decides on the sum of everyone's (schema 2).
+    Schema 4: the pair samples of ``rollup_blobs`` may carry the secondary's latency
+        (``rollup.PAIRS_V2``); no table changes.
     ``schema_version``  the versions applied (the highest is the store's).
 
 Migrations run at open for writing (``shadowproxy run``, ``shadowproxy store migrate``),
@@ -33,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MIGRATION_LOCK = 0x5348_4144_0001      # pg_advisory_xact_lock key of schema changes
 PARTITION_LOCK = 0x5348_4144_0002      # ... of partition creation and dropping
 
@@ -222,7 +224,14 @@ def _to_3(cur: Any) -> str:
     return "column writer added to the aggregates' keys (" + ", ".join(WRITER_KEYS) + ")"
 
 
-MIGRATIONS: dict[int, Callable[[Any], str]] = {2: _to_2, 3: _to_3}
+def _to_4(cur: Any) -> str:
+    """Pair samples that carry the secondary's latency (``rollup.PAIRS_V2``): no table
+    changes; the version keeps an older shadowproxy, which would misread them, from
+    opening the store. Samples stored before read as pairs without a secondary."""
+    return "latency pair samples carry the secondary's latency from now on"
+
+
+MIGRATIONS: dict[int, Callable[[Any], str]] = {2: _to_2, 3: _to_3, 4: _to_4}
 
 
 def statements(ddl: str = DDL) -> list[str]:

@@ -48,7 +48,14 @@ def _to_3(c: sqlite3.Connection) -> str:
     return "table noise_counts added"
 
 
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], str]] = {2: _to_2, 3: _to_3}
+def _to_4(c: sqlite3.Connection) -> str:
+    """Pair samples that carry the secondary's latency (``rollup.PAIRS_V2``): no table
+    changes; the version keeps an older shadowproxy, which would misread them, from
+    opening the store. Samples stored before read as pairs without a secondary."""
+    return "latency pair samples carry the secondary's latency from now on"
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], str]] = {2: _to_2, 3: _to_3, 4: _to_4}
 
 
 def migrate(c: sqlite3.Connection, version: int, where: str, readonly: bool) -> int:

@@ -13,7 +13,7 @@ from urllib.parse import quote
 from ...errors import StoreError
 from ..window import EX_COLS, ROLLUP_BLOBS, ROLLUP_COLS
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT = 5.0
 
 _SCHEMA = """
