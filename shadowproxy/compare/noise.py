@@ -25,6 +25,16 @@ otherwise it is noise. Rules around the test:
   statistical judgement: a field the secondary has shown (``S > 0``) is
   *provisionally* noise (flagged ``provisional`` in the evidence), others are not;
 * exchanges without a secondary answer do not count at all (not even for ``R``);
+* an exchange where an answer failed (a 5xx or no complete answer, on any of the
+  three sides) counts for ``N`` and for the status and header fields, but not for the
+  fields of the body (:func:`body_field`), on either side: a failed answer differs from
+  the others on every body field and tells nothing about any of them. Counted as the
+  secondary showing them, one failed primary or secondary made every body field
+  (provisionally) noise, and the candidate's real differences on them were forgiven;
+* the body differences between a failed primary and the candidate (or a primary and
+  a failed candidate) are the failure's: :meth:`NoiseLearner.noise_fields` returns
+  them as noise for that exchange (``failed=True``), whatever the field's counts; the
+  status difference is judged as any field;
 * at most :data:`MAX_FIELDS_PER_ENDPOINT` fields are tracked per endpoint (fields
   with unbounded names would otherwise grow memory); untracked fields are never noise.
 
@@ -68,6 +78,13 @@ class NoiseEvidence:
     noise: bool
     provisional: bool   # n < min_samples: no statistical judgement yet
     decided_at: float   # unix time the current decision was first reached
+
+
+def body_field(name: str) -> bool:
+    """A field of the body (a JSONPath, ``body.line[*]``, ``body.form.*``,
+    ``body.bytes``: :class:`~shadowproxy.models.Difference`), not the status or a
+    header."""
+    return name.startswith(("$", "body."))
 
 
 # ------------------------------------------------------------------ the statistics
@@ -201,12 +218,17 @@ class NoiseLearner:
         return f
 
     def observe(self, endpoint: str, candidate_fields: Iterable[str],
-                secondary_fields: Iterable[str] | None) -> None:
+                secondary_fields: Iterable[str] | None, *, failed: bool = False) -> None:
         """Count one exchange: the fields primary≠candidate and primary≠secondary.
 
-        ``secondary_fields`` None means there was no secondary answer: nothing counts."""
+        ``secondary_fields`` None means there was no secondary answer: nothing counts.
+        ``failed``: an answer of the exchange (primary, candidate or secondary) failed;
+        its body fields are no evidence either way and are not counted."""
         if secondary_fields is None:
             return
+        if failed:
+            candidate_fields = [f for f in candidate_fields if not body_field(f)]
+            secondary_fields = [f for f in secondary_fields if not body_field(f)]
         with self._lock:
             ep = self._endpoints.get(endpoint)
             if ep is None:
@@ -234,13 +256,19 @@ class NoiseLearner:
     def is_noise(self, endpoint: str, field: str) -> bool:
         return field in self.noise_fields(endpoint, (field,))
 
-    def noise_fields(self, endpoint: str, fields: Iterable[str]) -> frozenset[str]:
-        """Which of ``fields`` are noise for ``endpoint`` now."""
+    def noise_fields(self, endpoint: str, fields: Iterable[str], *, failed: bool = False
+                     ) -> frozenset[str]:
+        """Which of ``fields`` are noise for ``endpoint`` now. ``failed``: they are the
+        differences of an exchange whose primary or candidate answer failed; its body
+        fields are the failure's differences, noise whatever their counts."""
+        out = []
+        if failed:
+            out = [name for name in fields if body_field(name)]
+            fields = [name for name in fields if not body_field(name)]
         with self._lock:
             ep = self._endpoints.get(endpoint)
             if ep is None:
-                return frozenset()
-            out = []
+                return frozenset(out)
             for name in fields:
                 f = ep.fields.get(name)
                 if f is None:

@@ -7,7 +7,9 @@ control process fills it from the channel). For each exchange it:
    or ``candidate_timeout``;
 2. diffs candidate against primary (and secondary against primary) with the
    route's compiled rules;
-3. feeds the noise learner and splits the differences into real ones and noise;
+3. feeds the noise learner and splits the differences into real ones and noise
+   (telling it when an answer failed: a 5xx or no complete answer, as
+   :func:`shadowproxy.store.rollup.failed` counts failures; see :mod:`.noise`);
 4. redacts the result and submits it to the store writer (dropped and counted
    as ``store_full`` when the writer's queue is full, ``store_down`` when it is full
    because the store is down and the writer is retrying): whole when the store may
@@ -22,12 +24,17 @@ import logging
 from collections.abc import Callable
 
 from ..config import Config
-from ..models import Difference, Exchange, Result, Verdict
+from ..models import Difference, Exchange, ResponseRecord, Result, Verdict
 from ..stats import Stats
 from .comparator import RuleCache
 from .noise import NoiseLearner
 
 log = logging.getLogger("shadowproxy.compare")
+
+
+def _failed(r: ResponseRecord) -> bool:
+    """No complete answer, or a 5xx."""
+    return r.error is not None or r.status <= 0 or 500 <= r.status <= 599
 
 
 class CompareStage:
@@ -103,10 +110,12 @@ class CompareStage:
             sec_diffs = comparator.compare(ex.primary, ex.secondary)
             sec_fields = {d.field for d in sec_diffs}
         fields = {d.field for d in diffs}
-        self.learner.observe(ex.endpoint, fields, sec_fields)
+        failed = _failed(ex.primary) or _failed(cand)
+        self.learner.observe(ex.endpoint, fields, sec_fields, failed=failed or (
+            ex.secondary is not None and _failed(ex.secondary)))
         if not diffs:
             return Result(ex, "match", [], frozenset(), sec_diffs)
-        noise = self.learner.noise_fields(ex.endpoint, fields)
+        noise = self.learner.noise_fields(ex.endpoint, fields, failed=failed)
         verdict: Verdict = "noise" if noise >= fields else "diff"
         return Result(ex, verdict, diffs, noise, sec_diffs)
 
