@@ -24,6 +24,7 @@ from ..models import Headers
 from .bodies import _BINARY_TYPES, MAX_DECODED, _decode_body, _header, _to_text
 from .echo import _Secrets
 from .headers import _AUTH_HEADERS, _AUTH_SCHEME, PLAIN_CACHE, _mask_cookie, _mask_set_cookie
+from .jsontext import JsonText
 from .masks import Masker
 from .names import _folded, _Names
 
@@ -73,6 +74,15 @@ class ValueRedactor(Masker):
             self._all_named = False
         self._escaped = re.compile("|".join(re.escape(f"\\u{ord(c):04x}")
                                             for c in sorted(chars) if c <= "\uffff"))
+        # every field path ``$..name``: a JSON body is redacted on its text (.jsontext),
+        # the tokens that mention a name alone; a key's words end with a name's last word
+        self._text_json: JsonText | None = None
+        if self._all_named and field_names == anywhere and \
+                all(len(t) == 2 and t[0][0] == "desc" for t in patterns):
+            last = {w[-1] for w in self.field_words._words}
+            self._text_json = JsonText((*self._sensitive_cores, *last, *self.field_words.exact),
+                                       self.field_words.__contains__, self._mask_tree,
+                                       self.redact_text)
         alts = "|".join(re.escape(n) for n in sorted(self.sensitive.exact, key=len,
                                                      reverse=True))
         halts = "|".join(re.escape(n) for n in sorted(self.headers, key=len, reverse=True))
@@ -258,6 +268,8 @@ class ValueRedactor(Masker):
             except orjson.JSONDecodeError:
                 pass
             else:
+                if self._text_json is not None:
+                    return self._text_json.redact(orjson.dumps(doc), secrets), decoded, cut
                 red = self.redact_json(doc, secrets)
                 return orjson.dumps(red, option=orjson.OPT_NON_STR_KEYS), decoded, cut
         return self.redact_text(text, secrets).encode(), decoded, cut
