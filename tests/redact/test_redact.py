@@ -402,6 +402,22 @@ def test_mask_is_hmac_sha256_of_the_value(red):
     assert red.mask(value) == f"[redacted:{digest[:12]}]"
 
 
+def test_masks_kept_for_reuse_are_the_hmac_and_bounded(red):
+    from shadowproxy.redact import masks
+
+    def hmac_mask(v: str) -> str:
+        return f"[redacted:{hmac.new(KEY, v.encode(), hashlib.sha256).hexdigest()[:12]}]"
+
+    values = [f"token-{i}" for i in range(masks.MASK_CACHE + 10)] + ["x" * 5000]
+    for _ in range(2):      # masked afresh, then (most) from what was kept
+        for v in values:
+            assert red.mask(v) == hmac_mask(v)
+    assert 0 < len(red._masks) <= masks.MASK_CACHE
+    assert "x" * 5000 not in red._masks          # long values are not kept
+    other = Redactor(RedactConfig(), b"x" * 32)   # another key masks apart
+    assert other.mask("token-1") != red.mask("token-1")
+
+
 ECHO = "ECHOtoken-secret-42"
 PASSWORD = "PWsecret-in-both-bodies"
 
