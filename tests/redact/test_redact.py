@@ -198,6 +198,23 @@ def test_secrets_echoed_percent_encoded_are_masked(red):
     assert out == f"/cb?state={m}&low={m}&plain={m}"
 
 
+def test_echoes_found_alike_when_spellings_were_kept(red):
+    """A secret's other spellings are kept between exchanges: the second exchange with
+    the same token masks its echoes as the first did, in every text."""
+    token = "tok/en+v\u00e4lue=="
+    query = "q=tok%2Fen%2Bv%C3%A4lue%3D%3D&r=tok%2fen%2bv%c3%a4lue%3d%3d"
+    ex = exchange(path=f"/u/{token}", query=query,
+                  req_headers=(("Authorization", f"Bearer {token}"),),
+                  primary=response(200, {"echo": token}, headers=(("X-Echo", token),)),
+                  candidate=response(0, error=f"bad {token}"))
+    first, second = red.redact_exchange(ex), red.redact_exchange(ex)
+    assert first == second
+    text = dump(second)
+    assert token not in text and "tok%2" not in text and "tok/en" not in text
+    m = red.mask(token)
+    assert second.request.path == f"/u/{m}" and second.request.query == f"q={m}&r={m}"
+
+
 def test_bad_field_path_is_a_config_error():
     with pytest.raises(ConfigError, match=r"redact\.fields\[0\]"):
         Redactor(RedactConfig(fields=("$.a[",)), KEY)
