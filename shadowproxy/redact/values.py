@@ -63,7 +63,9 @@ class ValueRedactor(Masker):
         self.field_words = _Names(anywhere)
         self.sensitive = _Names(self.field_names | self.query_names.exact | self.headers)
         # the same test with fewer searches: a text holding ``x-auth-token`` holds ``token``
-        spell = self.sensitive.spellings()
+        # a key's words end with a field name's last word (``api.key`` names ``api_key``,
+        # which no spelling of the name is part of): looked for too
+        spell = self.sensitive.spellings() | {w[-1] for w in self.field_words._words}
         self._sensitive_cores = tuple(n for n in spell
                                       if not any(m != n and m in n for m in spell))
         # JSON text may spell a name escaped: a body with a \uXXXX escape of one of the

@@ -309,6 +309,17 @@ def test_deflate_brotli_and_truncated_gzip(red):
     assert orjson.loads(p.body) == {"secret": red.mask("br-secret-9")}
 
 
+@pytest.mark.parametrize("raw", [b'{"api.key": "abcdef"}', b'{"API Key": "abcdef"}',
+                                 b'{"a": [{"Refresh.Token": "abcdef"}]}'])
+def test_keys_named_by_words_alone_are_masked_in_a_body_naming_nothing_else(red, raw):
+    """A key that names a field by its words in a spelling of its own (``api.key`` for
+    ``$..api_key``) is masked whether or not the body mentions a name otherwise: the
+    shortcut that skips bodies without a name looks for the names' last words too."""
+    ex = exchange(primary=response(200, raw=raw, headers=(("Content-Type", "application/json"),)))
+    body = red.redact_exchange(ex).primary.body
+    assert b"abcdef" not in body and red.mask("abcdef").encode() in body
+
+
 def test_json_without_sensitive_names_is_kept_byte_for_byte(red):
     raw = b'{ "a" : 1,\n  "b": [1, 2] }'
     ex = exchange(primary=response(200, raw=raw, headers=(("Content-Type", "application/json"),)))
