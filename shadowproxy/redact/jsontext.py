@@ -7,10 +7,11 @@ depends on its key alone, and the text pass changes only a string that spells a
 sensitive name. :class:`JsonText` takes orjson's compact output of the parsed
 document, where a name's characters are never escaped, finds the string tokens that
 mention one of :attr:`JsonText.mentions` (the names' spellings, and the last word of
-every field name, which a key's words must end with) or hold a non-ASCII byte (a key
-``to\N{KELVIN SIGN}en`` lower-cases to ``token``; ``pa\N{LATIN SMALL LETTER LONG S}sword``
-matches the text pass's case-insensitive regexes), and redacts only those: a key that names a secret
-field has its value masked whole, a string value gets the text pass. The output is
+every field name, which a key's words must end with; names in ASCII) or hold one of
+the :data:`LOOKALIKES` (a key ``to\N{KELVIN SIGN}en`` lower-cases to ``token``;
+``pa\N{LATIN SMALL LETTER LONG S}sword`` matches the text pass's case-insensitive
+regexes), and redacts only those: a key that names a secret field has its value masked
+whole, a string value gets the text pass. The output is
 what ``orjson.dumps`` of the walked document gives, byte for byte, with the same
 secrets found (tests/redact/test_jsontext.py holds the two against each other).
 """
@@ -25,7 +26,11 @@ import orjson
 
 from .echo import _Secrets
 
-_NON_ASCII = re.compile(rb"[\x80-\xff]")
+# the characters beyond ASCII that lower-case to, or match case-insensitively in a
+# regex, a letter or digit of ASCII (tests/redact/test_jsontext.py finds them all)
+LOOKALIKES = ("\u00df\u0130\u0131\u0149\u017f\u01f0\u1e96\u1e97\u1e98\u1e99\u1e9a\u212a"
+              "\ufb00\ufb01\ufb02\ufb03\ufb04\ufb05\ufb06")
+_LOOKALIKE = re.compile(b"|".join(re.escape(c.encode()) for c in LOOKALIKES))
 _QUOTE_OR_ESCAPE = re.compile(rb'\\.|"', re.S)          # escapes eaten: quotes left are real
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 _NESTED = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.S)
@@ -49,6 +54,8 @@ class JsonText:
                  mask_tree: Callable[[Any, _Secrets], Any],
                  text_pass: Callable[[str, _Secrets], str]) -> None:
         self.mentions = minimal(mentions)
+        if not all(m.isascii() for m in self.mentions):
+            raise ValueError("names beyond ASCII are not looked for on the text")
         self._key_hit = key_hit
         self._mask_tree = mask_tree
         self._text_pass = text_pass
@@ -62,7 +69,7 @@ class JsonText:
                 spots.append(i)
                 i = low.find(m, i + 1)
         if not norm.isascii():
-            spots.extend(mo.start() for mo in _NON_ASCII.finditer(norm))
+            spots.extend(mo.start() for mo in _LOOKALIKE.finditer(norm))
         spots.sort()
         return spots
 

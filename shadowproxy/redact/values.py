@@ -76,13 +76,13 @@ class ValueRedactor(Masker):
             self._all_named = False
         self._escaped = re.compile("|".join(re.escape(f"\\u{ord(c):04x}")
                                             for c in sorted(chars) if c <= "\uffff"))
-        # every field path ``$..name``: a JSON body is redacted on its text (.jsontext),
-        # the tokens that mention a name alone; a key's words end with a name's last word
+        # every field path ``$..name`` and every name in ASCII: a JSON body is redacted
+        # on its text (.jsontext), the tokens that mention a name alone
         self._text_json: JsonText | None = None
         if self._all_named and field_names == anywhere and \
+                all(n.isascii() for n in self.sensitive.exact) and \
                 all(len(t) == 2 and t[0][0] == "desc" for t in patterns):
-            last = {w[-1] for w in self.field_words._words}
-            self._text_json = JsonText((*self._sensitive_cores, *last, *self.field_words.exact),
+            self._text_json = JsonText((*self._sensitive_cores, *self.field_words.exact),
                                        self.field_words.__contains__, self._mask_tree,
                                        self.redact_text)
         alts = "|".join(re.escape(n) for n in sorted(self.sensitive.exact, key=len,

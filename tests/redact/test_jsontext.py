@@ -98,3 +98,27 @@ def test_other_field_paths_are_walked():
     body = red.redact_body(b'{"user": {"ssn": "123-45-6789"}, "ssn": "kept"}',
                            (("Content-Type", "application/json"),), False, _Secrets())[0]
     assert orjson.loads(body) == {"user": {"ssn": red.mask("123-45-6789")}, "ssn": "kept"}
+
+
+def test_the_lookalikes_are_every_character_that_reads_as_ascii():
+    """The characters beyond ASCII that ``str.lower`` (or ``upper``) turns into an ASCII
+    letter or digit, or that a case-insensitive regex matches to one: a string holding
+    none of them mentions a name only in its ASCII letters."""
+    import re
+    import sys
+
+    from shadowproxy.redact.jsontext import LOOKALIKES
+
+    chars = "".join(chr(c) for c in range(128, sys.maxunicode + 1)
+                    if not 0xD800 <= c <= 0xDFFF)
+    found = set(re.findall(r"[a-z0-9_-]", chars, re.I))
+    found |= {c for c in chars if re.search(r"[A-Za-z0-9_-]", c.lower() + c.upper())}
+    assert found == set(LOOKALIKES)
+
+
+def test_names_beyond_ascii_are_walked():
+    red = Redactor(RedactConfig(fields=("$..['caf\u00e9']",)), KEY)
+    assert red._text_json is None
+    body = red.redact_body('{"CAF\u00c9": "au lait-1"}'.encode(),
+                           (("Content-Type", "application/json"),), False, _Secrets())[0]
+    assert orjson.loads(body) == {"CAF\u00c9": red.mask("au lait-1")}
