@@ -4,7 +4,8 @@ A secret becomes ``[redacted:<12 hex of HMAC-SHA256(key, value)>]``; a body's di
 becomes ``HMAC-SHA256(digest key, SHA-256 of the body)``, the digest key derived from
 the run's key with :data:`DIGEST_KEY_LABEL`. :class:`Masker` holds the key and makes
 both (the :class:`~shadowproxy.redact.redactor.Redactor` is a Masker), and keeps the
-masks of the last :data:`MASK_CACHE` short values it masked (the same ones come back).
+masks of the last :data:`MASK_CACHE` short values it masked and the keyed digests of
+as many body digests (the same ones come back).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Masker:
         self._key = bytes(key)
         self._hmac = hmac.new(self._key, digestmod="sha256")
         self._masks: dict[str, str] = {}
+        self._digests: dict[bytes, str] = {}     # keyed digests of the last bodies' digests
         # body digests under a key of their own (derived from the run's key): a mask,
         # which anyone can have made of a value they send, never helps guess a digest
         self._digest_hmac = hmac.new(
@@ -78,9 +80,15 @@ class Masker:
             raw = bytes.fromhex(sha256)
         except ValueError:       # not a hex digest: keyed all the same
             raw = sha256.encode("utf-8", "surrogatepass")
-        h = self._digest_hmac.copy()
-        h.update(raw)
-        return h.hexdigest()
+        keyed = self._digests.get(raw)
+        if keyed is None:
+            h = self._digest_hmac.copy()
+            h.update(raw)
+            keyed = h.hexdigest()
+            if len(self._digests) >= MASK_CACHE:
+                self._digests.clear()
+            self._digests[raw] = keyed
+        return keyed
 
     def _fingerprint(self, value: dict[str, Any]) -> dict[str, Any]:
         """A ``body.bytes`` difference's ``{"size", "sha256", "truncated"}`` with the

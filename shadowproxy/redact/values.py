@@ -148,7 +148,8 @@ class ValueRedactor(Masker):
         out = []
         for part in query.split("&"):
             name, eq, val = part.partition("=")
-            if eq and unquote_plus(name).strip() in names:
+            if eq and (unquote_plus(name) if "%" in name or "+" in name else name
+                       ).strip() in names:
                 raw = unquote_plus(val)
                 m = self.mask(raw)
                 secrets.add(raw, m)

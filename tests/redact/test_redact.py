@@ -546,6 +546,12 @@ def test_body_digests_are_keyed(red):
     sub = hmac.new(KEY, b"shadowproxy body digest", hashlib.sha256).digest()
     keyed = hmac.new(sub, bytes.fromhex(plain), hashlib.sha256).hexdigest()
     assert red.body_digest(plain) == keyed != plain and red.body_digest("") == ""
+    assert red.body_digest(plain) == keyed          # kept, and kept right
+    from shadowproxy.redact.masks import MASK_CACHE
+    for i in range(MASK_CACHE + 5):
+        d = hashlib.sha256(str(i).encode()).hexdigest()
+        assert red.body_digest(d) == hmac.new(sub, bytes.fromhex(d), hashlib.sha256).hexdigest()
+    assert len(red._digests) <= MASK_CACHE and red.body_digest(plain) == keyed
     other = Redactor(RedactConfig(), b"o" * 32)
     assert other.body_digest(plain) != keyed             # a different key, another digest
     cut = dataclasses.replace(response(200, raw=b'{"token": "ab12", "pad": "'),
@@ -559,3 +565,9 @@ def test_body_digests_are_keyed(red):
         (d,) = out.differences
         assert d.a == d.b == {"size": 40, "sha256": keyed, "truncated": True}
         assert plain not in dump(out)
+
+
+def test_query_names_spelled_encoded_are_masked(red):
+    out = red.redact_query("to%6Ben=abc123&refresh+token=def456&page=2&Token=ghi789")
+    assert out == (f"to%6Ben={red.mask('abc123')}&refresh+token={red.mask('def456')}"
+                   f"&page=2&Token={red.mask('ghi789')}")
