@@ -95,13 +95,16 @@ _Done = list[tuple[tuple[bytes, str | None, str | None, bool], tuple[bytes, bool
 
 
 def _texts(records: Iterable[RequestRecord | ResponseRecord | None]) -> Iterator[str]:
-    """Every text of the records that :meth:`Redactor._echo_record` passes."""
+    """Every text of the records that :meth:`Redactor._echo_record` passes (a body once
+    when answers share it: a candidate's equal to primary's is the same object)."""
+    bodies: list[bytes] = []
     for r in records:
         if r is None:
             continue
         for _k, v in r.headers:
             yield v
-        if r.body:
+        if r.body and not any(r.body is b for b in bodies):
+            bodies.append(r.body)
             yield r.body.decode("utf-8", "surrogateescape")
         if isinstance(r, RequestRecord):
             yield r.path
