@@ -130,17 +130,22 @@ class JsonText:
             return norm
         parts: list[bytes] = []
         done = 0                      # norm[:done] is in parts
+        plain = b"\\" not in norm     # no escapes: a string token is its text, quoted
         for o, c in self._tokens(norm, spots):
             if o < done:              # inside a value masked whole
                 continue
             if norm[c + 1:c + 2] == b":":      # a key
-                raw = norm[o + 1:c]
-                key = orjson.loads(norm[o:c + 1]) if b"\\" in raw else raw.decode()
+                key = norm[o + 1:c].decode() if plain else orjson.loads(norm[o:c + 1])
                 if not self._key_hit(key):
                     continue
                 start = c + 2
-                end = self._value_end(norm, start)
-                new = orjson.dumps(self._mask_tree(orjson.loads(norm[start:end]), secrets))
+                if plain and norm[start:start + 1] == b'"':    # the usual: a string
+                    end = norm.index(b'"', start + 1) + 1
+                    value: Any = norm[start + 1:end - 1].decode()
+                else:
+                    end = self._value_end(norm, start)
+                    value = orjson.loads(norm[start:end])
+                new = orjson.dumps(self._mask_tree(value, secrets))
             else:                               # a string value
                 text = orjson.loads(norm[o:c + 1])
                 if len(text) <= 3:
