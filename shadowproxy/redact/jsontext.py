@@ -11,9 +11,9 @@ every field name, which a key's words must end with; names in ASCII) or hold one
 the :data:`LOOKALIKES` (a key ``to\N{KELVIN SIGN}en`` lower-cases to ``token``;
 ``pa\N{LATIN SMALL LETTER LONG S}sword`` matches the text pass's case-insensitive
 regexes), and redacts only those: a key that names a secret field has its value masked
-whole, a string value gets the text pass. The output is
-what ``orjson.dumps`` of the walked document gives, byte for byte, with the same
-secrets found (tests/redact/test_jsontext.py holds the two against each other).
+whole, a string value gets the text pass. The output is what ``orjson.dumps`` of the
+walked document gives, byte for byte, with the same secrets found
+(tests/redact/test_jsontext.py holds the two against each other).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import orjson
 
 from .echo import _Secrets
 
-# the characters beyond ASCII that lower-case to, or match case-insensitively in a
-# regex, a letter or digit of ASCII (tests/redact/test_jsontext.py finds them all)
+# the characters beyond ASCII whose lower or upper case holds an ASCII letter, digit,
+# _ or -, or that a case-insensitive regex matches to one (the test finds them all)
 LOOKALIKES = ("\u00df\u0130\u0131\u0149\u017f\u01f0\u1e96\u1e97\u1e98\u1e99\u1e9a\u212a"
               "\ufb00\ufb01\ufb02\ufb03\ufb04\ufb05\ufb06")
 _LOOKALIKE = re.compile(b"|".join(re.escape(c.encode()) for c in LOOKALIKES))
