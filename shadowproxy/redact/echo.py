@@ -18,7 +18,7 @@ import orjson
 MIN_ECHO_LEN = 6                   # shorter secrets are not searched for elsewhere
 
 _PCT = re.compile(r"%[0-9A-F]{2}")     # a percent-escape, for its lower-case spelling
-SPELLINGS_CACHE = 4096             # secrets whose other spellings are kept
+SPELLINGS_CACHE = 1024             # secrets whose other spellings are kept (~3 KB at most each)
 SPELLED_LEN = 256                  # ... of at most this many characters
 _spelled: dict[str, tuple[str, ...]] = {}
 
