@@ -3,8 +3,9 @@
 :class:`Redactor` (:mod:`.redactor`) redacts requests, responses, exchanges and results;
 it builds on :mod:`.values` (single values: headers, queries, text, JSON, bodies),
 :mod:`.masks` (the mask format and keyed digests), :mod:`.names` (which names are
-secret), :mod:`.headers` (header values), :mod:`.bodies` (decoding bodies to redact)
-and :mod:`.echo` (a secret's value echoed elsewhere).
+secret), :mod:`.headers` (header values), :mod:`.bodies` (decoding bodies to redact),
+:mod:`.jsontext` (a JSON document redacted on its text) and :mod:`.echo` (a secret's
+value echoed elsewhere).
 """
 
 from .bodies import MAX_DECODED

@@ -9,7 +9,7 @@ JSON-escaped and percent-encoded spellings.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -18,6 +18,9 @@ import orjson
 MIN_ECHO_LEN = 6                   # shorter secrets are not searched for elsewhere
 
 _PCT = re.compile(r"%[0-9A-F]{2}")     # a percent-escape, for its lower-case spelling
+SPELLINGS_CACHE = 1024             # secrets whose other spellings are kept (~3 KB at most each)
+SPELLED_LEN = 256                  # ... of at most this many characters
+_spelled: dict[str, tuple[str, ...]] = {}
 
 
 class _Echo:
@@ -29,6 +32,13 @@ class _Echo:
     def __init__(self, variants: dict[str, str]) -> None:
         self.variants = variants                # secret or its JSON-escaped form → mask
         self._pattern: re.Pattern[str] | None = None
+
+    def found_in(self, texts: Iterable[str]) -> bool:
+        """Might a secret appear in one of ``texts``? (Searched in them joined: one
+        search a secret, not one a text; a secret spanning two texts is a false alarm,
+        which only costs the pass that finds nothing.)"""
+        blob = "\x00".join(texts)
+        return any(v in blob for v in self.variants)
 
     def __call__(self, text: str) -> str:
         if not text or not any(v in text for v in self.variants):
@@ -72,14 +82,31 @@ class _Secrets:
         variants: dict[str, str] = {}
         for secret, mask in self.values.items():
             variants[secret] = mask
-            esc = orjson.dumps(secret).decode()[1:-1]   # as it appears inside JSON text
-            if esc != secret:
-                variants[esc] = mask
-            # as it appears percent-encoded in a path, query or form (both spellings)
-            for enc in (quote(secret, safe=""), quote_plus(secret, safe="")):
-                for spelling in (enc, _PCT.sub(lambda m: m.group(0).lower(), enc)):
-                    if spelling != secret:
-                        variants[spelling] = mask
+            for spelling in _spellings(secret):
+                variants[spelling] = mask
         self._echo = _Echo(variants) if variants else None
         return self._echo
+
+
+def _spellings(secret: str) -> tuple[str, ...]:
+    """How else ``secret`` may appear: JSON-escaped, percent-encoded (both cases of hex
+    digits); kept for the last :data:`SPELLINGS_CACHE` short secrets (they repeat)."""
+    got = _spelled.get(secret)
+    if got is not None:
+        return got
+    out: dict[str, None] = {}
+    esc = orjson.dumps(secret).decode()[1:-1]   # as it appears inside JSON text
+    if esc != secret:
+        out[esc] = None
+    # as it appears percent-encoded in a path, query or form (both spellings)
+    for enc in (quote(secret, safe=""), quote_plus(secret, safe="")):
+        for spelling in (enc, _PCT.sub(lambda m: m.group(0).lower(), enc)):
+            if spelling != secret:
+                out[spelling] = None
+    got = tuple(out)
+    if len(secret) <= SPELLED_LEN:
+        if len(_spelled) >= SPELLINGS_CACHE:
+            _spelled.clear()
+        _spelled[secret] = got
+    return got
 

@@ -44,8 +44,10 @@ def redact_for_transport(redactor: Redactor, ex: Exchange) -> Exchange:
     sec = red.secondary
     if ex.secondary is not None and sec is not None:
         sec = _kept(ex.secondary, sec)
-    return dataclasses.replace(red, primary=_kept(ex.primary, red.primary),
-                               candidate=_kept(ex.candidate, red.candidate), secondary=sec)
+    pri, cand = _kept(ex.primary, red.primary), _kept(ex.candidate, red.candidate)
+    if pri is red.primary and cand is red.candidate and sec is red.secondary:
+        return red         # no body dropped (the usual case): no copy
+    return dataclasses.replace(red, primary=pri, candidate=cand, secondary=sec)
 
 
 def _summary(r: ResponseRecord) -> ResponseRecord:

@@ -3,7 +3,9 @@
 A secret becomes ``[redacted:<12 hex of HMAC-SHA256(key, value)>]``; a body's digest
 becomes ``HMAC-SHA256(digest key, SHA-256 of the body)``, the digest key derived from
 the run's key with :data:`DIGEST_KEY_LABEL`. :class:`Masker` holds the key and makes
-both (the :class:`~shadowproxy.redact.redactor.Redactor` is a Masker).
+both (the :class:`~shadowproxy.redact.redactor.Redactor` is a Masker), and keeps the
+masks of the last :data:`MASK_CACHE` short values it masked and the keyed digests of
+as many body digests (the same ones come back).
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ import orjson
 MASK_PREFIX = "[redacted:"
 MASK_SUFFIX = "]"
 DIGEST_KEY_LABEL = b"shadowproxy body digest"   # derives the key of body digests
+# the masks of short values kept (a token, a cookie, a password come back with every
+# request): values of at most MASK_CACHED_LEN characters, MASK_CACHE of them at most
+MASK_CACHE = 4096
+MASK_CACHED_LEN = 256
 
 
 class Masker:
@@ -27,6 +33,8 @@ class Masker:
             raise ValueError("the redaction key must not be empty")
         self._key = bytes(key)
         self._hmac = hmac.new(self._key, digestmod="sha256")
+        self._masks: dict[str, str] = {}
+        self._digests: dict[bytes, str] = {}     # keyed digests of the last bodies' digests
         # body digests under a key of their own (derived from the run's key): a mask,
         # which anyone can have made of a value they send, never helps guess a digest
         self._digest_hmac = hmac.new(
@@ -47,12 +55,20 @@ class Masker:
 
     def mask(self, value: str) -> str:
         """``[redacted:<12 hex of HMAC-SHA256(key, value)>]``; equal values, equal masks."""
+        m = self._masks.get(value)
+        if m is not None:
+            return m
         # a copy of the keyed HMAC: no re-keying, and unlike hmac.digest() it keeps the
         # GIL (releasing it on every mask hands the store writer's thread the core)
         h = self._hmac.copy()
         h.update(value.encode("utf-8", "surrogatepass"))
-        digest = h.digest()
-        return MASK_PREFIX + digest[:6].hex() + MASK_SUFFIX
+        m = MASK_PREFIX + h.digest()[:6].hex() + MASK_SUFFIX
+        if len(value) <= MASK_CACHED_LEN:
+            masks = self._masks
+            if len(masks) >= MASK_CACHE:
+                masks.clear()
+            masks[value] = m
+        return m
 
     def body_digest(self, sha256: str) -> str:
         """The stored form of a body's digest: ``HMAC-SHA256(digest key, digest)`` in hex,
@@ -64,9 +80,15 @@ class Masker:
             raw = bytes.fromhex(sha256)
         except ValueError:       # not a hex digest: keyed all the same
             raw = sha256.encode("utf-8", "surrogatepass")
-        h = self._digest_hmac.copy()
-        h.update(raw)
-        return h.hexdigest()
+        keyed = self._digests.get(raw)
+        if keyed is None:
+            h = self._digest_hmac.copy()
+            h.update(raw)
+            keyed = h.hexdigest()
+            if len(self._digests) >= MASK_CACHE:
+                self._digests.clear()
+            self._digests[raw] = keyed
+        return keyed
 
     def _fingerprint(self, value: dict[str, Any]) -> dict[str, Any]:
         """A ``body.bytes`` difference's ``{"size", "sha256", "truncated"}`` with the

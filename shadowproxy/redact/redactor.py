@@ -76,7 +76,7 @@ import dataclasses
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -92,6 +92,25 @@ log = logging.getLogger("shadowproxy.redact")
 _CONTENT_ENCODING = frozenset({"content-encoding"})
 # the bodies redacted so far in one exchange: ((body, encoding, type, truncated), result)
 _Done = list[tuple[tuple[bytes, str | None, str | None, bool], tuple[bytes, bool, bool]]]
+
+
+def _texts(records: Iterable[RequestRecord | ResponseRecord | None]) -> Iterator[str]:
+    """Every text of the records that :meth:`Redactor._echo_record` passes (a body once
+    when answers share it: a candidate's equal to primary's is the same object)."""
+    bodies: list[bytes] = []
+    for r in records:
+        if r is None:
+            continue
+        for _k, v in r.headers:
+            yield v
+        if r.body and not any(r.body is b for b in bodies):
+            bodies.append(r.body)
+            yield r.body.decode("utf-8", "surrogateescape")
+        if isinstance(r, RequestRecord):
+            yield r.path
+            yield r.query
+        elif r.error:
+            yield r.error
 
 
 class Redactor(ValueRedactor):
@@ -215,7 +234,8 @@ class Redactor(ValueRedactor):
         cand = self._response(ex.candidate, secrets, done, whole)
         sec = None if ex.secondary is None else self._response(ex.secondary, secrets, done, whole)
         echo = secrets.echo()
-        if echo is not None:
+        # most secrets were masked where they were found: one search of every text first
+        if echo is not None and echo.found_in(_texts((req, pri, cand, sec))):
             req, pri, cand, sec = (self._echo_record(r, echo) for r in (req, pri, cand, sec))
         out = Exchange(id=ex.id, started=ex.started, endpoint=ex.endpoint, route=ex.route,
                        request=req, primary=pri, candidate=cand, secondary=sec,

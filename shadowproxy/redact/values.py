@@ -24,6 +24,7 @@ from ..models import Headers
 from .bodies import _BINARY_TYPES, MAX_DECODED, _decode_body, _header, _to_text
 from .echo import _Secrets
 from .headers import _AUTH_HEADERS, _AUTH_SCHEME, PLAIN_CACHE, _mask_cookie, _mask_set_cookie
+from .jsontext import JsonText
 from .masks import Masker
 from .names import _folded, _Names
 
@@ -62,7 +63,9 @@ class ValueRedactor(Masker):
         self.field_words = _Names(anywhere)
         self.sensitive = _Names(self.field_names | self.query_names.exact | self.headers)
         # the same test with fewer searches: a text holding ``x-auth-token`` holds ``token``
-        spell = self.sensitive.spellings()
+        # a key's words end with a field name's last word (``api.key`` names ``api_key``,
+        # which no spelling of the name is part of): looked for too
+        spell = self.sensitive.spellings() | {w[-1] for w in self.field_words._words}
         self._sensitive_cores = tuple(n for n in spell
                                       if not any(m != n and m in n for m in spell))
         # JSON text may spell a name escaped: a body with a \uXXXX escape of one of the
@@ -73,6 +76,15 @@ class ValueRedactor(Masker):
             self._all_named = False
         self._escaped = re.compile("|".join(re.escape(f"\\u{ord(c):04x}")
                                             for c in sorted(chars) if c <= "\uffff"))
+        # every field path ``$..name`` and every name in ASCII: a JSON body is redacted
+        # on its text (.jsontext), the tokens that mention a name alone
+        self._text_json: JsonText | None = None
+        if self._all_named and field_names == anywhere and \
+                all(n.isascii() for n in self.sensitive.exact) and \
+                all(len(t) == 2 and t[0][0] == "desc" for t in patterns):
+            self._text_json = JsonText((*self._sensitive_cores, *self.field_words.exact),
+                                       self.field_words.__contains__, self._mask_tree,
+                                       self.redact_text)
         alts = "|".join(re.escape(n) for n in sorted(self.sensitive.exact, key=len,
                                                      reverse=True))
         halts = "|".join(re.escape(n) for n in sorted(self.headers, key=len, reverse=True))
@@ -136,7 +148,8 @@ class ValueRedactor(Masker):
         out = []
         for part in query.split("&"):
             name, eq, val = part.partition("=")
-            if eq and unquote_plus(name).strip() in names:
+            if eq and (unquote_plus(name) if "%" in name or "+" in name else name
+                       ).strip() in names:
                 raw = unquote_plus(val)
                 m = self.mask(raw)
                 secrets.add(raw, m)
@@ -258,6 +271,8 @@ class ValueRedactor(Masker):
             except orjson.JSONDecodeError:
                 pass
             else:
+                if self._text_json is not None:
+                    return self._text_json.redact(orjson.dumps(doc), secrets), decoded, cut
                 red = self.redact_json(doc, secrets)
                 return orjson.dumps(red, option=orjson.OPT_NON_STR_KEYS), decoded, cut
         return self.redact_text(text, secrets).encode(), decoded, cut

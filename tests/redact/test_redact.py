@@ -198,6 +198,23 @@ def test_secrets_echoed_percent_encoded_are_masked(red):
     assert out == f"/cb?state={m}&low={m}&plain={m}"
 
 
+def test_echoes_found_alike_when_spellings_were_kept(red):
+    """A secret's other spellings are kept between exchanges: the second exchange with
+    the same token masks its echoes as the first did, in every text."""
+    token = "tok/en+v\u00e4lue=="
+    query = "q=tok%2Fen%2Bv%C3%A4lue%3D%3D&r=tok%2fen%2bv%c3%a4lue%3d%3d"
+    ex = exchange(path=f"/u/{token}", query=query,
+                  req_headers=(("Authorization", f"Bearer {token}"),),
+                  primary=response(200, {"echo": token}, headers=(("X-Echo", token),)),
+                  candidate=response(0, error=f"bad {token}"))
+    first, second = red.redact_exchange(ex), red.redact_exchange(ex)
+    assert first == second
+    text = dump(second)
+    assert token not in text and "tok%2" not in text and "tok/en" not in text
+    m = red.mask(token)
+    assert second.request.path == f"/u/{m}" and second.request.query == f"q={m}&r={m}"
+
+
 def test_bad_field_path_is_a_config_error():
     with pytest.raises(ConfigError, match=r"redact\.fields\[0\]"):
         Redactor(RedactConfig(fields=("$.a[",)), KEY)
@@ -290,6 +307,17 @@ def test_deflate_brotli_and_truncated_gzip(red):
                                             ("Content-Encoding", "br"))))
     p = red.redact_exchange(ex).primary
     assert orjson.loads(p.body) == {"secret": red.mask("br-secret-9")}
+
+
+@pytest.mark.parametrize("raw", [b'{"api.key": "abcdef"}', b'{"API Key": "abcdef"}',
+                                 b'{"a": [{"Refresh.Token": "abcdef"}]}'])
+def test_keys_named_by_words_alone_are_masked_in_a_body_naming_nothing_else(red, raw):
+    """A key that names a field by its words in a spelling of its own (``api.key`` for
+    ``$..api_key``) is masked whether or not the body mentions a name otherwise: the
+    shortcut that skips bodies without a name looks for the names' last words too."""
+    ex = exchange(primary=response(200, raw=raw, headers=(("Content-Type", "application/json"),)))
+    body = red.redact_exchange(ex).primary.body
+    assert b"abcdef" not in body and red.mask("abcdef").encode() in body
 
 
 def test_json_without_sensitive_names_is_kept_byte_for_byte(red):
@@ -402,6 +430,22 @@ def test_mask_is_hmac_sha256_of_the_value(red):
     assert red.mask(value) == f"[redacted:{digest[:12]}]"
 
 
+def test_masks_kept_for_reuse_are_the_hmac_and_bounded(red):
+    from shadowproxy.redact import masks
+
+    def hmac_mask(v: str) -> str:
+        return f"[redacted:{hmac.new(KEY, v.encode(), hashlib.sha256).hexdigest()[:12]}]"
+
+    values = [f"token-{i}" for i in range(masks.MASK_CACHE + 10)] + ["x" * 5000]
+    for _ in range(2):      # masked afresh, then (most) from what was kept
+        for v in values:
+            assert red.mask(v) == hmac_mask(v)
+    assert 0 < len(red._masks) <= masks.MASK_CACHE
+    assert "x" * 5000 not in red._masks          # long values are not kept
+    other = Redactor(RedactConfig(), b"x" * 32)   # another key masks apart
+    assert other.mask("token-1") != red.mask("token-1")
+
+
 ECHO = "ECHOtoken-secret-42"
 PASSWORD = "PWsecret-in-both-bodies"
 
@@ -502,6 +546,12 @@ def test_body_digests_are_keyed(red):
     sub = hmac.new(KEY, b"shadowproxy body digest", hashlib.sha256).digest()
     keyed = hmac.new(sub, bytes.fromhex(plain), hashlib.sha256).hexdigest()
     assert red.body_digest(plain) == keyed != plain and red.body_digest("") == ""
+    assert red.body_digest(plain) == keyed          # kept, and kept right
+    from shadowproxy.redact.masks import MASK_CACHE
+    for i in range(MASK_CACHE + 5):
+        d = hashlib.sha256(str(i).encode()).hexdigest()
+        assert red.body_digest(d) == hmac.new(sub, bytes.fromhex(d), hashlib.sha256).hexdigest()
+    assert len(red._digests) <= MASK_CACHE and red.body_digest(plain) == keyed
     other = Redactor(RedactConfig(), b"o" * 32)
     assert other.body_digest(plain) != keyed             # a different key, another digest
     cut = dataclasses.replace(response(200, raw=b'{"token": "ab12", "pad": "'),
@@ -515,3 +565,9 @@ def test_body_digests_are_keyed(red):
         (d,) = out.differences
         assert d.a == d.b == {"size": 40, "sha256": keyed, "truncated": True}
         assert plain not in dump(out)
+
+
+def test_query_names_spelled_encoded_are_masked(red):
+    out = red.redact_query("to%6Ben=abc123&refresh+token=def456&page=2&Token=ghi789")
+    assert out == (f"to%6Ben={red.mask('abc123')}&refresh+token={red.mask('def456')}"
+                   f"&page=2&Token={red.mask('ghi789')}")
