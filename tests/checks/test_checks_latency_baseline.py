@@ -12,68 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
 
 from tests.control.test_process import Running, _write_config
+from tests.delayed_upstream import DelayedUpstream
 from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BODY = b'{"id": 7, "name": "widget"}'
 REQUESTS = 600
 CLIENTS = 6
-
-# An upstream in a process of its own: every request head answered after the delay
-# given on its command line, from a timer (a few µs of CPU a request).
-SERVER = f"""
-import asyncio, sys
-BODY = {BODY!r}
-DELAY = float(sys.argv[2])
-ANSWER = (b"HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\n"
-          b"Content-Length: %d\\r\\n\\r\\n%b" % (len(BODY), BODY))
-class Delayed(asyncio.Protocol):
-    def connection_made(self, t):
-        self.t, self.buf = t, b""
-    def data_received(self, data):
-        self.buf += data
-        while (i := self.buf.find(b"\\r\\n\\r\\n")) >= 0:
-            self.buf = self.buf[i + 4:]
-            asyncio.get_running_loop().call_later(DELAY, self.answer)
-    def answer(self):
-        if not self.t.is_closing():
-            self.t.write(ANSWER)
-async def main():
-    server = await asyncio.get_running_loop().create_server(
-        Delayed, "127.0.0.1", int(sys.argv[1]), backlog=1024)
-    await server.serve_forever()
-asyncio.run(main())
-"""
-
-
-class _Delayed:
-    def __init__(self, delay: float) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-c", SERVER, str(self.port),
-                                      str(delay)])
-        for _ in range(200):
-            assert self.proc.poll() is None
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise AssertionError("the upstream did not listen")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
 
 def _checks(baseline: str | None) -> str:
     extra = f"    latency_baseline: {baseline}\n" if baseline else ""
@@ -84,8 +36,8 @@ def _checks(baseline: str | None) -> str:
 async def _run(tmp_path: Path, candidate_delay: float) -> Path:
     """Mirror REQUESTS requests through ``shadowproxy run`` (primary 1 ms, secondary
     20 ms, the candidate ``candidate_delay``) into a store; → the config's path."""
-    ups = {"primary": _Delayed(0.001), "candidate": _Delayed(candidate_delay),
-           "secondary": _Delayed(0.020)}
+    ups = {"primary": DelayedUpstream(0.001), "candidate": DelayedUpstream(candidate_delay),
+           "secondary": DelayedUpstream(0.020)}
     listen, admin = free_port(), free_port()
     cfg = tmp_path / "c.yaml"
     _write_config(cfg, ups, tmp_path / "r.db", listen, admin,  # type: ignore[arg-type]

@@ -11,9 +11,6 @@ last bytes arrived, by the kernel's receive stamp (:mod:`shadowproxy.http.timed`
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,61 +19,13 @@ import aiohttp
 from shadowproxy.config import load
 from shadowproxy.store.open import open_configured
 from tests.control.test_process import Running, _write_config
+from tests.delayed_upstream import DelayedUpstream
 from tests.support import free_port
 
 DELAY = 0.005
 BODY = b'{"id": 7, "name": "widget"}'
 CLIENTS = 24
 SECONDS = 6.0
-
-# The upstream, a process of its own: every request head answered after DELAY from a
-# timer, a few µs of CPU a request (asyncio's own loop: uvloop's clock is read once a
-# loop turn, which would time a bunch of requests from the turn's start). An upstream
-# that is itself short of CPU (an aiohttp app in this process, whose loop also runs
-# the clients) serves the shadows, which arrive in bunches, differently from
-# primary's requests, one at a time: a real difference of the traffic each side got,
-# not of the timing under test.
-SERVER = f"""
-import asyncio, sys
-BODY = {BODY!r}
-ANSWER = (b"HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\n"
-          b"Content-Length: %d\\r\\n\\r\\n%b" % (len(BODY), BODY))
-class Delayed(asyncio.Protocol):
-    def connection_made(self, t):
-        self.t, self.buf = t, b""
-    def data_received(self, data):
-        self.buf += data
-        while (i := self.buf.find(b"\\r\\n\\r\\n")) >= 0:
-            self.buf = self.buf[i + 4:]
-            asyncio.get_running_loop().call_later({DELAY}, self.answer)
-    def answer(self):
-        if not self.t.is_closing():
-            self.t.write(ANSWER)
-async def main():
-    server = await asyncio.get_running_loop().create_server(
-        Delayed, "127.0.0.1", int(sys.argv[1]), backlog=1024)
-    await server.serve_forever()
-asyncio.run(main())
-"""
-
-
-class _Upstream:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-c", SERVER, str(self.port)])
-        for _ in range(200):
-            assert self.proc.poll() is None
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise AssertionError("the upstream did not listen")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 async def _load(port: int, seconds: float) -> int:
@@ -113,7 +62,7 @@ async def test_an_equal_candidate_reads_as_fast_as_primary_under_load(tmp_path: 
     against 7.2 ms, before both sides were timed alike); what is left is the
     upstream's own time over the shadows' bunches, a few µs a request for this one,
     against its 5 ms."""
-    up = _Upstream()
+    up = DelayedUpstream(DELAY, BODY)
     listen, admin = free_port(), free_port()
     cfg_path = tmp_path / "c.yaml"
     _write_config(cfg_path, {"primary": up, "candidate": up, "secondary": up},  # type: ignore[dict-item]
