@@ -74,14 +74,15 @@ def to_wire(ex: Exchange) -> tuple[Any, ...]:
     sec = ex.secondary
     return (ex.id, ex.started, ex.endpoint, ex.route, _REQUEST_FIELDS(ex.request),
             _RESPONSE_FIELDS(ex.primary), _RESPONSE_FIELDS(ex.candidate),
-            None if sec is None else _RESPONSE_FIELDS(sec))
+            None if sec is None else _RESPONSE_FIELDS(sec), ex.instance)
 
 
 def from_wire(t: tuple[Any, ...]) -> Exchange:
     """The :class:`Exchange` that :func:`to_wire` turned into ``t``."""
-    id_, started, endpoint, route, req, pri, cand, sec = t
+    id_, started, endpoint, route, req, pri, cand, sec, instance = t
     return Exchange(id_, started, endpoint, route, RequestRecord(*req), ResponseRecord(*pri),
-                    ResponseRecord(*cand), None if sec is None else ResponseRecord(*sec))
+                    ResponseRecord(*cand), None if sec is None else ResponseRecord(*sec),
+                    instance)
 
 
 DiffKind = Literal["changed", "type_changed", "added", "removed", "length_changed"]

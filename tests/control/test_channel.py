@@ -109,8 +109,8 @@ async def test_over_the_limit_or_broken_queue_refuses():
 
 
 def test_exchanges_travel_as_plain_tuples_and_arrive_whole():
-    for secondary in (False, True):
-        ex = _exchange(1, secondary)
+    for secondary, instance in ((False, None), (True, None), (True, "pod-a")):
+        ex = dataclasses.replace(_exchange(1, secondary), instance=instance)
         wire = to_wire(ex)
         assert len(wire) == len(dataclasses.fields(Exchange))
         assert from_wire(wire) == ex
