@@ -57,6 +57,7 @@ from typing import Any
 
 import orjson
 
+from ..checks.judge import ENOUGH_SECONDARY
 from ..store.base import EndpointStats, FieldStats, Store, with_quantiles
 from ..store.sketch import Sketch
 
@@ -142,7 +143,6 @@ def _summary(s: Sketch) -> dict[str, float | None]:
 
 
 PRIMARY, SECONDARY = "primary", "secondary"
-ENOUGH_SECONDARY = 0.5      # as shadowproxy.checks.judge.ENOUGH_SECONDARY
 LATENCY_QUANTILES = ("p50", "p90", "p95", "p99", "max")
 _CHECKED = {"max_p50_ratio": "p50", "max_p99_ratio": "p99"}
 
