@@ -67,6 +67,12 @@ _REQUEST_FIELDS = attrgetter(*(f.name for f in fields(RequestRecord)))
 _RESPONSE_FIELDS = attrgetter(*(f.name for f in fields(ResponseRecord)))
 
 
+def failed(status: int, error: str | None) -> bool:
+    """A side failed an exchange: no complete response, or a 5xx (one definition for
+    the comparator's noise learning, the store's aggregates and the checks)."""
+    return error is not None or status <= 0 or 500 <= status <= 599
+
+
 def to_wire(ex: Exchange) -> tuple[Any, ...]:
     """``ex`` as nested tuples of its fields' values in declaration order: what the
     channel sends (for 1 KB bodies ~2.5× cheaper to pickle and ~1.5× to unpickle than

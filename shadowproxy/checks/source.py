@@ -7,8 +7,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from ..models import failed
 from ..store.base import Store, glob_escape
-from ..store.rollup import failed, forgiven
+from ..store.rollup import forgiven
 from ..store.sketch import Sketch
 from . import sequential
 from .evaluate import (

@@ -9,7 +9,7 @@ control process fills it from the channel). For each exchange it:
    route's compiled rules;
 3. feeds the noise learner and splits the differences into real ones and noise
    (telling it when an answer failed: a 5xx or no complete answer, as
-   :func:`shadowproxy.store.rollup.failed` counts failures; see :mod:`.noise`);
+   :func:`shadowproxy.models.failed` counts failures; see :mod:`.noise`);
 4. redacts the result and submits it to the store writer (dropped and counted
    as ``store_full`` when the writer's queue is full, ``store_down`` when it is full
    because the store is down and the writer is retrying): whole when the store may
@@ -24,7 +24,7 @@ import logging
 from collections.abc import Callable
 
 from ..config import Config
-from ..models import Difference, Exchange, ResponseRecord, Result, Verdict
+from ..models import Difference, Exchange, ResponseRecord, Result, Verdict, failed
 from ..stats import Stats
 from .comparator import RuleCache
 from .noise import NoiseLearner
@@ -33,8 +33,7 @@ log = logging.getLogger("shadowproxy.compare")
 
 
 def _failed(r: ResponseRecord) -> bool:
-    """No complete answer, or a 5xx."""
-    return r.error is not None or r.status <= 0 or 500 <= r.status <= 599
+    return failed(r.status, r.error)
 
 
 class CompareStage:
@@ -110,12 +109,12 @@ class CompareStage:
             sec_diffs = comparator.compare(ex.primary, ex.secondary)
             sec_fields = {d.field for d in sec_diffs}
         fields = {d.field for d in diffs}
-        failed = _failed(ex.primary) or _failed(cand)
-        self.learner.observe(ex.endpoint, fields, sec_fields, failed=failed or (
+        one_failed = _failed(ex.primary) or _failed(cand)
+        self.learner.observe(ex.endpoint, fields, sec_fields, failed=one_failed or (
             ex.secondary is not None and _failed(ex.secondary)))
         if not diffs:
             return Result(ex, "match", [], frozenset(), sec_diffs)
-        noise = self.learner.noise_fields(ex.endpoint, fields, failed=failed)
+        noise = self.learner.noise_fields(ex.endpoint, fields, failed=one_failed)
         verdict: Verdict = "noise" if noise >= fields else "diff"
         return Result(ex, verdict, diffs, noise, sec_diffs)
 

@@ -66,11 +66,6 @@ def pair_key(exchange_id: str) -> int:
                           "little")
 
 
-def failed(status: int, error: str | None) -> bool:
-    """A side failed an exchange: no complete response, or a 5xx."""
-    return error is not None or status <= 0 or 500 <= status <= 599
-
-
 def pair_ok(p_status: int, p_error: str | None, c_status: int, c_error: str | None) -> bool:
     """Both sides answered: the exchange's latencies form a pair."""
     return p_error is None and c_error is None and p_status > 0 and c_status > 0

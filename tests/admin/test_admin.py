@@ -89,6 +89,14 @@ class Demo:
         kw.update(extra)
         cfg = config(d.ups["primary"].url, d.ups["candidate"].url if candidate else None,
                      d.ups["secondary"].url if secondary else None, **kw)
+        return await cls.around(cfg, d.ups)
+
+    @classmethod
+    async def around(cls, cfg: Any, ups: dict[str, Upstream]) -> Demo:
+        """An in-process shadowproxy of ``cfg`` and its admin server, before the
+        upstreams ``ups`` (started already; stopped with the rest)."""
+        d = cls()
+        d.ups = ups
         d.proxy = await InProcess(cfg).start()
         d.admin = AdminServer(cfg, d.proxy.control)
         await d.admin.start()

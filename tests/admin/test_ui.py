@@ -303,18 +303,12 @@ def _variant_app(role: str) -> Any:
 
 
 async def test_every_kind_of_difference_renders(browser: Chromium, tmp_path: Path) -> None:
-    from shadowproxy.admin.server import AdminServer
-    from shadowproxy.control.supervisor import InProcess
     from tests.support import Upstream, config
 
     ups = {r: await Upstream(_variant_app(r)).start() for r in ("primary", "candidate")}
     cfg = config(ups["primary"].url, ups["candidate"].url, mirror={"timeout": "500ms"},
                  admin={"listen": "127.0.0.1:0", "token": TOKEN})
-    proxy = await InProcess(cfg).start()
-    admin = AdminServer(cfg, proxy.control)
-    await admin.start()
-    d = Demo()
-    d.proxy, d.admin, d.ups = proxy, admin, ups
+    d = await Demo.around(cfg, ups)
     try:
         await d.send([("GET", p, None) for p in ("/text", "/shape", "/status", "/slow")])
         await d.settle()
@@ -367,19 +361,13 @@ async def test_every_kind_of_difference_renders(browser: Chromium, tmp_path: Pat
 async def test_an_exchange_says_whose_traffic_it_was(browser: Chromium, pg_url: str) -> None:
     """A PostgreSQL store keeps whose traffic each exchange was (in a fleet the sidecar
     that mirrored it): the exchange's document and page say so."""
-    from shadowproxy.admin.server import AdminServer
-    from shadowproxy.control.supervisor import InProcess
     from tests.support import Upstream, config
 
     ups = {r: await Upstream(_variant_app(r)).start() for r in ("primary", "candidate")}
     cfg = config(ups["primary"].url, ups["candidate"].url, instance="pod-ui-7",
                  store={"url": pg_url, "flush_interval": "50ms"},
                  admin={"listen": "127.0.0.1:0", "token": TOKEN})
-    proxy = await InProcess(cfg).start()
-    admin = AdminServer(cfg, proxy.control)
-    await admin.start()
-    d = Demo()
-    d.proxy, d.admin, d.ups = proxy, admin, ups
+    d = await Demo.around(cfg, ups)
     try:
         await d.send([("GET", "/shape", None)])
         await d.settle()

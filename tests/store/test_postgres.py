@@ -19,6 +19,17 @@ from tests.store_helpers import diff, response, result
 pytestmark = pytest.mark.server
 
 
+def _same_sketches(got_store, ref_store) -> None:
+    """Both stores' latency sketches: the same endpoints, and per side the same count
+    and quantiles."""
+    qs = (0.5, 0.95, 0.99)
+    got, want = got_store.latency_sketches(), ref_store.latency_sketches()
+    assert sorted(got) == sorted(want)
+    for ep, sides in want.items():
+        for g, w in zip(got[ep], sides, strict=True):
+            assert (g.count, g.quantiles(qs)) == (w.count, w.quantiles(qs))
+
+
 def test_two_writers_count_everything_once_and_filter_by_instance(pg_url):
     a_res = mixed_results(240, seed=1)
     b_res = mixed_results(240, seed=2)
@@ -63,12 +74,7 @@ def test_two_writers_count_everything_once_and_filter_by_instance(pg_url):
             # merged across instances by the readers
             assert s._read("SELECT DISTINCT instance FROM rollup_blobs ORDER BY 1") == \
                 [("pod-a",), ("pod-b",)]
-            qs = (0.5, 0.95, 0.99)
-            got, want = s.latency_sketches(), ref.latency_sketches()
-            assert sorted(got) == sorted(want)
-            for ep, sides in want.items():
-                for g, w in zip(got[ep], sides, strict=True):
-                    assert (g.count, g.quantiles(qs)) == (w.count, w.quantiles(qs))
+            _same_sketches(s, ref)
             assert s.info().exchanges == 480
             assert s.info().extra["instances"] == ["pod-a", "pod-b"]
             assert s.outcome_counts() == {"mirrored": {"": 7}}
@@ -295,12 +301,7 @@ def test_a_fleets_rows_are_the_sidecars_and_each_writer_keeps_its_own_aggregates
                 ref.endpoint_stats(T0 + 12.5, T0 + 1801.5)
             assert one.diff_sets() == ref.diff_sets()
             assert one.latencies("*") == ref.latencies("*")
-            qs = (0.5, 0.95, 0.99)
-            got, want = one.latency_sketches(), ref.latency_sketches()
-            assert sorted(got) == sorted(want)
-            for ep, sides in want.items():
-                for g, w in zip(got[ep], sides, strict=True):
-                    assert (g.count, g.quantiles(qs)) == (w.count, w.quantiles(qs))
+            _same_sketches(one, ref)
             assert {r.id.split("-")[0] + "-" + r.id.split("-")[1]
                     for r in one.exchanges(limit=1000)} == {name}
             rows = one.exchanges(limit=1000)

@@ -23,11 +23,11 @@ from shadowproxy.checks import run as run_checks
 from shadowproxy.checks.evaluate import effective_diffs
 from shadowproxy.config import load
 from shadowproxy.errors import StoreError
-from shadowproxy.models import Difference, Exchange, RequestRecord, ResponseRecord, Result
+from shadowproxy.models import Difference, Exchange, RequestRecord, ResponseRecord, Result, failed
 from shadowproxy.report.data import build_report
 from shadowproxy.store import open_store
-from shadowproxy.store.rollup import failed, pair_ok
 from shadowproxy.store.rollup import forgiven as forgive
+from shadowproxy.store.rollup import pair_ok
 from shadowproxy.store.sqlite import SCHEMA_VERSION
 
 FIXTURE = Path(__file__).parent / "fixtures" / "store_v1.db"

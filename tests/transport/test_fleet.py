@@ -286,12 +286,7 @@ async def test_two_sidecars_two_comparators_kill_9_loses_nothing(
         assert codes == [0, 0], [c.log.read_text()[-3000:] for c in cars]
         assert [p.stop() for p in pools] == [0, 0]
     finally:
-        for proc in [c.proc for c in cars] + [p.proc for p in pools]:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        await primary.stop()
-        await candidate.stop()
+        await _teardown([*cars, *pools], primary, candidate)
     logs = "".join(p.log.read_text() for p in pools)
     assert "starting it again" in logs, logs[-3000:]    # the pool replaced the dead one
     mirrored = sum(o["mirrored"] for o in outcomes)
@@ -331,12 +326,7 @@ async def test_a_redis_restart_under_load(pg_url: str, redis: RedisServer,
         assert car.stop() == 0, car.log.read_text()[-3000:]
         assert pool.stop() == 0, pool.log.read_text()[-3000:]
     finally:
-        for proc in (car.proc, pool.proc):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        await primary.stop()
-        await candidate.stop()
+        await _teardown([car, pool], primary, candidate)
     o = outcomes["outcomes"]
     assert _total(outcomes) == n
     assert o.get("dropped{transport_down}", 0) > 0, o       # Redis was away: counted
@@ -344,6 +334,17 @@ async def test_a_redis_restart_under_load(pg_url: str, redis: RedisServer,
     assert len(set(ids)) == len(ids)
     # every shadow counted: stored, or dropped with its reason
     assert len(ids) + _after_mirror_drops(o) == outcomes["mirrored"], (len(ids), o)
+
+
+async def _teardown(procs: list[Any], *upstreams: Upstream) -> None:
+    """Kill what did not stop by itself (a failed assertion on the way), then stop the
+    upstreams."""
+    for r in procs:
+        if r.proc.poll() is None:
+            r.proc.kill()
+            r.proc.wait()
+    for up in upstreams:
+        await up.stop()
 
 
 def _comparators_config(car: Running, name: str) -> Path:
@@ -384,12 +385,7 @@ async def test_each_sidecars_traffic_is_stored_and_read_under_its_name(
         assert [c.stop() for c in cars] == [0, 0], [c.log.read_text()[-3000:] for c in cars]
         assert [p.stop() for p in pools] == [0, 0], [p.log.read_text()[-3000:] for p in pools]
     finally:
-        for proc in [c.proc for c in cars] + [p.proc for p in pools]:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        await primary.stop()
-        await candidate.stop()
+        await _teardown([*cars, *pools], primary, candidate)
     mirrored = {name: outcomes[name]["mirrored"] for name in names}
     assert mirrored == sent, outcomes
     import psycopg
