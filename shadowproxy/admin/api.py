@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 
 from .. import __version__
-from ..checks.judge import ENOUGH_SECONDARY
+from ..checks.judge import sketch_baseline
 from ..checks.source import against_candidate
 from ..config import Config
 from ..store.base import glob_escape, with_quantiles
@@ -103,8 +103,7 @@ class ApiHandlers(StoreAccess):
                           if c.max_p50_ratio is not None or c.max_p99_ratio is not None]
         if latency_checks and all(c.latency_baseline == "primary" for c in latency_checks):
             return "primary"
-        return "secondary" if secondary and secondary >= ENOUGH_SECONDARY * pairs \
-            else "primary"
+        return sketch_baseline(pairs, secondary)
 
     def _endpoint_doc(self, st: Any, secondary: Sketch | None = None) -> dict[str, Any]:
         """``secondary``: the secondary's latency sketch of the window (the UI shows it

@@ -246,6 +246,13 @@ def _errors(check: CheckConfig, source: Source, eps: list[str]) -> SubCheck:
 ENOUGH_SECONDARY = 0.5   # of the candidate's latencies, the secondary's a baseline needs
 
 
+def sketch_baseline(pairs: int, secondary: int) -> str:
+    """The default rule on the window's sketches alone: the secondary where it has at
+    least :data:`ENOUGH_SECONDARY` as many latencies as the endpoint has pairs (the
+    report and the UI mark that side where no check says otherwise)."""
+    return SECONDARY if secondary and secondary >= ENOUGH_SECONDARY * pairs else PRIMARY
+
+
 def choose_baseline(check: CheckConfig, source: Source, endpoint: str, paired: bool,
                     pair_sample: Callable[[str], tuple[int, int]]) -> tuple[str, str]:
     """The baseline of an endpoint's latency ratio, and why (for the text; '' when the
@@ -259,7 +266,7 @@ def choose_baseline(check: CheckConfig, source: Source, endpoint: str, paired: b
     pairs, secondary = source.secondary_latencies(endpoint)
     if not secondary:
         return PRIMARY, "no secondary latencies in the window"
-    if secondary < ENOUGH_SECONDARY * pairs:
+    if sketch_baseline(pairs, secondary) == PRIMARY:
         return PRIMARY, (f"the secondary answered {secondary} of {pairs} exchanges, too few "
                          "to compare with")
     if paired:

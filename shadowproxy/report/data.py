@@ -57,7 +57,8 @@ from typing import Any
 
 import orjson
 
-from ..checks.judge import ENOUGH_SECONDARY
+from ..checks.evaluate import PRIMARY, SECONDARY
+from ..checks.judge import sketch_baseline
 from ..store.base import EndpointStats, FieldStats, Store, with_quantiles
 from ..store.sketch import Sketch
 
@@ -142,7 +143,6 @@ def _summary(s: Sketch) -> dict[str, float | None]:
             "mean": s.mean()}
 
 
-PRIMARY, SECONDARY = "primary", "secondary"
 LATENCY_QUANTILES = ("p50", "p90", "p95", "p99", "max")
 _CHECKED = {"max_p50_ratio": "p50", "max_p99_ratio": "p99"}
 
@@ -157,8 +157,7 @@ def latency_baselines(sketches: dict[str, tuple[Sketch, Sketch, Sketch]],
     pairs)."""
     out: dict[str, dict[str, str]] = {}
     for ep, (ps, _cs, ss) in sketches.items():
-        base = SECONDARY if ss.count and ss.count >= ENOUGH_SECONDARY * ps.count else PRIMARY
-        out[ep] = dict.fromkeys(LATENCY_QUANTILES, base)
+        out[ep] = dict.fromkeys(LATENCY_QUANTILES, sketch_baseline(ps.count, ss.count))
     for c in (checks or {}).get("checks") or []:
         for sub in c.get("subchecks") or []:
             q = _CHECKED.get(sub.get("metric"))
