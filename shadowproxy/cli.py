@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="only this instance's traffic (a fleet's: a sidecar's; PostgreSQL "
                           "store; default: all instances together)")
 
-    from .replay.command import add_parser as add_replay
+    from .replay.args import add_parser as add_replay
     add_replay(sub)
     for sp in (chk, rep):
         sp.add_argument("--run", default=None, metavar="NAME",
