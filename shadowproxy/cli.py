@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from . import __version__
 from .config import Config, load
@@ -84,8 +85,10 @@ def _parser() -> argparse.ArgumentParser:
 
     sto = sub.add_parser("store", help="store maintenance: migrate (upgrade the schema to "
                          "this version's, keeping every result), vacuum (rewrite the file "
-                         "without its free pages; switches an old store to incremental vacuum)")
-    sto.add_argument("action", choices=("migrate", "vacuum"))
+                         "without its free pages; switches an old store to incremental "
+                         "vacuum), compact (the hours of the aggregates that are over, now; "
+                         "the writer of `shadowproxy run` does it as it goes)")
+    sto.add_argument("action", choices=("migrate", "vacuum", "compact"))
     sto.add_argument("-c", "--config", required=True, metavar="FILE")
     return p
 
@@ -97,6 +100,8 @@ def _store_main(cfg: Config, action: str) -> int:
         if action == "migrate":
             print(f"{store.url}: schema version {store.info().schema_version}")
             return EXIT_OK
+        if action == "compact":
+            return _compact(cfg, store)
         vacuum = getattr(store, "vacuum", None)
         if vacuum is None:
             print(f"shadowproxy: the store {cfg.store.url} has no vacuum", file=sys.stderr)
@@ -105,6 +110,19 @@ def _store_main(cfg: Config, action: str) -> int:
     finally:
         store.close()
     print(f"{cfg.store.url}: vacuumed, file and WAL {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB")
+    return EXIT_OK
+
+
+def _compact(cfg: Config, store: Any) -> int:
+    import time
+    age = cfg.store.retention_age
+    t0, n = time.monotonic(), 0
+    while True:
+        now = time.time()
+        n += store.compact(now, now - age if age else None, max_hours=24)
+        if not store.compact_pending:
+            break
+    print(f"{store.url}: {n} hours compacted in {time.monotonic() - t0:.1f} s")
     return EXIT_OK
 
 

@@ -178,10 +178,11 @@ class Pairs:
         return ([it[1] for it in chosen], [it[2] for it in chosen],
                 [it[3] for it in chosen])
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, k: int = PAIR_SAMPLE) -> bytes:
         """The stored form (:data:`PAIRS_V1`, or :data:`PAIRS_V2` when a pair has the
-        secondary's latency)."""
-        self.trim(PAIR_SAMPLE)
+        secondary's latency) of the ``k`` pairs of smallest key (a minute's
+        :data:`PAIR_SAMPLE`; an hour's, :mod:`.hours`, :data:`PAIR_WINDOW`)."""
+        self.trim(k)
         items = self.items      # trim left them ascending by key
         keys = array("Q", [self.bound if self.bound <= MAX_KEY else MAX_KEY])
         keys.extend([it[0] for it in items])

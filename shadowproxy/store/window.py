@@ -44,6 +44,60 @@ EDGE_COLS = ("id", "endpoint", "verdict", "primary_status", "primary_error",
              "secondary_status", "secondary_latency")
 
 
+HOUR = 3600
+OPEN, COMPACTED = 0, 1        # the states of an hour in ``hours`` (:mod:`.hours`)
+
+
+def hour_of(t: float) -> int:
+    """The start of the hour ``t`` falls in."""
+    return int(t // HOUR) * HOUR
+
+
+def hours_of(minutes: Iterable[int]) -> list[int]:
+    """The distinct hours of some minutes, ascending."""
+    return sorted({hour_of(m) for m in minutes})
+
+
+def compacted(q: Query, lo: float | None, hi: float | None) -> list[int]:
+    """The compacted hours wholly inside ``[lo, hi)`` (either open when None), ascending."""
+    clauses: list[str] = ["state = ?"]
+    params: list[Any] = [COMPACTED]
+    if lo is not None:
+        clauses.append("hour >= ?")
+        params.append(lo)
+    if hi is not None:
+        clauses.append("hour <= ?")
+        params.append(hi - HOUR)
+    return [int(r[0]) for r in q(f"SELECT hour FROM hours WHERE {' AND '.join(clauses)} "
+                                 "ORDER BY hour", params)]
+
+
+Span = tuple[float | None, float | None]
+
+
+def split(lo: float | None, hi: float | None, hours: Sequence[int]
+          ) -> tuple[list[tuple[int, int]], list[Span]]:
+    """Whole minutes ``[lo, hi)`` (either open when None) → (runs of the compacted
+    ``hours`` (ascending, inside the window) as ``[start, end)``, the spans between them
+    to read from the minutes)."""
+    runs: list[tuple[int, int]] = []
+    for h in hours:
+        if runs and runs[-1][1] == h:
+            runs[-1] = (runs[-1][0], h + HOUR)
+        else:
+            runs.append((h, h + HOUR))
+    rest: list[Span] = []
+    at: float | None = lo
+    for a, b in runs:
+        if at is None or at < a:
+            rest.append((at, a))
+        at = b
+    if at is None or hi is None or at < hi:
+        rest.append((at, hi))
+    return runs, rest
+
+
+
 @dataclass(frozen=True, slots=True)
 class Scope:
     """A condition every read adds for every table (``?`` placeholders), e.g. the
@@ -181,37 +235,65 @@ def read(q: Query, since: float | None, until: float | None,
         return m
 
     if win.whole:
-        where, params = between("minute", win.lo, win.hi)
-        ewhere, eparams = endpoint_clause(endpoints)
-        where = f"{where} AND {ewhere}{scope.sql()}"
-        params = params + eparams + list(scope.params)
-        sums = ",".join(f"sum({k})" for k in ROLLUP_COLS)
-        if counts:
-            for row in q(f"SELECT endpoint, {sums} FROM rollups WHERE {where} "
-                         "GROUP BY endpoint", params):
-                m = minute_for(row[0])
-                m.counts = [int(v or 0) for v in row[1:1 + len(COUNT_COLS)]]
-                m.sums = [float(row[-2] or 0.0), float(row[-1] or 0.0)]
-        kinds = [k for k, want in zip(ROLLUP_BLOBS, (sketches, sketches, secondary, pairs),
-                                      strict=True) if want]
-        for kind in kinds:
-            for ep, blob in q(f"SELECT endpoint, data FROM rollup_blobs WHERE kind=? AND "
-                              f"{where}", [kind, *params]):
-                merge_blob(minute_for(ep), kind, blob)
-        if fields:
-            for ep, fld, kind, n, nz, nx in q(
-                    "SELECT endpoint, field, kind, sum(rows), sum(noise_rows), sum(exchanges) "
-                    f"FROM field_rollups WHERE {where} GROUP BY endpoint, field, kind", params):
-                minute_for(ep).fields[(fld, kind)] = [int(n), int(nz), int(nx)]
-        if sets:
-            for ep, key, n in q(f"SELECT endpoint, fields, sum(count) FROM diff_sets WHERE "
-                                f"{where} GROUP BY endpoint, fields", params):
-                minute_for(ep).diff_sets[key] = int(n)
+        # the window's compacted hours from the hour rows, its other minutes from the
+        # minute rows (:mod:`.hours`)
+        runs, rest = split(win.lo, win.hi, compacted(q, win.lo, win.hi))
+        for prefix, col, spans in (("", "minute", rest), ("hour_", "hour", runs)):
+            for lo, hi in spans:
+                _whole(q, prefix, col, lo, hi, endpoints, scope, minute_for,
+                       counts=counts, sketches=sketches, secondary=secondary, pairs=pairs,
+                       fields=fields, sets=sets)
     for t0, t1 in win.edges:
         for ep, m in edge(q, t0, t1, endpoints, scope=scope, dialect=dialect,
                           with_differences=fields or sets).items():
             minute_for(ep).merge(m)
     return out
+
+
+def _whole(q: Query, prefix: str, col: str, lo: float | None, hi: float | None,
+           endpoints: Sequence[str] | None, scope: Scope, minute_for: Callable[[str], Minute],
+           *, counts: bool, sketches: bool, secondary: bool, pairs: bool, fields: bool,
+           sets: bool) -> None:
+    """Add the aggregate rows of ``[lo, hi)`` (the minute tables, or with ``prefix``
+    ``hour_`` the hour tables; ``col`` their time column) to ``minute_for(endpoint)``."""
+    where, params = between(col, lo, hi)
+    ewhere, eparams = endpoint_clause(endpoints)
+    where = f"{where} AND {ewhere}{scope.sql()}"
+    params = params + eparams + list(scope.params)
+    if counts:
+        sums = ",".join(f"sum({k})" for k in ROLLUP_COLS)
+        for row in q(f"SELECT endpoint, {sums} FROM {prefix}rollups WHERE {where} "
+                     "GROUP BY endpoint", params):
+            m = minute_for(row[0])
+            n = m.counts
+            for i, v in enumerate(row[1:1 + len(COUNT_COLS)]):
+                n[i] += int(v or 0)
+            m.sums[0] += float(row[-2] or 0.0)
+            m.sums[1] += float(row[-1] or 0.0)
+    kinds = [k for k, want in zip(ROLLUP_BLOBS, (sketches, sketches, secondary, pairs),
+                                  strict=True) if want]
+    for kind in kinds:
+        for ep, blob in q(f"SELECT endpoint, data FROM {prefix}rollup_blobs WHERE kind=? AND "
+                          f"{where}", [kind, *params]):
+            merge_blob(minute_for(ep), kind, blob)
+    if fields:
+        for ep, fld, kind, n, nz, nx in q(
+                "SELECT endpoint, field, kind, sum(rows), sum(noise_rows), sum(exchanges) "
+                f"FROM {prefix}field_rollups WHERE {where} GROUP BY endpoint, field, kind",
+                params):
+            have = minute_for(ep).fields
+            mine = have.get((fld, kind))
+            if mine is None:
+                have[(fld, kind)] = [int(n), int(nz), int(nx)]
+            else:
+                mine[0] += int(n)
+                mine[1] += int(nz)
+                mine[2] += int(nx)
+    if sets:
+        for ep, key, n in q(f"SELECT endpoint, fields, sum(count) FROM {prefix}diff_sets "
+                            f"WHERE {where} GROUP BY endpoint, fields", params):
+            ds = minute_for(ep).diff_sets
+            ds[key] = ds.get(key, 0) + int(n)
 
 
 def edge(q: Query, t0: float | None, t1: float | None, endpoints: Sequence[str] | None, *,

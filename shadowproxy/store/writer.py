@@ -22,6 +22,9 @@ store and never see its errors:
 * every ``cleanup_interval`` seconds (and right after start) it applies the retention
   limits, a few 500-row (or incremental-vacuum) transactions at a time between
   batches, until done;
+* after the retention, in the same slices, it compacts the hours of the aggregates
+  that are over (``store.compact``, :mod:`shadowproxy.store.hours`), ``compact_hours``
+  a slice, so a window's whole hours are read from hour rows;
 * every ``wal_check_interval`` seconds it resets the WAL when it is above the store's
   cap (``store.maintain_wal()``, the SQLite store: a ``wal_checkpoint(TRUNCATE)`` that
   never waits on readers), so the WAL is back under the cap within a second or so of
@@ -86,6 +89,7 @@ class StoreWriter:
     def __init__(self, store: Store | str, cfg: StoreConfig | None = None, *,
                  on_commit: Callable[[int], None] | None = None,
                  cleanup_interval: float = 60.0, cleanup_chunks: int = 10,
+                 compact_hours: int = 2,
                  wal_check_interval: float = 1.0,
                  log_interval: float = 60.0, retry_min: float = 0.1, retry_max: float = 5.0,
                  name: str = "shadowproxy-store-writer") -> None:
@@ -104,6 +108,7 @@ class StoreWriter:
         self.on_committed: Callable[[list[Result]], None] | None = None
         self.cleanup_interval = cleanup_interval
         self.cleanup_chunks = cleanup_chunks
+        self.compact_hours = compact_hours
         self.wal_check_interval = wal_check_interval
         self.log_interval = log_interval
         self.retry_min = retry_min
@@ -488,20 +493,36 @@ class StoreWriter:
         return not failed
 
     def _cleanup(self) -> bool:
-        """One slice of retention. → True when more is left to delete."""
+        """One slice of retention, then of the hourly compaction of the aggregates
+        (:mod:`shadowproxy.store.hours`). → True when more of either is left."""
         self._next_cleanup = time.monotonic() + self.cleanup_interval
         cfg = self.cfg
-        if not cfg.retention_age and not cfg.retention_size:
+        more = False
+        now = time.time()
+        if cfg.retention_age or cfg.retention_size:
+            try:
+                n = self.store.cleanup(now, cfg.retention_age or None,
+                                       cfg.retention_size or None,
+                                       max_chunks=self.cleanup_chunks)
+            except Exception as exc:  # noqa: BLE001
+                self._failure(exc, 0, what="retention cleanup")
+                return False
+            with self._lock:
+                self.cleaned += n
+            more = bool(getattr(self.store, "cleanup_pending", False))
+            if more:
+                return True             # retention first: it decides what is kept
+        compact = getattr(self.store, "compact", None)
+        if compact is None:
             return False
         try:
-            n = self.store.cleanup(time.time(), cfg.retention_age or None,
-                                   cfg.retention_size or None, max_chunks=self.cleanup_chunks)
+            # not the hours the age limit is about to take (their minutes go one by one)
+            compact(now, now - cfg.retention_age if cfg.retention_age else None,
+                    max_hours=self.compact_hours)
         except Exception as exc:  # noqa: BLE001
-            self._failure(exc, 0, what="retention cleanup")
+            self._failure(exc, 0, what="hourly compaction")
             return False
-        with self._lock:
-            self.cleaned += n
-        return bool(getattr(self.store, "cleanup_pending", False))
+        return bool(getattr(self.store, "compact_pending", False))
 
     def _maintain_wal(self) -> None:
         """Reset the store's WAL when it is above its cap (stores that have one)."""

@@ -59,7 +59,7 @@ def _downgrade(url: str) -> None:
         for minute, ep, data in rows:
             c.execute("UPDATE rollup_blobs SET data = ? WHERE kind = 'pairs' AND minute = ? "
                       "AND endpoint = ?", (_v1_bytes(Pairs.from_bytes(data)), minute, ep))
-        c.execute("UPDATE schema_version SET version = 3 WHERE version = 4")
+        c.execute("UPDATE schema_version SET version = 3 WHERE version >= 4")
         c.commit()
         c.close()
         return
@@ -73,7 +73,7 @@ def _downgrade(url: str) -> None:
             c.execute("UPDATE rollup_blobs SET data = %s WHERE kind = 'pairs' AND "
                       "minute = %s AND endpoint = %s AND instance = %s",
                       (_v1_bytes(Pairs.from_bytes(data)), minute, ep, inst))
-        c.execute("UPDATE schema_version SET version = 3 WHERE version = 4")
+        c.execute("UPDATE schema_version SET version = 3 WHERE version >= 4")
 
 
 def _speed(store: Any, since: float, until: float) -> dict[str, Any]:

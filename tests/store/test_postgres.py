@@ -223,9 +223,9 @@ def test_a_schema_1_store_upgrades_in_place_and_keeps_what_it_holds(pg_url):
         open_store(pg_url, readonly=True)
     s = open_store(pg_url, instance="pod-b")           # a writer upgrades it
     try:
-        assert s.info().schema_version == SCHEMA_VERSION == 4
+        assert s.info().schema_version == SCHEMA_VERSION == 5
         assert s.info().exchanges == 20
-        assert s._read("SELECT max(version) FROM schema_version") == [(4,)]
+        assert s._read("SELECT max(version) FROM schema_version") == [(5,)]
         s.save_noise_counts("pod-b/1", [("GET /x", "", 10, 0, 0), ("GET /x", "$.a", 10, 3, 2)])
         assert sorted(s.noise_counts()) == [("GET /x", "", 10, 0, 0), ("GET /x", "$.a", 10, 3, 2)]
     finally:
@@ -344,7 +344,7 @@ def test_a_schema_2_store_upgrades_to_writer_keyed_aggregates(pg_url):
         open_store(pg_url, readonly=True)
     s = open_store(pg_url, instance="pod-a")           # a writer upgrades it
     try:
-        assert s.info().schema_version == SCHEMA_VERSION == 4
+        assert s.info().schema_version == SCHEMA_VERSION == 5
         assert s._read("SELECT DISTINCT writer FROM rollups") == [("",)]
         s.write_results(after)
         assert s._read("SELECT DISTINCT writer FROM rollups ORDER BY 1") == \

@@ -139,7 +139,7 @@ def test_a_schema_1_store_upgrades_in_place_and_reads_the_same(tmp_path: Path) -
     with pytest.raises(StoreError, match="store migrate"):
         open_store(url, readonly=True)
     store = open_store(url)           # the writer upgrades it
-    assert store.info().schema_version == SCHEMA_VERSION == 4
+    assert store.info().schema_version == SCHEMA_VERSION == 5
     store.close()
     store = open_store(url, readonly=True)
     try:
@@ -163,7 +163,7 @@ def test_a_schema_1_store_upgrades_in_place_and_reads_the_same(tmp_path: Path) -
         store.close()
     raw = sqlite3.connect(path)
     assert [v for (v,) in raw.execute("SELECT version FROM schema_version ORDER BY version")] \
-        == [1, 2, 3, 4]
+        == [1, 2, 3, 4, 5]
     raw.close()
 
 
@@ -237,7 +237,7 @@ def test_store_migrate_command_upgrades_a_schema_1_store(tmp_path: Path) -> None
     done = subprocess.run([sys.executable, "-m", "shadowproxy", "store", "migrate", "-c",
                            str(cfg)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert "schema version 4" in done.stdout
+    assert "schema version 5" in done.stdout
     assert "upgraded from version 1 to 2" in done.stderr     # logged with what it did
     assert "upgraded from version 2 to 3" in done.stderr
     assert "upgraded from version 3 to 4" in done.stderr

@@ -17,6 +17,7 @@ from ...errors import StoreError, StoreUnavailable
 from ..runs import RUN_PREFIX
 from ..window import Dialect, Query, Scope
 from . import schema
+from .cursor import query_of
 from .url import default_instance, redact, redact_url, url_password
 
 if TYPE_CHECKING:
@@ -32,11 +33,6 @@ CONNECT_TIMEOUT = 10      # seconds, unless the URL sets connect_timeout
 # down, in recovery), idle session timeout, too many connections
 _UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03", "57P05", "53300"})
 PG_DIALECT = Dialect(diff_order="seq", diff_time=True, instance=True)
-
-
-def sql_of(sql: str) -> str:
-    """The engine-neutral ``?`` placeholders as psycopg's ``%s``."""
-    return sql.replace("%", "%%").replace("?", "%s")
 
 
 def _psycopg() -> Any:
@@ -228,11 +224,7 @@ class PgConnection:
             try:
                 conn = self._ensure()
                 with conn.cursor() as cur:
-                    def q(sql: str, params: Sequence[Any] = ()) -> list[Any]:
-                        cur.execute(sql_of(sql), list(params))
-                        return cur.fetchall() if cur.description is not None else []
-
-                    yield q
+                    yield query_of(cur)
             except self._pg.Error as exc:
                 raise self._error(exc, "read") from exc
 

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import hours
+from ..window import HOUR
 from . import partitions
 from .connection import PgConnection
+from .cursor import query_of
 from .schema import BY_AGE
 
 SIZE_TARGET = 0.9
@@ -32,6 +35,7 @@ class RetentionMixin(PgConnection):
     """:meth:`~shadowproxy.store.postgres.store.PostgresStore.cleanup`."""
 
     cleanup_pending = False
+    compact_pending = False
 
     def _stored_days(self) -> list[int]:
         """The days with partitions, oldest first."""
@@ -59,12 +63,37 @@ class RetentionMixin(PgConnection):
                             "WHERE minute <= %s LIMIT %s)", (cutoff - 60, AGG_CHUNK))
                 if cur.rowcount >= AGG_CHUNK:
                     done = False
+            hours.forget(query_of(cur), cutoff)     # the hours begun before it
             # a noise learner not heard of since the cutoff
             cur.execute("DELETE FROM noise_counts WHERE updated < %s", (cutoff,))
             return done
 
         done: bool = self._write("clean up", run)
         return done
+
+    def compact(self, now: float, not_before: float | None = None, max_hours: int = 4) -> int:
+        """Compact up to ``max_hours`` of the hours due (:mod:`shadowproxy.store.hours`),
+        oldest first, each in its own transaction under the hour's exclusive advisory
+        lock (an hour a writer holds, or another compactor, is left for the next call);
+        → hours compacted. :attr:`compact_pending` tells whether more are due."""
+        due = self._read_due(now, not_before, max_hours + 1)
+
+        def run(cur: Any, h: int) -> bool:
+            cur.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", (hours.HOUR_LOCK, h // HOUR))
+            row = cur.fetchone()
+            if not row or not row[0]:
+                return False
+            hours.compact(query_of(cur), h, ("endpoint", "instance"))
+            return True
+
+        done = sum(bool(self._write("compact", run, h)) for h in due[:max_hours])
+        # more are due, and this call got on (hours being written are left for later)
+        self.compact_pending = len(due) > max_hours and done > 0
+        return done
+
+    def _read_due(self, now: float, not_before: float | None, limit: int) -> list[int]:
+        with self._reading() as q:
+            return hours.due(q, now, not_before, limit)
 
     def cleanup(self, now: float, max_age: float | None, max_bytes: int | None, *,
                 chunk: int = 500, max_chunks: int | None = None) -> int:

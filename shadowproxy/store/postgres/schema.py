@@ -21,6 +21,10 @@ it describes: the writer's own, or in a fleet the sidecar that mirrored the exch
     ``noise``        the noise learners' evidence per (endpoint, field), last writer wins.
     ``noise_counts``  each noise learner's own (N, R, S) per (endpoint, field): a
         learner decides on the sum of everyone's (schema 2).
+    ``hours``, ``hour_rollups``, ``hour_rollup_blobs``, ``hour_field_rollups``,
+        ``hour_diff_sets``   (schema 5) the aggregates per hour, endpoint and instance
+        for the hours that are over, compacted from the minutes of every writer
+        (:mod:`shadowproxy.store.hours`); a window's whole hours are read from them.
     Schema 4: the pair samples of ``rollup_blobs`` may carry the secondary's latency
         (``rollup.PAIRS_V2``); no table changes.
     ``schema_version``  the versions applied (the highest is the store's).
@@ -35,7 +39,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-SCHEMA_VERSION = 4
+from .. import hours
+from .cursor import query_of
+
+SCHEMA_VERSION = 5
 MIGRATION_LOCK = 0x5348_4144_0001      # pg_advisory_xact_lock key of schema changes
 PARTITION_LOCK = 0x5348_4144_0002      # ... of partition creation and dropping
 
@@ -47,6 +54,47 @@ BY_AGE = ("rollups", "rollup_blobs", "field_rollups", "diff_sets", "outcomes")
 _COUNTERS = ("exchanges", "matches", "diffs", "noise", "errors", "candidate_5xx",
              "primary_5xx", "candidate_errors", "primary_errors", "latency_pairs",
              "both_failed", "candidate_only_failed", "primary_only_failed")
+
+HOURS = f"""CREATE TABLE IF NOT EXISTS hours (
+    hour BIGINT PRIMARY KEY,
+    state SMALLINT NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS hour_rollups (
+    hour BIGINT NOT NULL,
+    endpoint TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    {", ".join(f"{c} BIGINT NOT NULL DEFAULT 0" for c in _COUNTERS)},
+    primary_latency_sum DOUBLE PRECISION NOT NULL DEFAULT 0,
+    candidate_latency_sum DOUBLE PRECISION NOT NULL DEFAULT 0,
+    PRIMARY KEY (hour, endpoint, instance)
+);
+CREATE TABLE IF NOT EXISTS hour_rollup_blobs (
+    kind TEXT NOT NULL,
+    hour BIGINT NOT NULL,
+    endpoint TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    data BYTEA NOT NULL,
+    PRIMARY KEY (kind, hour, endpoint, instance)
+);
+CREATE TABLE IF NOT EXISTS hour_field_rollups (
+    hour BIGINT NOT NULL,
+    endpoint TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    field TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    rows BIGINT NOT NULL DEFAULT 0,
+    noise_rows BIGINT NOT NULL DEFAULT 0,
+    exchanges BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (hour, endpoint, instance, field, kind)
+);
+CREATE TABLE IF NOT EXISTS hour_diff_sets (
+    hour BIGINT NOT NULL,
+    endpoint TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    count BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (hour, endpoint, instance, fields)
+)"""
 
 NOISE_COUNTS = """CREATE TABLE IF NOT EXISTS noise_counts (
     endpoint TEXT NOT NULL,
@@ -191,11 +239,13 @@ CREATE TABLE IF NOT EXISTS noise (
     PRIMARY KEY (endpoint, field)
 );
 {NOISE_COUNTS};
+{HOURS};
 """
 
 TABLES = frozenset({"schema_version", "exchanges", "differences", "samples", "sample_keys",
                     "rollups", "rollup_blobs", "field_rollups", "diff_sets", "outcomes", "noise",
-                    "noise_counts"})
+                    "noise_counts", "hours", "hour_rollups", "hour_rollup_blobs",
+                    "hour_field_rollups", "hour_diff_sets"})
 
 # version → the migration that brings a store from version - 1 to it (given a cursor,
 # inside the migration's transaction; → what it did, for the log)
@@ -231,7 +281,16 @@ def _to_4(cur: Any) -> str:
     return "latency pair samples carry the secondary's latency from now on"
 
 
-MIGRATIONS: dict[int, Callable[[Any], str]] = {2: _to_2, 3: _to_3, 4: _to_4}
+def _to_5(cur: Any) -> str:
+    """Hour rows of the aggregates (:mod:`shadowproxy.store.hours`): the tables, and
+    every hour with minute rows marked open; the writers compact them (or
+    ``shadowproxy store compact``), readers read minutes until then."""
+    for stmt in statements(HOURS):
+        cur.execute(stmt)
+    return f"hour aggregates added; {hours.backfill(query_of(cur)):,} hours to compact"
+
+
+MIGRATIONS: dict[int, Callable[[Any], str]] = {2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5}
 
 
 def statements(ddl: str = DDL) -> list[str]:

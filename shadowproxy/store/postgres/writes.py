@@ -31,12 +31,14 @@ from typing import Any
 
 from ...errors import StoreError
 from ...models import Result
+from .. import hours
 from ..base import NoiseCounts, OutcomeRow
 from ..documents import _sample_keys, difference_rows, exchange_row, sample_blob
 from ..rollup import Minute, rollup
-from ..window import EX_COLS, ROLLUP_BLOBS, ROLLUP_COLS, added_blobs
+from ..window import EX_COLS, HOUR, ROLLUP_BLOBS, ROLLUP_COLS, added_blobs, hours_of
 from . import partitions
 from .connection import PgConnection
+from .cursor import query_of
 
 _EX_TYPES = ("text", "float8", "text", "text", "text", "text", "text", "text", "int4",
              "int4", "int4", "float8", "float8", "float8", "int8", "int8", "text", "text",
@@ -202,6 +204,14 @@ class WritesMixin(PgConnection):
         are) into this writer's own aggregate rows (``writer``: its instance name)."""
         if not minutes:
             return
+        # these hours are read from their minutes until compacted again; the shared
+        # lock, held to the commit, orders this write with a compaction of the same
+        # hour (:mod:`shadowproxy.store.hours`)
+        touched = hours_of(k[0] for k in minutes)
+        for h in touched:
+            cur.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)",
+                        (hours.HOUR_LOCK, h // HOUR))
+        hours.reopen(query_of(cur), touched)
         me = self.instance
         # the rows this batch merges into exist before they are locked: FOR UPDATE
         # locks only rows that exist, so two writers under one name (two comparator

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from ...errors import StoreError
+from .. import hours
 from .rollups import backfill
 from .schema import _SCHEMA, SCHEMA_VERSION
 
@@ -55,7 +56,18 @@ def _to_4(c: sqlite3.Connection) -> str:
     return "latency pair samples carry the secondary's latency from now on"
 
 
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], str]] = {2: _to_2, 3: _to_3, 4: _to_4}
+def _to_5(c: sqlite3.Connection) -> str:
+    """Hour rows of the aggregates (:mod:`shadowproxy.store.hours`): the tables, and
+    every hour with minute rows marked open; the writer compacts them (or
+    ``shadowproxy store compact``), readers read minutes until then."""
+    for stmt in _SCHEMA.split(";"):       # the new tables (CREATE ... IF NOT EXISTS)
+        if stmt.strip():
+            c.execute(stmt)
+    return f"hour aggregates added; {hours.backfill(c.execute):,} hours to compact"
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], str]] = {
+    2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5}
 
 
 def migrate(c: sqlite3.Connection, version: int, where: str, readonly: bool) -> int:

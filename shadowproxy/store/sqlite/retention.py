@@ -29,6 +29,7 @@ import math
 import sqlite3
 from typing import Any
 
+from .. import hours
 from .connection import AUTO_VACUUM_INCREMENTAL, SqliteConnection, _store_error
 
 SIZE_TARGET = 0.9                 # the size limit cleans down to this share of it
@@ -43,6 +44,7 @@ class RetentionMixin(SqliteConnection):
     """:meth:`~shadowproxy.store.sqlite.store.SqliteStore.cleanup` and its helpers."""
 
     cleanup_pending = False
+    compact_pending = False
     _trimming = False     # the size limit was exceeded: cleaning down to its target
 
     def _delete_exchanges(self, ids: list[str]) -> None:
@@ -75,10 +77,22 @@ class RetentionMixin(SqliteConnection):
                 if table in have:
                     self._conn.execute(f"DELETE FROM {table} WHERE minute + 60 <= ?",
                                        (cutoff,))
+            if "hours" in have:             # the hour rows of hours begun before it
+                hours.forget(self._conn.execute, cutoff)
             if "noise_counts" in have:      # a learner not heard of since the cutoff
                 self._conn.execute("DELETE FROM noise_counts WHERE updated < ?", (cutoff,))
 
         self._write("clean up", run)
+
+    def compact(self, now: float, not_before: float | None = None, max_hours: int = 4) -> int:
+        """Compact up to ``max_hours`` of the hours due (:mod:`shadowproxy.store.hours`),
+        oldest first, each in its own write transaction; → hours compacted.
+        :attr:`compact_pending` tells whether more are due (call again)."""
+        due = hours.due(self._read, now, not_before, max_hours + 1)
+        for h in due[:max_hours]:
+            self._write("compact", hours.compact, self._conn.execute, h, ("endpoint",))
+        self.compact_pending = len(due) > max_hours
+        return min(len(due), max_hours)
 
     def free_pages(self) -> int:
         """Pages on the freelist (what an incremental vacuum can give back)."""

@@ -12,12 +12,12 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from .. import window
+from .. import hours, window
 from ..rollup import Minute, rollup
 from ..window import COUNT_COLS as _COUNT_COLS
 from ..window import ROLLUP_BLOBS as _ROLLUP_BLOBS
 from ..window import ROLLUP_COLS as _ROLLUP_COLS
-from ..window import Window, added_blobs, range_clauses
+from ..window import Window, added_blobs, hours_of, range_clauses
 from ..window import blobs as _blobs
 
 __all__ = ["Window", "backfill", "edge", "range_clauses", "read", "write"]
@@ -30,6 +30,8 @@ def write(c: sqlite3.Connection, rows: Sequence[Sequence[Any]],
     minutes = rollup(rows, diffs)
     if not minutes:
         return
+    # readers read these hours from their minutes until they are compacted again
+    hours.reopen(c.execute, hours_of(k[0] for k in minutes))
     # the blobs these minutes have already: one range of the (kind, minute, endpoint)
     # key a kind (a batch spans a few minutes)
     have: dict[tuple[str, int, str], bytes] = {}

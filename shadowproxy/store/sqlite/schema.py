@@ -13,7 +13,7 @@ from urllib.parse import quote
 from ...errors import StoreError
 from ..window import EX_COLS, ROLLUP_BLOBS, ROLLUP_COLS
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT = 5.0
 
 _SCHEMA = """
@@ -117,6 +117,54 @@ CREATE TABLE IF NOT EXISTS diff_sets (
     count INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (minute, endpoint, fields)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS hours (
+    hour INTEGER PRIMARY KEY,
+    state INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS hour_rollups (
+    hour INTEGER NOT NULL,
+    endpoint TEXT NOT NULL,
+    exchanges INTEGER NOT NULL DEFAULT 0,
+    matches INTEGER NOT NULL DEFAULT 0,
+    diffs INTEGER NOT NULL DEFAULT 0,
+    noise INTEGER NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0,
+    candidate_5xx INTEGER NOT NULL DEFAULT 0,
+    primary_5xx INTEGER NOT NULL DEFAULT 0,
+    candidate_errors INTEGER NOT NULL DEFAULT 0,
+    primary_errors INTEGER NOT NULL DEFAULT 0,
+    latency_pairs INTEGER NOT NULL DEFAULT 0,
+    primary_latency_sum REAL NOT NULL DEFAULT 0,
+    candidate_latency_sum REAL NOT NULL DEFAULT 0,
+    both_failed INTEGER NOT NULL DEFAULT 0,
+    candidate_only_failed INTEGER NOT NULL DEFAULT 0,
+    primary_only_failed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (hour, endpoint)
+);
+CREATE TABLE IF NOT EXISTS hour_rollup_blobs (
+    kind TEXT NOT NULL,
+    hour INTEGER NOT NULL,
+    endpoint TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (kind, hour, endpoint)
+);
+CREATE TABLE IF NOT EXISTS hour_field_rollups (
+    hour INTEGER NOT NULL,
+    endpoint TEXT NOT NULL,
+    field TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    rows INTEGER NOT NULL DEFAULT 0,
+    noise_rows INTEGER NOT NULL DEFAULT 0,
+    exchanges INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (hour, endpoint, field, kind)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS hour_diff_sets (
+    hour INTEGER NOT NULL,
+    endpoint TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    count INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (hour, endpoint, fields)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outcomes (
     minute INTEGER NOT NULL,
     endpoint TEXT NOT NULL,
@@ -150,7 +198,8 @@ CREATE TABLE IF NOT EXISTS noise_counts (
 ) WITHOUT ROWID;
 """
 _TABLES = {"schema_version", "exchanges", "differences", "samples", "sample_keys", "rollups",
-           "rollup_blobs", "field_rollups", "diff_sets", "outcomes", "noise", "noise_counts"}
+           "rollup_blobs", "field_rollups", "diff_sets", "outcomes", "noise", "noise_counts",
+           "hours", "hour_rollups", "hour_rollup_blobs", "hour_field_rollups", "hour_diff_sets"}
 
 _EX_COLS = EX_COLS
 # the rollups' counters and sums, and the kinds of rollup_blobs (shared by the engines)

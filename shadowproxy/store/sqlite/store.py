@@ -20,7 +20,7 @@ Concurrency
     A :class:`SqliteStore` object is thread-safe (one lock around its connection);
     readers in other threads or processes should open their own (``readonly=True``).
 
-Schema (version 2; the ``schema_version`` table holds the versions a store has been
+Schema (version 5; the ``schema_version`` table holds the versions a store has been
 through; :mod:`.migrations` brings an older store forward when it is opened for writing)
     ``exchanges``    one row per judged exchange: the endpoint, the redacted query,
                      status/latency/size/error of each upstream, the verdict and the
@@ -53,6 +53,10 @@ through; :mod:`.migrations` brings an older store forward when it is opened for 
     ``diff_sets``    per minute and endpoint: diff exchanges per set of real fields.
                      Readers (:mod:`.reads`, :mod:`.rollups`) answer from these three,
                      plus the rows of a window's ragged ends (under a minute each).
+    ``hours``, ``hour_rollups``, ``hour_rollup_blobs``, ``hour_field_rollups``,
+    ``hour_diff_sets``   the same aggregates per hour, for the hours that are over,
+                     compacted by the writer from their minutes; a window's whole hours
+                     are read from them (:mod:`shadowproxy.store.hours`).
     ``outcomes``     per minute, endpoint, outcome and reason: the proxy's request
                      outcome counters (upserted by adding).
     ``noise``        the noise learner's evidence per (endpoint, field).
