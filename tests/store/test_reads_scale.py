@@ -169,7 +169,7 @@ def test_a_schema_1_store_upgrades_in_place_and_reads_the_same(tmp_path: Path) -
 
 def test_check_and_report_agree_while_the_store_is_written_and_cleaned(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'live.db'}"
-    base = results(3000, 11, t0=T0, span=1200)
+    base = results(3000, 11, t0=T0, span=7200)
     writer = open_store(url)
     writer.write_results(base)
     cfg_path = tmp_path / "c.yaml"
@@ -179,7 +179,8 @@ def test_check_and_report_agree_while_the_store_is_written_and_cleaned(tmp_path:
         "checks: [{name: diffs, max_diff_rate: 0.5}, {name: errors, "
         "max_error_rate_increase: 0.5}]\n")
     cfg = load(cfg_path)
-    since, until = T0, T0 + 1200          # whole minutes: read from the aggregates
+    since, until = T0, T0 + 7200          # whole minutes: read from the aggregates, and a
+    #                                       whole hour, from its hour rows once compacted
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -188,10 +189,12 @@ def test_check_and_report_agree_while_the_store_is_written_and_cleaned(tmp_path:
         try:
             while not stop.is_set():
                 i += 1
-                writer.write_results(results(200, 100 + i, t0=T0 + 5000 + i * 60, span=60))
+                writer.write_results(results(200, 100 + i, t0=T0 + 20_000 + i * 60, span=60))
                 # a size limit far below the store: every pass deletes the oldest rows,
                 # those of the window included
-                writer.cleanup(T0 + 10_000, None, 1, chunk=200, max_chunks=2)
+                writer.cleanup(T0 + 30_000, None, 1, chunk=200, max_chunks=2)
+                # and the hours compact (the window's among them) while it is read
+                writer.compact(T0 + 100_000, None, max_hours=1)
         except BaseException as exc:   # noqa: BLE001 - handed to the test thread
             errors.append(exc)
 
@@ -219,6 +222,8 @@ def test_check_and_report_agree_while_the_store_is_written_and_cleaned(tmp_path:
         t.join(30)
         writer.close()
     assert not errors
+    assert any(h == T0 - T0 % 3600 + 3600 for (h,) in sqlite3.connect(tmp_path / "live.db")
+               .execute("SELECT hour FROM hours WHERE state = 1"))
 
 
 def test_store_migrate_command_upgrades_a_schema_1_store(tmp_path: Path) -> None:
