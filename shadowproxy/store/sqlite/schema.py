@@ -16,7 +16,58 @@ from ..window import EX_COLS, ROLLUP_BLOBS, ROLLUP_COLS
 SCHEMA_VERSION = 5
 BUSY_TIMEOUT = 5.0
 
-_SCHEMA = """
+def _aggregates(prefix: str, time: str) -> str:
+    """The DDL of the aggregate tables: per minute (``rollups`` ..., time column
+    ``minute``) or per hour (``hour_rollups`` ..., ``hour``: :mod:`..hours`)."""
+    return f"""
+CREATE TABLE IF NOT EXISTS {prefix}rollups (
+    {time} INTEGER NOT NULL,
+    endpoint TEXT NOT NULL,
+    exchanges INTEGER NOT NULL DEFAULT 0,
+    matches INTEGER NOT NULL DEFAULT 0,
+    diffs INTEGER NOT NULL DEFAULT 0,
+    noise INTEGER NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0,
+    candidate_5xx INTEGER NOT NULL DEFAULT 0,
+    primary_5xx INTEGER NOT NULL DEFAULT 0,
+    candidate_errors INTEGER NOT NULL DEFAULT 0,
+    primary_errors INTEGER NOT NULL DEFAULT 0,
+    latency_pairs INTEGER NOT NULL DEFAULT 0,
+    primary_latency_sum REAL NOT NULL DEFAULT 0,
+    candidate_latency_sum REAL NOT NULL DEFAULT 0,
+    both_failed INTEGER NOT NULL DEFAULT 0,
+    candidate_only_failed INTEGER NOT NULL DEFAULT 0,
+    primary_only_failed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY ({time}, endpoint)
+);
+CREATE TABLE IF NOT EXISTS {prefix}rollup_blobs (
+    kind TEXT NOT NULL,
+    {time} INTEGER NOT NULL,
+    endpoint TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (kind, {time}, endpoint)
+);
+CREATE TABLE IF NOT EXISTS {prefix}field_rollups (
+    {time} INTEGER NOT NULL,
+    endpoint TEXT NOT NULL,
+    field TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    rows INTEGER NOT NULL DEFAULT 0,
+    noise_rows INTEGER NOT NULL DEFAULT 0,
+    exchanges INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY ({time}, endpoint, field, kind)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {prefix}diff_sets (
+    {time} INTEGER NOT NULL,
+    endpoint TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    count INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY ({time}, endpoint, fields)
+) WITHOUT ROWID;
+"""
+
+
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS exchanges (
     id TEXT PRIMARY KEY,
@@ -73,99 +124,11 @@ CREATE TABLE IF NOT EXISTS sample_keys (
     PRIMARY KEY (endpoint, field, exchange_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sample_keys_exchange ON sample_keys(exchange_id);
-CREATE TABLE IF NOT EXISTS rollups (
-    minute INTEGER NOT NULL,
-    endpoint TEXT NOT NULL,
-    exchanges INTEGER NOT NULL DEFAULT 0,
-    matches INTEGER NOT NULL DEFAULT 0,
-    diffs INTEGER NOT NULL DEFAULT 0,
-    noise INTEGER NOT NULL DEFAULT 0,
-    errors INTEGER NOT NULL DEFAULT 0,
-    candidate_5xx INTEGER NOT NULL DEFAULT 0,
-    primary_5xx INTEGER NOT NULL DEFAULT 0,
-    candidate_errors INTEGER NOT NULL DEFAULT 0,
-    primary_errors INTEGER NOT NULL DEFAULT 0,
-    latency_pairs INTEGER NOT NULL DEFAULT 0,
-    primary_latency_sum REAL NOT NULL DEFAULT 0,
-    candidate_latency_sum REAL NOT NULL DEFAULT 0,
-    both_failed INTEGER NOT NULL DEFAULT 0,
-    candidate_only_failed INTEGER NOT NULL DEFAULT 0,
-    primary_only_failed INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (minute, endpoint)
-);
-CREATE TABLE IF NOT EXISTS rollup_blobs (
-    kind TEXT NOT NULL,
-    minute INTEGER NOT NULL,
-    endpoint TEXT NOT NULL,
-    data BLOB NOT NULL,
-    PRIMARY KEY (kind, minute, endpoint)
-);
-CREATE TABLE IF NOT EXISTS field_rollups (
-    minute INTEGER NOT NULL,
-    endpoint TEXT NOT NULL,
-    field TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    rows INTEGER NOT NULL DEFAULT 0,
-    noise_rows INTEGER NOT NULL DEFAULT 0,
-    exchanges INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (minute, endpoint, field, kind)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS diff_sets (
-    minute INTEGER NOT NULL,
-    endpoint TEXT NOT NULL,
-    fields TEXT NOT NULL,
-    count INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (minute, endpoint, fields)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS hours (
+{_aggregates("", "minute")}CREATE TABLE IF NOT EXISTS hours (
     hour INTEGER PRIMARY KEY,
     state INTEGER NOT NULL DEFAULT 0
 );
-CREATE TABLE IF NOT EXISTS hour_rollups (
-    hour INTEGER NOT NULL,
-    endpoint TEXT NOT NULL,
-    exchanges INTEGER NOT NULL DEFAULT 0,
-    matches INTEGER NOT NULL DEFAULT 0,
-    diffs INTEGER NOT NULL DEFAULT 0,
-    noise INTEGER NOT NULL DEFAULT 0,
-    errors INTEGER NOT NULL DEFAULT 0,
-    candidate_5xx INTEGER NOT NULL DEFAULT 0,
-    primary_5xx INTEGER NOT NULL DEFAULT 0,
-    candidate_errors INTEGER NOT NULL DEFAULT 0,
-    primary_errors INTEGER NOT NULL DEFAULT 0,
-    latency_pairs INTEGER NOT NULL DEFAULT 0,
-    primary_latency_sum REAL NOT NULL DEFAULT 0,
-    candidate_latency_sum REAL NOT NULL DEFAULT 0,
-    both_failed INTEGER NOT NULL DEFAULT 0,
-    candidate_only_failed INTEGER NOT NULL DEFAULT 0,
-    primary_only_failed INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (hour, endpoint)
-);
-CREATE TABLE IF NOT EXISTS hour_rollup_blobs (
-    kind TEXT NOT NULL,
-    hour INTEGER NOT NULL,
-    endpoint TEXT NOT NULL,
-    data BLOB NOT NULL,
-    PRIMARY KEY (kind, hour, endpoint)
-);
-CREATE TABLE IF NOT EXISTS hour_field_rollups (
-    hour INTEGER NOT NULL,
-    endpoint TEXT NOT NULL,
-    field TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    rows INTEGER NOT NULL DEFAULT 0,
-    noise_rows INTEGER NOT NULL DEFAULT 0,
-    exchanges INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (hour, endpoint, field, kind)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS hour_diff_sets (
-    hour INTEGER NOT NULL,
-    endpoint TEXT NOT NULL,
-    fields TEXT NOT NULL,
-    count INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (hour, endpoint, fields)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS outcomes (
+{_aggregates("hour_", "hour")}CREATE TABLE IF NOT EXISTS outcomes (
     minute INTEGER NOT NULL,
     endpoint TEXT NOT NULL,
     outcome TEXT NOT NULL,
