@@ -30,6 +30,8 @@ Concurrency
     (``pg_try_advisory_xact_lock``: an hour being written is left for the next pass)
     and reads the minutes after it has it, so it sees every writer that wrote the hour
     before it, and every writer after it sees the hour compacted and opens it again.
+    That takes READ COMMITTED (each statement sees what committed before it): the
+    store's connections set it, whatever the server's default.
 
 The store's writer compacts (:meth:`Store.compact`, with the retention cleanup): the
 hours that ended :data:`GRACE` ago or more, oldest first, a few a pass.

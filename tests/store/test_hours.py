@@ -257,3 +257,41 @@ def test_store_compact_command_compacts_and_check_says_the_same(tmp_path: Path) 
         assert done.returncode == 0, done.stderr
         assert want in done.stdout
     assert check() == before
+
+
+@pytest.mark.server
+def test_postgres_hours_hold_under_a_server_default_of_repeatable_read(pg_url: str) -> None:
+    """The hour locks order writers and the compaction only if each statement after a
+    lock sees what committed before it (READ COMMITTED). A database whose default
+    isolation is REPEATABLE READ (a server or role setting) must not let a writer whose
+    snapshot predates a compaction add to the compacted hour without reopening it."""
+    rs = results(800, 31, T0, SPAN)
+    extra = results(150, 32, H0 + HOUR + 60, 1200)      # into hour 1
+    setup = open_store(pg_url)
+    setup._write("test", lambda cur: cur.execute(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_isolation "
+        "= ''repeatable read''', current_database()); END $$"))
+    setup.close()
+    writer, compactor = open_store(pg_url, instance="a"), open_store(pg_url, instance="c")
+    ref = open_store("sqlite:///:memory:")
+    try:
+        _write(writer, rs)
+        _write(ref, rs + extra)
+        real = writer._write_rollups
+
+        def compact_first(cur, minutes):
+            # the writer's transaction has read already (its snapshot is taken); the
+            # hour is compacted and committed before the writer locks it
+            assert _compact_all(compactor) == 6
+            real(cur, minutes)
+
+        writer._write_rollups = compact_first
+        writer.write_results(extra)
+        writer._write_rollups = real
+        assert _states(writer)[H0 + HOUR] == OPEN
+        for w in WINDOWS:
+            assert reads(writer, *w)["stats"] == reads(ref, *w)["stats"], w
+    finally:
+        writer.close()
+        compactor.close()
+        ref.close()
