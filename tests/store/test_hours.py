@@ -295,3 +295,28 @@ def test_postgres_hours_hold_under_a_server_default_of_repeatable_read(pg_url: s
         writer.close()
         compactor.close()
         ref.close()
+
+
+def test_compact_counts_only_the_hours_it_compacted(store_url: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two compactors of one store (``shadowproxy store compact`` beside the writer of
+    ``shadowproxy run``): an hour the other compacted between this one's look at what is
+    due and its transaction is not counted (nor compacted again)."""
+    from shadowproxy.store import hours
+    store, other = open_store(store_url), open_store(store_url)
+    try:
+        _write(store, results(600, 33, T0, SPAN))
+        real = hours.due
+
+        def due_then_other(*args, **kw):
+            got = real(*args, **kw)
+            monkeypatch.setattr(hours, "due", real)
+            assert _compact_all(other) == 6
+            return got
+
+        monkeypatch.setattr(hours, "due", due_then_other)
+        assert store.compact(LATER, None, max_hours=3) == 0
+        assert set(_states(store).values()) == {COMPACTED}
+    finally:
+        store.close()
+        other.close()
