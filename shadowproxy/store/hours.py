@@ -30,6 +30,8 @@ Concurrency
     (``pg_try_advisory_xact_lock``: an hour being written is left for the next pass)
     and reads the minutes after it has it, so it sees every writer that wrote the hour
     before it, and every writer after it sees the hour compacted and opens it again.
+    That takes READ COMMITTED (each statement sees what committed before it): the
+    store's connections set it, whatever the server's default.
 
 The store's writer compacts (:meth:`Store.compact`, with the retention cleanup): the
 hours that ended :data:`GRACE` ago or more, oldest first, a few a pass.
@@ -62,14 +64,14 @@ def due(q: Query, now: float, not_before: float | None = None, limit: int = 4) -
                                  "ORDER BY hour LIMIT ?", [*params, limit])]
 
 
-def compact(q: Query, hour: int, keys: Sequence[str]) -> int:
+def compact(q: Query, hour: int, keys: Sequence[str]) -> bool:
     """Write ``hour``'s hour rows from its minute rows and mark it compacted, in the
     caller's transaction (see the module for the locking). ``keys``: the columns the
     rows are kept apart by besides the time (``endpoint``, and PostgreSQL's
-    ``instance``). → hour rows written."""
+    ``instance``). → whether it compacted the hour (not when it is no longer open)."""
     state = [r[0] for r in q("SELECT state FROM hours WHERE hour = ?", [hour])]
     if state != [OPEN]:              # compacted meanwhile (another process), or forgotten
-        return 0
+        return False
     k = ", ".join(keys)
     span = [hour, hour + HOUR]
     for table in HOUR_TABLES.values():
@@ -85,7 +87,6 @@ def compact(q: Query, hour: int, keys: Sequence[str]) -> int:
     q(f"INSERT INTO hour_diff_sets(hour, {k}, fields, count) SELECT ?, {k}, fields, "
       f"sum(count) FROM diff_sets WHERE minute >= ? AND minute < ? GROUP BY {k}, fields",
       [hour, *span])
-    written = 0
     marks = ", ".join("?" * len(keys))
     for kind in ROLLUP_BLOBS:
         merged: dict[tuple[Any, ...], Sketch | Pairs] = {}
@@ -105,9 +106,8 @@ def compact(q: Query, hour: int, keys: Sequence[str]) -> int:
             if data is not None:
                 q(f"INSERT INTO hour_rollup_blobs(kind, hour, {k}, data) VALUES "
                   f"(?, ?, {marks}, ?)", [kind, hour, *key, data])
-                written += 1
     q("UPDATE hours SET state = ? WHERE hour = ?", [COMPACTED, hour])
-    return written
+    return True
 
 
 def reopen(q: Query, hours: Sequence[int]) -> None:

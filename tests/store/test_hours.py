@@ -257,3 +257,168 @@ def test_store_compact_command_compacts_and_check_says_the_same(tmp_path: Path) 
         assert done.returncode == 0, done.stderr
         assert want in done.stdout
     assert check() == before
+
+
+@pytest.mark.server
+def test_postgres_hours_hold_under_a_server_default_of_repeatable_read(pg_url: str) -> None:
+    """The hour locks order writers and the compaction only if each statement after a
+    lock sees what committed before it (READ COMMITTED). A database whose default
+    isolation is REPEATABLE READ (a server or role setting) must not let a writer whose
+    snapshot predates a compaction add to the compacted hour without reopening it."""
+    rs = results(800, 31, T0, SPAN)
+    extra = results(150, 32, H0 + HOUR + 60, 1200)      # into hour 1
+    setup = open_store(pg_url)
+    setup._write("test", lambda cur: cur.execute(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_isolation "
+        "= ''repeatable read''', current_database()); END $$"))
+    setup.close()
+    writer, compactor = open_store(pg_url, instance="a"), open_store(pg_url, instance="c")
+    ref = open_store("sqlite:///:memory:")
+    try:
+        _write(writer, rs)
+        _write(ref, rs + extra)
+        real = writer._write_rollups
+
+        def compact_first(cur, minutes):
+            # the writer's transaction has read already (its snapshot is taken); the
+            # hour is compacted and committed before the writer locks it
+            assert _compact_all(compactor) == 6
+            real(cur, minutes)
+
+        writer._write_rollups = compact_first
+        writer.write_results(extra)
+        writer._write_rollups = real
+        assert _states(writer)[H0 + HOUR] == OPEN
+        for w in WINDOWS:
+            assert reads(writer, *w)["stats"] == reads(ref, *w)["stats"], w
+    finally:
+        writer.close()
+        compactor.close()
+        ref.close()
+
+
+def test_compact_counts_only_the_hours_it_compacted(store_url: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two compactors of one store (``shadowproxy store compact`` beside the writer of
+    ``shadowproxy run``): an hour the other compacted between this one's look at what is
+    due and its transaction is not counted (nor compacted again)."""
+    from shadowproxy.store import hours
+    store, other = open_store(store_url), open_store(store_url)
+    try:
+        _write(store, results(600, 33, T0, SPAN))
+        real = hours.due
+
+        def due_then_other(*args, **kw):
+            got = real(*args, **kw)
+            monkeypatch.setattr(hours, "due", real)
+            assert _compact_all(other) == 6
+            return got
+
+        monkeypatch.setattr(hours, "due", due_then_other)
+        assert store.compact(LATER, None, max_hours=3) == 0
+        assert set(_states(store).values()) == {COMPACTED}
+    finally:
+        store.close()
+        other.close()
+
+
+@pytest.mark.server
+@pytest.mark.usefixtures("samples_path")
+def test_postgres_hour_rows_keep_each_instance_apart(pg_url: str) -> None:
+    """``--instance`` (a reader scoped to one instance) reads the same from the hour rows
+    as from the minutes: the hour rows are kept per endpoint and instance."""
+    a, b = open_store(pg_url, instance="a"), open_store(pg_url, instance="b")
+    ra = open_store(pg_url, instance="r", read_instance="a")
+    rb = open_store(pg_url, instance="r", read_instance="b")
+    try:
+        _write(a, results(900, 21, T0, SPAN))
+        _write(b, results(700, 22, T0 + 100, SPAN))
+        before = {w: (reads(ra, *w), reads(rb, *w), reads(a, *w)) for w in WINDOWS}
+        assert before[(None, None)][0] != before[(None, None)][1]
+        assert _compact_all(a) == 6
+        assert a._read("SELECT count(DISTINCT instance) FROM hour_rollups")[0][0] == 2
+        for w in WINDOWS:
+            assert (reads(ra, *w), reads(rb, *w), reads(a, *w)) == before[w], w
+    finally:
+        for s in (a, b, ra, rb):
+            s.close()
+
+
+@pytest.mark.server
+@pytest.mark.usefixtures("samples_path")
+def test_a_schema_4_postgres_store_upgrades_and_compacts(pg_url: str) -> None:
+    store = open_store(pg_url, instance="a")
+    _write(store, results(900, 23, T0, SPAN))
+    want = {w: reads(store, *w) for w in WINDOWS}
+
+    def to_4(cur) -> None:            # what a schema 4 store is: no hour tables
+        for table in ("hours", "hour_rollups", "hour_rollup_blobs", "hour_field_rollups",
+                      "hour_diff_sets"):
+            cur.execute(f"DROP TABLE {table}")
+        cur.execute("UPDATE schema_version SET version = 4 WHERE version = 5")
+
+    store._write("test", to_4)
+    store.close()
+    with pytest.raises(Exception, match="store migrate"):
+        open_store(pg_url, readonly=True)
+    store = open_store(pg_url, instance="a")
+    try:
+        assert store.info().schema_version == 5
+        assert set(_states(store).values()) == {OPEN} and len(_states(store)) == 6
+        for w in WINDOWS:
+            assert reads(store, *w) == want[w], w
+        assert _compact_all(store) == 6
+        for w in WINDOWS:
+            assert reads(store, *w) == want[w], w
+    finally:
+        store.close()
+
+
+_KILLED_COMPACTOR = """
+import sys, time
+from shadowproxy.store import hours, open_store
+real = hours.compact
+def slow(q, h, keys):
+    done = real(q, h, keys)
+    print("compacted, not committed", flush=True)
+    time.sleep(60)
+    return done
+hours.compact = slow
+open_store(sys.argv[1]).compact(float(sys.argv[2]), None, max_hours=1)
+"""
+
+
+@pytest.mark.usefixtures("samples_path")
+def test_a_compaction_killed_before_its_commit_leaves_the_hour_open(store_url: str) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    store = open_store(store_url)
+    _write(store, results(900, 24, T0, SPAN))
+    want = {w: reads(store, *w) for w in WINDOWS}
+    assert _compact_all(store, not_before=H0 + HOUR) == 5        # all but hour 0
+    store.close()
+    p = subprocess.Popen([sys.executable, "-c", _KILLED_COMPACTOR, store_url, str(LATER)],
+                         stdout=subprocess.PIPE, text=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert p.stdout is not None
+        assert p.stdout.readline().startswith("compacted, not committed")
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(30)
+    store = open_store(store_url)
+    try:
+        states = _states(store)
+        assert states.pop(H0) == OPEN and set(states.values()) == {COMPACTED}
+        assert store._read("SELECT count(*) FROM hour_rollups WHERE hour = ?", (H0,)) \
+            == [(0,)]
+        for w in WINDOWS:
+            assert reads(store, *w) == want[w], w
+        assert _compact_all(store) == 1
+        for w in WINDOWS:
+            assert reads(store, *w) == want[w], w
+    finally:
+        store.close()

@@ -121,6 +121,9 @@ class PgConnection:
         if "application_name" not in self._dsn:
             kw["application_name"] = f"shadowproxy {self.instance}"[:63]
         conn: psycopg.Connection[Any] = self._pg.connect(self._dsn, **kw)
+        # the hour locks (store/hours.py) need each statement to see what committed
+        # before it, whatever default the server, database or role sets
+        conn.execute("SET default_transaction_isolation = 'read committed'")
         if self.readonly:
             conn.execute("SET default_transaction_read_only = on")
         self._conn = conn

@@ -78,18 +78,18 @@ class RetentionMixin(PgConnection):
         → hours compacted. :attr:`compact_pending` tells whether more are due."""
         due = self._read_due(now, not_before, max_hours + 1)
 
-        def run(cur: Any, h: int) -> bool:
+        def run(cur: Any, h: int) -> bool | None:
             cur.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", (hours.HOUR_LOCK, h // HOUR))
             row = cur.fetchone()
             if not row or not row[0]:
-                return False
-            hours.compact(query_of(cur), h, ("endpoint", "instance"))
-            return True
+                return None             # being written: left for later
+            return hours.compact(query_of(cur), h, ("endpoint", "instance"))
 
-        done = sum(bool(self._write("compact", run, h)) for h in due[:max_hours])
-        # more are due, and this call got on (hours being written are left for later)
-        self.compact_pending = len(due) > max_hours and done > 0
-        return done
+        got = [self._write("compact", run, h) for h in due[:max_hours]]
+        # more are due, and this call got on (hours being written are left for later;
+        # those another compactor did are done)
+        self.compact_pending = len(due) > max_hours and any(g is not None for g in got)
+        return sum(g is True for g in got)
 
     def _read_due(self, now: float, not_before: float | None, limit: int) -> list[int]:
         with self._reading() as q:

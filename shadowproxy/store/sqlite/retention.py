@@ -89,10 +89,10 @@ class RetentionMixin(SqliteConnection):
         oldest first, each in its own write transaction; → hours compacted.
         :attr:`compact_pending` tells whether more are due (call again)."""
         due = hours.due(self._read, now, not_before, max_hours + 1)
-        for h in due[:max_hours]:
-            self._write("compact", hours.compact, self._conn.execute, h, ("endpoint",))
+        done = sum(self._write("compact", hours.compact, self._conn.execute, h, ("endpoint",))
+                   for h in due[:max_hours])
         self.compact_pending = len(due) > max_hours
-        return min(len(due), max_hours)
+        return done
 
     def free_pages(self) -> int:
         """Pages on the freelist (what an incremental vacuum can give back)."""
