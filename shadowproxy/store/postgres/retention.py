@@ -58,12 +58,13 @@ class RetentionMixin(PgConnection):
         → True when nothing is left to delete."""
         def run(cur: Any) -> bool:
             done = True
+            # the hours first: a writer locks an hour's mark before its aggregate rows
+            hours.forget(query_of(cur), cutoff)     # the hours begun before it
             for table in BY_AGE:
                 cur.execute(f"DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} "
                             "WHERE minute <= %s LIMIT %s)", (cutoff - 60, AGG_CHUNK))
                 if cur.rowcount >= AGG_CHUNK:
                     done = False
-            hours.forget(query_of(cur), cutoff)     # the hours begun before it
             # a noise learner not heard of since the cutoff
             cur.execute("DELETE FROM noise_counts WHERE updated < %s", (cutoff,))
             return done

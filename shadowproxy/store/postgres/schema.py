@@ -48,8 +48,11 @@ PARTITION_LOCK = 0x5348_4144_0002      # ... of partition creation and dropping
 
 # the partitioned tables (by day on time)
 PARTITIONED = ("exchanges", "differences", "samples")
-# per-minute tables kept by age
-BY_AGE = ("rollups", "rollup_blobs", "field_rollups", "diff_sets", "outcomes")
+# per-minute tables kept by age, in the order a writer locks their rows (store/postgres/
+# writes.py: the blobs, then the counters, the fields, the sets), which retention
+# deleting them in one transaction keeps: the other order deadlocks with a writer adding
+# to a minute at the cutoff
+BY_AGE = ("rollup_blobs", "rollups", "field_rollups", "diff_sets", "outcomes")
 
 _COUNTERS = ("exchanges", "matches", "diffs", "noise", "errors", "candidate_5xx",
              "primary_5xx", "candidate_errors", "primary_errors", "latency_pairs",
