@@ -189,18 +189,24 @@ class ChannelClient:
         elif self.on_dropped is not None:
             self.on_dropped(items)
 
-    async def flush(self, timeout: float = 5.0) -> None:
-        if self._writer is not None and not self._writer.is_closing():
-            try:
-                await asyncio.wait_for(self._writer.drain(), timeout)
-            except (TimeoutError, ConnectionError):
-                pass
-
-    async def close(self) -> None:
+    async def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued, then close once every byte is handed to the kernel
+        (up to ``timeout``). ``drain()`` alone does not wait while the transport holds
+        less than its high-water mark (64 KiB), which it does when the reader is slow (a
+        shadow process starved of CPU): a process that exits right after would lose
+        those frames unseen, and the requests in them would end in no counted outcome."""
         self.flush_queued()
-        await self.flush()
-        if self._writer is not None:
-            self._writer.close()
+        w = self._writer
+        if w is not None:
+            w.close()     # the transport writes what it holds, then closes
+            try:
+                await asyncio.wait_for(w.wait_closed(), timeout)
+            except TimeoutError:
+                log.warning("channel to %s: %d bytes not written within %gs of closing; "
+                            "they are lost", self.path, w.transport.get_write_buffer_size(),
+                            timeout)
+            except OSError:
+                pass          # the reader went away: nothing more can be written
         task = self._reader_task
         if task is not None and task is not asyncio.current_task():
             task.cancel()

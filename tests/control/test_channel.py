@@ -8,7 +8,14 @@ import asyncio
 import dataclasses
 import os
 import pickle
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+from pathlib import Path
+
+import pytest
 
 from shadowproxy.control import channel
 from shadowproxy.control.channel import ChannelClient, ChannelServer
@@ -19,6 +26,8 @@ from shadowproxy.models import (
     from_wire,
     to_wire,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _exchange(i: int, secondary: bool) -> Exchange:
@@ -130,3 +139,61 @@ async def test_a_batch_of_exchanges_crosses_the_channel_unchanged():
         assert frames == [("xs", sent), ("xs", [sent[0], "not an exchange"])]
     finally:
         await server.close()
+
+
+# a process that sends 40 frames of 1 kB through a socket whose kernel buffer holds a
+# few (so most wait in the transport), closes its end and exits at once, as a worker does
+_SENDER = """
+import asyncio, socket, sys
+from shadowproxy.control.channel import ChannelClient
+from shadowproxy.process import install_uvloop
+if sys.argv[2] == "uvloop":
+    install_uvloop()
+async def main():
+    c = ChannelClient(sys.argv[1])
+    await c.connect()
+    sock = c._writer.transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    for i in range(40):
+        c.send(("s", i, b"x" * 1000), force=True)
+    assert c.buffered > 16 * 1024       # below the high-water mark: drain() returns at once
+    await c.close()
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+async def test_close_writes_everything_before_the_process_exits(loop: str):
+    """A reader that is slow (a control or shadow process starved of CPU) still gets
+    every frame sent before close(), although the sender exits right after it."""
+    path = os.path.join(tempfile.mkdtemp(prefix="sp-chan-"), "c.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    listener.settimeout(10)
+    proc = subprocess.Popen([sys.executable, "-c", _SENDER, path, loop], cwd=ROOT)
+
+    def receive() -> bytes:
+        conn, _ = listener.accept()
+        with conn:
+            time.sleep(0.5)     # reads nothing yet: the sender's transport holds the rest
+            conn.settimeout(10)
+            data = b""
+            while chunk := conn.recv(65536):
+                data += chunk
+            return data
+
+    try:
+        data = await asyncio.get_running_loop().run_in_executor(None, receive)
+        assert proc.wait(10) == 0
+    finally:
+        listener.close()
+        if proc.poll() is None:
+            proc.kill()
+    got = []
+    reader = asyncio.StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    while not reader.at_eof():
+        got.append((await channel.read_frame(reader))[1])
+    assert got == list(range(40))
