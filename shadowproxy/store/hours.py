@@ -42,9 +42,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .rollup import PAIR_WINDOW, Pairs
-from .sketch import Sketch
-from .window import COMPACTED, HOUR, OPEN, ROLLUP_BLOBS, ROLLUP_COLS, Query
+from .rollup import PAIR_WINDOW, Minute
+from .window import COMPACTED, HOUR, OPEN, ROLLUP_BLOBS, ROLLUP_COLS, Query, blobs, merge_blob
 
 GRACE = 300                   # an hour is compacted once it ended this long ago
 HOUR_LOCK = 0x5348_4F55       # PostgreSQL: the advisory lock class of an hour (then its number)
@@ -87,22 +86,18 @@ def compact(q: Query, hour: int, keys: Sequence[str]) -> bool:
     q(f"INSERT INTO hour_diff_sets(hour, {k}, fields, count) SELECT ?, {k}, fields, "
       f"sum(count) FROM diff_sets WHERE minute >= ? AND minute < ? GROUP BY {k}, fields",
       [hour, *span])
+    # the sketches and pair samples, merged per key as a reader merges a window's
+    merged: dict[tuple[Any, ...], Minute] = {}
+    for row in q(f"SELECT kind, {k}, data FROM rollup_blobs WHERE minute >= ? AND "
+                 "minute < ?", span):
+        key = tuple(row[1:-1])
+        m = merged.get(key)
+        if m is None:
+            m = merged[key] = Minute()
+        merge_blob(m, row[0], row[-1])
     marks = ", ".join("?" * len(keys))
-    for kind in ROLLUP_BLOBS:
-        merged: dict[tuple[Any, ...], Sketch | Pairs] = {}
-        for row in q(f"SELECT {k}, data FROM rollup_blobs WHERE kind = ? AND minute >= ? "
-                     "AND minute < ?", [kind, *span]):
-            key = tuple(row[:-1])
-            got = merged.get(key)
-            if got is None:
-                got = merged[key] = Pairs() if kind == "pairs" else Sketch()
-            if isinstance(got, Pairs):
-                got.merge_bytes(row[-1], k=PAIR_WINDOW)
-            else:
-                got.merge_bytes(row[-1])
-        for key, got in sorted(merged.items(), key=lambda it: it[0]):
-            data = got.to_bytes(PAIR_WINDOW) if isinstance(got, Pairs) else \
-                got.to_bytes() if got.count else None
+    for key, m in merged.items():
+        for kind, data in zip(ROLLUP_BLOBS, blobs(m, PAIR_WINDOW), strict=True):
             if data is not None:
                 q(f"INSERT INTO hour_rollup_blobs(kind, hour, {k}, data) VALUES "
                   f"(?, ?, {marks}, ?)", [kind, hour, *key, data])
@@ -115,6 +110,8 @@ def reopen(q: Query, hours: Sequence[int]) -> None:
     transaction: a row for a new hour, state :data:`OPEN` for a compacted one."""
     if not hours:
         return
+    # read first, written only where it changes: every batch of every writer touches
+    # the current hour, and an upsert would lock its row until each one commits
     marks = ",".join("?" * len(hours))
     have = {int(h): int(s) for h, s in q(
         f"SELECT hour, state FROM hours WHERE hour IN ({marks})", list(hours))}

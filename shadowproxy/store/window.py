@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .rollup import Minute, aggregate
+from .rollup import PAIR_SAMPLE, Minute, aggregate
 
 # run one statement (``?`` placeholders) and give its rows
 Query = Callable[[str, Sequence[Any]], Iterable[Sequence[Any]]]
@@ -97,7 +97,6 @@ def split(lo: float | None, hi: float | None, hours: Sequence[int]
     return runs, rest
 
 
-
 @dataclass(frozen=True, slots=True)
 class Scope:
     """A condition every read adds for every table (``?`` placeholders), e.g. the
@@ -126,12 +125,13 @@ class Dialect:
 SQLITE = Dialect()
 
 
-def blobs(m: Minute) -> tuple[bytes | None, ...]:
-    """A minute's sketches and pair sample as stored (None for empty ones)."""
+def blobs(m: Minute, pairs_k: int = PAIR_SAMPLE) -> tuple[bytes | None, ...]:
+    """A minute's sketches and pair sample as stored (None for empty ones), the sample
+    of ``pairs_k`` pairs (an hour's, :mod:`.hours`: ``PAIR_WINDOW``)."""
     return (m.primary.to_bytes() if m.primary.count else None,
             m.candidate.to_bytes() if m.candidate.count else None,
             m.secondary.to_bytes() if m.secondary.count else None,
-            m.pairs.to_bytes() if m.pairs.items else None)
+            m.pairs.to_bytes(pairs_k) if m.pairs.items else None)
 
 
 def added_blobs(m: Minute, stored: Callable[[str], bytes | memoryview | None]

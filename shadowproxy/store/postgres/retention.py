@@ -77,7 +77,7 @@ class RetentionMixin(PgConnection):
         oldest first, each in its own transaction under the hour's exclusive advisory
         lock (an hour a writer holds, or another compactor, is left for the next call);
         → hours compacted. :attr:`compact_pending` tells whether more are due."""
-        due = self._read_due(now, not_before, max_hours + 1)
+        due = hours.due(self._read, now, not_before, max_hours + 1)
 
         def run(cur: Any, h: int) -> bool | None:
             cur.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", (hours.HOUR_LOCK, h // HOUR))
@@ -91,10 +91,6 @@ class RetentionMixin(PgConnection):
         # those another compactor did are done)
         self.compact_pending = len(due) > max_hours and any(g is not None for g in got)
         return sum(g is True for g in got)
-
-    def _read_due(self, now: float, not_before: float | None, limit: int) -> list[int]:
-        with self._reading() as q:
-            return hours.due(q, now, not_before, limit)
 
     def cleanup(self, now: float, max_age: float | None, max_bytes: int | None, *,
                 chunk: int = 500, max_chunks: int | None = None) -> int:
